@@ -1,0 +1,1 @@
+"""Stylization models: pure torch on diffusers' FLUX classes; no Ray, no storage, no manifests."""

@@ -1,0 +1,171 @@
+"""The one small interface between the batch runner and a stylization model.
+
+The runner never reaches inside a model: it builds `GenerationRequest`s from manifest rows,
+calls `StylizationModel.generate`, and gets back one `GenerationOutcome` per request, in order.
+A model never raises for a single bad item: it returns an outcome carrying an `ItemError`, so
+one corrupt style image or one out-of-memory item cannot take its neighbours down with it.
+Models are pure torch: they read local weight files, but know nothing of Ray, S3 or manifests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+from PIL import Image
+
+
+class ErrorKind:
+    """Error classes used in per-item records and error histograms (strings, stable on disk)."""
+
+    BAD_INPUT = "bad_input"  # unreadable/corrupt image, impossible size, bad field value
+    OUT_OF_MEMORY = "out_of_memory"  # the accelerator (or host) ran out of memory on this item
+    MODEL_ERROR = "model_error"  # anything else raised while running the model on this item
+    IO_ERROR = "io_error"  # the item's inputs could not be fetched from storage
+    LORA_ERROR = "lora_error"  # the item's style LoRA could not be found, read or applied
+
+
+class ItemError(Exception):
+    """A failure scoped to one item; `kind` is one of `ErrorKind`, the message names the item."""
+
+    def __init__(self, item_id: str, kind: str, message: str):
+        super().__init__(f"item {item_id!r}: {message}")
+        self.item_id = item_id
+        self.kind = kind
+        self.message = message
+
+
+@dataclass(frozen=True)
+class StyleLora:
+    """A community style LoRA resolved to a local file, plus its strength."""
+
+    path: Path
+    scale: float = 1.0
+    name: str = ""  # human name (e.g. "Ghibli" or the manifest URI), used in provenance only
+
+
+@dataclass
+class GenerationRequest:
+    """Everything one output image depends on; decoded images, never URIs.
+
+    `width`/`height`/`steps`/`guidance` of None mean "the model's own default" (the authors'
+    defaults: USO 1024x1024, 25 steps, guidance 4.0; OmniConsistency 1024x1024, 25 steps, 3.5).
+    """
+
+    item_id: str
+    prompt: str
+    seed: int
+    subject: Image.Image | None = None
+    styles: list[Image.Image] = field(default_factory=list)
+    style_lora: StyleLora | None = None
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+
+
+@dataclass
+class GenerationOutcome:
+    """The result of one request: an HWC uint8 RGB image, or the error that stopped it."""
+
+    item_id: str
+    image: np.ndarray | None = None
+    error: ItemError | None = None
+    parameters: dict = field(default_factory=dict)  # resolved sampling parameters, for provenance
+    timings: dict[str, float] = field(default_factory=dict)  # seconds, by stage
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Execution options. Everything that changes numerics is off by default.
+
+    - dtype: "auto" = bf16 on CUDA (the authors' dtype), fp32 on CPU.
+    - compile: torch.compile the transformer (same math, different kernels: tiny drift).
+    - fp8: store linear weights in float8 (changes numerics).
+    - offload: keep weights on the CPU and move each component to the GPU when used.
+    - max_batch_size: items of identical token layout run together in one forward.
+    - fuse_lora: merge LoRA deltas into base weights (changes bf16 rounding).
+    - extra: model-specific switches, documented by each model (e.g. OmniConsistency's
+      `apply_proj_loras`).
+    """
+
+    device: str = "auto"
+    dtype: str = "auto"
+    compile: bool = False
+    fp8: bool = False
+    offload: bool = False
+    max_batch_size: int = 1
+    fuse_lora: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def fingerprint_fields(self) -> dict:
+        """The options that change outputs, for the run's config fingerprint."""
+        data = dataclasses.asdict(self)
+        data.pop("device")
+        data.pop("offload")  # moving weights around does not change the math
+        data.pop("max_batch_size")
+        return data
+
+
+class StylizationModel(ABC):
+    """A loaded model. One instance per actor; `generate` may be called many times."""
+
+    name: ClassVar[str]
+
+    @classmethod
+    @abstractmethod
+    def load(cls, weights_root: Path, options: ModelOptions) -> StylizationModel:
+        """Load from a staged weights root (layout in `pipeline.models.files`).
+
+        A missing, truncated or mis-shaped file raises `WeightFileError`/`WeightLayoutError`
+        naming the file and the keys; nothing is silently ignored.
+        """
+
+    @abstractmethod
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationOutcome]:
+        """Run every request; return one outcome per request, in the same order.
+
+        Must not raise for a per-item problem (bad image, impossible size, OOM on one item):
+        such problems come back as `GenerationOutcome.error`. The model stays usable after.
+        """
+
+    @abstractmethod
+    def weight_files(self) -> dict[str, Path]:
+        """Logical name -> local file actually loaded (for sha256 provenance)."""
+
+    def batch_key(self, request: GenerationRequest) -> Hashable:
+        """Requests with equal keys may share a forward pass (and a loaded style LoRA)."""
+        return id(request)
+
+    def close(self) -> None:
+        """Release accelerator memory held by this model."""
+
+
+def to_uint8_image(image: Image.Image | np.ndarray) -> np.ndarray:
+    """HWC uint8 RGB array from a PIL image or array (helper for callers and tests)."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return np.asarray(image, dtype=np.uint8)
+
+
+class WeightFileError(ValueError):
+    """A weight file is unreadable, truncated, or its keys/shapes do not match the architecture.
+
+    The message names the file and lists the missing, unexpected or mis-shaped keys.
+    """
+
+    def __init__(self, path: Path | str, problem: str, keys: Sequence[str] = ()):
+        shown = ", ".join(list(keys)[:20]) + (f" ... (+{len(keys) - 20} more)" if len(keys) > 20 else "")
+        super().__init__(f"{path}: {problem}" + (f": {shown}" if keys else ""))
+        self.path = str(path)
+        self.problem = problem
+        self.keys = list(keys)
