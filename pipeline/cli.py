@@ -1,0 +1,230 @@
+"""`restyle`: the command line. Thin: it parses options, builds a RunConfig, calls the library."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.config import OutputOptions, RunConfig, SamplingDefaults
+from pipeline.models.base import ModelOptions
+from pipeline.storage import StorageSettings
+
+app = typer.Typer(help="Batch stylization of image catalogs with USO and OmniConsistency on Ray.",
+                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+manifest_app = typer.Typer(help="Manifest tools.", no_args_is_help=True)
+app.add_typer(manifest_app, name="manifest")
+console = Console(stderr=True)
+
+# ------------------------------------------------------------------ shared options
+Manifest = Annotated[list[str], typer.Argument(help="Manifest files, folders, globs or brace "
+                                                "ranges; local paths or s3:// URIs.")]
+Out = Annotated[str, typer.Option("--out", "-o", help="Output root (local folder or s3:// URI).")]
+RunName = Annotated[Optional[str], typer.Option(
+    "--run", help="Run name; outputs go to <out>/<run>/. Default: <model>-<config fingerprint>, "
+                  "so the same command resumes and a changed config gets its own folder.")]
+Model = Annotated[str, typer.Option("--model", "-m", help="uso | omniconsistency")]
+Weights = Annotated[str, typer.Option(
+    "--weights", help="'tiny' (tiny random weights: pictures are noise), 'random-full' "
+                      "(speed benchmarks), or a local weights folder.")]
+Endpoint = Annotated[Optional[str], typer.Option(
+    "--endpoint-url", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL).")]
+Region = Annotated[Optional[str], typer.Option("--region", help="S3 region.")]
+Profile = Annotated[Optional[str], typer.Option("--profile", help="AWS profile for credentials.")]
+
+
+def storage_settings(endpoint: str | None, region: str | None, profile: str | None) -> StorageSettings:
+    overrides = {k: v for k, v in {"endpoint_url": endpoint, "region": region,
+                                   "profile": profile}.items() if v}
+    settings = StorageSettings.from_env()
+    return dataclasses.replace(settings, **overrides) if overrides else settings
+
+
+def build_config(manifest: list[str], out: str, run: str | None, model: str, weights: str,
+                 seed: int, width: int | None, height: int | None, steps: int | None,
+                 guidance: float | None, image_format: str, quality: int, caption: str,
+                 caption_template: str, actors: int, max_batch_size: int, dtype: str,
+                 compile_model: bool, fp8: bool, offload: bool, fuse_lora: bool,
+                 device: str, triplets: bool = False) -> RunConfig:
+    config = RunConfig(
+        manifest=tuple(manifest), output=out, run=run or "", model=model, weights=weights,
+        seed=seed, sampling=SamplingDefaults(width, height, steps, guidance),
+        options=ModelOptions(device=device, dtype=dtype, compile=compile_model, fp8=fp8,
+                             offload=offload, max_batch_size=max_batch_size, fuse_lora=fuse_lora),
+        outputs=OutputOptions(image_format=image_format, quality=quality, caption=caption,
+                              caption_template=caption_template, include_references=triplets),
+        actors=actors)
+    config.outputs.extension  # validates the format early
+    if not run:
+        from pipeline.weights.resolve import resolve_weights
+
+        fingerprint = config.fingerprint(resolve_weights(weights, model).sha256)
+        config = dataclasses.replace(config, run=f"{model}-{fingerprint}")
+    return config
+
+
+def _fail(message: str, code: int = 2) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+# ------------------------------------------------------------------ run
+@app.command()
+def run(
+    manifest: Manifest,
+    out: Out,
+    run: RunName = None,
+    model: Model = "uso",
+    weights: Weights = "tiny",
+    seed: Annotated[int, typer.Option(help="Run seed; item seed = hash(run seed, item id).")] = 0,
+    width: Annotated[Optional[int], typer.Option(help="Default output width (model default 1024).")] = None,
+    height: Annotated[Optional[int], typer.Option(help="Default output height.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Default denoising steps (25).")] = None,
+    guidance: Annotated[Optional[float], typer.Option(help="Distilled guidance (USO 4.0, Omni 3.5).")] = None,
+    image_format: Annotated[str, typer.Option("--image-format", help="png | jpeg | webp")] = "png",
+    quality: Annotated[int, typer.Option(help="JPEG/WebP quality.")] = 95,
+    caption: Annotated[str, typer.Option(help="Caption source: prompt | template | model.")] = "prompt",
+    caption_template: Annotated[str, typer.Option(help="str.format template over item fields.")] = "",
+    actors: Annotated[int, typer.Option(help="Model actors (0 = one per GPU, or 1 without GPUs).")] = 0,
+    max_batch_size: Annotated[int, typer.Option(help="Items of equal token layout per forward.")] = 1,
+    dtype: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32")] = "auto",
+    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile (changes kernels).")] = False,
+    fp8: Annotated[bool, typer.Option(help="fp8 weight storage (changes numerics).")] = False,
+    offload: Annotated[bool, typer.Option(help="Offload idle components to the CPU (small GPUs).")] = False,
+    fuse_lora: Annotated[bool, typer.Option(help="Fuse LoRAs into weights (changes bf16 rounding).")] = False,
+    device: Annotated[str, typer.Option(help="auto | cuda | cpu")] = "auto",
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Re-run only the failed items "
+                                               "of a finished run into a new, separate commit.")] = False,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: start a local Ray).")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    endpoint_url: Endpoint = None,
+    region: Region = None,
+    profile: Profile = None,
+) -> None:
+    """Stylize every item of the manifest; commit one output shard per input shard."""
+    from pipeline.runner import Runner, RunError
+    from pipeline.run_state import RunConflictError
+
+    logging.basicConfig(level=logging.WARNING)
+    config = build_config(manifest, out, run, model, weights, seed, width, height, steps, guidance,
+                          image_format, quality, caption, caption_template, actors, max_batch_size,
+                          dtype, compile_model, fp8, offload, fuse_lora, device)
+    runner = Runner(config, storage_settings(endpoint_url, region, profile), address, progress)
+    try:
+        summary = runner.retry_failed() if retry_failed else runner.run()
+    except (RunError, RunConflictError, FileNotFoundError, ValueError) as error:
+        _fail(str(error))
+    print_summary(summary)
+    raise typer.Exit(summary.exit_code)
+
+
+def print_summary(summary) -> None:
+    table = Table(title=f"run {summary.run_uri}", show_header=False)
+    table.add_row("fingerprint", summary.fingerprint)
+    table.add_row("shards", f"{summary.shards_committed} committed, {summary.shards_already_done} "
+                            f"already done, {len(summary.shards_failed)} failed, of {summary.shards_total}")
+    table.add_row("items", f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped")
+    for kind, count in sorted(summary.errors.items()):
+        table.add_row(f"  {kind}", str(count))
+    for shard, reason in sorted(summary.shards_failed.items()):
+        table.add_row(f"shard {shard} failed", reason)
+    table.add_row("time", f"{summary.wall_s:.1f} s, {summary.images_per_s:.3f} images/s")
+    Console().print(table)
+
+
+# ------------------------------------------------------------------ plan
+@app.command()
+def plan(
+    manifest: Manifest,
+    out: Out,
+    run: RunName = None,
+    model: Model = "uso",
+    weights: Weights = "tiny",
+    seed: int = 0,
+    width: Optional[int] = None,
+    height: Optional[int] = None,
+    steps: Optional[int] = None,
+    seconds_table: Annotated[Optional[Path], typer.Option(help="TOML seconds-per-image table.")] = None,
+    endpoint_url: Endpoint = None,
+    region: Region = None,
+    profile: Profile = None,
+) -> None:
+    """Shards total / done / to do, items, and a GPU-hour estimate, without running anything."""
+    from pipeline.estimate import gpu_hours, load_table
+    from pipeline.manifests import count_items
+    from pipeline.runner import Runner
+
+    config = build_config(manifest, out, run, model, weights, seed, width, height, steps, None,
+                          "png", 95, "prompt", "", 0, 1, "auto", False, False, False, False, "auto")
+    settings = storage_settings(endpoint_url, region, profile)
+    runner = Runner(config, settings, show_progress=False)
+    p = runner.plan()
+    todo_items = sum(count_items(s, runner.storage) for s in p.todo)
+    done_items = sum(stats.count for stats in p.done.values())
+    hours = gpu_hours(model, todo_items, width, height, steps, load_table(seconds_table))
+    table = Table(title=f"plan for {config.run_uri}", show_header=False)
+    table.add_row("fingerprint", p.fingerprint)
+    table.add_row("shards", f"{len(p.shards)} total, {len(p.done)} done, {len(p.todo)} to do")
+    table.add_row("items", f"{done_items} done, {todo_items} to do")
+    table.add_row("estimate", f"{hours:.2f} GPU-hours for the items to do")
+    Console().print(table)
+
+
+# ------------------------------------------------------------------ status
+@app.command()
+def status(
+    run_uri: Annotated[str, typer.Argument(help="The run folder: <out>/<run>.")],
+    endpoint_url: Endpoint = None,
+    region: Region = None,
+    profile: Profile = None,
+) -> None:
+    """Totals from a run's commit markers: ok, failed by class, images/s."""
+    from pipeline.run_state import RunState
+    from pipeline.status import run_status
+    from pipeline.storage import Storage
+
+    storage = Storage(storage_settings(endpoint_url, region, profile))
+    try:
+        s = run_status(RunState(storage, run_uri))
+    except FileNotFoundError as error:
+        _fail(str(error))
+    table = Table(title=f"status of {s.run_uri}", show_header=False)
+    table.add_row("fingerprint", s.fingerprint or "?")
+    table.add_row("shards", f"{s.shards_committed} of {s.input_shards} committed"
+                            + (f", {s.retry_commits} retry commits" if s.retry_commits else ""))
+    table.add_row("items", f"{s.ok} ok, {s.failed} failed, {s.skipped} skipped, of {s.items}")
+    for kind, count in sorted(s.errors.items()):
+        table.add_row(f"  {kind}", str(count))
+    table.add_row("throughput", f"{s.images_per_s:.3f} images/s, model busy {s.model_fraction:.0%} "
+                                "of shard time")
+    Console().print(table)
+    raise typer.Exit(0 if s.complete else 1)
+
+
+# ------------------------------------------------------------------ manifest validate
+@manifest_app.command("validate")
+def manifest_validate(
+    manifest: Manifest,
+    check_images: Annotated[bool, typer.Option(help="Also fetch and decode every image.")] = False,
+    endpoint_url: Endpoint = None,
+    region: Region = None,
+    profile: Profile = None,
+) -> None:
+    """Check a manifest up front; errors name the file, row and field."""
+    from pipeline.manifests import validate_manifest
+    from pipeline.storage import Storage
+
+    storage = Storage(storage_settings(endpoint_url, region, profile))
+    report = validate_manifest(manifest, storage, check_images=check_images)
+    Console().print(report.format() if hasattr(report, "format") else str(report))
+    raise typer.Exit(0 if report.ok else 1)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app(sys.argv[1:])

@@ -1,0 +1,56 @@
+"""`restyle status`: what a run has produced so far, from its markers and records."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from pipeline.run_state import RunState
+from pipeline.shards import STATUS_OK
+
+
+@dataclass
+class RunStatus:
+    run_uri: str
+    fingerprint: str | None
+    input_shards: int
+    shards_committed: int
+    retry_commits: int
+    items: int = 0
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    errors: Counter = field(default_factory=Counter)
+    images_per_s: float = 0.0  # ok images over the span from first shard start to last commit
+    model_fraction: float = 0.0  # summed model time / summed shard wall time
+
+    @property
+    def complete(self) -> bool:
+        return self.shards_committed == self.input_shards and self.failed == 0
+
+
+def run_status(state: RunState) -> RunStatus:
+    run_json = state.read_run_json()
+    if run_json is None:
+        raise FileNotFoundError(f"{state.run_uri}: no run.json (not a restyle run folder)")
+    fingerprint = run_json["fingerprint"]
+    commits = [c for c in state.commits() if c.stats.fingerprint == fingerprint]
+    main = [c for c in commits if c.retry == 0]
+    status = RunStatus(state.run_uri, fingerprint, len(run_json.get("input_shards", [])),
+                       len(main), len(commits) - len(main))
+    for records in state.latest_records(fingerprint).values():
+        for record in records.values():
+            status.items += 1
+            if record.status == STATUS_OK:
+                status.ok += 1
+            elif record.status == "skipped":
+                status.skipped += 1
+            else:
+                status.failed += 1
+                status.errors[record.status] += 1
+    if commits:
+        span = max(c.stats.finished_at for c in commits) - min(c.stats.started_at for c in commits)
+        status.images_per_s = status.ok / span if span > 0 else 0.0
+        wall = sum(c.stats.wall_s for c in commits)
+        status.model_fraction = sum(c.stats.model_s for c in commits) / wall if wall else 0.0
+    return status
