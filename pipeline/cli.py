@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -15,11 +15,13 @@ from rich.table import Table
 from pipeline.config import OutputOptions, RunConfig, SamplingDefaults
 from pipeline.models.base import ModelOptions
 from pipeline.storage import StorageSettings
+from pipeline.weights.cli import weights_app
 
 app = typer.Typer(help="Batch stylization of image catalogs with USO and OmniConsistency on Ray.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
 manifest_app = typer.Typer(help="Manifest tools.", no_args_is_help=True)
 app.add_typer(manifest_app, name="manifest")
+app.add_typer(weights_app, name="weights")
 console = Console(stderr=True)
 
 # ------------------------------------------------------------------ shared options
@@ -32,11 +34,24 @@ RunName = Annotated[Optional[str], typer.Option(
 Model = Annotated[str, typer.Option("--model", "-m", help="uso | omniconsistency")]
 Weights = Annotated[str, typer.Option(
     "--weights", help="'tiny' (tiny random weights: pictures are noise), 'random-full' "
-                      "(speed benchmarks), or a local weights folder.")]
+                      "(speed benchmarks), 'hf' (Hugging Face Hub, HF_TOKEN), an s3:// mirror "
+                      "(restyle weights pull --to s3://...), or a local weights folder.")]
 Endpoint = Annotated[Optional[str], typer.Option(
     "--endpoint-url", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL).")]
 Region = Annotated[Optional[str], typer.Option("--region", help="S3 region.")]
 Profile = Annotated[Optional[str], typer.Option("--profile", help="AWS profile for credentials.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print a JSON object instead of a table.")]
+
+
+def emit(title: str, rows: list[tuple[str, str]], data: dict, as_json: bool) -> None:
+    """Print a result for people (a table) or for scripts (one JSON object on stdout)."""
+    if as_json:
+        print(json.dumps(data, indent=1, sort_keys=True, default=str))
+        return
+    table = Table(title=title, show_header=False)
+    for name, value in rows:
+        table.add_row(name, value)
+    Console().print(table)
 
 
 def storage_settings(endpoint: str | None, region: str | None, profile: str | None) -> StorageSettings:
@@ -51,7 +66,8 @@ def build_config(manifest: list[str], out: str, run: str | None, model: str, wei
                  guidance: float | None, image_format: str, quality: int, caption: str,
                  caption_template: str, actors: int, max_batch_size: int, dtype: str,
                  compile_model: bool, fp8: bool, offload: bool, fuse_lora: bool,
-                 device: str, triplets: bool = False) -> RunConfig:
+                 device: str, triplets: bool = False,
+                 settings: StorageSettings | None = None) -> RunConfig:
     config = RunConfig(
         manifest=tuple(manifest), output=out, run=run or "", model=model, weights=weights,
         seed=seed, sampling=SamplingDefaults(width, height, steps, guidance),
@@ -62,9 +78,10 @@ def build_config(manifest: list[str], out: str, run: str | None, model: str, wei
         actors=actors)
     config.outputs.extension  # validates the format early
     if not run:
+        from pipeline.storage import Storage
         from pipeline.weights.resolve import resolve_weights
 
-        fingerprint = config.fingerprint(resolve_weights(weights, model).sha256)
+        fingerprint = config.fingerprint(resolve_weights(weights, model, storage=Storage(settings)).sha256)
         config = dataclasses.replace(config, run=f"{model}-{fingerprint}")
     return config
 
@@ -106,36 +123,38 @@ def run(
     endpoint_url: Endpoint = None,
     region: Region = None,
     profile: Profile = None,
+    as_json: AsJson = False,
 ) -> None:
     """Stylize every item of the manifest; commit one output shard per input shard."""
-    from pipeline.runner import Runner, RunError
     from pipeline.run_state import RunConflictError
+    from pipeline.runner import Runner, RunError
+    from pipeline.storage import StorageError
 
     logging.basicConfig(level=logging.WARNING)
     config = build_config(manifest, out, run, model, weights, seed, width, height, steps, guidance,
                           image_format, quality, caption, caption_template, actors, max_batch_size,
-                          dtype, compile_model, fp8, offload, fuse_lora, device)
+                          dtype, compile_model, fp8, offload, fuse_lora, device,
+                          settings=storage_settings(endpoint_url, region, profile))
     runner = Runner(config, storage_settings(endpoint_url, region, profile), address, progress)
     try:
         summary = runner.retry_failed() if retry_failed else runner.run()
-    except (RunError, RunConflictError, FileNotFoundError, ValueError) as error:
+    except (RunError, RunConflictError, StorageError, FileNotFoundError, ValueError) as error:
         _fail(str(error))
-    print_summary(summary)
+    print_summary(summary, as_json)
     raise typer.Exit(summary.exit_code)
 
 
-def print_summary(summary) -> None:
-    table = Table(title=f"run {summary.run_uri}", show_header=False)
-    table.add_row("fingerprint", summary.fingerprint)
-    table.add_row("shards", f"{summary.shards_committed} committed, {summary.shards_already_done} "
-                            f"already done, {len(summary.shards_failed)} failed, of {summary.shards_total}")
-    table.add_row("items", f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped")
-    for kind, count in sorted(summary.errors.items()):
-        table.add_row(f"  {kind}", str(count))
-    for shard, reason in sorted(summary.shards_failed.items()):
-        table.add_row(f"shard {shard} failed", reason)
-    table.add_row("time", f"{summary.wall_s:.1f} s, {summary.images_per_s:.3f} images/s")
-    Console().print(table)
+def print_summary(summary, as_json: bool = False) -> None:
+    rows = [("fingerprint", summary.fingerprint),
+            ("shards", f"{summary.shards_committed} committed, {summary.shards_already_done} "
+                       f"already done, {len(summary.shards_failed)} failed, of {summary.shards_total}"),
+            ("items", f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped")]
+    rows += [(f"  {kind}", str(count)) for kind, count in sorted(summary.errors.items())]
+    rows += [(f"shard {k} failed", reason) for k, reason in sorted(summary.shards_failed.items())]
+    rows.append(("time", f"{summary.wall_s:.1f} s, {summary.images_per_s:.3f} images/s"))
+    data = {**dataclasses.asdict(summary), "errors": dict(summary.errors),
+            "images_per_s": summary.images_per_s, "exit_code": summary.exit_code}
+    emit(f"run {summary.run_uri}", rows, data, as_json)
 
 
 # ------------------------------------------------------------------ plan
@@ -154,6 +173,7 @@ def plan(
     endpoint_url: Endpoint = None,
     region: Region = None,
     profile: Profile = None,
+    as_json: AsJson = False,
 ) -> None:
     """Shards total / done / to do, items, and a GPU-hour estimate, without running anything."""
     from pipeline.estimate import gpu_hours, load_table
@@ -161,19 +181,22 @@ def plan(
     from pipeline.runner import Runner
 
     config = build_config(manifest, out, run, model, weights, seed, width, height, steps, None,
-                          "png", 95, "prompt", "", 0, 1, "auto", False, False, False, False, "auto")
+                          "png", 95, "prompt", "", 0, 1, "auto", False, False, False, False, "auto",
+                          settings=storage_settings(endpoint_url, region, profile))
     settings = storage_settings(endpoint_url, region, profile)
     runner = Runner(config, settings, show_progress=False)
     p = runner.plan()
     todo_items = sum(count_items(s, runner.storage) for s in p.todo)
     done_items = sum(stats.count for stats in p.done.values())
     hours = gpu_hours(model, todo_items, width, height, steps, load_table(seconds_table))
-    table = Table(title=f"plan for {config.run_uri}", show_header=False)
-    table.add_row("fingerprint", p.fingerprint)
-    table.add_row("shards", f"{len(p.shards)} total, {len(p.done)} done, {len(p.todo)} to do")
-    table.add_row("items", f"{done_items} done, {todo_items} to do")
-    table.add_row("estimate", f"{hours:.2f} GPU-hours for the items to do")
-    Console().print(table)
+    rows = [("run", config.run_uri), ("fingerprint", p.fingerprint),
+            ("shards", f"{len(p.shards)} total, {len(p.done)} done, {len(p.todo)} to do"),
+            ("items", f"{done_items} done, {todo_items} to do"),
+            ("estimate", f"{hours:.2f} GPU-hours for the items to do")]
+    data = {"run_uri": config.run_uri, "fingerprint": p.fingerprint, "shards_total": len(p.shards),
+            "shards_done": len(p.done), "shards_todo": len(p.todo), "items_done": done_items,
+            "items_todo": todo_items, "gpu_hours": hours}
+    emit(f"plan for {config.model}", rows, data, as_json)
 
 
 # ------------------------------------------------------------------ status
@@ -183,6 +206,7 @@ def status(
     endpoint_url: Endpoint = None,
     region: Region = None,
     profile: Profile = None,
+    as_json: AsJson = False,
 ) -> None:
     """Totals from a run's commit markers: ok, failed by class, images/s."""
     from pipeline.run_state import RunState
@@ -194,16 +218,15 @@ def status(
         s = run_status(RunState(storage, run_uri))
     except FileNotFoundError as error:
         _fail(str(error))
-    table = Table(title=f"status of {s.run_uri}", show_header=False)
-    table.add_row("fingerprint", s.fingerprint or "?")
-    table.add_row("shards", f"{s.shards_committed} of {s.input_shards} committed"
-                            + (f", {s.retry_commits} retry commits" if s.retry_commits else ""))
-    table.add_row("items", f"{s.ok} ok, {s.failed} failed, {s.skipped} skipped, of {s.items}")
-    for kind, count in sorted(s.errors.items()):
-        table.add_row(f"  {kind}", str(count))
-    table.add_row("throughput", f"{s.images_per_s:.3f} images/s, model busy {s.model_fraction:.0%} "
-                                "of shard time")
-    Console().print(table)
+    rows = [("fingerprint", s.fingerprint or "?"),
+            ("shards", f"{s.shards_committed} of {s.input_shards} committed"
+                       + (f", {s.retry_commits} retry commits" if s.retry_commits else "")),
+            ("items", f"{s.ok} ok, {s.failed} failed, {s.skipped} skipped, of {s.items}")]
+    rows += [(f"  {kind}", str(count)) for kind, count in sorted(s.errors.items())]
+    rows.append(("throughput", f"{s.images_per_s:.3f} images/s, model busy "
+                               f"{s.model_fraction:.0%} of shard time"))
+    data = {**dataclasses.asdict(s), "errors": dict(s.errors), "complete": s.complete}
+    emit(f"status of {s.run_uri}", rows, data, as_json)
     raise typer.Exit(0 if s.complete else 1)
 
 
@@ -226,5 +249,5 @@ def manifest_validate(
     raise typer.Exit(0 if report.ok else 1)
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    app(sys.argv[1:])
+if __name__ == "__main__":
+    app()

@@ -112,7 +112,7 @@ class Runner:
     # ------------------------------------------------------------------ planning
     def plan(self) -> Plan:
         shards = list_shards(list(self.config.manifest), self.storage)
-        weights = resolve_weights(self.config.weights, self.config.model)
+        weights = resolve_weights(self.config.weights, self.config.model, storage=self.storage)
         fingerprint = self.config.fingerprint(weights.sha256)
         done = {}
         for shard in shards:

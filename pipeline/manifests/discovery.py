@@ -1,0 +1,69 @@
+"""Which manifest files a spec names: files, folders, globs and brace ranges, local or S3.
+
+The result is sorted by URI and numbered, so the same spec always gives the same shard
+indices (the output shard numbers). Folders are listed recursively and keep only manifest
+files, skipping names that start with "." or "_" (temp files, Spark's _SUCCESS/_metadata).
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+from pipeline.manifests.items import PARQUET, WEBDATASET, ManifestError, ManifestShard
+from pipeline.storage import Storage
+from pipeline.storage.uris import check_supported, has_wildcards
+
+EXTENSIONS = {".parquet": PARQUET, ".pq": PARQUET, ".tar": WEBDATASET, ".tar.gz": WEBDATASET,
+              ".tgz": WEBDATASET}
+
+
+def manifest_format(uri: str) -> str | None:
+    """"parquet", "webdataset", or None for other files."""
+    name = posixpath.basename(uri).lower()
+    for extension, fmt in EXTENSIONS.items():
+        if name.endswith(extension):
+            return fmt
+    return None
+
+
+def _hidden(uri: str) -> bool:
+    return posixpath.basename(uri).startswith((".", "_"))
+
+
+def _is_pattern(spec: str) -> bool:
+    return has_wildcards(spec) or ("{" in spec and "}" in spec)
+
+
+def _files_of(spec: str, storage: Storage) -> list[str]:
+    try:
+        check_supported(spec)
+    except ValueError as error:
+        raise ManifestError(spec, str(error)) from None
+    if _is_pattern(spec):
+        matches = storage.glob(spec)
+        files = [m for m in matches if manifest_format(m) and not _hidden(m)]
+        if not files:
+            shown = ", ".join(matches[:5]) + (" ..." if len(matches) > 5 else "")
+            raise ManifestError(spec, "no manifest file (.parquet, .tar) matches this pattern"
+                                + (f"; it matched only: {shown}" if matches else ""))
+        return files
+    if storage.exists(spec):
+        if manifest_format(spec) is None:
+            raise ManifestError(spec, "not a manifest file: expected .parquet/.pq (Parquet) or "
+                                      ".tar/.tar.gz/.tgz (WebDataset)")
+        return [spec]
+    listed = storage.list(spec)
+    files = [u for u in listed if manifest_format(u) and not _hidden(u)]
+    if not files:
+        raise ManifestError(spec, "no such manifest file or folder" if not listed else
+                            "this folder holds no manifest file (.parquet, .tar)")
+    return files
+
+
+def list_shards(spec: str | list[str] | tuple[str, ...], storage: Storage) -> list[ManifestShard]:
+    """Every manifest file named by `spec` (one spec or several), sorted, numbered from 0."""
+    specs = [spec] if isinstance(spec, str) else list(spec)
+    if not specs:
+        raise ManifestError("<manifest>", "no manifest given")
+    uris = sorted({uri for s in specs for uri in _files_of(str(s), storage)})
+    return [ManifestShard(index, uri, manifest_format(uri) or "") for index, uri in enumerate(uris)]

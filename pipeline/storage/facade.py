@@ -1,0 +1,203 @@
+"""`Storage`: one interface over local paths and s3:// URIs, used by all of restyle.
+
+Every reader and writer in the project goes through it, so local runs and S3 runs share one
+code path and one error vocabulary (`StorageError` and subclasses). It is cheap to construct,
+picklable (only the settings travel; clients are rebuilt lazily in each process) and
+thread-safe.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, BinaryIO
+
+from pipeline.storage import local
+from pipeline.storage.errors import StorageAuthError, StorageError, StorageNotFoundError
+from pipeline.storage.s3 import S3Backend
+from pipeline.storage.settings import StorageSettings
+from pipeline.storage.uris import (
+    S3_PREFIX,
+    check_supported,
+    expand_braces,
+    has_wildcards,
+    is_s3,
+    join,
+    listing_prefix,
+    local_path,
+    parent,
+    resolve,
+    split_s3,
+    wildcard_regex,
+)
+
+# How pyarrow's S3 filesystem words refused credentials (it raises plain OSErrors).
+ARROW_AUTH_MARKERS = ("ACCESS_DENIED", "AccessDenied", "InvalidAccessKeyId",
+                      "SignatureDoesNotMatch", "INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH")
+
+
+class Storage:
+    """Read, write, list and glob objects at local paths or s3:// URIs.
+
+    Writes publish whole objects: a reader sees the old object or the new one, never a mix
+    (local: temp file + os.replace; S3: one PUT, or a multipart upload completed at the end).
+    `list` and `glob` return sorted full URIs of objects (files), never folders.
+    """
+
+    def __init__(self, settings: StorageSettings | None = None):
+        """`settings=None` reads them from the standard AWS environment variables."""
+        self.settings = settings if settings is not None else StorageSettings.from_env()
+        self._s3 = S3Backend(self.settings)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"settings": self.settings}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["settings"])
+
+    def __repr__(self) -> str:
+        return f"Storage({self.settings!r})"
+
+    # ------------------------------------------------------------------ objects
+    def read_bytes(self, uri: str) -> bytes:
+        """The whole object."""
+        return self._s3.read_bytes(uri) if self._remote(uri) else local.read_bytes(uri)
+
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        """Create or replace the object with `data`, published whole."""
+        if self._remote(uri):
+            self._s3.write_bytes(uri, bytes(data))
+        else:
+            local.write_bytes(uri, data)
+
+    def upload_file(self, uri: str, local_source: str | os.PathLike[str]) -> None:
+        """Copy a local file to `uri` (multipart above the threshold), published whole."""
+        source = os.fspath(local_source)
+        if self._remote(uri):
+            self._s3.upload_file(uri, source)
+        else:
+            local.upload_file(uri, source)
+
+    def open_read(self, uri: str) -> BinaryIO:
+        """A streaming binary file object (use it as a context manager). On S3 it resumes a
+        broken download where it stopped; it does not seek."""
+        return self._s3.open_read(uri) if self._remote(uri) else local.open_read(uri)
+
+    def exists(self, uri: str) -> bool:
+        """True when an object (file) is at `uri`. Missing buckets read as False; credential
+        problems raise `StorageAuthError`."""
+        return self._s3.exists(uri) if self._remote(uri) else local.exists(uri)
+
+    def size(self, uri: str) -> int:
+        """Size in bytes; `StorageNotFoundError` when absent."""
+        return self._s3.size(uri) if self._remote(uri) else local.size(uri)
+
+    def delete(self, uri: str) -> None:
+        """Remove the object; removing a missing object is not an error."""
+        if self._remote(uri):
+            self._s3.delete(uri)
+        else:
+            local.delete(uri)
+
+    # ------------------------------------------------------------------ listing
+    def list(self, prefix: str) -> list[str]:
+        """Sorted full URIs of every object below the folder `prefix` (recursively).
+
+        "s3://b/run" and "s3://b/run/" both list the folder run/, not "run-old/...".
+        """
+        if not self._remote(prefix):
+            return local.list_files(os.fspath(prefix))
+        bucket, key = split_s3(prefix)
+        folder = key if not key or key.endswith("/") else key + "/"
+        return sorted(f"{S3_PREFIX}{bucket}/{k}" for k in self._s3.iter_keys(bucket, folder))
+
+    def glob(self, pattern: str) -> list[str]:
+        """Sorted, de-duplicated URIs of objects matching `pattern`.
+
+        Braces expand first (`part-{000000..000099}.tar`, `{train,val}`); then each pattern
+        with `*`, `?`, `[...]` (one path segment) or `**` (any depth) is matched against a
+        listing, and a pattern without wildcards matches when that object exists. On S3 each
+        distinct folder is listed once, however many patterns the braces produced.
+        """
+        pattern = os.fspath(pattern)
+        check_supported(pattern)
+        patterns = expand_braces(pattern)
+        if not self._remote(pattern):
+            found: set[str] = set()
+            for p in patterns:
+                if has_wildcards(p):
+                    found.update(local.glob_files(p))
+                elif local.exists(p):
+                    found.add(p)
+            return sorted(found)
+        return self._glob_s3(patterns)
+
+    def _glob_s3(self, patterns: list[str]) -> list[str]:
+        by_folder: dict[tuple[str, str, bool], list[str]] = {}
+        for p in patterns:
+            bucket, key = split_s3(p)
+            folder = listing_prefix(key) if has_wildcards(key) else key[: key.rfind("/") + 1]
+            rest = key[len(folder):]
+            deep = "/" in rest or "**" in rest
+            by_folder.setdefault((bucket, folder, deep), []).append(key)
+        found: set[str] = set()
+        for (bucket, folder, deep), keys in by_folder.items():
+            literal = {k for k in keys if not has_wildcards(k)}
+            regexes = [wildcard_regex(k) for k in keys if has_wildcards(k)]
+            for key in self._s3.iter_keys(bucket, folder, delimiter=None if deep else "/"):
+                if key in literal or any(r.match(key) for r in regexes):
+                    found.add(f"{S3_PREFIX}{bucket}/{key}")
+        return sorted(found)
+
+    # ------------------------------------------------------------------ URIs
+    @staticmethod
+    def join(base: str, *parts: str) -> str:
+        return join(base, *parts)
+
+    @staticmethod
+    def parent(uri: str) -> str:
+        return parent(uri)
+
+    @staticmethod
+    def resolve(ref: str, relative_to: str) -> str:
+        """`ref` relative to the folder of the file `relative_to` (absolute refs unchanged)."""
+        return resolve(ref, relative_to)
+
+    @staticmethod
+    def is_remote(uri: str) -> bool:
+        return is_s3(uri)
+
+    # ------------------------------------------------------------------ pyarrow
+    def pyarrow_filesystem(self) -> Any:
+        """pyarrow.fs.S3FileSystem configured from the same settings as every boto3 client."""
+        return self._s3.pyarrow_filesystem()
+
+    def arrow_location(self, uri: str) -> tuple[Any, str]:
+        """(pyarrow filesystem, path inside it) for `uri`, for pyarrow/Ray Data readers."""
+        from pyarrow import fs as pafs
+
+        if self._remote(uri):
+            bucket, key = split_s3(uri)
+            return self.pyarrow_filesystem(), f"{bucket}/{key}"
+        return pafs.LocalFileSystem(), os.path.abspath(local_path(uri))
+
+    def arrow_error(self, uri: str, operation: str, error: OSError) -> StorageError:
+        """A pyarrow filesystem OSError as a StorageError of the right kind, without secrets."""
+        reason = str(error)
+        for secret in self.settings.secrets():
+            reason = reason.replace(secret, "***")
+        if isinstance(error, FileNotFoundError):
+            return StorageNotFoundError(uri, operation, "no such object or file")
+        if isinstance(error, PermissionError) or any(
+                marker in reason for marker in ARROW_AUTH_MARKERS):
+            return StorageAuthError(uri, operation, f"access denied: check the credentials "
+                                    f"(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the profile) "
+                                    f"and their permissions [{reason}]")
+        return StorageError(uri, operation, reason)
+
+    def _remote(self, uri: str | os.PathLike[str]) -> bool:
+        if isinstance(uri, os.PathLike):
+            return False
+        if not isinstance(uri, str):
+            raise TypeError(f"storage URIs are str or paths, got {type(uri).__name__}: {uri!r}")
+        check_supported(uri)
+        return is_s3(uri)

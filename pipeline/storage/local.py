@@ -1,0 +1,137 @@
+"""Local-disk side of `Storage`: the same contract as S3, on a filesystem.
+
+Writes publish whole files: data goes to a temporary file in the target folder, is flushed to
+disk, then `os.replace`d over the final name, so a reader never sees half a file (the same
+guarantee an S3 PUT or multipart Complete gives). OS errors become `StorageError`s that name
+the path and the operation.
+"""
+
+from __future__ import annotations
+
+import errno
+import glob as globlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from typing import BinaryIO, TypeVar
+
+from pipeline.storage.errors import StorageAuthError, StorageError, StorageNotFoundError
+from pipeline.storage.uris import local_path
+
+T = TypeVar("T")
+
+
+def _translate(uri: str, operation: str, error: OSError) -> StorageError:
+    reason = error.strerror or str(error)
+    if isinstance(error, FileNotFoundError) or error.errno == errno.ENOENT:
+        return StorageNotFoundError(uri, operation, "no such file")
+    if isinstance(error, PermissionError) or error.errno in (errno.EACCES, errno.EPERM):
+        return StorageAuthError(uri, operation, f"permission denied ({reason}); check the "
+                                                "file's owner and mode")
+    if isinstance(error, IsADirectoryError):
+        return StorageError(uri, operation, "is a directory, not a file")
+    return StorageError(uri, operation, f"{type(error).__name__}: {reason}")
+
+
+def _guarded(uri: str, operation: str, fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except StorageError:
+        raise
+    except OSError as error:
+        raise _translate(uri, operation, error) from error
+
+
+@contextmanager
+def _publishing(uri: str) -> Iterator[BinaryIO]:
+    """A temp file beside `uri` that replaces it on success and vanishes on failure."""
+    path = local_path(uri)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def read_bytes(uri: str) -> bytes:
+    def read() -> bytes:
+        with open(local_path(uri), "rb") as f:
+            return f.read()
+    return _guarded(uri, "read", read)
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    def write() -> None:
+        with _publishing(uri) as out:
+            out.write(data)
+    _guarded(uri, "write", write)
+
+
+def upload_file(uri: str, source: str) -> None:
+    if not os.path.isfile(source):
+        raise StorageNotFoundError(source, "upload", f"local source file to upload to {uri} "
+                                   "does not exist")
+
+    def copy() -> None:
+        with open(source, "rb") as src, _publishing(uri) as out:
+            shutil.copyfileobj(src, out, length=8 * 1024 * 1024)
+    _guarded(uri, "upload", copy)
+
+
+def open_read(uri: str) -> BinaryIO:
+    return _guarded(uri, "open", lambda: open(local_path(uri), "rb"))
+
+
+def exists(uri: str) -> bool:
+    return os.path.isfile(local_path(uri))
+
+
+def size(uri: str) -> int:
+    def stat() -> int:
+        path = local_path(uri)
+        if os.path.isdir(path):
+            raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+        return os.path.getsize(path)
+    return _guarded(uri, "size", stat)
+
+
+def delete(uri: str) -> None:
+    """Remove a file; a missing file is not an error (as on S3)."""
+    def remove() -> None:
+        with suppress(FileNotFoundError):
+            os.unlink(local_path(uri))
+    _guarded(uri, "delete", remove)
+
+
+def list_files(prefix: str) -> list[str]:
+    """Every file below the folder `prefix`, recursively, as `prefix`-relative paths joined on."""
+    prefix = os.fspath(prefix)
+    root = local_path(prefix)
+    if not os.path.isdir(root):
+        return []
+    found = []
+    for folder, _dirs, files in os.walk(root):
+        found.extend(os.path.join(folder, name) for name in files)
+    if prefix.startswith("file://"):
+        found = ["file://" + path for path in found]
+    return sorted(found)
+
+
+def glob_files(pattern: str) -> list[str]:
+    """Files matching one wildcard pattern (no braces; `**` crosses folders)."""
+    pattern = os.fspath(pattern)
+    path = local_path(pattern)
+    matches = [m for m in globlib.glob(path, recursive=True) if os.path.isfile(m)]
+    if pattern.startswith("file://"):
+        matches = ["file://" + m for m in matches]
+    return sorted(matches)

@@ -1,0 +1,39 @@
+"""Shared pytest fixtures. Keep each fixture small and documented; helpers live in modules.
+
+S3: a real SeaweedFS server (tests/s3_server.py) is started once per test session on free
+loopback ports with access keys, and stopped at the end. Its log stays in the session's tmp
+folder (path printed on failure). Each test that needs S3 takes a fresh bucket.
+"""
+
+from __future__ import annotations
+
+import pytest
+from s3_server import SeaweedS3Server
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    """A running SeaweedFS S3 gateway: `.endpoint_url`, `.access_key`, `.secret_key`,
+    `.settings()`, `.storage()`, `.new_bucket()`, `.log_path`."""
+    server = SeaweedS3Server.start(tmp_path_factory.mktemp("s3-server"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: SeaweedS3Server, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty bucket for this test, as "s3://<name>"."""
+    return s3_server.new_bucket(request.node.name.split("[")[0].replace("test_", "t-"))
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """On a failing S3 test, attach the server log's tail to the report."""
+    outcome = yield
+    report = outcome.get_result()
+    server = getattr(item, "funcargs", {}).get("s3_server")
+    if report.failed and isinstance(server, SeaweedS3Server):
+        report.sections.append(("SeaweedFS log tail (" + str(server.log_path) + ")",
+                                server.log_tail(40)))

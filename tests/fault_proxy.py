@@ -1,0 +1,140 @@
+"""A fault-injecting HTTP proxy in front of the real S3 server, for retry tests.
+
+Requests pass through unchanged (the Host header too, so SigV4 signatures stay valid) to the
+real SeaweedFS server, except those a test scripts to fail: answered with an S3 error such as
+503 SlowDown, or forwarded but with the response body cut off after some bytes (a connection
+dropped mid-download). Every request is logged, so a test can count the attempts a client made.
+Nothing here imitates S3: successes come from the real server.
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+# Not forwarded: hop-by-hop headers, and Expect (the proxy already answered "100 Continue";
+# SigV4 never signs Expect).
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te",
+              "expect"}
+
+
+@dataclass
+class Fault:
+    """What to do to the next matching request."""
+
+    method: str | None = None  # None = any method
+    status: int | None = None  # answer with this status and an S3 error body...
+    code: str = "SlowDown"
+    cut_after: int | None = None  # ...or forward, but drop the connection after this many bytes
+
+
+class FaultProxy:
+    """`endpoint_url` of a proxy to `upstream`; `fail_next` / `cut_next` script faults."""
+
+    def __init__(self, upstream: str):
+        parts = urlsplit(upstream)
+        self.upstream_host, self.upstream_port = parts.hostname, parts.port
+        self.faults: list[Fault] = []
+        self.log: list[tuple[str, str, str]] = []  # (method, path, "forwarded" | fault)
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> FaultProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def fail_next(self, count: int, status: int = 503, code: str = "SlowDown",
+                  method: str | None = None) -> None:
+        with self._lock:
+            self.faults.extend(Fault(method, status, code) for _ in range(count))
+
+    def cut_next(self, count: int, after_bytes: int, method: str = "GET") -> None:
+        with self._lock:
+            self.faults.extend(Fault(method, cut_after=after_bytes) for _ in range(count))
+
+    def requests(self, method: str | None = None) -> list[tuple[str, str, str]]:
+        with self._lock:
+            return [r for r in self.log if method is None or r[0] == method]
+
+    def _take_fault(self, method: str) -> Fault | None:
+        with self._lock:
+            for i, fault in enumerate(self.faults):
+                if fault.method in (None, method):
+                    return self.faults.pop(i)
+        return None
+
+    def _record(self, method: str, path: str, what: str) -> None:
+        with self._lock:
+            self.log.append((method, path, what))
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:  # keep test output quiet
+                pass
+
+            def _serve(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                fault = proxy._take_fault(self.command)
+                if fault is not None and fault.status is not None:
+                    proxy._record(self.command, self.path, f"{fault.status} {fault.code}")
+                    payload = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{fault.code}'
+                               f"</Code><Message>injected by FaultProxy</Message></Error>").encode()
+                    self.send_response(fault.status)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(payload)
+                    return
+                upstream = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port,
+                                                      timeout=60)
+                try:
+                    upstream.putrequest(self.command, self.path, skip_host=True,
+                                        skip_accept_encoding=True)
+                    for name, value in self.headers.items():
+                        if name.lower() not in HOP_BY_HOP:
+                            upstream.putheader(name, value)
+                    upstream.endheaders(body if body else None)
+                    response = upstream.getresponse()
+                    data = response.read()
+                    cut = fault.cut_after if fault is not None else None
+                    proxy._record(self.command, self.path,
+                                  "forwarded" if cut is None else f"cut after {cut} bytes")
+                    self.send_response(response.status, response.reason)
+                    for name, value in response.getheaders():
+                        if name.lower() not in HOP_BY_HOP and name.lower() != "content-length":
+                            self.send_header(name, value)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    if self.command == "HEAD":
+                        return
+                    if cut is None:
+                        self.wfile.write(data)
+                    else:  # promise the whole body, send part of it, drop the connection
+                        self.wfile.write(data[:cut])
+                        self.wfile.flush()
+                        self.close_connection = True
+                finally:
+                    upstream.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _serve
+
+        return Handler
