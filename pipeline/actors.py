@@ -49,7 +49,7 @@ class StylizeActor:
 
             options = replace(options, device=self.device)
         storage = Storage(storage_settings)
-        root = local_root(config.weights)
+        root = local_root(config.weights, model=config.model, storage=storage)
         model = load_random_model(config.model, options) if root is None else \
             load_model(config.model, root, options)
         self.load_s = time.perf_counter() - t0
@@ -58,10 +58,15 @@ class StylizeActor:
                  os.environ.get("CUDA_VISIBLE_DEVICES"))
         scratch = Path(tempfile.gettempdir()) / "restyle-scratch"
         scratch.mkdir(exist_ok=True)
+        scorer = None
+        if config.scoring.enabled:
+            from pipeline.scoring import make_scorer
+
+            scorer = make_scorer(config.scoring, self.device)
         self.processor = ShardProcessor(
             config, model, storage, make_captioner(config.outputs, self.device),
             StyleLoraResolver(storage, root, weight_cache_dir() / "downloads"),
-            device=self.device, scratch_dir=str(scratch))
+            device=self.device, scratch_dir=str(scratch), scorer=scorer)
 
     def info(self) -> dict:
         return {"pid": os.getpid(), "device": self.device, "load_s": self.load_s,

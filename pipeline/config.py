@@ -51,6 +51,19 @@ class OutputOptions:
 
 
 @dataclass(frozen=True)
+class ScoringOptions:
+    """Optional quality scores per result, written to records and provenance (see
+    `pipeline.scoring`): e.g. "clip_t" (result vs prompt), "style" (result vs style image)."""
+
+    metrics: tuple[str, ...] = ()
+    model: str = ""  # a local CLIP-family transformers folder
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.metrics)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything a run needs; `public_dict()` is what goes to run.json (no credentials)."""
 
@@ -63,6 +76,7 @@ class RunConfig:
     sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
     options: ModelOptions = field(default_factory=ModelOptions)
     outputs: OutputOptions = field(default_factory=OutputOptions)
+    scoring: ScoringOptions = field(default_factory=ScoringOptions)
     actors: int = 0  # 0 = one per GPU in the cluster (or 1 without GPUs)
     prefetch_items: int = 8  # decoded items buffered ahead of the model, per shard
     max_shard_attempts: int = 3  # an actor that dies mid-shard: the shard is retried elsewhere
@@ -86,6 +100,7 @@ class RunConfig:
             "sampling": dataclasses.asdict(self.sampling),
             "options": self.options.fingerprint_fields(),
             "outputs": dataclasses.asdict(self.outputs),
+            "scoring": dataclasses.asdict(self.scoring),
         }
 
     def fingerprint(self, weight_sha256: dict[str, str]) -> str:

@@ -52,6 +52,7 @@ RECORD_SCHEMA = pa.schema([
     ("read_s", pa.float64()),
     ("model_s", pa.float64()),
     ("encode_s", pa.float64()),
+    ("scores", pa.map_(pa.string(), pa.float64())),  # optional quality scores (pipeline.scoring)
 ])
 
 
@@ -89,6 +90,7 @@ class ItemRecord:
     read_s: float | None = None
     model_s: float | None = None
     encode_s: float | None = None
+    scores: dict[str, float] | None = None
 
     @property
     def ok(self) -> bool:
@@ -228,7 +230,12 @@ def records_to_parquet(records: list[ItemRecord]) -> bytes:
 
 def read_records(storage: Storage, uri: str) -> list[ItemRecord]:
     table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
-    return [ItemRecord(**row) for row in table.to_pylist()]
+    records = []
+    for row in table.to_pylist():
+        if row.get("scores") is not None:  # pyarrow returns maps as lists of (key, value)
+            row["scores"] = dict(row["scores"])
+        records.append(ItemRecord(**row))
+    return records
 
 
 def read_marker(storage: Storage, uri: str) -> ShardStats | None:

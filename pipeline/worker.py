@@ -22,6 +22,9 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
 
 from pipeline.captions import Captioner
 from pipeline.config import RunConfig, code_version, derive_seed
@@ -122,9 +125,23 @@ class Progress:
             return {seq: (c[0], c[1]) for seq, c in self._live.items()}
 
 
+def group_key(entry: ManifestItem | RowError) -> tuple:
+    """Sort key that brings together items a model can run back to back cheaply."""
+    if isinstance(entry, RowError):
+        return (0,)
+    scale = 1.0 if entry.style_lora_scale is None else entry.style_lora_scale
+    return (1, entry.style_lora or "", scale, entry.width or 0, entry.height or 0,
+            entry.subject is None, len(entry.styles))
+
+
 def worker_identity(device: str) -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(), "device": device,
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
+class Scorer(Protocol):
+    def score(self, fields: dict, request: GenerationRequest, image: np.ndarray) -> dict[str, float]:
+        """Quality scores of one result (e.g. {"clip_t": 0.31, "style": 0.72})."""
 
 
 class ShardProcessor:
@@ -132,8 +149,10 @@ class ShardProcessor:
 
     def __init__(self, config: RunConfig, model: StylizationModel, storage: Storage,
                  captioner: Captioner, style_loras: StyleLoraResolver, device: str = "cpu",
-                 io_threads: int = 4, scratch_dir: str | None = None):
+                 io_threads: int = 4, scratch_dir: str | None = None,
+                 scorer: Scorer | None = None):
         self.config = config
+        self.scorer = scorer
         self.model = model
         self.storage = storage
         self.captioner = captioner
@@ -146,11 +165,17 @@ class ShardProcessor:
         self._crashes = 0  # consecutive batches on which the model raised
 
     # ---------------------------------------------------------------- reading
-    def _items(self, task: ShardTask) -> Iterator[ManifestItem | RowError]:
+    def _items(self, task: ShardTask) -> list[ManifestItem | RowError]:
+        """The shard's entries, grouped so items sharing a style LoRA and a token layout are
+        consecutive (stable: input order within a group; malformed rows first). A model then
+        loads each LoRA once per group and batches equal layouts. The shard's rows are held in
+        memory while it runs, so shard size bounds an actor's memory."""
+        entries = []
         for entry in read_shard(task.shard, self.storage):
             item_id = entry.item_id if isinstance(entry, RowError) else entry.id
             if task.only_ids is None or item_id in task.only_ids:
-                yield entry
+                entries.append(entry)
+        return sorted(entries, key=group_key)
 
     def _prepare(self, entry: ManifestItem | RowError) -> Prepared:
         t0 = time.perf_counter()
@@ -327,10 +352,12 @@ class ShardProcessor:
             fields = {"id": item.id, "prompt": item.prompt or "", "model": self.config.model,
                       "style_lora": item.style_lora or "", **(item.extra or {})}
             caption = self.captioner.caption(fields, outcome.image)
+            if self.scorer is not None:
+                record.scores = self.scorer.score(fields, request, outcome.image)
             options = self.config.outputs
             image_bytes = encode_image(outcome.image, options)
             references = self._reference_images(request) if options.include_references else None
-            provenance = self._provenance(task, item, request, outcome, caption)
+            provenance = self._provenance(task, item, request, outcome, caption, record.scores)
             members = sample_members(image_bytes, caption, provenance, options, references)
         except Exception as err:  # a caption template or encoder failure is this item's failure
             record.status, record.error = ErrorKind.MODEL_ERROR, f"item {item.id!r}: output: {err}"
@@ -349,9 +376,11 @@ class ShardProcessor:
         return refs
 
     def _provenance(self, task: ShardTask, item: ManifestItem, request: GenerationRequest,
-                    outcome: GenerationOutcome, caption: str) -> dict:
+                    outcome: GenerationOutcome, caption: str,
+                    scores: dict[str, float] | None) -> dict:
         lora = request.style_lora
         return {
+            "scores": scores,
             "id": item.id,
             "run": self.config.run,
             "fingerprint": task.fingerprint,

@@ -29,6 +29,8 @@ class Fault:
     status: int | None = None  # answer with this status and an S3 error body...
     code: str = "SlowDown"
     cut_after: int | None = None  # ...or forward, but drop the connection after this many bytes
+    path_contains: str | None = None  # only requests whose path contains this
+    sticky: bool = False  # keep failing every matching request until `clear()`
 
 
 class FaultProxy:
@@ -61,6 +63,16 @@ class FaultProxy:
         with self._lock:
             self.faults.extend(Fault(method, status, code) for _ in range(count))
 
+    def fail_matching(self, path_contains: str, status: int = 503, code: str = "SlowDown",
+                      method: str | None = None) -> None:
+        """Fail every request whose path contains `path_contains`, until `clear()`."""
+        with self._lock:
+            self.faults.append(Fault(method, status, code, path_contains=path_contains, sticky=True))
+
+    def clear(self) -> None:
+        with self._lock:
+            self.faults.clear()
+
     def cut_next(self, count: int, after_bytes: int, method: str = "GET") -> None:
         with self._lock:
             self.faults.extend(Fault(method, cut_after=after_bytes) for _ in range(count))
@@ -69,11 +81,12 @@ class FaultProxy:
         with self._lock:
             return [r for r in self.log if method is None or r[0] == method]
 
-    def _take_fault(self, method: str) -> Fault | None:
+    def _take_fault(self, method: str, path: str) -> Fault | None:
         with self._lock:
             for i, fault in enumerate(self.faults):
-                if fault.method in (None, method):
-                    return self.faults.pop(i)
+                if fault.method in (None, method) and (fault.path_contains is None
+                                                       or fault.path_contains in path):
+                    return fault if fault.sticky else self.faults.pop(i)
         return None
 
     def _record(self, method: str, path: str, what: str) -> None:
@@ -92,7 +105,7 @@ class FaultProxy:
             def _serve(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                fault = proxy._take_fault(self.command)
+                fault = proxy._take_fault(self.command, self.path)
                 if fault is not None and fault.status is not None:
                     proxy._record(self.command, self.path, f"{fault.status} {fault.code}")
                     payload = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{fault.code}'

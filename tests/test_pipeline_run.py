@@ -88,7 +88,8 @@ def test_parquet_run_writes_committed_shards_with_records_for_every_item(
     assert members["a-1.txt"] == b"item 1"  # default caption: the prompt
     provenance = json.loads(members["a-1.json"])
     assert provenance["model"] == "uso" and provenance["parameters"]["width"] == 64
-    assert set(provenance["weights"]) >= {"flux_transformer", "uso_dit_lora", "uso_projector"}
+    assert set(provenance["weights"]) >= {"flux1-dev/flux1-dev.safetensors", "uso/dit_lora.safetensors",
+                                          "uso/projector.safetensors"}
     assert provenance["styles"][0].endswith("images/img1.png")
 
     records = pq.read_table(run / "part-000001.parquet").to_pylist()
@@ -218,3 +219,56 @@ def test_webdataset_manifest_on_s3_to_s3_output(ray_cpu, tiny_weights, s3_server
     assert storage.exists(f"{s3_bucket}/out/test/part-000000.stats.json")
     run_json = storage.read_bytes(f"{s3_bucket}/out/test/run.json").decode()
     assert s3_server.secret_key not in run_json and s3_server.access_key not in run_json
+
+
+def test_storage_errors_fail_only_that_shard_and_a_rerun_completes_it(
+        ray_cpu, tiny_weights, s3_server, s3_bucket, tmp_path):
+    from dataclasses import replace
+
+    from fault_proxy import FaultProxy
+
+    images = write_images(tmp_path / "images", 2)
+    for k in range(2):
+        (tmp_path / f"part-{k}.parquet").write_bytes(parquet_bytes(
+            uso_rows(f"f{k}", 1, str(images[0]), str(images[1]))))
+    manifest = str(tmp_path / "part-*.parquet")
+    with FaultProxy(s3_server.endpoint_url) as proxy:
+        settings = replace(s3_server.settings(max_attempts=2), endpoint_url=proxy.endpoint_url)
+        proxy.fail_matching("part-000001", status=503, code="SlowDown", method="PUT")
+        config = run_config(manifest, f"{s3_bucket}/out", tiny_weights)
+        summary = Runner(config, settings, show_progress=False).run()
+
+        assert summary.shards_committed == 1 and list(summary.shards_failed) == [1]
+        assert "part-000001" in summary.shards_failed[1]
+        assert summary.exit_code == 2
+        assert len([r for r in proxy.requests("PUT") if "part-000001" in r[1]]) >= 2  # retried
+        storage = s3_server.storage()
+        assert storage.exists(f"{s3_bucket}/out/test/part-000000.stats.json")
+        assert not storage.exists(f"{s3_bucket}/out/test/part-000001.stats.json")
+
+        proxy.clear()  # the storage recovers; the same command finishes the run
+        again = Runner(config, settings, show_progress=False).run()
+    assert (again.shards_already_done, again.shards_committed, again.exit_code) == (1, 1, 0)
+
+
+def test_omniconsistency_items_are_grouped_by_style_lora(ray_cpu, tiny_weights, tmp_path):
+    images = write_images(tmp_path / "images", 1)
+    styles = ["Ghibli", "Van_Gogh", "Ghibli", None, "Van_Gogh"]
+    rows = [{"id": f"o{i}", "prompt": "a small house", "subject": str(images[0]),
+             "style_lora": style, "width": 64, "height": 48, "steps": 2}
+            for i, style in enumerate(styles)]
+    manifest = tmp_path / "omni.parquet"
+    manifest.write_bytes(parquet_bytes(rows))
+    config = run_config(str(manifest), str(tmp_path / "out"), tiny_weights, model="omniconsistency")
+    summary = Runner(config, StorageSettings(), show_progress=False).run()
+
+    assert (summary.ok, summary.failed) == (5, 0)
+    run = tmp_path / "out" / "test"
+    records = pq.read_table(run / "part-000000.parquet").to_pylist()
+    # Items sharing a LoRA run back to back (stable within a group): one load per group.
+    assert [r["id"] for r in records] == ["o3", "o0", "o2", "o1", "o4"]
+    members = tar_members((run / "part-000000.tar").read_bytes())
+    provenance = json.loads(members["o1.json"])
+    assert provenance["style_lora"]["name"] == "Van_Gogh"
+    assert len(provenance["style_lora"]["sha256"]) == 64
+    assert json.loads(members["o3.json"])["style_lora"] is None
