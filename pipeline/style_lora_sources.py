@@ -20,10 +20,11 @@ import threading
 from pathlib import Path
 
 from pipeline.models.base import ErrorKind, ItemError, StyleLora
+from pipeline.models.omni_styles import SHIPPED_FILE_SUFFIX
 from pipeline.storage import Storage
 from pipeline.weights.hashing import file_sha256
 
-SHIPPED_SUFFIX = "_rank128_bf16.safetensors"
+SHIPPED_SUFFIX = SHIPPED_FILE_SUFFIX + ".safetensors"
 
 
 class StyleLoraResolver:

@@ -282,7 +282,8 @@ class OmniConsistencyModel(StylizationModel):
             "apply_proj_loras": self.sampler.apply_proj_loras, "dtype": str(self.components.dtype),
             "fuse_lora": self.options.fuse_lora, "fp8": self.options.fp8,
             "style_lora": None if style is None else {
-                "name": style.name, "path": str(style.path), "scale": style.scale,
+                # the file name only: the local cache path differs between machines
+                "name": style.name, "file": style.path.name, "scale": style.scale,
                 "shipped_style": item.style_name,
                 "format": None if converted is None else converted.source_format,
                 "ignored_keys": 0 if converted is None else len(converted.ignored_keys)},

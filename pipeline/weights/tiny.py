@@ -46,13 +46,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from pipeline.models.omni_styles import SHIPPED_STYLES
 from pipeline.weights import tiny_tokenizers
 from pipeline.weights.architecture import (AutoEncoderParams, FluxParams, TensorTable,
                                            USOProjectorParams, flux_transformer_tensors,
                                            flux_vae_tensors, omniconsistency_lora_tensors,
                                            uso_dit_lora_tensors, uso_projector_tensors)
 
-BUILD_FORMAT = 1  # bump when the content of a tiny build changes, so old builds are replaced
+BUILD_FORMAT = 2  # bump when the content of a tiny build changes, so old builds are replaced
 MARKER = "tiny_build.json"
 FLUX_LAYOUTS = ("bfl", "diffusers", "both")
 
@@ -80,7 +81,7 @@ TINY_PROJECTOR = USOProjectorParams(siglip_tokens=(56 // 14) ** 2, style_tokens=
 TINY_USO_LORA_RANK = 4
 TINY_OMNI_LORA_RANK = 4
 TINY_STYLE_LORA_RANK = 4
-TINY_STYLE_NAMES = ("Ghibli", "Van_Gogh", "3D_Chibi")
+TINY_STYLE_NAMES = SHIPPED_STYLES  # all 22, so every shipped style name works in the demo
 # kohya module -> alpha; alpha/rank differs per module (0.25 .. 2) so a lost alpha shows.
 KOHYA_DOUBLE_ALPHAS = {"img_attn_qkv": 2.0, "img_attn_proj": 4.0, "img_mlp_0": 8.0,
                        "img_mlp_2": 4.0, "txt_attn_qkv": 1.0, "txt_attn_proj": 4.0,
