@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.models.base import GenerationRequest, ModelOptions  # noqa: E402
 from pipeline.models.flux_common import pack_latents, unpack_latents  # noqa: E402
-from pipeline.models.omni_components import resolve_dtype  # noqa: E402
+from pipeline.models.devices import resolve_dtype  # noqa: E402
 from pipeline.models.omni_sampler import euler_step, to_uint8  # noqa: E402
 from pipeline.models.omniconsistency import OmniConsistencyModel  # noqa: E402
 

@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 import ray
-import torch
 
 from pipeline.captions import make_captioner
 from pipeline.config import RunConfig
+from pipeline.models.devices import resolve_device
 from pipeline.models.registry import load_model, load_random_model
 from pipeline.storage import Storage, StorageSettings
 from pipeline.style_lora_sources import StyleLoraResolver
@@ -30,19 +30,13 @@ log = logging.getLogger(__name__)
 SHARDS_IN_FLIGHT_PER_ACTOR = 2  # one running, one reading ahead
 
 
-def pick_device(requested: str) -> str:
-    if requested != "auto":
-        return requested
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 class StylizeActor:
     """Holds one loaded model; `process` runs a shard end to end and returns its marker."""
 
     def __init__(self, config: RunConfig, storage_settings: StorageSettings):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         t0 = time.perf_counter()
-        self.device = pick_device(config.options.device)
+        self.device = str(resolve_device(config.options.device))
         options = config.options
         if options.device == "auto":
             from dataclasses import replace

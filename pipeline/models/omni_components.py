@@ -16,14 +16,13 @@ import torch
 from diffusers import AutoencoderKL, FluxTransformer2DModel
 
 from pipeline.models.base import ModelOptions
+from pipeline.models.devices import resolve_device, resolve_dtype
 from pipeline.models.files import OmniConsistencyFiles
 from pipeline.models.flux_loading import load_flux_transformer, load_flux_vae
 from pipeline.models.omni_lora import ConsistencyLora
 from pipeline.models.omni_sampler import FLUX_DEV_SCHEDULER_CONFIG
 from pipeline.models.text_encoders import FluxTextEncoders
 
-_DTYPE_NAMES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 # Random architectures for `load_random`: diffusers FluxTransformer2DModel / AutoencoderKL kwargs.
 FLUX_DEV_TRANSFORMER = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38,
@@ -60,20 +59,6 @@ class OmniComponents:
     provenance: str = "files"  # or "random:<size>" (benchmarks only)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """"auto": bf16 on CUDA (the authors' dtype), fp32 elsewhere."""
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    try:
-        return _DTYPE_NAMES[name]
-    except KeyError:
-        raise ValueError(f"unknown dtype {name!r}; use auto or one of {sorted(_DTYPE_NAMES)}") from None
 
 
 def _apply_execution_options(transformer: FluxTransformer2DModel, options: ModelOptions, dtype: torch.dtype) -> None:

@@ -57,6 +57,7 @@ from pipeline.models.base import (
     StylizationModel,
     WeightFileError,
 )
+from pipeline.models.devices import resolve_device, resolve_dtype
 from pipeline.models.files import USOFiles
 from pipeline.models.flux_fp8 import store_linears_in_fp8
 from pipeline.models.text_encoders import FluxTextEncoders
@@ -73,22 +74,6 @@ from pipeline.models.uso_sampling import (
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
-           "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if name not in _DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; choose auto or one of {sorted(_DTYPES)}")
-    return _DTYPES[name]
 
 
 def is_out_of_memory(error: BaseException) -> bool:
