@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -91,6 +92,22 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+@contextmanager
+def operator_errors():
+    """Turn the errors an operator can fix (bad manifest, storage, weights, conflicting run)
+    into one clear line and exit code 2, instead of a traceback."""
+    from pipeline.run_state import RunConflictError
+    from pipeline.runner import RunError
+    from pipeline.storage import StorageError
+    from pipeline.weights.errors import WeightsError
+
+    try:
+        yield
+    except (RunError, RunConflictError, StorageError, WeightsError, FileNotFoundError,
+            ValueError) as error:
+        _fail(str(error))
+
+
 # ------------------------------------------------------------------ run
 @app.command()
 def run(
@@ -126,20 +143,17 @@ def run(
     as_json: AsJson = False,
 ) -> None:
     """Stylize every item of the manifest; commit one output shard per input shard."""
-    from pipeline.run_state import RunConflictError
-    from pipeline.runner import Runner, RunError
-    from pipeline.storage import StorageError
+    from pipeline.runner import Runner
 
     logging.basicConfig(level=logging.WARNING)
-    config = build_config(manifest, out, run, model, weights, seed, width, height, steps, guidance,
-                          image_format, quality, caption, caption_template, actors, max_batch_size,
-                          dtype, compile_model, fp8, offload, fuse_lora, device,
-                          settings=storage_settings(endpoint_url, region, profile))
-    runner = Runner(config, storage_settings(endpoint_url, region, profile), address, progress)
-    try:
+    settings = storage_settings(endpoint_url, region, profile)
+    with operator_errors():
+        config = build_config(manifest, out, run, model, weights, seed, width, height, steps,
+                              guidance, image_format, quality, caption, caption_template, actors,
+                              max_batch_size, dtype, compile_model, fp8, offload, fuse_lora,
+                              device, settings=settings)
+        runner = Runner(config, settings, address, progress)
         summary = runner.retry_failed() if retry_failed else runner.run()
-    except (RunError, RunConflictError, StorageError, FileNotFoundError, ValueError) as error:
-        _fail(str(error))
     print_summary(summary, as_json)
     raise typer.Exit(summary.exit_code)
 
@@ -180,15 +194,16 @@ def plan(
     from pipeline.manifests import count_items
     from pipeline.runner import Runner
 
-    config = build_config(manifest, out, run, model, weights, seed, width, height, steps, None,
-                          "png", 95, "prompt", "", 0, 1, "auto", False, False, False, False, "auto",
-                          settings=storage_settings(endpoint_url, region, profile))
     settings = storage_settings(endpoint_url, region, profile)
-    runner = Runner(config, settings, show_progress=False)
-    p = runner.plan()
-    todo_items = sum(count_items(s, runner.storage) for s in p.todo)
-    done_items = sum(stats.count for stats in p.done.values())
-    hours = gpu_hours(model, todo_items, width, height, steps, load_table(seconds_table))
+    with operator_errors():
+        config = build_config(manifest, out, run, model, weights, seed, width, height, steps, None,
+                              "png", 95, "prompt", "", 0, 1, "auto", False, False, False, False,
+                              "auto", settings=settings)
+        runner = Runner(config, settings, show_progress=False)
+        p = runner.plan()
+        todo_items = sum(count_items(s, runner.storage) for s in p.todo)
+        done_items = sum(stats.count for stats in p.done.values())
+        hours = gpu_hours(model, todo_items, width, height, steps, load_table(seconds_table))
     rows = [("run", config.run_uri), ("fingerprint", p.fingerprint),
             ("shards", f"{len(p.shards)} total, {len(p.done)} done, {len(p.todo)} to do"),
             ("items", f"{done_items} done, {todo_items} to do"),
@@ -248,6 +263,10 @@ def manifest_validate(
     Console().print(report.format() if hasattr(report, "format") else str(report))
     raise typer.Exit(0 if report.ok else 1)
 
+
+from pipeline.jobs_cli import register_job_commands  # noqa: E402  (after the helpers it uses)
+
+register_job_commands(app)
 
 if __name__ == "__main__":
     app()

@@ -132,10 +132,12 @@ class FaultProxy:
                     proxy._record(self.command, self.path,
                                   "forwarded" if cut is None else f"cut after {cut} bytes")
                     self.send_response(response.status, response.reason)
+                    head = self.command == "HEAD"  # no body: keep the object's real length
                     for name, value in response.getheaders():
-                        if name.lower() not in HOP_BY_HOP and name.lower() != "content-length":
+                        if name.lower() not in HOP_BY_HOP and (head or name.lower() != "content-length"):
                             self.send_header(name, value)
-                    self.send_header("Content-Length", str(len(data)))
+                    if not head:
+                        self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
                     if self.command == "HEAD":
                         return

@@ -223,15 +223,18 @@ def test_webdataset_manifest_on_s3_to_s3_output(ray_cpu, tiny_weights, s3_server
 
 def test_storage_errors_fail_only_that_shard_and_a_rerun_completes_it(
         ray_cpu, tiny_weights, s3_server, s3_bucket, tmp_path):
+    """Parquet manifest and images on S3, outputs on S3 through a proxy that fails shard 1."""
     from dataclasses import replace
 
     from fault_proxy import FaultProxy
 
-    images = write_images(tmp_path / "images", 2)
+    storage = s3_server.storage()
+    for i in range(2):
+        storage.write_bytes(f"{s3_bucket}/images/img{i}.png", png_bytes(i))
     for k in range(2):
-        (tmp_path / f"part-{k}.parquet").write_bytes(parquet_bytes(
-            uso_rows(f"f{k}", 1, str(images[0]), str(images[1]))))
-    manifest = str(tmp_path / "part-*.parquet")
+        storage.write_bytes(f"{s3_bucket}/in/part-{k}.parquet", parquet_bytes(
+            uso_rows(f"f{k}", 1, "../images/img0.png", "../images/img1.png")))
+    manifest = f"{s3_bucket}/in/part-*.parquet"
     with FaultProxy(s3_server.endpoint_url) as proxy:
         settings = replace(s3_server.settings(max_attempts=2), endpoint_url=proxy.endpoint_url)
         proxy.fail_matching("part-000001", status=503, code="SlowDown", method="PUT")
@@ -242,7 +245,6 @@ def test_storage_errors_fail_only_that_shard_and_a_rerun_completes_it(
         assert "part-000001" in summary.shards_failed[1]
         assert summary.exit_code == 2
         assert len([r for r in proxy.requests("PUT") if "part-000001" in r[1]]) >= 2  # retried
-        storage = s3_server.storage()
         assert storage.exists(f"{s3_bucket}/out/test/part-000000.stats.json")
         assert not storage.exists(f"{s3_bucket}/out/test/part-000001.stats.json")
 

@@ -1,0 +1,165 @@
+"""Tiny random-weight auxiliary models: a CLIP scorer and a BLIP captioner, built locally.
+
+Scoring (`pipeline.scoring`) and model captions (`pipeline.caption_model`) load transformers
+folders; tests and demos need such folders without the Hub. These builders write real
+`save_pretrained` folders of the real classes at tiny sizes, with tokenizers and image
+processors built on this machine:
+
+    build_tiny_clip(folder)       CLIPModel (text + vision towers, projections) + CLIPProcessor
+                                  (the CLIP BPE tokenizer of `tiny_tokenizers`, PIL image processor)
+    build_tiny_captioner(folder)  BlipForConditionalGeneration + BlipProcessor (a BERT WordPiece
+                                  tokenizer over the same small corpus, "[DEC]" as BLIP's BOS)
+
+Both are deterministic (same seed, same bytes) and idempotent: a folder that already holds a
+complete build of the same kind and seed (its `tiny_aux.json` marker) is reused as is. The
+pictures they "see" are meaningless, but every tensor goes through the real code path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+import torch
+
+from pipeline.weights import tiny_tokenizers
+from pipeline.weights.tiny import randomize_module
+
+MARKER = "tiny_aux.json"
+BUILD_FORMAT = 1
+IMAGE_SIZE = 32  # both vision towers: 32x32 pixels, 8x8 patches -> 16 patch tokens
+
+TINY_CLIP_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu")
+TINY_CLIP_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=8,
+                        hidden_act="quick_gelu")
+TINY_CLIP_PROJECTION = 16
+
+TINY_BLIP_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, max_position_embeddings=64, encoder_hidden_size=32)
+TINY_BLIP_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=8)
+
+BLIP_MATRIX_STD = 0.5
+BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+BLIP_BOS = "[DEC]"  # BLIP's decoder start token, added to BERT's vocabulary like the release
+
+
+def _generator(seed: int, name: str) -> torch.Generator:
+    digest = hashlib.sha256(f"tiny-aux:{seed}:{name}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "big"))
+
+
+def build_tiny_clip(folder: Path, seed: int = 0) -> Path:
+    """A tiny `CLIPModel` + `CLIPProcessor` folder at `folder` (reused when already built)."""
+    return _build(Path(folder), "clip", seed, _write_clip)
+
+
+def build_tiny_captioner(folder: Path, seed: int = 0) -> Path:
+    """A tiny `BlipForConditionalGeneration` + `BlipProcessor` folder (reused when built)."""
+    return _build(Path(folder), "blip", seed, _write_blip)
+
+
+def _write_clip(folder: Path, seed: int) -> None:
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
+
+    tokenizer = tiny_tokenizers.build_clip_tokenizer()
+    config = CLIPConfig(
+        text_config=dict(**TINY_CLIP_TEXT, vocab_size=len(tokenizer),
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id),
+        vision_config=TINY_CLIP_VISION, projection_dim=TINY_CLIP_PROJECTION)
+    model = randomize_module(CLIPModel(config), _generator(seed, "clip")).eval()
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE},
+                                              crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
+        tokenizer=tokenizer)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+
+
+def bert_vocab() -> list[str]:
+    """A WordPiece vocabulary over the tiny corpus: specials, single characters (plain and as
+    "##" continuations, so no word is ever unknown), then every lower-cased corpus word."""
+    words: set[str] = set()
+    for line in tiny_tokenizers.CORPUS:
+        words.update(re.findall(r"\w+|[^\w\s]", line.lower()))
+    chars = sorted({c for w in words for c in w})
+    return [*BERT_SPECIALS, BLIP_BOS, *chars, *(f"##{c}" for c in chars),
+            *sorted(w for w in words if len(w) > 1)]
+
+
+def _write_blip(folder: Path, seed: int) -> None:
+    from transformers import (BertTokenizer, BlipConfig, BlipForConditionalGeneration,
+                              BlipImageProcessorPil, BlipProcessor)
+
+    vocab = bert_vocab()
+    tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(vocab)},
+                              bos_token=BLIP_BOS, model_max_length=64)
+    config = BlipConfig(
+        text_config=dict(**TINY_BLIP_TEXT, vocab_size=len(vocab),
+                         bos_token_id=vocab.index(BLIP_BOS), pad_token_id=vocab.index("[PAD]"),
+                         sep_token_id=vocab.index("[SEP]"), eos_token_id=vocab.index("[SEP]")),
+        vision_config=TINY_BLIP_VISION, projection_dim=TINY_CLIP_PROJECTION)
+    model = BlipForConditionalGeneration(config)
+    randomize_module(model, _generator(seed, "blip"))
+    _widen(model, _generator(seed, "blip-decoder"), BLIP_MATRIX_STD)
+    processor = BlipProcessor(
+        image_processor=BlipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
+        tokenizer=tokenizer)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+
+
+def _widen(model: torch.nn.Module, gen: torch.Generator, std: float) -> None:
+    """Redraw weight matrices with a larger spread: at the usual small init a tiny decoder
+    repeats one token whatever it sees; at this spread its captions depend on the image."""
+    with torch.no_grad():
+        for _, param in model.named_parameters():
+            if param.dim() >= 2:
+                param.copy_(std * torch.randn(param.shape, generator=gen))
+
+
+def _marker(kind: str, seed: int) -> dict:
+    return {"kind": kind, "seed": seed, "format": BUILD_FORMAT}
+
+
+def is_complete(folder: Path, kind: str, seed: int = 0) -> bool:
+    try:
+        return json.loads((Path(folder) / MARKER).read_text()) == _marker(kind, seed)
+    except (OSError, ValueError):
+        return False
+
+
+def _build(folder: Path, kind: str, seed: int, write) -> Path:
+    """Write into a temporary sibling and rename it into place (crash-safe, concurrent-safe)."""
+    if is_complete(folder, kind, seed):
+        return folder
+    if folder.exists() and any(folder.iterdir()) and not (folder / MARKER).exists():
+        raise ValueError(f"{folder}: exists and is not a tiny {kind} build (no {MARKER}); "
+                         "refusing to overwrite it")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.parent / f".{folder.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        staging.mkdir()
+        torch.manual_seed(seed)  # module constructors draw before randomize_module overwrites
+        write(staging, seed)
+        (staging / MARKER).write_text(json.dumps(_marker(kind, seed), indent=1) + "\n")
+        if folder.exists():
+            if is_complete(folder, kind, seed):
+                return folder  # a concurrent builder finished first
+            shutil.rmtree(folder)
+        try:
+            os.replace(staging, folder)
+        except OSError:
+            if not is_complete(folder, kind, seed):
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
