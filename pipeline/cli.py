@@ -239,7 +239,7 @@ def status(
             ("items", f"{s.ok} ok, {s.failed} failed, {s.skipped} skipped, of {s.items}")]
     rows += [(f"  {kind}", str(count)) for kind, count in sorted(s.errors.items())]
     rows.append(("throughput", f"{s.images_per_s:.3f} images/s, model busy "
-                               f"{s.model_fraction:.0%} of shard time"))
+                               f"{s.model_fraction:.0%} of actor time"))
     data = {**dataclasses.asdict(s), "errors": dict(s.errors), "complete": s.complete}
     emit(f"status of {s.run_uri}", rows, data, as_json)
     raise typer.Exit(0 if s.complete else 1)

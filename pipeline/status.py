@@ -22,7 +22,7 @@ class RunStatus:
     skipped: int = 0
     errors: Counter = field(default_factory=Counter)
     images_per_s: float = 0.0  # ok images over the span from first shard start to last commit
-    model_fraction: float = 0.0  # summed model time / summed shard wall time
+    model_fraction: float = 0.0  # model time / actor busy time (see `model_fraction`)
 
     @property
     def complete(self) -> bool:
@@ -51,6 +51,21 @@ def run_status(state: RunState) -> RunStatus:
     if commits:
         span = max(c.stats.finished_at for c in commits) - min(c.stats.started_at for c in commits)
         status.images_per_s = status.ok / span if span > 0 else 0.0
-        wall = sum(c.stats.wall_s for c in commits)
-        status.model_fraction = sum(c.stats.model_s for c in commits) / wall if wall else 0.0
+        status.model_fraction = model_fraction(commits)
     return status
+
+
+def model_fraction(commits: list) -> float:
+    """Model time over actor busy time. Per actor (worker host+pid), busy time is the span from
+    its first shard's start to its last commit: an actor keeps a second shard reading ahead, so
+    summing per-shard wall times would count the overlap twice."""
+    spans: dict[tuple, list[float]] = {}
+    model_s = 0.0
+    for commit in commits:
+        worker = (commit.stats.worker.get("host"), commit.stats.worker.get("pid"))
+        span = spans.setdefault(worker, [commit.stats.started_at, commit.stats.finished_at])
+        span[0] = min(span[0], commit.stats.started_at)
+        span[1] = max(span[1], commit.stats.finished_at)
+        model_s += commit.stats.model_s
+    busy = sum(end - start for start, end in spans.values())
+    return model_s / busy if busy > 0 else 0.0
