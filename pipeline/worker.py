@@ -396,6 +396,7 @@ class ShardProcessor:
                 "name": lora.name, "source": item.style_lora, "scale": lora.scale,
                 "sha256": self.style_loras.sha256(lora.path)},
             "source": {"manifest": task.shard.uri, "row": item.source[1]},
+            "extra": item.extra or {},  # the row's other columns (README: "copied to provenance")
             "code_version": code_version(),
         }
 

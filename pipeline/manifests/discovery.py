@@ -47,7 +47,9 @@ def _files_of(spec: str, storage: Storage) -> list[str]:
             raise ManifestError(spec, "no manifest file (.parquet, .tar) matches this pattern"
                                 + (f"; it matched only: {shown}" if matches else ""))
         return files
-    if storage.exists(spec):
+    # A spec ending in "/" names a folder, even where the store answers for the folder key
+    # itself (SeaweedFS, or an S3 console "folder" marker object).
+    if not spec.endswith("/") and storage.exists(spec):
         if manifest_format(spec) is None:
             raise ManifestError(spec, "not a manifest file: expected .parquet/.pq (Parquet) or "
                                       ".tar/.tar.gz/.tgz (WebDataset)")
