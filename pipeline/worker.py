@@ -20,7 +20,6 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -37,6 +36,7 @@ from pipeline.models.base import (
     StylizationModel,
 )
 from pipeline.samples import describe_image_ref, encode_image, sample_members
+from pipeline.shard_turns import ModelTurns, Progress
 from pipeline.shards import STATUS_OK, ItemRecord, ShardPaths, ShardStats, ShardWriter, sample_key
 from pipeline.storage import Storage
 from pipeline.style_lora_sources import StyleLoraResolver
@@ -73,56 +73,6 @@ class Prepared:
     error: ItemError | None = None
     skipped: str | None = None
     read_s: float = 0.0
-
-
-class ModelTurns:
-    """Lets shards use the model strictly in dispatch order (`seq`), one at a time."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._waiting: list[int] = []
-        self._busy = False
-
-    @contextmanager
-    def turn(self, seq: int) -> Iterator[None]:
-        with self._cond:
-            self._waiting.append(seq)
-            self._cond.wait_for(lambda: not self._busy and min(self._waiting) == seq)
-            self._waiting.remove(seq)
-            self._busy = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._busy = False
-                self._cond.notify_all()
-
-
-class Progress:
-    """Live item counts of the shards in flight, polled by the driver for its progress bar.
-
-    Counts of a shard disappear when it ends (committed or not): the driver counts committed
-    shards from their markers, so a shard redone after an actor death is never counted twice.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._live: dict[int, list[int]] = {}
-
-    def add(self, seq: int, ok: bool) -> None:
-        with self._lock:
-            counts = self._live.setdefault(seq, [0, 0])
-            counts[0] += 1
-            counts[1] += 0 if ok else 1
-
-    def forget(self, seq: int) -> None:
-        with self._lock:
-            self._live.pop(seq, None)
-
-    def snapshot(self) -> dict[int, tuple[int, int]]:
-        """seq -> (items done, items failed) for shards still in flight."""
-        with self._lock:
-            return {seq: (c[0], c[1]) for seq, c in self._live.items()}
 
 
 def group_key(entry: ManifestItem | RowError) -> tuple:

@@ -45,7 +45,7 @@ def tiny_weights(tmp_path_factory) -> Path:
 @pytest.fixture
 def local_manifest(tmp_path: Path) -> list[str]:
     """Two Parquet shards of USO subject+style items; shard 1 has a corrupt and a missing image."""
-    images = write_images(tmp_path / "images", 2)
+    write_images(tmp_path / "images", 2)
     (tmp_path / "images" / "corrupt.png").write_bytes(b"\x89PNG not really an image")
     folder = tmp_path / "manifest"
     folder.mkdir()
