@@ -26,11 +26,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.run_state import RunState
 from pipeline.shards import ShardPaths
 from pipeline.storage import Storage, StorageSettings
+from pipeline.parquet_io import schema_from_bytes, table_to_bytes
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +111,7 @@ class CaptionActor:
             flush()
         table = pa.Table.from_pylist(rows, schema=SCHEMA).replace_schema_metadata(
             {"caption_model": self.model_spec, "source": tar_uri})
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer)
-        self.storage.write_bytes(out_uri, buffer.getvalue())
+        self.storage.write_bytes(out_uri, table_to_bytes(table))
         return len(rows)
 
 
@@ -134,7 +132,7 @@ def sidecar_model(storage: Storage, uri: str) -> str | None:
     """The model spec a sidecar was made with (None when there is no sidecar)."""
     if not storage.exists(uri):
         return None
-    metadata = pq.read_schema(io.BytesIO(storage.read_bytes(uri))).metadata or {}
+    metadata = schema_from_bytes(storage.read_bytes(uri)).metadata or {}
     return metadata.get(b"caption_model", b"").decode()
 
 

@@ -15,7 +15,6 @@ same shards), and one with another digest is a conflict, never silently rewritte
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from collections.abc import Iterable
@@ -23,10 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.manifests import ManifestItem
 from pipeline.storage import Storage
+from pipeline.parquet_io import table_to_bytes
 
 MARKER = "_manifest.json"
 
@@ -151,9 +150,7 @@ class ManifestWriter:
         if not self._pending:
             return
         uri = f"{self.folder}/part-{len(self.shards):06d}.parquet"
-        buffer = io.BytesIO()
-        pq.write_table(rows_table(self._pending), buffer)
-        self.storage.write_bytes(uri, buffer.getvalue())
+        self.storage.write_bytes(uri, table_to_bytes(rows_table(self._pending)))
         self.shards.append(uri)
         self._pending = []
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import io
 import json
 import logging
 import re
@@ -49,13 +48,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.derived_manifests import ManifestWriter, frozen_manifest, item_row
 from pipeline.job_specs import (RUN_KEYS, RunSettings, SpecSource, check_keys, check_model,
                                 job_name, require, run_settings, string_list)
 from pipeline.manifests import ManifestItem, RowError, list_shards, read_shard
 from pipeline.storage import Storage, StorageSettings
+from pipeline.parquet_io import table_from_bytes, table_to_bytes
 
 log = logging.getLogger(__name__)
 
@@ -156,15 +155,13 @@ class DoneIndex:
         done: set[str] = set()
         for uri in self.storage.list(self.folder + "/"):
             if uri.endswith(".parquet"):
-                table = pq.read_table(io.BytesIO(self.storage.read_bytes(uri)), columns=["id"])
+                table = table_from_bytes(self.storage.read_bytes(uri), columns=["id"])
                 done.update(table.column("id").to_pylist())
         return done
 
     def write(self, night: str, rows: list[dict[str, str]]) -> str:
-        buffer = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(rows, schema=INDEX_SCHEMA), buffer)
         uri = self.night_uri(night)
-        self.storage.write_bytes(uri, buffer.getvalue())
+        self.storage.write_bytes(uri, table_to_bytes(pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)))
         return uri
 
 

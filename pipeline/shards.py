@@ -15,7 +15,6 @@ markers never sees a partial commit.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
 import tempfile
@@ -25,10 +24,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import webdataset as wds
 
 from pipeline.storage import Storage
+from pipeline.parquet_io import table_from_bytes, table_to_bytes
 
 TAR_MTIME = 0.0  # fixed member mtime: the same items give byte-identical tars
 STATUS_OK = "ok"
@@ -222,14 +221,11 @@ class ShardWriter:
 
 
 def records_to_parquet(records: list[ItemRecord]) -> bytes:
-    table = pa.Table.from_pylist([asdict(r) for r in records], schema=RECORD_SCHEMA)
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    return buffer.getvalue()
+    return table_to_bytes(pa.Table.from_pylist([asdict(r) for r in records], schema=RECORD_SCHEMA))
 
 
 def read_records(storage: Storage, uri: str) -> list[ItemRecord]:
-    table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+    table = table_from_bytes(storage.read_bytes(uri))
     records = []
     for row in table.to_pylist():
         if row.get("scores") is not None:  # pyarrow returns maps as lists of (key, value)

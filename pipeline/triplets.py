@@ -53,7 +53,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow.parquet as pq
 
 from pipeline.derived_manifests import ManifestWriter, frozen_manifest, item_row
 from pipeline.job_specs import (RUN_KEYS, RunSettings, SpecSource, check_keys, check_model,
@@ -61,6 +60,7 @@ from pipeline.job_specs import (RUN_KEYS, RunSettings, SpecSource, check_keys, c
 from pipeline.manifests import ManifestItem, RowError, list_shards, read_shard
 from pipeline.manifests.fields import KNOWN_FIELDS
 from pipeline.storage import Storage, StorageSettings
+from pipeline.parquet_io import table_from_bytes
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ def read_pairs_file(uri: str, storage: Storage) -> list[tuple[str, str]]:
     """Pairs from a Parquet or CSV file with columns subject_id and style_id."""
     data = storage.read_bytes(uri)
     if uri.endswith((".parquet", ".pq")):
-        rows = pq.read_table(io.BytesIO(data)).to_pylist()
+        rows = table_from_bytes(data).to_pylist()
     elif uri.endswith(".csv"):
         rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
     else:

@@ -91,7 +91,7 @@ def read_parquet_rows(uri: str, storage: Storage) -> Iterator[tuple[int, dict[st
         check_schema(parquet.schema_arrow, uri)
         row = 0
         try:
-            for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
+            for batch in parquet.iter_batches(batch_size=BATCH_ROWS, use_threads=False):
                 for raw in batch.to_pylist():
                     yield row, raw
                     row += 1
