@@ -38,9 +38,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 
 import torch
@@ -48,6 +45,7 @@ from safetensors.torch import save_file
 
 from pipeline.models.omni_styles import SHIPPED_STYLES
 from pipeline.weights import tiny_tokenizers
+from pipeline.weights.atomic_build import build_atomically
 from pipeline.weights.architecture import (AutoEncoderParams, FluxParams, TensorTable,
                                            USOProjectorParams, flux_transformer_tensors,
                                            flux_vae_tensors, omniconsistency_lora_tensors,
@@ -335,36 +333,10 @@ def build_tiny_weights(root: Path, seed: int = 0, flux_layout: str = "bfl") -> P
     """
     if flux_layout not in FLUX_LAYOUTS:
         raise ValueError(f"flux_layout must be one of {FLUX_LAYOUTS}, got {flux_layout!r}")
-    root = Path(root)
-    if is_complete_build(root, seed, flux_layout):
-        return root
-    if root.exists() and any(root.iterdir()) and not (root / MARKER).exists():
-        raise ValueError(f"{root}: exists and is not a tiny weights build (no {MARKER}); "
-                         "refusing to overwrite it")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = root.parent / f".{root.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        staging.mkdir()
+
+    def write(staging: Path) -> dict:
         _write_all(staging, seed, flux_layout)
-        marker = {**_marker_header(seed, flux_layout), "files": _inventory(staging)}
-        (staging / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
-        _install(staging, root, seed, flux_layout)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return root
+        return {**_marker_header(seed, flux_layout), "files": _inventory(staging)}
 
-
-def _install(staging: Path, root: Path, seed: int, flux_layout: str) -> None:
-    """Move a finished staging folder to `root`, replacing an outdated build, tolerating a
-    concurrent builder that got there first with an equivalent complete build."""
-    if root.exists():
-        if is_complete_build(root, seed, flux_layout):
-            return  # a concurrent builder finished first
-        retired = root.parent / f".{root.name}.retired-{uuid.uuid4().hex[:8]}"
-        os.replace(root, retired)
-        shutil.rmtree(retired, ignore_errors=True)
-    try:
-        os.replace(staging, root)
-    except OSError:
-        if not is_complete_build(root, seed, flux_layout):
-            raise
+    return build_atomically(Path(root), MARKER, lambda f: is_complete_build(f, seed, flux_layout),
+                            write, "tiny weights")

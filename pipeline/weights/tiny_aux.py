@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
-import uuid
 from pathlib import Path
 
 import torch
 
 from pipeline.weights import tiny_tokenizers
+from pipeline.weights.atomic_build import build_atomically
 from pipeline.weights.tiny import randomize_module
 
 MARKER = "tiny_aux.json"
@@ -138,28 +136,11 @@ def is_complete(folder: Path, kind: str, seed: int = 0) -> bool:
 
 
 def _build(folder: Path, kind: str, seed: int, write) -> Path:
-    """Write into a temporary sibling and rename it into place (crash-safe, concurrent-safe)."""
-    if is_complete(folder, kind, seed):
-        return folder
-    if folder.exists() and any(folder.iterdir()) and not (folder / MARKER).exists():
-        raise ValueError(f"{folder}: exists and is not a tiny {kind} build (no {MARKER}); "
-                         "refusing to overwrite it")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = folder.parent / f".{folder.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        staging.mkdir()
+    """Build `folder` once, crash- and concurrency-safe (see `build_atomically`)."""
+    def fill(staging: Path) -> dict:
         torch.manual_seed(seed)  # module constructors draw before randomize_module overwrites
         write(staging, seed)
-        (staging / MARKER).write_text(json.dumps(_marker(kind, seed), indent=1) + "\n")
-        if folder.exists():
-            if is_complete(folder, kind, seed):
-                return folder  # a concurrent builder finished first
-            shutil.rmtree(folder)
-        try:
-            os.replace(staging, folder)
-        except OSError:
-            if not is_complete(folder, kind, seed):
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
+        return _marker(kind, seed)
+
+    return build_atomically(Path(folder), MARKER, lambda f: is_complete(f, kind, seed), fill,
+                            f"tiny {kind}")
