@@ -93,9 +93,10 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 @contextmanager
-def operator_errors():
-    """Turn the errors an operator can fix (bad manifest, storage, weights, conflicting run)
-    into one clear line and exit code 2, instead of a traceback."""
+def operator_errors(*extra: type[Exception]):
+    """Turn the errors an operator can fix (bad manifest or spec, storage, weights, conflicting
+    run, and any `extra` kinds) into one clear line and exit code 2, instead of a traceback."""
+    from pipeline.derived_manifests import DerivedManifestConflict
     from pipeline.run_state import RunConflictError
     from pipeline.runner import RunError
     from pipeline.storage import StorageError
@@ -103,8 +104,8 @@ def operator_errors():
 
     try:
         yield
-    except (RunError, RunConflictError, StorageError, WeightsError, FileNotFoundError,
-            ValueError) as error:
+    except (RunError, RunConflictError, DerivedManifestConflict, StorageError, WeightsError,
+            FileNotFoundError, ValueError, *extra) as error:
         _fail(str(error))
 
 

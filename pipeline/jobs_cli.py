@@ -57,22 +57,15 @@ def triplets(
     as_json: AsJson = False,
 ) -> None:
     """Build (style, subject, result) triplet shards from a subject and a style catalog."""
-    from pipeline.derived_manifests import DerivedManifestConflict
-    from pipeline.run_state import RunConflictError
-    from pipeline.runner import RunError
-    from pipeline.storage import StorageError
     from pipeline.triplets import TripletError, TripletJob, TripletSpec
 
     cli = _cli()
     logging.basicConfig(level=logging.WARNING)
     settings = cli.storage_settings(endpoint_url, region, profile)
-    try:
+    with cli.operator_errors(TripletError):
         job = TripletJob(TripletSpec.parse(_load(spec, "triplets", settings)), settings, address,
                          progress)
         summary = job.run()
-    except (TripletError, DerivedManifestConflict, RunError, RunConflictError, StorageError,
-            FileNotFoundError, ValueError) as error:
-        cli._fail(str(error))
     rows = [("triplets", ", ".join(f"{m}: {n}" for m, n in summary.pairs.items())),
             ("catalog rows left out", str(len(summary.rejected_rows)))]
     for model, run in summary.runs.items():
@@ -96,22 +89,15 @@ def nightly(
     as_json: AsJson = False,
 ) -> None:
     """Restyle the catalog rows not yet produced under this config (a no-op when none)."""
-    from pipeline.derived_manifests import DerivedManifestConflict
     from pipeline.nightly import NightlyError, NightlyJob, NightlySpec
-    from pipeline.run_state import RunConflictError
-    from pipeline.runner import RunError
-    from pipeline.storage import StorageError
 
     cli = _cli()
     logging.basicConfig(level=logging.WARNING)
     settings = cli.storage_settings(endpoint_url, region, profile)
-    try:
+    with cli.operator_errors(NightlyError):
         job = NightlyJob(NightlySpec.parse(_load(spec, "nightly", settings)), settings, night,
                          address, progress)
         summary = job.run()
-    except (NightlyError, DerivedManifestConflict, RunError, RunConflictError, StorageError,
-            FileNotFoundError, ValueError) as error:
-        cli._fail(str(error))
     rows = [("night", summary.night), ("fingerprint", summary.fingerprint),
             ("catalog", f"{summary.catalog_rows} rows read, {summary.already_done} already done, "
                         f"{summary.other_model} for another model, {len(summary.rejected)} left out"),
@@ -181,15 +167,12 @@ def caption(
 ) -> None:
     """Caption a finished run's results as a separate stage (sidecar parquet per shard)."""
     from pipeline.caption_stage import caption_run
-    from pipeline.storage import StorageError
 
     cli = _cli()
     logging.basicConfig(level=logging.WARNING)
-    try:
+    with cli.operator_errors():
         summary = caption_run(run_uri, model, cli.storage_settings(endpoint_url, region, profile),
                               actors, device, address)
-    except (StorageError, FileNotFoundError, ValueError) as error:
-        cli._fail(str(error))
     rows = [("shards", f"{summary.shards_captioned} captioned, {summary.shards_kept} kept, "
                        f"{len(summary.failed)} failed"), ("captions", str(summary.captions))]
     rows += [(f"failed {uri}", reason) for uri, reason in summary.failed.items()]
