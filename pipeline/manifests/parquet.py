@@ -9,6 +9,7 @@ would fail every row, so it fails the file with one clear `ManifestError`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pyarrow as pa
@@ -78,16 +79,7 @@ def check_schema(schema: pa.Schema, uri: str) -> None:
 
 def read_parquet_rows(uri: str, storage: Storage) -> Iterator[tuple[int, dict[str, Any]]]:
     """(row index, raw row dict) for every row of one Parquet manifest file."""
-    filesystem, path = storage.arrow_location(uri)
-    try:
-        source = filesystem.open_input_file(path)
-    except OSError as error:
-        raise storage.arrow_error(uri, "read", error) from error
-    with source:
-        try:
-            parquet = pq.ParquetFile(source)
-        except (pa.ArrowInvalid, OSError) as error:
-            raise ManifestError(uri, f"not a readable Parquet file: {error}") from error
+    with _open_parquet(uri, storage) as parquet:
         check_schema(parquet.schema_arrow, uri)
         row = 0
         try:
@@ -103,6 +95,13 @@ def read_parquet_rows(uri: str, storage: Storage) -> Iterator[tuple[int, dict[st
 
 def count_parquet_rows(uri: str, storage: Storage) -> int:
     """Rows in one Parquet manifest, from its footer (no row data is read)."""
+    with _open_parquet(uri, storage) as parquet:
+        return parquet.metadata.num_rows
+
+
+@contextmanager
+def _open_parquet(uri: str, storage: Storage) -> Iterator[pq.ParquetFile]:
+    """The manifest's ParquetFile, through the storage's Arrow filesystem; errors name the file."""
     filesystem, path = storage.arrow_location(uri)
     try:
         source = filesystem.open_input_file(path)
@@ -110,6 +109,7 @@ def count_parquet_rows(uri: str, storage: Storage) -> int:
         raise storage.arrow_error(uri, "read", error) from error
     with source:
         try:
-            return pq.ParquetFile(source).metadata.num_rows
+            parquet = pq.ParquetFile(source)
         except (pa.ArrowInvalid, OSError) as error:
             raise ManifestError(uri, f"not a readable Parquet file: {error}") from error
+        yield parquet
