@@ -7,8 +7,26 @@ folder (path printed on failure). Each test that needs S3 takes a fresh bucket.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from s3_server import SeaweedS3Server
+
+from pipeline.weights.tiny import build_tiny_weights
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight root in the default (BFL) layout, built once per session.
+    Read-only: a test that changes files copies it first."""
+    return build_tiny_weights(tmp_path_factory.mktemp("tiny") / "weights")
+
+
+@pytest.fixture
+def private_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point the sha256 and weight caches into this test's tmp folder."""
+    monkeypatch.setenv("RESTYLE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("RESTYLE_WEIGHTS_CACHE", str(tmp_path / "weights-cache"))
 
 
 @pytest.fixture(scope="session")

@@ -13,17 +13,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pipeline.weights.tiny import build_tiny_weights
 from run_helpers import SMALL, parquet_bytes, uso_rows, write_images
 
 pytestmark = pytest.mark.slow
 
 RESTYLE = [sys.executable, "-m", "pipeline.cli"]
-
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory) -> Path:
-    return build_tiny_weights(tmp_path_factory.mktemp("weights") / "tiny")
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ from pipeline.models.base import GenerationRequest, ModelOptions
 from pipeline.models.omni_attention import CondKVCache
 from pipeline.models.omniconsistency import OmniConsistencyModel
 from pipeline.parity.omniconsistency import _load_sampler
-from pipeline.weights.tiny import build_tiny_weights
 
 FIXTURES = Path(__file__).parent / "fixtures" / "parity" / "omniconsistency"
 CASE = FIXTURES / "a_64x64_cond32_3steps_style1"
@@ -105,8 +104,8 @@ def _request(item_id: str, seed: int) -> GenerationRequest:
                              steps=2)
 
 
-def test_two_models_in_one_process_share_nothing(tmp_path_factory):
-    root = build_tiny_weights(tmp_path_factory.mktemp("omni_tiny_cache"))
+def test_two_models_in_one_process_share_nothing(tiny_weights):
+    root = tiny_weights
     options = ModelOptions(device="cpu", extra={"cond_size": 32})
     first, second = OmniConsistencyModel.load(root, options), OmniConsistencyModel.load(root, options)
     alone = [first.generate([_request(f"r{i}", i)])[0].image for i in range(3)]

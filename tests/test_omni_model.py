@@ -13,15 +13,14 @@ from PIL import Image
 from pipeline.models.base import ErrorKind, GenerationRequest, ModelOptions, StyleLora
 from pipeline.models.omni_styles import SHIPPED_STYLES, shipped_style, with_trigger
 from pipeline.models.omniconsistency import OmniConsistencyModel
-from pipeline.weights.tiny import build_tiny_weights
 
 SIZE = dict(width=64, height=48, steps=2)
 OPTIONS = ModelOptions(device="cpu", extra={"cond_size": 32})
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    return build_tiny_weights(tmp_path_factory.mktemp("omni_tiny"))
+def root(tiny_weights: Path) -> Path:
+    return tiny_weights
 
 
 @pytest.fixture(scope="module")

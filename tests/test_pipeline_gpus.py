@@ -14,7 +14,6 @@ import ray
 
 from pipeline.runner import Runner
 from pipeline.storage import StorageSettings
-from pipeline.weights.tiny import build_tiny_weights
 from run_helpers import parquet_bytes, run_config, uso_rows, write_images
 
 pytestmark = pytest.mark.slow
@@ -27,8 +26,8 @@ def ray_two_gpus():
     ray.shutdown()
 
 
-def test_one_actor_per_gpu_each_pinned_to_its_own_device(ray_two_gpus, tmp_path: Path):
-    weights = build_tiny_weights(tmp_path / "weights")
+def test_one_actor_per_gpu_each_pinned_to_its_own_device(ray_two_gpus, tiny_weights, tmp_path: Path):
+    weights = tiny_weights
     images = write_images(tmp_path / "images", 2)
     for k in range(4):
         (tmp_path / f"part-{k}.parquet").write_bytes(parquet_bytes(

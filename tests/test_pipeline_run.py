@@ -23,7 +23,6 @@ from pipeline.run_state import RunConflictError, RunState
 from pipeline.runner import Runner
 from pipeline.status import run_status
 from pipeline.storage import Storage, StorageSettings
-from pipeline.weights.tiny import build_tiny_weights
 from run_helpers import parquet_bytes, png_bytes, run_config, uso_rows, webdataset_tar, write_images
 
 pytestmark = pytest.mark.slow
@@ -35,11 +34,6 @@ def ray_cpu():
     ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory) -> Path:
-    return build_tiny_weights(tmp_path_factory.mktemp("weights") / "tiny")
 
 
 @pytest.fixture

@@ -28,14 +28,13 @@ from pipeline.models.base import (
 from pipeline.models.files import WeightLayoutError
 from pipeline.models.uso import USOModel
 from pipeline.models.uso_requests import USOSettings
-from pipeline.weights.tiny import build_tiny_weights
 
 SIZE = dict(width=64, height=48, steps=2)
 
 
 @pytest.fixture(scope="module")
-def weights_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_weights(tmp_path_factory.mktemp("uso-tiny") / "root")
+def weights_root(tiny_weights: Path) -> Path:
+    return tiny_weights
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,6 @@ from pipeline.weights.registry import MODELS, load_registry
 from pipeline.weights.resolve import local_root, resolve_weights, staged_root
 from pipeline.weights.sources import LocalSource, S3MirrorSource
 from pipeline.weights.staging import partial_dir, stage
-from pipeline.weights.tiny import build_tiny_weights
 from pipeline.weights.verify import verify_root
 
 FLUX_REPO = "black-forest-labs/FLUX.1-dev"
@@ -40,21 +39,16 @@ def private_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_weights(tmp_path_factory.mktemp("tiny") / "weights")
-
-
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # ----------------------------------------------------------------------------- local folder
-def test_a_local_folder_is_used_in_place(tiny_root: Path):
-    assert local_root(str(tiny_root)) == tiny_root
-    resolved = resolve_weights(str(tiny_root), "omniconsistency")
-    assert resolved.root == tiny_root
-    assert resolved.sha256["flux1-dev/flux1-dev.safetensors"] == _sha(tiny_root / "flux1-dev" / "flux1-dev.safetensors")
+def test_a_local_folder_is_used_in_place(tiny_weights: Path):
+    assert local_root(str(tiny_weights)) == tiny_weights
+    resolved = resolve_weights(str(tiny_weights), "omniconsistency")
+    assert resolved.root == tiny_weights
+    assert resolved.sha256["flux1-dev/flux1-dev.safetensors"] == _sha(tiny_weights / "flux1-dev" / "flux1-dev.safetensors")
     assert "t5/spiece.model" in resolved.sha256 and "omniconsistency/OmniConsistency.safetensors" in resolved.sha256
     assert not any(p.startswith("style_loras/") for p in resolved.sha256)  # recorded per item
     with pytest.raises(WeightsError, match="weights folder '/nonexistent/w' does not exist"):
@@ -63,45 +57,45 @@ def test_a_local_folder_is_used_in_place(tiny_root: Path):
 
 # ----------------------------------------------------------------------------- s3 mirror
 @pytest.fixture(scope="module")
-def mirror(s3_server, tiny_root: Path) -> str:
+def mirror(s3_server, tiny_weights: Path) -> str:
     """The tiny weights of both models mirrored to a fresh bucket by `pull`."""
     uri = s3_server.new_bucket("mirror") + "/weights/tiny"
-    pull(LocalSource(tiny_root), list(MODELS), uri, s3_server.storage(), Path("/nonexistent"))
+    pull(LocalSource(tiny_weights), list(MODELS), uri, s3_server.storage(), Path("/nonexistent"))
     return uri
 
 
-def test_pull_writes_every_file_and_a_manifest_last(mirror: str, s3_server, tiny_root: Path):
+def test_pull_writes_every_file_and_a_manifest_last(mirror: str, s3_server, tiny_weights: Path):
     storage = s3_server.storage()
     manifest = read_manifest(storage, mirror)
     assert manifest is not None and sorted(manifest.models) == ["omniconsistency", "uso"]
-    files = model_files(tiny_root, list(MODELS))
+    files = model_files(tiny_weights, list(MODELS))
     assert set(manifest.files) == set(files)
     for path, facts in manifest.files.items():
-        assert facts.sha256 == _sha(tiny_root / path) and facts.component == files[path]
+        assert facts.sha256 == _sha(tiny_weights / path) and facts.component == files[path]
         assert storage.size(join(mirror, path)) == facts.size
-    again = pull(LocalSource(tiny_root), ["uso"], mirror, storage, Path("/nonexistent"))
-    assert again.copied == [] and again.files == len(model_files(tiny_root, "uso"))
+    again = pull(LocalSource(tiny_weights), ["uso"], mirror, storage, Path("/nonexistent"))
+    assert again.copied == [] and again.files == len(model_files(tiny_weights, "uso"))
     assert sorted(read_manifest(storage, mirror).models) == ["omniconsistency", "uso"]  # merged
 
 
-def test_a_mirror_stages_back_byte_identical_and_verifies(mirror: str, s3_server, tiny_root: Path,
+def test_a_mirror_stages_back_byte_identical_and_verifies(mirror: str, s3_server, tiny_weights: Path,
                                                           tmp_path: Path):
     root = tmp_path / "staged"
     report = stage(S3MirrorSource(mirror, s3_server.storage()), ["uso"], root)
-    assert sorted(report.fetched) == sorted(model_files(tiny_root, "uso"))
+    assert sorted(report.fetched) == sorted(model_files(tiny_weights, "uso"))
     for path in report.fetched:
-        assert (root / path).read_bytes() == (tiny_root / path).read_bytes()
+        assert (root / path).read_bytes() == (tiny_weights / path).read_bytes()
     verified = verify_root(root)
     assert verified.ok and verified.models == ["uso"], verified.problems()
     assert not list(partial_dir(root).rglob("*.partial"))
 
 
 def test_the_driver_reads_digests_from_the_mirror_without_downloading(mirror: str, s3_server,
-                                                                      tiny_root: Path, tmp_path: Path):
+                                                                      tiny_weights: Path, tmp_path: Path):
     storage = s3_server.storage()
     remote = resolve_weights(mirror, "uso", storage=storage)
     assert remote.root is None
-    assert remote.sha256 == resolve_weights(str(tiny_root), "uso").sha256
+    assert remote.sha256 == resolve_weights(str(tiny_weights), "uso").sha256
     assert not (tmp_path / "weights-cache").exists()  # nothing was staged for that
     staged = local_root(mirror, model="uso", storage=storage)
     assert staged == staged_root(S3MirrorSource(mirror, storage))
@@ -115,18 +109,18 @@ def test_a_folder_that_is_not_a_mirror_says_how_to_make_one(s3_server):
         local_root(empty, model="uso", storage=s3_server.storage())
 
 
-def test_a_mirror_without_the_model_names_what_it_holds(s3_server, tiny_root: Path):
+def test_a_mirror_without_the_model_names_what_it_holds(s3_server, tiny_weights: Path):
     uri = s3_server.new_bucket("uso-only") + "/w"
-    pull(LocalSource(tiny_root), ["uso"], uri, s3_server.storage(), Path("/nonexistent"))
+    pull(LocalSource(tiny_weights), ["uso"], uri, s3_server.storage(), Path("/nonexistent"))
     with pytest.raises(WeightsError, match="do not include model 'omniconsistency' \\(they hold: uso\\)"):
         resolve_weights(uri, "omniconsistency", storage=s3_server.storage())
 
 
-def test_a_corrupt_mirror_object_is_never_used(s3_server, tiny_root: Path, tmp_path: Path):
+def test_a_corrupt_mirror_object_is_never_used(s3_server, tiny_weights: Path, tmp_path: Path):
     storage = s3_server.storage()
     uri = s3_server.new_bucket("corrupt") + "/w"
-    pull(LocalSource(tiny_root), ["uso"], uri, storage, Path("/nonexistent"))
-    good = (tiny_root / "uso" / "projector.safetensors").read_bytes()
+    pull(LocalSource(tiny_weights), ["uso"], uri, storage, Path("/nonexistent"))
+    good = (tiny_weights / "uso" / "projector.safetensors").read_bytes()
     storage.write_bytes(join(uri, "uso/projector.safetensors"), good[:-1] + b"\x00")
     root = tmp_path / "staged"
     with pytest.raises(WeightIntegrityError, match=f"uso/projector.safetensors from {uri}: sha256 is "):
@@ -138,14 +132,14 @@ def test_a_corrupt_mirror_object_is_never_used(s3_server, tiny_root: Path, tmp_p
         stage(S3MirrorSource(uri, storage), ["uso"], root)
 
 
-def test_a_changed_file_is_mirrored_and_restaged_alone(s3_server, tiny_root: Path, tmp_path: Path):
+def test_a_changed_file_is_mirrored_and_restaged_alone(s3_server, tiny_weights: Path, tmp_path: Path):
     storage = s3_server.storage()
-    source_root = Path(shutil.copytree(tiny_root, tmp_path / "source"))
+    source_root = Path(shutil.copytree(tiny_weights, tmp_path / "source"))
     uri = s3_server.new_bucket("changed") + "/w"
     pull(LocalSource(source_root), ["uso"], uri, storage, Path("/nonexistent"))
     root = tmp_path / "staged"
     stage(S3MirrorSource(uri, storage), ["uso"], root)
-    shutil.copy(tiny_root / "style_loras" / "Ghibli_rank128_bf16.safetensors",
+    shutil.copy(tiny_weights / "style_loras" / "Ghibli_rank128_bf16.safetensors",
                 source_root / "uso" / "dit_lora.safetensors")  # a new release of one file
     assert pull(LocalSource(source_root), ["uso"], uri, storage, Path("/nonexistent")).copied == [
         "uso/dit_lora.safetensors"]
@@ -154,12 +148,12 @@ def test_a_changed_file_is_mirrored_and_restaged_alone(s3_server, tiny_root: Pat
     assert _sha(root / "uso" / "dit_lora.safetensors") == _sha(source_root / "uso" / "dit_lora.safetensors")
 
 
-def test_cli_pulls_to_a_mirror_and_back_to_a_folder(s3_server, tiny_root: Path, tmp_path: Path):
+def test_cli_pulls_to_a_mirror_and_back_to_a_folder(s3_server, tiny_weights: Path, tmp_path: Path):
     env = {"AWS_ACCESS_KEY_ID": s3_server.access_key, "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
            "AWS_ENDPOINT_URL_S3": s3_server.endpoint_url, "AWS_REGION": "us-east-1",
            "COLUMNS": "200"}
     uri = s3_server.new_bucket("cli") + "/weights"
-    up = CliRunner().invoke(app, ["weights", "pull", "omniconsistency", "--from", str(tiny_root),
+    up = CliRunner().invoke(app, ["weights", "pull", "omniconsistency", "--from", str(tiny_weights),
                                   "--to", uri], env=env)
     assert up.exit_code == 0, up.output
     assert f"--weights {uri}" in up.output
@@ -173,7 +167,7 @@ def test_cli_pulls_to_a_mirror_and_back_to_a_folder(s3_server, tiny_root: Path, 
 
 
 # ----------------------------------------------------------------------------- the Hub
-def _hub_registry(tiny_root: Path, folder: Path) -> tuple[Path, dict[str, dict[str, bytes]]]:
+def _hub_registry(tiny_weights: Path, folder: Path) -> tuple[Path, dict[str, dict[str, bytes]]]:
     """A registry of the real repos (gating included) whose files are the tiny build's, and
     the repo contents to serve: the Hub path end to end on small files."""
     real = load_registry()
@@ -187,9 +181,9 @@ def _hub_registry(tiny_root: Path, folder: Path) -> tuple[Path, dict[str, dict[s
     for model in MODELS:
         lines += [f"[models.{model}]", f"components = {json.dumps(list(real.models[model]))}"]
     repos: dict[str, dict[str, bytes]] = {}
-    for path, component in sorted(model_files(tiny_root, list(MODELS)).items()):
+    for path, component in sorted(model_files(tiny_weights, list(MODELS)).items()):
         repo = repo_of[component]
-        repos.setdefault(repo, {})[path] = (tiny_root / path).read_bytes()
+        repos.setdefault(repo, {})[path] = (tiny_weights / path).read_bytes()
         lines += ["[[files]]", f"component = {json.dumps(component)}", f"repo = {json.dumps(repo)}",
                   f"path = {json.dumps(path)}", f"dest = {json.dumps(path)}"]
     toml = folder / "hub-registry.toml"
@@ -198,8 +192,8 @@ def _hub_registry(tiny_root: Path, folder: Path) -> tuple[Path, dict[str, dict[s
 
 
 @pytest.fixture(scope="module")
-def hub_setup(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory):
-    toml, repos = _hub_registry(tiny_root, tmp_path_factory.mktemp("hub"))
+def hub_setup(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory):
+    toml, repos = _hub_registry(tiny_weights, tmp_path_factory.mktemp("hub"))
     hub = LocalHub(repos, gated={FLUX_REPO: {ACCEPTED}}).start()
     try:
         yield hub, load_registry(toml), toml
@@ -212,13 +206,13 @@ def _source(hub_setup, token: str | None = ACCEPTED) -> HubSource:
     return HubSource(registry, endpoint=hub.endpoint, token=token)
 
 
-def test_hub_files_are_staged_verified_and_load(hub_setup, tiny_root: Path, tmp_path: Path):
+def test_hub_files_are_staged_verified_and_load(hub_setup, tiny_weights: Path, tmp_path: Path):
     root = tmp_path / "staged"
     report = stage(_source(hub_setup), ["uso"], root)
-    assert sorted(report.fetched) == sorted(model_files(tiny_root, "uso"))
+    assert sorted(report.fetched) == sorted(model_files(tiny_weights, "uso"))
     manifest = read_manifest(Storage(), str(root))
     assert manifest.files["t5/config.json"].git_sha1  # small files: checked against the git blob id
-    assert manifest.files["t5/config.json"].sha256 == _sha(tiny_root / "t5" / "config.json")
+    assert manifest.files["t5/config.json"].sha256 == _sha(tiny_weights / "t5" / "config.json")
     assert verify_root(root).ok
     model = load_model("uso", root, ModelOptions(device="cpu", dtype="fp32"))
     assert not model.random_weights
@@ -240,7 +234,7 @@ def test_a_token_without_the_licence_is_told_apart(hub_setup, tmp_path: Path):
         stage(_source(hub_setup, token="someone-else"), ["uso"], tmp_path / "staged")
 
 
-def test_an_unreachable_hub_says_what_to_do(tmp_path: Path, tiny_root: Path):
+def test_an_unreachable_hub_says_what_to_do(tmp_path: Path, tiny_weights: Path):
     source = HubSource(load_registry(), endpoint="http://127.0.0.1:9", token=ACCEPTED)
     with pytest.raises(HubAccessError, match="cannot reach the Hugging Face Hub at "
                                              "http://127.0.0.1:9 .* or an s3:// mirror"):
@@ -259,9 +253,9 @@ def test_a_file_missing_from_the_repo_names_the_registry(hub_setup, tmp_path: Pa
         repo["uso/projector.safetensors"] = data
 
 
-def test_a_corrupt_download_from_the_hub_is_discarded(hub_setup, tmp_path: Path, tiny_root: Path):
+def test_a_corrupt_download_from_the_hub_is_discarded(hub_setup, tmp_path: Path, tiny_weights: Path):
     hub, _, _ = hub_setup
-    good = (tiny_root / "uso" / "dit_lora.safetensors").read_bytes()
+    good = (tiny_weights / "uso" / "dit_lora.safetensors").read_bytes()
     hub.corrupt("bytedance-research/USO", "uso/dit_lora.safetensors", b"\x00" * len(good))
     root = tmp_path / "staged"
     try:
@@ -285,7 +279,7 @@ def test_a_registry_pin_the_hub_contradicts_is_refused(hub_setup, tmp_path: Path
         source.manifest(["uso"])
 
 
-def test_the_driver_gets_hub_digests_without_downloading_weights(hub_setup, tiny_root: Path,
+def test_the_driver_gets_hub_digests_without_downloading_weights(hub_setup, tiny_weights: Path,
                                                                  monkeypatch: pytest.MonkeyPatch):
     hub, _, toml = hub_setup
     monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
@@ -294,7 +288,7 @@ def test_the_driver_gets_hub_digests_without_downloading_weights(hub_setup, tiny
     before = +hub.served
     resolved = resolve_weights("hf", "uso")
     fetched = hub.served - before
-    assert resolved.sha256 == resolve_weights(str(tiny_root), "uso").sha256
+    assert resolved.sha256 == resolve_weights(str(tiny_weights), "uso").sha256
     assert fetched and not [path for _, path in fetched if path.endswith(".safetensors")]
 
 

@@ -25,20 +25,10 @@ from pipeline.weights.pull import pull
 from pipeline.weights.resolve import local_root, resolve_weights, stage_spec
 from pipeline.weights.sources import LocalSource
 from pipeline.weights.staging import node_lock, partial_dir, stage
-from pipeline.weights.tiny import build_tiny_weights
 from pipeline.weights.verify import verify_root
 from run_helpers import parquet_bytes, run_config, uso_rows, write_images
 
-
-@pytest.fixture(autouse=True)
-def private_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RESTYLE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("RESTYLE_WEIGHTS_CACHE", str(tmp_path / "weights-cache"))
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_weights(tmp_path_factory.mktemp("tiny") / "weights")
+pytestmark = pytest.mark.usefixtures("private_caches")  # caches in tmp, see conftest
 
 
 def _sha(path: Path) -> str:
@@ -68,27 +58,27 @@ def ray_node(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-def test_two_actors_on_one_node_stage_a_mirror_once(ray_node: Path, s3_server, tiny_root: Path,
+def test_two_actors_on_one_node_stage_a_mirror_once(ray_node: Path, s3_server, tiny_weights: Path,
                                                     tmp_path: Path):
     mirror = s3_server.new_bucket("node") + "/weights"
-    pull(LocalSource(tiny_root), ["uso"], mirror, s3_server.storage(), tmp_path / "scratch")
+    pull(LocalSource(tiny_weights), ["uso"], mirror, s3_server.storage(), tmp_path / "scratch")
     actors = [ray.remote(num_cpus=0.25)(StagingActor).remote() for _ in range(2)]
     assert len(set(ray.get([a.pid.remote() for a in actors]))) == 2  # two processes
     reports = ray.get([a.stage.remote(mirror, s3_server.settings()) for a in actors])
-    files = model_files(tiny_root, "uso")
+    files = model_files(tiny_weights, "uso")
     assert len({r.root for r in reports}) == 1
     root = reports[0].root
     assert root.parent == ray_node / "staged"
     assert sorted(len(r.fetched) for r in reports) == [0, len(files)]  # one download in all
-    assert sum(r.bytes_fetched for r in reports) == sum((tiny_root / p).stat().st_size for p in files)
+    assert sum(r.bytes_fetched for r in reports) == sum((tiny_weights / p).stat().st_size for p in files)
     assert verify_root(root).ok
 
 
 @pytest.mark.slow
 def test_a_run_from_a_mirror_records_the_sha256_of_every_weight_file(
-        ray_node: Path, s3_server, tiny_root: Path, tmp_path: Path):
+        ray_node: Path, s3_server, tiny_weights: Path, tmp_path: Path):
     mirror = s3_server.new_bucket("run") + "/weights"
-    pull(LocalSource(tiny_root), ["uso"], mirror, s3_server.storage(), tmp_path / "scratch")
+    pull(LocalSource(tiny_weights), ["uso"], mirror, s3_server.storage(), tmp_path / "scratch")
     write_images(tmp_path / "images", 2)
     (tmp_path / "manifest").mkdir()
     (tmp_path / "manifest" / "part-0.parquet").write_bytes(
@@ -97,7 +87,7 @@ def test_a_run_from_a_mirror_records_the_sha256_of_every_weight_file(
     config = run_config([str(tmp_path / "manifest")], str(out), mirror)
     summary = Runner(config, s3_server.settings(), show_progress=False).run()
     assert (summary.ok, summary.failed) == (1, 0)
-    expected = resolve_weights(str(tiny_root), "uso").sha256
+    expected = resolve_weights(str(tiny_weights), "uso").sha256
     assert "uso/dit_lora.safetensors" in expected and "t5/spiece.model" in expected
     run_json = json.loads((out / "test" / "run.json").read_text())
     assert run_json["weights"] == expected and run_json["random_weights"] is False
@@ -107,24 +97,24 @@ def test_a_run_from_a_mirror_records_the_sha256_of_every_weight_file(
     assert (ray_node / "staged").is_dir()  # the actor staged the mirror on its node
 
 
-def test_staging_logs_its_time_and_what_it_fetched(tiny_root: Path, tmp_path: Path,
+def test_staging_logs_its_time_and_what_it_fetched(tiny_weights: Path, tmp_path: Path,
                                                    caplog: pytest.LogCaptureFixture):
     caplog.set_level(logging.INFO, logger="pipeline.weights.staging")
-    report = stage(LocalSource(tiny_root), ["omniconsistency"], tmp_path / "staged")
+    report = stage(LocalSource(tiny_weights), ["omniconsistency"], tmp_path / "staged")
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("staged "))
-    assert f"staged {report.files} weight files from {tiny_root} into {tmp_path / 'staged'} in " in line
+    assert f"staged {report.files} weight files from {tiny_weights} into {tmp_path / 'staged'} in " in line
     assert f"fetched {report.files} (" in line and "waited 0.0 s for another process" in line
 
 
-def test_a_second_stage_of_the_same_weights_is_a_no_op(tiny_root: Path, tmp_path: Path):
+def test_a_second_stage_of_the_same_weights_is_a_no_op(tiny_weights: Path, tmp_path: Path):
     root = tmp_path / "staged"
-    first = stage(LocalSource(tiny_root), ["uso"], root)
-    assert first.fetched and stage(LocalSource(tiny_root), ["uso"], root).fetched == []
+    first = stage(LocalSource(tiny_weights), ["uso"], root)
+    assert first.fetched and stage(LocalSource(tiny_weights), ["uso"], root).fetched == []
     (root / "clip" / "tokenizer.json").unlink()
-    assert stage(LocalSource(tiny_root), ["uso"], root).fetched == ["clip/tokenizer.json"]
+    assert stage(LocalSource(tiny_weights), ["uso"], root).fetched == ["clip/tokenizer.json"]
 
 
-def test_a_process_arriving_while_another_stages_waits_for_it(tiny_root: Path, tmp_path: Path):
+def test_a_process_arriving_while_another_stages_waits_for_it(tiny_weights: Path, tmp_path: Path):
     root = tmp_path / "staged"
     holding = threading.Event()
 
@@ -136,35 +126,35 @@ def test_a_process_arriving_while_another_stages_waits_for_it(tiny_root: Path, t
     other = threading.Thread(target=other_process_staging)
     other.start()
     holding.wait(5)
-    report = stage(LocalSource(tiny_root), ["uso"], root)
+    report = stage(LocalSource(tiny_weights), ["uso"], root)
     other.join()
     assert report.waited_s >= 0.8
 
 
-def test_a_partial_download_left_by_a_crash_is_discarded_and_restarted(tiny_root: Path, tmp_path: Path):
+def test_a_partial_download_left_by_a_crash_is_discarded_and_restarted(tiny_weights: Path, tmp_path: Path):
     root = tmp_path / "staged"
     leftover = partial_dir(root) / "uso" / "projector.safetensors.partial"
     leftover.parent.mkdir(parents=True)
     leftover.write_bytes(b"half a file from a process that died")
-    stage(LocalSource(tiny_root), ["uso"], root)
-    assert _sha(root / "uso" / "projector.safetensors") == _sha(tiny_root / "uso" / "projector.safetensors")
+    stage(LocalSource(tiny_weights), ["uso"], root)
+    assert _sha(root / "uso" / "projector.safetensors") == _sha(tiny_weights / "uso" / "projector.safetensors")
     assert not leftover.exists()
 
 
-def test_too_little_disk_space_is_refused_before_any_download(tiny_root: Path, tmp_path: Path,
+def test_too_little_disk_space_is_refused_before_any_download(tiny_weights: Path, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch):
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(staging.shutil, "disk_usage", lambda _path: usage(10 << 30, 10 << 30, 1 << 20))
     root = tmp_path / "staged"
     with pytest.raises(WeightSpaceError) as caught:
-        stage(LocalSource(tiny_root), ["uso"], root)
+        stage(LocalSource(tiny_weights), ["uso"], root)
     message = str(caught.value)
-    assert f"not enough disk space to stage {len(model_files(tiny_root, 'uso'))} weight files" in message
+    assert f"not enough disk space to stage {len(model_files(tiny_weights, 'uso'))} weight files" in message
     assert f"into {root}" in message and "(largest: flux1-dev/ae.safetensors" in message
     assert "0.00 GiB is free" in message and "RESTYLE_WEIGHTS_CACHE" in message
     assert not [p for p in root.rglob("*") if p.is_file() and p.suffix == ".safetensors"]
 
 
-def test_local_root_of_a_local_folder_stages_nothing(tiny_root: Path, tmp_path: Path):
-    assert local_root(str(tiny_root), model="uso") == tiny_root
+def test_local_root_of_a_local_folder_stages_nothing(tiny_weights: Path, tmp_path: Path):
+    assert local_root(str(tiny_weights), model="uso") == tiny_weights
     assert not (tmp_path / "weights-cache").exists()

@@ -12,25 +12,16 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.weights.tiny import MARKER, build_tiny_weights
+from pipeline.weights.tiny import MARKER
 from pipeline.weights.verify import verify_root
 
-
-@pytest.fixture(autouse=True)
-def private_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RESTYLE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("RESTYLE_WEIGHTS_CACHE", str(tmp_path / "weights-cache"))
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_weights(tmp_path_factory.mktemp("tiny") / "weights")
+pytestmark = pytest.mark.usefixtures("private_caches")  # caches in tmp, see conftest
 
 
 @pytest.fixture
-def root(tiny_root: Path, tmp_path: Path) -> Path:
+def root(tiny_weights: Path, tmp_path: Path) -> Path:
     """A private copy of the tiny build to damage."""
-    return Path(shutil.copytree(tiny_root, tmp_path / "weights"))
+    return Path(shutil.copytree(tiny_weights, tmp_path / "weights"))
 
 
 def _row(report, path: str):
@@ -122,12 +113,12 @@ def test_a_missing_component_names_what_the_loaders_look_for(root: Path):
     assert "SigLIP folder not found" in layout.problems[0]
 
 
-def test_real_weights_are_held_against_the_registry(tmp_path: Path, tiny_root: Path):
+def test_real_weights_are_held_against_the_registry(tmp_path: Path, tiny_weights: Path):
     """A file at a published file's place that is not the published file fails on size, sha256
     and architecture (no tiny marker, no flux_config.json: the release is expected)."""
     root = tmp_path / "real"
     (root / "flux1-dev").mkdir(parents=True)
-    shutil.copy(tiny_root / "flux1-dev" / "ae.safetensors", root / "flux1-dev" / "ae.safetensors")
+    shutil.copy(tiny_weights / "flux1-dev" / "ae.safetensors", root / "flux1-dev" / "ae.safetensors")
     report = verify_root(root, ["uso"])
     assert report.preset == "release"
     row = _row(report, "flux1-dev/ae.safetensors")
