@@ -30,10 +30,10 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.models.base import GenerationRequest, ModelOptions  # noqa: E402
-from pipeline.models.flux_common import pack_latents, unpack_latents  # noqa: E402
-from pipeline.models.devices import resolve_dtype  # noqa: E402
-from pipeline.models.omni_sampler import euler_step, to_uint8  # noqa: E402
-from pipeline.models.omniconsistency import OmniConsistencyModel  # noqa: E402
+from pipeline.models.flux.packing import pack_latents, unpack_latents  # noqa: E402
+from pipeline.models.omniconsistency.model import OmniConsistencyModel  # noqa: E402
+from pipeline.models.omniconsistency.sampling import euler_step, to_uint8  # noqa: E402
+from pipeline.models.runtime import resolve_dtype  # noqa: E402
 
 # Dense bf16 tensor-core peaks (datasheet, no sparsity); H200 has the H100 SXM's compute.
 BF16_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}

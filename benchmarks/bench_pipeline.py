@@ -29,13 +29,14 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from run_helpers import parquet_bytes, write_images  # noqa: E402
+
 from pipeline.config import RunConfig, SamplingDefaults  # noqa: E402
+from pipeline.execution.driver import Runner  # noqa: E402
 from pipeline.models.base import GenerationRequest, ModelOptions  # noqa: E402
 from pipeline.models.registry import load_model  # noqa: E402
-from pipeline.runner import Runner  # noqa: E402
 from pipeline.storage import StorageSettings  # noqa: E402
 from pipeline.weights.tiny import build_tiny_weights  # noqa: E402
-from run_helpers import parquet_bytes, write_images  # noqa: E402
 
 
 def make_manifest(folder: Path, items: int, shards: int, model: str, width: int, height: int,
@@ -61,7 +62,7 @@ def make_manifest(folder: Path, items: int, shards: int, model: str, width: int,
 
 def bare_loop(model_name: str, weights: Path, rows: list[dict], seed_of) -> float:
     """images/s of the model alone on pre-decoded inputs."""
-    from pipeline.style_lora_sources import StyleLoraResolver
+    from pipeline.processing.style_loras import StyleLoraResolver
     from pipeline.storage import Storage
 
     model = load_model(model_name, weights, ModelOptions(device="cpu"))
@@ -99,7 +100,7 @@ def main() -> None:
     from pipeline.config import derive_seed
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    from pipeline.runner import CPU_ACTOR_CPUS
+    from pipeline.execution.driver import CPU_ACTOR_CPUS
 
     remote_bare = ray.remote(num_cpus=CPU_ACTOR_CPUS)(bare_loop)
     bare = ray.get(remote_bare.remote(args.model, weights, rows,
@@ -121,8 +122,8 @@ def main() -> None:
         t0 = time.perf_counter()
         summary = runner.run()
         wall = time.perf_counter() - t0
-        from pipeline.run_state import RunState
-        from pipeline.status import run_status
+        from pipeline.outputs.run_state import RunState
+        from pipeline.outputs.status import run_status
 
         status = run_status(RunState(runner.storage, config.run_uri))
     finally:

@@ -31,10 +31,10 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.models.base import GenerationRequest, ModelOptions  # noqa: E402
-from pipeline.models.flux_common import pack_latents  # noqa: E402
-from pipeline.models.uso import USOModel  # noqa: E402
-from pipeline.models.uso_requests import subject_grid  # noqa: E402
-from pipeline.models.uso_sampling import DenoiseBatch, denoise, position_ids  # noqa: E402
+from pipeline.models.flux.packing import pack_latents  # noqa: E402
+from pipeline.models.uso.model import USOModel  # noqa: E402
+from pipeline.models.uso.prepare import subject_grid  # noqa: E402
+from pipeline.models.uso.sampling import DenoiseBatch, denoise, position_ids  # noqa: E402
 
 H100_BF16_PEAK_TFLOPS = 989.0  # dense, SXM datasheet
 SIZE_DEFAULTS = {"full": (1024, 25, 512), "mid": (256, 4, 256), "tiny": (64, 2, 64)}

@@ -53,7 +53,7 @@ class OutputOptions:
 @dataclass(frozen=True)
 class ScoringOptions:
     """Optional quality scores per result, written to records and provenance (see
-    `pipeline.scoring`): e.g. "clip_t" (result vs prompt), "style" (result vs style image)."""
+    `pipeline.processing.scoring`): e.g. "clip_t" (result vs prompt), "style" (result vs style image)."""
 
     metrics: tuple[str, ...] = ()
     model: str = ""  # a local CLIP-family transformers folder

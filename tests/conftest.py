@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from s3_server import SeaweedS3Server
+from support.s3_server import SeaweedS3Server
 
 from pipeline.weights.tiny import build_tiny_weights
 

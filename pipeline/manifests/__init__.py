@@ -8,11 +8,11 @@
 The schema (one row = one item) is documented in manifests/README.md at the repository root.
 Modules: `items` (the types), `fields` (value rules shared by both formats), `parquet` and
 `webdataset` (the two layouts), `discovery` (spec -> shard list), `reading` (shard -> items),
-`validation` (whole-manifest checks). Image loading lives in `pipeline.images`.
+`validation` (whole-manifest checks). Image loading lives in `pipeline.manifests.images`.
 """
 
-from pipeline.images import ImageRef, load_image
 from pipeline.manifests.discovery import list_shards, manifest_format
+from pipeline.manifests.images import ImageRef, load_image
 from pipeline.manifests.items import (
     PARQUET,
     WEBDATASET,

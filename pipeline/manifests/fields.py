@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from pipeline.images import ImageRef
+from pipeline.manifests.images import ImageRef
 from pipeline.manifests.items import ManifestItem, RowError
 from pipeline.models.registry import MODEL_NAMES
 from pipeline.storage.uris import resolve

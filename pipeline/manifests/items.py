@@ -6,7 +6,7 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.images import ImageRef
+from pipeline.manifests.images import ImageRef
 
 PARQUET = "parquet"
 WEBDATASET = "webdataset"

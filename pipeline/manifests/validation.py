@@ -12,11 +12,11 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from pipeline.images import ImageRef, load_image
+from pipeline.errors import ItemError
 from pipeline.manifests.discovery import list_shards
+from pipeline.manifests.images import ImageRef, load_image
 from pipeline.manifests.items import ManifestError, ManifestItem, ManifestShard, RowError
 from pipeline.manifests.reading import parsed_rows
-from pipeline.models.base import ItemError
 from pipeline.storage import Storage, StorageError
 
 IMAGE_CHECK_THREADS = 8

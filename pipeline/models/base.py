@@ -19,25 +19,7 @@ from typing import ClassVar
 import numpy as np
 from PIL import Image
 
-
-class ErrorKind:
-    """Error classes used in per-item records and error histograms (strings, stable on disk)."""
-
-    BAD_INPUT = "bad_input"  # unreadable/corrupt image, impossible size, bad field value
-    OUT_OF_MEMORY = "out_of_memory"  # the accelerator (or host) ran out of memory on this item
-    MODEL_ERROR = "model_error"  # anything else raised while running the model on this item
-    IO_ERROR = "io_error"  # the item's inputs could not be fetched from storage
-    LORA_ERROR = "lora_error"  # the item's style LoRA could not be found, read or applied
-
-
-class ItemError(Exception):
-    """A failure scoped to one item; `kind` is one of `ErrorKind`, the message names the item."""
-
-    def __init__(self, item_id: str, kind: str, message: str):
-        super().__init__(f"item {item_id!r}: {message}")
-        self.item_id = item_id
-        self.kind = kind
-        self.message = message
+from pipeline.errors import ItemError
 
 
 @dataclass(frozen=True)
@@ -124,7 +106,7 @@ class StylizationModel(ABC):
     @classmethod
     @abstractmethod
     def load(cls, weights_root: Path, options: ModelOptions) -> StylizationModel:
-        """Load from a staged weights root (layout in `pipeline.models.files`).
+        """Load from a staged weights root (layout in `pipeline.models.weight_layout`).
 
         A missing, truncated or mis-shaped file raises `WeightFileError`/`WeightLayoutError`
         naming the file and the keys; nothing is silently ignored.
@@ -155,17 +137,3 @@ def to_uint8_image(image: Image.Image | np.ndarray) -> np.ndarray:
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
     return np.asarray(image, dtype=np.uint8)
-
-
-class WeightFileError(ValueError):
-    """A weight file is unreadable, truncated, or its keys/shapes do not match the architecture.
-
-    The message names the file and lists the missing, unexpected or mis-shaped keys.
-    """
-
-    def __init__(self, path: Path | str, problem: str, keys: Sequence[str] = ()):
-        shown = ", ".join(list(keys)[:20]) + (f" ... (+{len(keys) - 20} more)" if len(keys) > 20 else "")
-        super().__init__(f"{path}: {problem}" + (f": {shown}" if keys else ""))
-        self.path = str(path)
-        self.problem = problem
-        self.keys = list(keys)

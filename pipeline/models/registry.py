@@ -8,8 +8,8 @@ from pathlib import Path
 from pipeline.models.base import ModelOptions, StylizationModel
 
 _MODELS = {
-    "uso": ("pipeline.models.uso", "USOModel"),
-    "omniconsistency": ("pipeline.models.omniconsistency", "OmniConsistencyModel"),
+    "uso": ("pipeline.models.uso.model", "USOModel"),
+    "omniconsistency": ("pipeline.models.omniconsistency.model", "OmniConsistencyModel"),
 }
 
 MODEL_NAMES = tuple(_MODELS)
@@ -24,7 +24,7 @@ def model_class(name: str) -> type[StylizationModel]:
 
 
 def load_model(name: str, weights_root: Path, options: ModelOptions) -> StylizationModel:
-    """Load `name` from a staged weights root (see `pipeline.models.files`)."""
+    """Load `name` from a staged weights root (see `pipeline.models.weight_layout`)."""
     return model_class(name).load(weights_root, options)
 
 

@@ -20,11 +20,15 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from pipeline.models.flux_common import unpack_latents
-from pipeline.models.flux_loading import load_flux_transformer, load_flux_vae
-from pipeline.models.omni_lora import ConsistencyLora
-from pipeline.models.omni_sampler import OmniConsistencySampler, condition_pixels, to_uint8
-from pipeline.models.style_lora import StyleLoraSlot
+from pipeline.models.flux.loading import load_flux_transformer, load_flux_vae
+from pipeline.models.flux.packing import unpack_latents
+from pipeline.models.flux.style_lora import StyleLoraSlot
+from pipeline.models.omniconsistency.lora import ConsistencyLora
+from pipeline.models.omniconsistency.sampling import (
+    OmniConsistencySampler,
+    condition_pixels,
+    to_uint8,
+)
 from pipeline.parity.compare import ParityReport
 
 CACHE_NAMES = ("k", "v")

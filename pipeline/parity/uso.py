@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from pipeline.models.flux_common import pack_latents
-from pipeline.models.uso_components import USOComponents, load_uso_components
-from pipeline.models.uso_sampling import (
+from pipeline.models.flux.packing import pack_latents
+from pipeline.models.uso.components import USOComponents, load_uso_components
+from pipeline.models.uso.sampling import (
     DenoiseBatch,
     decode_latents,
     denoise,

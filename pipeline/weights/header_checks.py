@@ -2,7 +2,7 @@
 
 Nothing here reads tensor data: safetensors headers give names and shapes, and they are held
 against
-- the tables of `pipeline.weights.architecture` for the single official files (BFL transformer
+- the tables of `pipeline.models.architecture` for the single official files (BFL transformer
   and VAE, USO dit_lora and projector, OmniConsistency LoRA), with the hyper-parameters of the
   preset (release, or tiny for a tiny build) and LoRA ranks read from the file itself (ranks
   are a free choice, not a corruption);
@@ -22,13 +22,23 @@ from pathlib import Path
 
 import torch
 
-from pipeline.models.base import WeightFileError
-from pipeline.models.flux_tensor_files import TensorFiles
-from pipeline.weights.architecture import (FLUX_AE, FLUX_DEV, AutoEncoderParams, FluxParams,
-                                           TensorTable, USOProjectorParams, compare_tables,
-                                           flux_transformer_tensors, flux_vae_tensors,
-                                           omniconsistency_lora_tensors, read_safetensors_shapes,
-                                           uso_dit_lora_tensors, uso_projector_tensors)
+from pipeline.errors import WeightFileError
+from pipeline.models.architecture import (
+    FLUX_AE,
+    FLUX_DEV,
+    AutoEncoderParams,
+    FluxParams,
+    TensorTable,
+    USOProjectorParams,
+    compare_tables,
+    flux_transformer_tensors,
+    flux_vae_tensors,
+    omniconsistency_lora_tensors,
+    read_safetensors_shapes,
+    uso_dit_lora_tensors,
+    uso_projector_tensors,
+)
+from pipeline.models.flux.tensor_files import TensorFiles
 
 MAX_LISTED = 8
 

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline.weights.errors import HubAccessError, WeightIntegrityError, WeightsError
+from pipeline.errors import HubAccessError, WeightIntegrityError, WeightsError
 from pipeline.weights.manifest import FileFacts, WeightManifest
 from pipeline.weights.registry import Registry, RegistryFile, check_models, load_registry
 

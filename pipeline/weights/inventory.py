@@ -1,6 +1,6 @@
 """Which files of a local weights root each model loads, by component.
 
-The loaders find their files through `pipeline.models.files`; this module asks the same layout
+The loaders find their files through `pipeline.models.weight_layout`; this module asks the same layout
 code, then lists every file of the folders it names (transformers and diffusers folders,
 style LoRAs), so that pulling, provenance and verification all talk about exactly the files a
 model reads. Hidden files (".cache/", ".partial" leftovers) are never part of a model.
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.models.files import OmniConsistencyFiles, USOFiles, WeightLayoutError
-from pipeline.weights.errors import WeightsError
+from pipeline.errors import WeightLayoutError, WeightsError
+from pipeline.models.weight_layout import OmniConsistencyFiles, USOFiles
 from pipeline.weights.registry import PER_ITEM_COMPONENTS, check_models
 
 

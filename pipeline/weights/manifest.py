@@ -17,8 +17,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 
+from pipeline.errors import WeightsError
 from pipeline.storage import Storage, StorageError, StorageNotFoundError, join
-from pipeline.weights.errors import WeightsError
 
 MANIFEST_NAME = "restyle-weights.json"
 MANIFEST_FORMAT = 1

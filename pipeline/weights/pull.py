@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.errors import WeightIntegrityError, WeightsError
 from pipeline.storage import Storage, StorageError, is_s3, join
-from pipeline.weights.errors import WeightIntegrityError, WeightsError
 from pipeline.weights.manifest import FileFacts, WeightManifest, read_manifest, write_manifest
 from pipeline.weights.sources import LocalSource, WeightSource
 from pipeline.weights.staging import StageReport, check_space, fetch_verified, stage

@@ -3,7 +3,7 @@
 The data lives in `registry.toml` beside this module (package data, so an installed restyle
 reads the same single copy; `weights/registry.toml` in the repository links to it). Each file
 entry maps a Hugging Face Hub file (repo + path) onto its place in a weights root (`dest`, the
-layout of `pipeline.models.files`), with its size and sha256 where publicly known.
+layout of `pipeline.models.weight_layout`), with its size and sha256 where publicly known.
 
     registry = load_registry()
     for entry in registry.files_for(["uso"]):
@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pipeline.weights.errors import WeightsError
+from pipeline.errors import WeightsError
 
 REGISTRY_FORMAT = 1
 MODELS = ("uso", "omniconsistency")

@@ -7,7 +7,7 @@ Specs:
 - "hf": the Hugging Face Hub, files per the registry, staged once per node into the cache;
 - "s3://bucket/prefix": a mirror written by `restyle weights pull --to s3://...`, staged once
   per node into the cache;
-- anything else: a local folder in the layout of `pipeline.models.files`, used in place.
+- anything else: a local folder in the layout of `pipeline.models.weight_layout`, used in place.
 
 Two callers: every Ray actor calls `local_root` (staging happens there, once per node, under a
 file lock; the time it took is logged), and the driver calls `resolve_weights` for the per-file
@@ -23,13 +23,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.errors import WeightsError
 from pipeline.storage import Storage, StorageSettings, is_s3
 from pipeline.weights.hashing import file_sha256
 from pipeline.weights.inventory import model_files
 from pipeline.weights.manifest import read_manifest
 from pipeline.weights.registry import MODELS, PER_ITEM_COMPONENTS, check_models
 from pipeline.weights.sources import HUB_SPEC, S3MirrorSource, WeightSource, open_source
-from pipeline.weights.errors import WeightsError
 from pipeline.weights.staging import StageReport, stage
 
 TINY, RANDOM_FULL, HUB = "tiny", "random-full", HUB_SPEC

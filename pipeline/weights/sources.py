@@ -20,9 +20,9 @@ import shutil
 from pathlib import Path
 from typing import Protocol
 
+from pipeline.errors import WeightsError
 from pipeline.storage import Storage, StorageError, is_s3, join
 from pipeline.storage.uris import local_path
-from pipeline.weights.errors import WeightsError
 from pipeline.weights.hashing import file_sha256
 from pipeline.weights.inventory import model_files
 from pipeline.weights.manifest import MANIFEST_NAME, FileFacts, WeightManifest, read_manifest

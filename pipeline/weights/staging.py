@@ -27,8 +27,8 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from pipeline.errors import WeightIntegrityError, WeightsError, WeightSpaceError
 from pipeline.storage import Storage, StorageSettings
-from pipeline.weights.errors import WeightIntegrityError, WeightSpaceError, WeightsError
 from pipeline.weights.hashing import digest_file, remember_sha256
 from pipeline.weights.manifest import FileFacts, WeightManifest, read_manifest, write_manifest
 from pipeline.weights.sources import WeightSource

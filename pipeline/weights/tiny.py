@@ -1,7 +1,7 @@
 """A complete tiny random-weight weights root, in the official on-disk formats.
 
 Tests and the demo run the real loaders on small files: `build_tiny_weights(root)` writes every
-file of the layout in `pipeline.models.files` with real architectures at tiny sizes:
+file of the layout in `pipeline.models.weight_layout` with real architectures at tiny sizes:
 
     flux1-dev/flux1-dev.safetensors    BFL transformer keys, bf16 (like the release)
     flux1-dev/flux_config.json         BFL FluxParams incl. axes_dim (shapes cannot tell it)
@@ -43,13 +43,20 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from pipeline.models.omni_styles import SHIPPED_STYLES
+from pipeline.models.architecture import (
+    AutoEncoderParams,
+    FluxParams,
+    TensorTable,
+    USOProjectorParams,
+    flux_transformer_tensors,
+    flux_vae_tensors,
+    omniconsistency_lora_tensors,
+    uso_dit_lora_tensors,
+    uso_projector_tensors,
+)
+from pipeline.models.omniconsistency.styles import SHIPPED_STYLES
 from pipeline.weights import tiny_tokenizers
 from pipeline.weights.atomic_build import build_atomically
-from pipeline.weights.architecture import (AutoEncoderParams, FluxParams, TensorTable,
-                                           USOProjectorParams, flux_transformer_tensors,
-                                           flux_vae_tensors, omniconsistency_lora_tensors,
-                                           uso_dit_lora_tensors, uso_projector_tensors)
 
 BUILD_FORMAT = 2  # bump when the content of a tiny build changes, so old builds are replaced
 MARKER = "tiny_build.json"

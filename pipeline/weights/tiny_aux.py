@@ -1,6 +1,6 @@
 """Tiny random-weight auxiliary models: a CLIP scorer and a BLIP captioner, built locally.
 
-Scoring (`pipeline.scoring`) and model captions (`pipeline.caption_model`) load transformers
+Scoring (`pipeline.processing.scoring`) and model captions (`pipeline.processing.caption_model`) load transformers
 folders; tests and demos need such folders without the Hub. These builders write real
 `save_pretrained` folders of the real classes at tiny sizes, with tokenizers and image
 processors built on this machine:
@@ -94,8 +94,13 @@ def bert_vocab() -> list[str]:
 
 
 def _write_blip(folder: Path, seed: int) -> None:
-    from transformers import (BertTokenizer, BlipConfig, BlipForConditionalGeneration,
-                              BlipImageProcessorPil, BlipProcessor)
+    from transformers import (
+        BertTokenizer,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessorPil,
+        BlipProcessor,
+    )
 
     vocab = bert_vocab()
     tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(vocab)},

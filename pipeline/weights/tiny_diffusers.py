@@ -4,7 +4,7 @@ The tiny weights root is generated in the official BFL layout (the architecture 
 source of truth). To let tests prove that the BFL and diffusers layouts load to the same model,
 the same tensors are also written as a FLUX.1-dev-style diffusers snapshot. The transformer
 mapping below is written here from the two module trees, independently of the production loader
-(`pipeline.models.flux_loading`), so a test comparing both layouts cross-checks two codes.
+(`pipeline.models.flux.loading`), so a test comparing both layouts cross-checks two codes.
 The VAE uses diffusers' own `convert_ldm_vae_checkpoint`.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.weights.architecture import AutoEncoderParams, FluxParams
+from pipeline.models.architecture import AutoEncoderParams, FluxParams
 
 
 def _swap_halves(weight: torch.Tensor) -> torch.Tensor:

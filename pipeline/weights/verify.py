@@ -18,11 +18,16 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.errors import WeightsError
 from pipeline.storage import Storage, StorageSettings
-from pipeline.weights.errors import WeightsError
 from pipeline.weights.hashing import file_sha256
-from pipeline.weights.header_checks import (FOLDER_COMPONENTS, ArchitecturePreset,
-                                            check_model_folder, check_single_file, preset_for)
+from pipeline.weights.header_checks import (
+    FOLDER_COMPONENTS,
+    ArchitecturePreset,
+    check_model_folder,
+    check_single_file,
+    preset_for,
+)
 from pipeline.weights.inventory import component_of, model_files
 from pipeline.weights.manifest import MANIFEST_NAME, FileFacts, read_manifest
 from pipeline.weights.registry import MODELS, Registry, check_models, load_registry

@@ -1,0 +1,1 @@
+"""The `restyle` command line: `main` assembles the app from one module per command group."""

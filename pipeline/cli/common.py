@@ -1,0 +1,80 @@
+"""What every `restyle` command shares: option types, output, and one-line operator errors.
+
+A command prints a table for people or one JSON object for scripts (`emit`), and turns the
+errors an operator can fix into one red line and an exit code (`operator_errors`, `fail`)
+instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, NoReturn, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.storage import StorageSettings
+
+console = Console(stderr=True)
+
+Manifest = Annotated[list[str], typer.Argument(help="Manifest files, folders, globs or brace "
+                                                "ranges; local paths or s3:// URIs.")]
+Out = Annotated[str, typer.Option("--out", "-o", help="Output root (local folder or s3:// URI).")]
+RunName = Annotated[Optional[str], typer.Option(
+    "--run", help="Run name; outputs go to <out>/<run>/. Default: <model>-<config fingerprint>, "
+                  "so the same command resumes and a changed config gets its own folder.")]
+Model = Annotated[str, typer.Option("--model", "-m", help="uso | omniconsistency")]
+Weights = Annotated[str, typer.Option(
+    "--weights", help="'tiny' (tiny random weights: pictures are noise), 'random-full' "
+                      "(speed benchmarks), 'hf' (Hugging Face Hub, HF_TOKEN), an s3:// mirror "
+                      "(restyle weights pull --to s3://...), or a local weights folder.")]
+Endpoint = Annotated[Optional[str], typer.Option(
+    "--endpoint-url", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL).")]
+Region = Annotated[Optional[str], typer.Option("--region", help="S3 region.")]
+Profile = Annotated[Optional[str], typer.Option("--profile", help="AWS profile for credentials.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print a JSON object instead of a table.")]
+Address = Annotated[Optional[str], typer.Option(
+    help="Ray cluster address (default: $RAY_ADDRESS inside a Ray job, else a local Ray).")]
+Progress = Annotated[bool, typer.Option(help="Show a progress bar.")]
+
+
+def emit(title: str, rows: list[tuple[str, str]], data: dict, as_json: bool) -> None:
+    """Print a result for people (a table) or for scripts (one JSON object on stdout)."""
+    if as_json:
+        print(json.dumps(data, indent=1, sort_keys=True, default=str))
+        return
+    table = Table(title=title, show_header=False)
+    for name, value in rows:
+        table.add_row(name, value)
+    Console().print(table)
+
+
+def storage_settings(endpoint: str | None, region: str | None, profile: str | None) -> StorageSettings:
+    """The standard AWS environment, with the command line's overrides."""
+    overrides = {k: v for k, v in {"endpoint_url": endpoint, "region": region,
+                                   "profile": profile}.items() if v}
+    settings = StorageSettings.from_env()
+    return dataclasses.replace(settings, **overrides) if overrides else settings
+
+
+def fail(message: object, code: int = 2) -> NoReturn:
+    """One red line on stderr, then exit with `code`."""
+    console.print(f"[red]error:[/red] {message}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def operator_errors(*extra: type[Exception]) -> Iterator[None]:
+    """Turn the errors an operator can fix (bad manifest or spec, storage, weights, conflicting
+    run, and any `extra` kinds) into one clear line and exit code 2, instead of a traceback."""
+    from pipeline.errors import RunError, WeightsError
+    from pipeline.storage import StorageError
+
+    try:
+        yield
+    except (RunError, StorageError, WeightsError, FileNotFoundError, ValueError, *extra) as error:
+        fail(error)

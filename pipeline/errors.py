@@ -1,0 +1,95 @@
+"""The vocabulary every layer of restyle shares: item statuses and the error families.
+
+Nothing here imports the rest of the package, so any module (models included) can use it.
+Every exception keeps its fields across pickling (`__reduce__`): Ray ships errors from actors
+to the driver, and an exception that cannot be rebuilt there arrives as an unreadable
+`UnserializableException` instead of its one-line message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import StrEnum
+from pathlib import Path
+
+
+class ItemStatus(StrEnum):
+    """What happened to one input item; the value is what records and markers store on disk.
+
+    `OK` and `SKIPPED` (the row belongs to another model's run) are not failures; every other
+    member is an error class of the records' `status` column and the markers' histograms.
+    """
+
+    OK = "ok"
+    SKIPPED = "skipped"
+    BAD_INPUT = "bad_input"  # unreadable/corrupt image, impossible size, bad field value
+    OUT_OF_MEMORY = "out_of_memory"  # the accelerator (or host) ran out of memory on this item
+    MODEL_ERROR = "model_error"  # anything else raised while running the model on this item
+    IO_ERROR = "io_error"  # the item's inputs could not be fetched from storage
+    LORA_ERROR = "lora_error"  # the item's style LoRA could not be found, read or applied
+
+    @property
+    def failed(self) -> bool:
+        return self not in (ItemStatus.OK, ItemStatus.SKIPPED)
+
+
+class ItemError(Exception):
+    """A failure scoped to one item; `kind` is an error `ItemStatus`, the message names the item."""
+
+    def __init__(self, item_id: str, kind: str, message: str):
+        super().__init__(f"item {item_id!r}: {message}")
+        self.item_id = item_id
+        self.kind = ItemStatus(kind)
+        self.message = message
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.item_id, str(self.kind), self.message))
+
+
+class RunError(RuntimeError):
+    """The run cannot start or continue (bad manifest, conflicting config, model won't load)."""
+
+
+class RunConflictError(RunError):
+    """The run folder holds outputs of another configuration."""
+
+
+class DerivedManifestConflict(RunError):
+    """A folder already holds a derived manifest made from other inputs."""
+
+
+class WeightsError(ValueError):
+    """A weights spec, source, registry or file is unusable; the message says which and why."""
+
+
+class HubAccessError(WeightsError):
+    """The Hugging Face Hub refused a request or could not be reached."""
+
+
+class WeightIntegrityError(WeightsError):
+    """A file's size or sha256 is not the expected one (truncated, corrupt, or changed)."""
+
+
+class WeightSpaceError(WeightsError):
+    """Not enough free disk space for the files still to download."""
+
+
+class WeightLayoutError(WeightsError, FileNotFoundError):
+    """A weights root lacks a file a model needs; the message names the path that was expected."""
+
+
+class WeightFileError(WeightsError):
+    """A weight file is unreadable, truncated, or its keys/shapes do not match the architecture.
+
+    The message names the file and lists the missing, unexpected or mis-shaped keys.
+    """
+
+    def __init__(self, path: Path | str, problem: str, keys: Sequence[str] = ()):
+        shown = ", ".join(list(keys)[:20]) + (f" ... (+{len(keys) - 20} more)" if len(keys) > 20 else "")
+        super().__init__(f"{path}: {problem}" + (f": {shown}" if keys else ""))
+        self.path = str(path)
+        self.problem = problem
+        self.keys = list(keys)
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.path, self.problem, self.keys))

@@ -1,0 +1,81 @@
+"""The Ray actor: loads the model once, then processes whole shards handed to it.
+
+One actor per GPU (`num_gpus=1`, so Ray pins it with CUDA_VISIBLE_DEVICES), or CPU-only actors
+holding a fraction of a CPU when the cluster has no GPU (a 2-core machine hangs if actors hold
+every CPU). The actor is threaded (`max_concurrency`) so the driver can queue a second shard
+(read-ahead, see `worker.ModelTurns`) and poll progress while a shard runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+
+from pipeline.config import RunConfig
+from pipeline.models.registry import load_model, load_random_model
+from pipeline.models.runtime import resolve_device
+from pipeline.processing.captions import make_captioner
+from pipeline.processing.shard import ShardProcessor, ShardTask
+from pipeline.processing.style_loras import StyleLoraResolver
+from pipeline.storage import Storage, StorageSettings
+from pipeline.weights.resolve import local_root, weight_cache_dir
+
+log = logging.getLogger(__name__)
+
+SHARDS_IN_FLIGHT_PER_ACTOR = 2  # one running, one reading ahead
+
+
+class StylizeActor:
+    """Holds one loaded model; `process` runs a shard end to end and returns its marker."""
+
+    def __init__(self, config: RunConfig, storage_settings: StorageSettings):
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        t0 = time.perf_counter()
+        self.device = str(resolve_device(config.options.device))
+        options = config.options
+        if options.device == "auto":
+            from dataclasses import replace
+
+            options = replace(options, device=self.device)
+        storage = Storage(storage_settings)
+        root = local_root(config.weights, model=config.model, storage=storage)
+        model = load_random_model(config.model, options) if root is None else \
+            load_model(config.model, root, options)
+        self.load_s = time.perf_counter() - t0
+        log.info("actor pid %d loaded %s from %s in %.1f s on %s (CUDA_VISIBLE_DEVICES=%s)",
+                 os.getpid(), config.model, config.weights, self.load_s, self.device,
+                 os.environ.get("CUDA_VISIBLE_DEVICES"))
+        scratch = Path(tempfile.gettempdir()) / "restyle-scratch"
+        scratch.mkdir(exist_ok=True)
+        scorer = None
+        if config.scoring.enabled:
+            from pipeline.processing.scoring import make_scorer
+
+            scorer = make_scorer(config.scoring, self.device)
+        self.processor = ShardProcessor(
+            config, model, storage, make_captioner(config.outputs, self.device),
+            StyleLoraResolver(storage, root, weight_cache_dir() / "downloads"),
+            device=self.device, scratch_dir=str(scratch), scorer=scorer)
+
+    def info(self) -> dict:
+        return {"pid": os.getpid(), "device": self.device, "load_s": self.load_s,
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "node": ray.get_runtime_context().get_node_id()}
+
+    def process(self, task: ShardTask):
+        return self.processor.process(task)
+
+    def progress(self) -> dict[int, tuple[int, int]]:
+        return self.processor.progress.snapshot()
+
+
+def actor_class(num_gpus: float, num_cpus: float):
+    """`StylizeActor` as a Ray actor class with the given resources; no automatic restarts
+    (the driver decides what to redo, so a shard is never done twice by Ray behind our back)."""
+    return ray.remote(num_gpus=num_gpus, num_cpus=num_cpus, max_restarts=0, max_task_retries=0,
+                      max_concurrency=SHARDS_IN_FLIGHT_PER_ACTOR + 2)(StylizeActor)

@@ -1,0 +1,315 @@
+"""Nightly incremental restyling: each night, only the catalog rows not yet produced.
+
+    restyle nightly jobs/nightly_restyle.yaml [--night 2026-09-14]
+
+A spec names a catalog (a manifest that grows over time; row ids are stable), a model, its
+weights and settings, a style set, and an output root. A night:
+
+1. computes the job's config fingerprint: the run fingerprint (model, weight sha256s, seed,
+   sampling, numerics, encoding, captions, scoring) plus the style set and prompt template;
+2. reads the done index `<output>/index/<fingerprint>/*.parquet` (ids produced ok under that
+   fingerprint, one file per night);
+3. streams the catalog and writes every row whose id is not done (style set applied) into the
+   night's derived manifest `<output>/manifests/<night>/` - nothing new: a no-op, nothing
+   written, no Ray started;
+4. runs it into the dated run folder `<output>/runs/<night>/` (the usual commits and records);
+5. writes `<output>/index/<fingerprint>/<night>.parquet` with the ids that came out ok.
+
+Re-running a night never duplicates: the night's manifest, once complete, is frozen (its
+marker carries the fingerprint), so a re-run resumes the same shards and skips committed ones;
+rows that arrived in between wait for the next night. A changed config is a new fingerprint:
+every row is redone under it (in a night folder of its own; reusing a night label that already
+ran under another config is refused). Rows that failed stay out of the index and are retried
+the next night; rows that name another model are not this job's and are left alone.
+
+Spec keys (beside the run settings of `pipeline.jobs.specs`):
+
+    kind: nightly
+    name: catalog-watercolor
+    catalog: s3://shop/catalog/            # manifest spec(s)
+    output: s3://shop/restyled/watercolor
+    model: uso
+    style:                                 # the style set, for rows that name none
+      images: [s3://shop/styles/watercolor.jpg]   # USO style references
+      lora: null                           # OmniConsistency style LoRA (name, path, s3://)
+      lora_scale: 1.0
+    prompt: "{prompt}"                     # optional template over id, prompt, extra columns
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import re
+import string
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.jobs.specs import (
+    RUN_KEYS,
+    RunSettings,
+    SpecSource,
+    check_keys,
+    check_model,
+    job_name,
+    require,
+    run_settings,
+    string_list,
+)
+from pipeline.manifests import ManifestItem, RowError, list_shards, read_shard
+from pipeline.manifests.derived import ManifestWriter, frozen_manifest, item_row
+from pipeline.storage import Storage, StorageSettings
+from pipeline.storage.parquet import table_from_bytes, table_to_bytes
+
+log = logging.getLogger(__name__)
+
+TOP_KEYS = ("kind", "name", "catalog", "output", "model", "style", "prompt") + RUN_KEYS
+NIGHT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,40}$")
+INDEX_SCHEMA = pa.schema([("id", pa.string()), ("night", pa.string()), ("output_key", pa.string())])
+MAX_REPORTED = 20
+
+
+class NightlyError(RuntimeError):
+    """A night that cannot run (a label already used under another config, a bad label)."""
+
+
+@dataclass(frozen=True)
+class StyleSet:
+    """Applied to catalog rows that name no style of their own."""
+
+    images: tuple[str, ...] = ()
+    lora: str | None = None
+    lora_scale: float | None = None
+
+
+@dataclass(frozen=True)
+class NightlySpec:
+    name: str
+    catalog: tuple[str, ...]
+    output: str
+    model: str
+    style: StyleSet
+    prompt: str | None
+    settings: RunSettings
+    origin: str
+
+    @classmethod
+    def parse(cls, spec: SpecSource) -> NightlySpec:
+        check_keys(spec, spec.data, TOP_KEYS)
+        model = check_model(spec, require(spec, "model", str), "model")
+        prompt = require(spec, "prompt", str, default=None)
+        if prompt is not None:
+            try:
+                list(string.Formatter().parse(prompt))
+            except ValueError as error:
+                raise spec.fail("prompt", f"not a valid template: {error}") from None
+        return cls(name=job_name(spec),
+                   catalog=tuple(spec.path(c) for c in string_list(spec, "catalog")),
+                   output=spec.path(require(spec, "output", str)), model=model,
+                   style=_style_set(spec, model), prompt=prompt, settings=run_settings(spec),
+                   origin=spec.origin)
+
+    def run_config(self, manifest: list[str], night: str):
+        return self.settings.run_config(manifest, f"{self.output.rstrip('/')}/runs", night,
+                                        self.model)
+
+
+def _style_set(spec: SpecSource, model: str) -> StyleSet:
+    raw = require(spec, "style", dict, default={})
+    check_keys(spec, raw, ("images", "lora", "lora_scale"), "style")
+    images = string_list(spec, "images", "style", mapping=raw, default=[]) if raw.get("images") else []
+    lora = require(spec, "lora", str, "style", None, raw)
+    scale = require(spec, "lora_scale", (int, float), "style", None, raw)
+    if images and model != "uso":
+        raise spec.fail("style.images", f"style images are USO's; this job's model is {model}")
+    if lora and model != "omniconsistency":
+        raise spec.fail("style.lora", f"style LoRAs are OmniConsistency's; this job's model is {model}")
+    if scale is not None and not lora:
+        raise spec.fail("style.lora_scale", "is set but style.lora is not")
+    return StyleSet(tuple(spec.path(i) for i in images),
+                    lora if lora is None or "/" not in lora else spec.path(lora),
+                    None if scale is None else float(scale))
+
+
+def today() -> str:
+    return dt.datetime.now(dt.timezone.utc).date().isoformat()
+
+
+def check_night(night: str) -> str:
+    if not NIGHT_PATTERN.match(night):
+        raise NightlyError(f"night label {night!r}: use a date (2026-09-14) or another short word "
+                           "of letters, digits, '.', '_' or '-'")
+    return night
+
+
+# ------------------------------------------------------------------ the done index
+class DoneIndex:
+    """Ids produced ok under one fingerprint: `<output>/index/<fingerprint>/<night>.parquet`.
+
+    One file per night (never rewritten by another night), so nights never race on one object.
+    """
+
+    def __init__(self, storage: Storage, output: str, fingerprint: str):
+        self.storage = storage
+        self.folder = f"{output.rstrip('/')}/index/{fingerprint}"
+
+    def night_uri(self, night: str) -> str:
+        return f"{self.folder}/{night}.parquet"
+
+    def load(self) -> set[str]:
+        done: set[str] = set()
+        for uri in self.storage.list(self.folder + "/"):
+            if uri.endswith(".parquet"):
+                table = table_from_bytes(self.storage.read_bytes(uri), columns=["id"])
+                done.update(table.column("id").to_pylist())
+        return done
+
+    def write(self, night: str, rows: list[dict[str, str]]) -> str:
+        uri = self.night_uri(night)
+        self.storage.write_bytes(uri, table_to_bytes(pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)))
+        return uri
+
+
+# ------------------------------------------------------------------ a night
+@dataclass
+class NightSummary:
+    name: str
+    night: str
+    fingerprint: str
+    run_uri: str
+    catalog_rows: int = 0
+    already_done: int = 0
+    new: int = 0  # rows in this night's manifest
+    other_model: int = 0
+    rejected: list[str] = field(default_factory=list)
+    resumed: bool = False  # the night's manifest existed already (a re-run of the night)
+    run: Any = None  # RunSummary, None when there was nothing to do
+    indexed: int = 0  # ids this night added to the done index
+
+    @property
+    def noop(self) -> bool:
+        return self.run is None
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.run is None else self.run.exit_code
+
+    def public_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items() if k != "run"}
+        data["noop"] = self.noop
+        data["exit_code"] = self.exit_code
+        if self.run is not None:
+            run = self.run
+            data["run"] = {"ok": run.ok, "failed": run.failed, "skipped": run.skipped,
+                           "shards_committed": run.shards_committed,
+                           "shards_already_done": run.shards_already_done,
+                           "shards_failed": run.shards_failed, "errors": dict(run.errors),
+                           "wall_s": run.wall_s}
+        return data
+
+
+class NightlyJob:
+    def __init__(self, spec: NightlySpec, storage_settings: StorageSettings, night: str | None = None,
+                 address: str | None = None, show_progress: bool = True):
+        self.spec = spec
+        self.night = check_night(night or today())
+        self.settings = storage_settings
+        self.storage = Storage(storage_settings)
+        self.address = address
+        self.show_progress = show_progress
+
+    @property
+    def manifest_folder(self) -> str:
+        return f"{self.spec.output.rstrip('/')}/manifests/{self.night}"
+
+    def fingerprint(self) -> str:
+        """The run fingerprint plus what only this job adds to the rows (style set, prompt)."""
+        from pipeline.weights.resolve import resolve_weights
+
+        spec = self.spec
+        weights = resolve_weights(spec.settings.weights, spec.model, storage=self.storage)
+        run_fp = spec.run_config([], self.night).fingerprint(weights.sha256)
+        fields = {"run": run_fp, "style": asdict(spec.style), "prompt": spec.prompt}
+        canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def run(self) -> NightSummary:
+        from pipeline.execution.driver import Runner
+        from pipeline.outputs.run_state import RunState
+
+        spec = self.spec
+        fingerprint = self.fingerprint()
+        summary = NightSummary(spec.name, self.night, fingerprint,
+                               f"{spec.output.rstrip('/')}/runs/{self.night}")
+        index = DoneIndex(self.storage, spec.output, fingerprint)
+        marker = frozen_manifest(self.storage, self.manifest_folder, fingerprint)
+        if marker is not None:
+            summary.resumed, summary.new = True, marker.rows
+        else:
+            marker = self._derive(index.load(), fingerprint, summary)
+            if marker is None:
+                log.info("night %s of %s: nothing new in %d catalog rows", self.night, spec.name,
+                         summary.catalog_rows)
+                return summary
+        config = spec.run_config(marker.shards, self.night)
+        summary.run = Runner(config, self.settings, self.address, self.show_progress).run()
+        latest = RunState(self.storage, config.run_uri).latest_records(summary.run.fingerprint)
+        done = [{"id": r.id, "night": self.night, "output_key": r.output_key}
+                for shard in sorted(latest) for r in latest[shard].values() if r.ok]
+        index.write(self.night, done)
+        summary.indexed = len(done)
+        return summary
+
+    def _derive(self, done: set[str], fingerprint: str, summary: NightSummary):
+        """Stream the catalog; write the rows not done into the night's manifest."""
+        spec = self.spec
+        writer = ManifestWriter(self.storage, self.manifest_folder, spec.settings.rows_per_shard)
+        seen: set[str] = set()
+        for shard in list_shards(list(spec.catalog), self.storage):
+            for entry in read_shard(shard, self.storage):
+                summary.catalog_rows += 1
+                if isinstance(entry, RowError):
+                    summary.rejected.append(str(entry))
+                    continue
+                if entry.model and entry.model != spec.model:
+                    summary.other_model += 1
+                    continue
+                if entry.id in done:
+                    summary.already_done += 1
+                    continue
+                if entry.id in seen:
+                    summary.rejected.append(f"{shard.uri}, row {entry.source[1]}: duplicate id "
+                                            f"{entry.id!r} (already in an earlier catalog shard)")
+                    continue
+                seen.add(entry.id)
+                try:
+                    writer.add(self.night_row(entry))
+                except (KeyError, IndexError, ValueError) as error:
+                    summary.rejected.append(f"{shard.uri}, row {entry.source[1]}: prompt template "
+                                            f"{spec.prompt!r} needs field {error} (item {entry.id!r})")
+        for message in summary.rejected[:MAX_REPORTED]:
+            log.warning("catalog row left out: %s", message)
+        if writer.rows == 0:
+            return None
+        summary.new = writer.rows
+        return writer.finish(fingerprint, {"job": spec.name, "night": self.night,
+                                           "catalog": list(spec.catalog),
+                                           "already_done": summary.already_done})
+
+    def night_row(self, item: ManifestItem) -> dict[str, Any]:
+        """The catalog row with the style set applied (rows keep styles of their own)."""
+        style = self.spec.style
+        row = item_row(item)
+        row["model"] = self.spec.model
+        if style.images and not item.styles:
+            row["styles"], row["style_bytes"] = list(style.images), None
+        if style.lora and not item.style_lora:
+            row["style_lora"], row["style_lora_scale"] = style.lora, style.lora_scale
+        if self.spec.prompt is not None:
+            fields = {**(item.extra or {}), "id": item.id, "prompt": item.prompt or ""}
+            row["prompt"] = self.spec.prompt.format(**fields)
+        return row

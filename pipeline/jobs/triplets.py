@@ -1,0 +1,403 @@
+"""Synthetic training triplets: (style reference, subject, stylized result) as WebDataset.
+
+    restyle triplets jobs/triplets.yaml
+
+A subject catalog and a style catalog (ordinary manifests: manifests/README.md) are paired,
+the pairs become a derived manifest, and the runner stylizes it with `include_references`, so
+every output sample carries all three images plus caption and provenance:
+
+    <output>/<name>/<model>/part-000000.tar     <key>.subject.<ext>  <key>.style.<ext>
+                                               <key>.result.<ext>   <key>.txt  <key>.json
+    <output>/<name>/<model>/part-000000.parquet records: status, seed, scores, caption ...
+    <output>/<name>/manifests/<model>/         the derived manifest (frozen, see below)
+
+Spec keys (beside the run settings of `pipeline.jobs.specs`):
+
+    kind: triplets
+    name: uso-triplets-v1
+    subjects: s3://data/subjects/        # rows: id, subject image, prompt, extra columns
+    styles: s3://data/styles/            # rows: id, styles (reference images), optional
+                                         #   style_lora (+ style_lora_scale), name, prompt
+    pairing: {mode: sample, per_subject: 3, seed: 0}   # or mode: all, or mode: pairs with
+                                         #   pairs: [[subject_id, style_id], ...] or a
+                                         #   .parquet/.csv file with subject_id, style_id
+    models: [uso]                        # uso and/or omniconsistency (one run each)
+    prompt: "{subject_prompt}"           # template; fields below
+    output: s3://data/triplets
+
+Pairing modes: "all" (every subject with every style), "sample" (per subject, the
+`per_subject` styles ranking first under a hash of (seed, subject id, style id): seeded,
+independent of catalog order, and stable when styles are added: a subject keeps its pick
+unless a new style outranks one), "pairs" (an explicit list; an unknown id is an error).
+
+A triplet's id is "<subject id>__<style id>"; its fields for the prompt template and caption
+templates are subject_id, style_id, style_name (the style row's `name` or `style_name`
+column, else its style LoRA, else its id), subject_prompt, style_prompt, plus every other
+column of either row prefixed "subject_" / "style_". They are also kept in each sample's
+provenance json ("extra"). USO triplets need style images; OmniConsistency triplets need a
+style LoRA per style row (its `styles` image, if any, is stored as the style reference).
+
+The derived manifest is frozen by a digest of the catalogs' rows and the pairing: re-running
+the job resumes the same shards; changed inputs under the same name are refused.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import string
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.jobs.specs import (
+    RUN_KEYS,
+    RunSettings,
+    SpecSource,
+    check_keys,
+    check_model,
+    job_name,
+    require,
+    run_settings,
+    string_list,
+)
+from pipeline.manifests import ManifestItem, RowError, list_shards, read_shard
+from pipeline.manifests.derived import ManifestWriter, frozen_manifest, item_row
+from pipeline.manifests.fields import KNOWN_FIELDS
+from pipeline.storage import Storage, StorageSettings
+from pipeline.storage.parquet import table_from_bytes
+
+log = logging.getLogger(__name__)
+
+PAIRING_MODES = ("all", "sample", "pairs")
+TOP_KEYS = ("kind", "name", "subjects", "styles", "pairing", "models", "prompt",
+            "output") + RUN_KEYS
+ID_SEPARATOR = "__"
+MAX_REPORTED = 20
+
+
+class TripletError(ValueError):
+    """The catalogs and pairing cannot make triplets; the message names the row or pair."""
+
+
+@dataclass(frozen=True)
+class Pairing:
+    mode: str = "all"
+    per_subject: int = 1
+    seed: int = 0
+    pairs: tuple[tuple[str, str], ...] | None = None  # inline pairs
+    pairs_file: str | None = None  # or a file of pairs
+
+
+@dataclass(frozen=True)
+class TripletSpec:
+    name: str
+    subjects: tuple[str, ...]
+    styles: tuple[str, ...]
+    pairing: Pairing
+    models: tuple[str, ...]
+    prompt: str
+    output: str
+    settings: RunSettings
+    origin: str
+
+    @classmethod
+    def parse(cls, spec: SpecSource) -> TripletSpec:
+        check_keys(spec, spec.data, TOP_KEYS)
+        models = string_list(spec, "models", default=["uso"])
+        for i, model in enumerate(models):
+            check_model(spec, model, f"models[{i}]")
+        if len(set(models)) != len(models):
+            raise spec.fail("models", f"lists a model twice: {models}")
+        prompt = require(spec, "prompt", str, default="{subject_prompt}")
+        _check_template(spec, "prompt", prompt)
+        return cls(
+            name=job_name(spec),
+            subjects=tuple(spec.path(s) for s in string_list(spec, "subjects")),
+            styles=tuple(spec.path(s) for s in string_list(spec, "styles")),
+            pairing=_pairing(spec), models=tuple(models), prompt=prompt,
+            output=spec.path(require(spec, "output", str)),
+            settings=run_settings(spec), origin=spec.origin)
+
+    @property
+    def root(self) -> str:
+        return f"{self.output.rstrip('/')}/{self.name}"
+
+    def manifest_folder(self, model: str) -> str:
+        return f"{self.root}/manifests/{model}"
+
+
+def _pairing(spec: SpecSource) -> Pairing:
+    raw = require(spec, "pairing", dict, default={"mode": "all"})
+    check_keys(spec, raw, ("mode", "per_subject", "seed", "pairs"), "pairing")
+    mode = require(spec, "mode", str, "pairing", "all", raw)
+    if mode not in PAIRING_MODES:
+        raise spec.fail("pairing.mode", f"must be one of {', '.join(PAIRING_MODES)}, got {mode!r}")
+    per_subject = require(spec, "per_subject", int, "pairing", 1, raw)
+    if per_subject < 1:
+        raise spec.fail("pairing.per_subject", f"must be at least 1, got {per_subject}")
+    seed = require(spec, "seed", int, "pairing", 0, raw)
+    pairs = raw.get("pairs")
+    if mode == "pairs":
+        if isinstance(pairs, str):
+            return Pairing(mode, per_subject, seed, pairs_file=spec.path(pairs))
+        if not isinstance(pairs, list) or not pairs:
+            raise spec.fail("pairing.pairs", "mode 'pairs' needs a list of [subject_id, style_id] "
+                                             "or a .parquet/.csv file of them")
+        checked = []
+        for i, pair in enumerate(pairs):
+            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+                raise spec.fail(f"pairing.pairs[{i}]", f"must be [subject_id, style_id], got {pair!r}")
+            checked.append((pair[0], pair[1]))
+        return Pairing(mode, per_subject, seed, pairs=tuple(checked))
+    if pairs is not None:
+        raise spec.fail("pairing.pairs", f"is only used with mode 'pairs' (mode is {mode!r})")
+    return Pairing(mode, per_subject, seed)
+
+
+def _check_template(spec: SpecSource, key: str, template: str) -> None:
+    try:
+        list(string.Formatter().parse(template))
+    except ValueError as error:
+        raise spec.fail(key, f"not a valid template: {error}") from None
+
+
+# ------------------------------------------------------------------ catalogs
+@dataclass
+class Catalog:
+    """A manifest read whole, by id, in sorted id order; bad rows are kept as messages, and
+    rows that cannot play their role (`usable_for`) by id with the reason."""
+
+    items: dict[str, ManifestItem]
+    rejected: list[str] = field(default_factory=list)
+    unusable: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ids(self) -> list[str]:
+        return sorted(self.items)
+
+    def usable_for(self, role: str, model: str) -> Catalog:
+        """The rows that can be a triplet's subject / style for `model`."""
+        kept, unusable = {}, dict(self.unusable)
+        for item_id, item in self.items.items():
+            reason = unusable_reason(item, role, model)
+            if reason is None:
+                kept[item_id] = item
+            else:
+                unusable[item_id] = f"{role} {item_id!r} ({item.source[0]}, row {item.source[1]}) {reason}"
+        return Catalog(kept, self.rejected, unusable)
+
+
+def unusable_reason(item: ManifestItem, role: str, model: str) -> str | None:
+    if role == "subject" and item.subject is None:
+        return "has no subject image"
+    if role == "style" and model == "uso" and not item.styles:
+        return "has no style image: USO triplets need one"
+    if role == "style" and model == "omniconsistency" and not item.style_lora:
+        return "has no style_lora: OmniConsistency triplets need one"
+    return None
+
+
+def load_catalog(spec: Iterable[str], storage: Storage) -> Catalog:
+    catalog = Catalog({})
+    for shard in list_shards(list(spec), storage):
+        for entry in read_shard(shard, storage):
+            if isinstance(entry, RowError):
+                catalog.rejected.append(str(entry))
+            elif entry.id in catalog.items:
+                first = catalog.items[entry.id].source
+                catalog.rejected.append(f"{shard.uri}, row {entry.source[1]}: duplicate id "
+                                        f"{entry.id!r} (first in {first[0]}, row {first[1]})")
+            else:
+                catalog.items[entry.id] = entry
+    return catalog
+
+
+# ------------------------------------------------------------------ pairings
+def pair_all(subject_ids: list[str], style_ids: list[str]) -> list[tuple[str, str]]:
+    return [(s, t) for s in subject_ids for t in style_ids]
+
+
+def _rank(seed: int, subject_id: str, style_id: str) -> bytes:
+    return hashlib.sha256(f"{seed}\x00{subject_id}\x00{style_id}".encode()).digest()
+
+
+def pair_sample(subject_ids: list[str], style_ids: list[str], per_subject: int,
+                seed: int) -> list[tuple[str, str]]:
+    """Per subject, the `per_subject` styles of highest hash rank (all of them when fewer)."""
+    pairs = []
+    for subject in subject_ids:
+        ranked = sorted(style_ids, key=lambda style: _rank(seed, subject, style))
+        pairs += [(subject, style) for style in sorted(ranked[:per_subject])]
+    return pairs
+
+
+def read_pairs_file(uri: str, storage: Storage) -> list[tuple[str, str]]:
+    """Pairs from a Parquet or CSV file with columns subject_id and style_id."""
+    data = storage.read_bytes(uri)
+    if uri.endswith((".parquet", ".pq")):
+        rows = table_from_bytes(data).to_pylist()
+    elif uri.endswith(".csv"):
+        rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
+    else:
+        raise TripletError(f"{uri}: pairs file must be .parquet or .csv")
+    pairs = []
+    for i, row in enumerate(rows):
+        subject, style = row.get("subject_id"), row.get("style_id")
+        if not (isinstance(subject, str) and subject and isinstance(style, str) and style):
+            raise TripletError(f"{uri}, row {i}: needs non-empty subject_id and style_id, got {row}")
+        pairs.append((subject, style))
+    return pairs
+
+
+def make_pairs(pairing: Pairing, subjects: Catalog, styles: Catalog,
+               storage: Storage) -> list[tuple[str, str]]:
+    if pairing.mode == "all":
+        return pair_all(subjects.ids, styles.ids)
+    if pairing.mode == "sample":
+        return pair_sample(subjects.ids, styles.ids, pairing.per_subject, pairing.seed)
+    pairs = list(pairing.pairs or read_pairs_file(pairing.pairs_file or "", storage))
+    where = pairing.pairs_file or "pairing.pairs"
+    seen: set[tuple[str, str]] = set()
+    for i, (subject, style) in enumerate(pairs):
+        for role, item_id, catalog in (("subject", subject, subjects), ("style", style, styles)):
+            if item_id not in catalog.items:
+                reason = catalog.unusable.get(item_id) or f"{role} id {item_id!r} is not in the {role} catalog"
+                raise TripletError(f"{where}[{i}]: cannot use this pair: {reason}")
+        if (subject, style) in seen:
+            raise TripletError(f"{where}[{i}]: pair ({subject!r}, {style!r}) is listed twice")
+        seen.add((subject, style))
+    return pairs
+
+
+# ------------------------------------------------------------------ rows
+def style_name(style: ManifestItem) -> str:
+    extra = style.extra or {}
+    for key in ("name", "style_name"):
+        if isinstance(extra.get(key), str) and extra[key]:
+            return extra[key]
+    return style.style_lora or style.id
+
+
+def triplet_fields(subject: ManifestItem, style: ManifestItem) -> dict[str, Any]:
+    """The template fields of one pair (see the module doc)."""
+    fields: dict[str, Any] = {f"subject_{k}": v for k, v in (subject.extra or {}).items()}
+    fields.update({f"style_{k}": v for k, v in (style.extra or {}).items()})
+    for clash in KNOWN_FIELDS:  # e.g. a style column "lora" must not become "style_lora"
+        fields.pop(clash, None)
+    fields.update(subject_id=subject.id, style_id=style.id, style_name=style_name(style),
+                  subject_prompt=subject.prompt or "", style_prompt=style.prompt or "")
+    return fields
+
+
+def triplet_row(subject: ManifestItem, style: ManifestItem, model: str, prompt_template: str
+                ) -> dict[str, Any]:
+    """The manifest row of one pair (both checked with `unusable_reason` beforehand)."""
+    fields = triplet_fields(subject, style)
+    try:
+        prompt = prompt_template.format(**fields)
+    except (KeyError, IndexError) as error:
+        raise TripletError(f"prompt template {prompt_template!r} names field {error} which pair "
+                           f"({subject.id!r}, {style.id!r}) does not have; it has {sorted(fields)}") from None
+    row = item_row(subject)
+    for key in list(row):
+        if key not in ("subject", "subject_bytes", "seed", "width", "height", "steps", "guidance"):
+            row.pop(key)  # the subject's own extras are in `fields`, prefixed
+    style_row = item_row(style)
+    row.update({k: style_row.get(k) for k in ("styles", "style_bytes")})
+    if model == "omniconsistency":
+        row.update(style_lora=style.style_lora, style_lora_scale=style.style_lora_scale)
+    row.update(id=f"{subject.id}{ID_SEPARATOR}{style.id}", prompt=prompt, model=model)
+    row.update({k: v for k, v in fields.items()
+                if k not in KNOWN_FIELDS and not isinstance(v, (bytes, bytearray))})
+    return row
+
+
+def inputs_digest(spec: TripletSpec, model: str, rows: list[dict[str, Any]]) -> str:
+    """What the derived manifest depends on: its rows (which carry every input that matters)."""
+    h = hashlib.sha256(json.dumps({"model": model, "prompt": spec.prompt}, sort_keys=True).encode())
+    for row in rows:
+        h.update(json.dumps(row, sort_keys=True, default=_digestible).encode())
+    return h.hexdigest()[:16]
+
+
+def _digestible(value: Any) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        return "sha256:" + hashlib.sha256(value).hexdigest()
+    return str(value)
+
+
+# ------------------------------------------------------------------ the job
+@dataclass
+class TripletSummary:
+    name: str
+    pairs: dict[str, int]  # model -> triplets in its manifest
+    rejected_rows: list[str]
+    runs: dict[str, Any]  # model -> RunSummary
+
+    @property
+    def exit_code(self) -> int:
+        return max((s.exit_code for s in self.runs.values()), default=0)
+
+
+class TripletJob:
+    def __init__(self, spec: TripletSpec, storage_settings: StorageSettings,
+                 address: str | None = None, show_progress: bool = True):
+        self.spec = spec
+        self.settings = storage_settings
+        self.storage = Storage(storage_settings)
+        self.address = address
+        self.show_progress = show_progress
+
+    def derive(self) -> dict[str, list[str]]:
+        """Write (or reuse) the derived manifest of every model; model -> its shard URIs."""
+        spec = self.spec
+        subjects = load_catalog(spec.subjects, self.storage).usable_for("subject", "")
+        styles = load_catalog(spec.styles, self.storage)
+        self.rejected = subjects.rejected + styles.rejected + list(subjects.unusable.values())
+        self.pairs: dict[str, int] = {}
+        shards = {}
+        for model in spec.models:
+            usable_styles = styles.usable_for("style", model)
+            self.rejected += list(usable_styles.unusable.values())
+            if not subjects.items or not usable_styles.items:
+                which = "subject" if not subjects.items else f"style (for {model})"
+                raise TripletError(f"the {which} catalog has no usable rows; left out: "
+                                   f"{self.rejected[:3]}{' ...' if len(self.rejected) > 3 else ''}")
+            pairs = make_pairs(spec.pairing, subjects, usable_styles, self.storage)
+            rows = [triplet_row(subjects.items[a], usable_styles.items[b], model, spec.prompt)
+                    for a, b in pairs]
+            self.pairs[model] = len(rows)
+            shards[model] = self._frozen(model, rows)
+        for message in self.rejected[:MAX_REPORTED]:
+            log.warning("catalog row left out: %s", message)
+        return shards
+
+    def _frozen(self, model: str, rows: list[dict[str, Any]]) -> list[str]:
+        """The model's derived manifest: reused when made from the same rows, else written."""
+        spec = self.spec
+        digest = inputs_digest(spec, model, rows)
+        folder = spec.manifest_folder(model)
+        marker = frozen_manifest(self.storage, folder, digest)
+        if marker is None:
+            writer = ManifestWriter(self.storage, folder, spec.settings.rows_per_shard)
+            writer.extend(rows)
+            marker = writer.finish(digest, {"job": spec.name, "model": model,
+                                            "pairing": spec.pairing.mode,
+                                            "subjects": list(spec.subjects),
+                                            "styles": list(spec.styles)})
+        return marker.shards
+
+    def run(self) -> TripletSummary:
+        from pipeline.execution.driver import Runner
+
+        shards = self.derive()
+        runs = {}
+        for model in self.spec.models:
+            config = self.spec.settings.run_config(shards[model], self.spec.root, model, model,
+                                                   include_references=True)
+            runs[model] = Runner(config, self.settings, self.address, self.show_progress).run()
+        return TripletSummary(self.spec.name, self.pairs, self.rejected, runs)

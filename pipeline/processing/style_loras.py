@@ -1,0 +1,112 @@
+"""Resolving a manifest's `style_lora` reference to a local file, once per actor.
+
+A reference is one of:
+- a shipped OmniConsistency style name ("Ghibli", "3D_Chibi", ...): the staged
+  `<weights root>/style_loras/<Name>_rank128_bf16.safetensors`; its trigger phrase is added by
+  the model (StyleLora.name carries the canonical name);
+- a local path to a .safetensors file;
+- an `s3://` URI: downloaded once into the actor's cache folder;
+- a Hugging Face reference, `hf://owner/repo/file.safetensors` or `owner/repo/file.safetensors`
+  (or `owner/repo` for the repo's first .safetensors file, as the authors' demo does), through
+  huggingface_hub with the usual HF_TOKEN.
+Failures are `ItemError(kind=lora_error)` naming the item and the reference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import threading
+from pathlib import Path
+
+from pipeline.errors import ItemError, ItemStatus
+from pipeline.models.base import StyleLora
+from pipeline.models.omniconsistency.styles import SHIPPED_FILE_SUFFIX
+from pipeline.storage import Storage
+from pipeline.weights.hashing import file_sha256
+
+SHIPPED_SUFFIX = SHIPPED_FILE_SUFFIX + ".safetensors"
+
+
+class StyleLoraResolver:
+    def __init__(self, storage: Storage, weights_root: Path | None, cache_dir: Path):
+        self.storage = storage
+        self.styles_dir = (weights_root / "style_loras") if weights_root else None
+        self.cache_dir = Path(cache_dir)
+        self._lock = threading.Lock()
+        self._resolved: dict[str, Path] = {}
+
+    def resolve(self, reference: str, scale: float | None, item_id: str) -> StyleLora:
+        scale = 1.0 if scale is None else float(scale)
+        with self._lock:  # one download per reference even with several reader threads
+            try:
+                path, name = self._locate(reference)
+            except Exception as error:
+                raise ItemError(item_id, ItemStatus.LORA_ERROR,
+                                f"style LoRA {reference!r}: {type(error).__name__}: {error}") from error
+        if not path.is_file():
+            raise ItemError(item_id, ItemStatus.LORA_ERROR, f"style LoRA {reference!r}: {path} not found")
+        return StyleLora(path=path, scale=scale, name=name)
+
+    def sha256(self, path: Path) -> str:
+        return file_sha256(path)
+
+    def _locate(self, reference: str) -> tuple[Path, str]:
+        if reference in self._resolved:
+            path = self._resolved[reference]
+            return path, self._name(reference, path)
+        path = self._fetch(reference)
+        self._resolved[reference] = path
+        return path, self._name(reference, path)
+
+    def _name(self, reference: str, path: Path) -> str:
+        """Canonical shipped-style name when the reference names one, else the reference."""
+        if path.name.endswith(SHIPPED_SUFFIX) and "/" not in reference and not reference.endswith(".safetensors"):
+            return path.name[: -len(SHIPPED_SUFFIX)]
+        return reference
+
+    def _fetch(self, reference: str) -> Path:
+        if reference.startswith("s3://"):
+            return self._download_s3(reference)
+        local = Path(reference).expanduser()
+        if reference.endswith(".safetensors") and (local.is_absolute() or local.exists()):
+            return local
+        if "/" not in reference:
+            return self._shipped(reference)
+        return self._download_hf(reference.removeprefix("hf://"))
+
+    def _shipped(self, name: str) -> Path:
+        if self.styles_dir is None or not self.styles_dir.is_dir():
+            raise FileNotFoundError(f"no shipped style LoRAs are staged (expected a style_loras/ "
+                                    f"folder in the weights root) for style {name!r}")
+        wanted = name.lower().replace(" ", "_")
+        for file in sorted(self.styles_dir.glob("*.safetensors")):
+            stem = file.name[: -len(SHIPPED_SUFFIX)] if file.name.endswith(SHIPPED_SUFFIX) else file.stem
+            if stem.lower() == wanted:
+                return file
+        known = sorted(f.name for f in self.styles_dir.glob("*.safetensors"))
+        raise FileNotFoundError(f"unknown style {name!r}; staged styles: {', '.join(known) or 'none'}")
+
+    def _download_s3(self, uri: str) -> Path:
+        target = self.cache_dir / "style_loras" / (hashlib.sha256(uri.encode()).hexdigest()[:16]
+                                                    + "-" + Path(uri).name)
+        if target.exists():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".partial")
+        with self.storage.open_read(uri) as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst, length=16 << 20)
+        tmp.replace(target)
+        return target
+
+    def _download_hf(self, reference: str) -> Path:
+        from huggingface_hub import hf_hub_download, list_repo_files
+
+        parts = reference.split("/")
+        repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
+        if not filename:
+            candidates = sorted(f for f in list_repo_files(repo_id) if f.endswith(".safetensors"))
+            if not candidates:
+                raise FileNotFoundError(f"Hugging Face repo {repo_id} has no .safetensors file")
+            filename = candidates[0]
+        return Path(hf_hub_download(repo_id, filename, cache_dir=self.cache_dir / "hf"))

@@ -1,0 +1,160 @@
+"""Nightly incremental restyling: only rows not yet produced, dated runs, never duplicates.
+
+The story: a catalog on S3 grows between nights. Night 1 restyles everything; night 2 finds
+three new rows and processes exactly those (one of them fails: its picture is missing); a
+re-run of night 2 does nothing new; after the picture is fixed, night 3 retries only the row
+that failed; a night with nothing new is a no-op that writes nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import ray
+from support.run_helpers import SMALL, parquet_bytes, png_bytes
+
+from pipeline.errors import DerivedManifestConflict
+from pipeline.jobs.nightly import NightlyError, NightlyJob, NightlySpec
+from pipeline.jobs.specs import SpecError, parse_spec_text
+from pipeline.weights.tiny import build_tiny_weights
+
+
+def spec_text(bucket: str, weights, seed: int = 0) -> str:
+    return f"""
+kind: nightly
+name: shop-watercolor
+catalog: {bucket}/catalog/
+output: {bucket}/restyled
+model: uso
+weights: {weights}
+seed: {seed}
+style: {{images: [{bucket}/styles/watercolor.png]}}
+prompt: "{{prompt}}, watercolor"
+sampling: {{width: {SMALL["width"]}, height: {SMALL["height"]}, steps: {SMALL["steps"]}}}
+options: {{device: cpu}}
+outputs: {{caption: template, caption_template: "{{id}} in {{category}}"}}
+actors: 1
+rows_per_shard: 2
+"""
+
+
+def rows(ids: list[str], picture: str = "../images/item.png") -> list[dict]:
+    return [{"id": i, "subject": picture, "prompt": f"Item {i}", "category": "mugs"} for i in ids]
+
+
+def processed_ids(storage, run_uri: str) -> list[str]:
+    ids = []
+    for uri in storage.list(run_uri + "/"):
+        if uri.endswith(".parquet") and "/part-" in uri:
+            ids += [r["id"] for r in pq.read_table(io.BytesIO(storage.read_bytes(uri))).to_pylist()]
+    return sorted(ids)
+
+
+def index_ids(storage, output: str) -> dict[str, list[str]]:
+    """night -> ids in the done index (every fingerprint)."""
+    found = {}
+    for uri in storage.list(f"{output}/index/"):
+        table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+        found[uri.rsplit("/", 1)[-1].removesuffix(".parquet")] = sorted(table.column("id").to_pylist())
+    return found
+
+
+@pytest.mark.slow
+def test_each_night_processes_only_rows_not_yet_produced(tmp_path, s3_server, s3_bucket):
+    storage = s3_server.storage()
+    storage.write_bytes(f"{s3_bucket}/images/item.png", png_bytes(1))
+    storage.write_bytes(f"{s3_bucket}/styles/watercolor.png", png_bytes(2))
+    storage.write_bytes(f"{s3_bucket}/catalog/part-000.parquet", parquet_bytes(rows(["a1", "a2", "a3", "a4"])))
+    weights = build_tiny_weights(tmp_path / "weights")
+    spec = NightlySpec.parse(parse_spec_text(spec_text(s3_bucket, weights), str(tmp_path / "n.yaml")))
+    output = f"{s3_bucket}/restyled"
+    settings = s3_server.settings()
+
+    def night(label: str, job_spec: NightlySpec = spec):
+        return NightlyJob(job_spec, settings, label, show_progress=False).run()
+
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    try:
+        first = night("2026-09-01")
+        assert (first.new, first.run.ok, first.run.failed, first.indexed) == (4, 4, 0, 4)
+        assert processed_ids(storage, first.run_uri) == ["a1", "a2", "a3", "a4"]
+
+        # Three rows arrive; one names a picture that is not there (yet).
+        storage.write_bytes(f"{s3_bucket}/catalog/part-001.parquet", parquet_bytes(
+            rows(["b1", "b2"]) + rows(["b3"], picture="../images/late.png")))
+        second = night("2026-09-02")
+        assert (second.catalog_rows, second.already_done, second.new) == (7, 4, 3)
+        assert processed_ids(storage, second.run_uri) == ["b1", "b2", "b3"]  # exactly the new ones
+        assert (second.run.ok, second.run.failed, second.indexed) == (2, 1, 2)
+        assert second.run.errors == {"io_error": 1}
+
+        # Re-running the night: the frozen manifest is resumed, nothing is redone or duplicated.
+        tars = {u: storage.read_bytes(u) for u in storage.list(second.run_uri + "/") if u.endswith(".tar")}
+        again = night("2026-09-02")
+        assert again.resumed and (again.run.shards_committed, again.run.shards_already_done) == (0, 2)
+        assert {u: storage.read_bytes(u) for u in storage.list(second.run_uri + "/")
+                if u.endswith(".tar")} == tars
+
+        # The picture arrives; the next night retries only the row that failed.
+        storage.write_bytes(f"{s3_bucket}/images/late.png", png_bytes(3))
+        third = night("2026-09-03")
+        assert (third.already_done, third.new, third.run.ok) == (6, 1, 1)
+        assert processed_ids(storage, third.run_uri) == ["b3"]
+
+        # Nothing new: a no-op that writes nothing and starts nothing.
+        quiet = night("2026-09-04")
+        assert quiet.noop and (quiet.already_done, quiet.new, quiet.exit_code) == (7, 0, 0)
+        assert not storage.list(f"{output}/runs/2026-09-04/")
+        assert not storage.list(f"{output}/manifests/2026-09-04/")
+
+        # A changed config under a night label that already ran is refused, not mixed in.
+        changed = NightlySpec.parse(parse_spec_text(spec_text(s3_bucket, weights, seed=1), "n.yaml"))
+        with pytest.raises(DerivedManifestConflict, match="2026-09-02"):
+            night("2026-09-02", changed)
+    finally:
+        ray.shutdown()
+
+    fingerprint = first.fingerprint
+    assert {second.fingerprint, third.fingerprint, quiet.fingerprint} == {fingerprint}
+    assert index_ids(storage, output) == {"2026-09-01": ["a1", "a2", "a3", "a4"],
+                                          "2026-09-02": ["b1", "b2"], "2026-09-03": ["b3"]}
+    assert all(f"/index/{fingerprint}/" in u for u in storage.list(f"{output}/index/"))
+
+    # What a consumer sees: the style set was applied, the prompt templated, captions written.
+    tar = storage.read_bytes(f"{second.run_uri}/part-000000.tar")
+    import tarfile
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        members = {m.name: archive.extractfile(m).read() for m in archive.getmembers()}
+    provenance = json.loads(members["b1.json"])
+    assert provenance["prompt"] == "Item b1, watercolor"
+    assert provenance["styles"] == [f"{s3_bucket}/styles/watercolor.png"]
+    assert members["b1.txt"] == b"b1 in mugs"
+    run_json = json.loads(storage.read_bytes(f"{second.run_uri}/run.json"))
+    assert run_json["config"]["run"] == "2026-09-02"
+
+
+def test_nightly_spec_mistakes_name_the_key():
+    base = "kind: nightly\nname: n\ncatalog: c/\noutput: o\n"
+    cases = {
+        "model: uso\nstyle: {lora: Ghibli}": "style.lora: style LoRAs are OmniConsistency's",
+        "model: omniconsistency\nstyle: {images: [a.png]}": "style.images: style images are USO's",
+        "model: omniconsistency\nstyle: {lora_scale: 0.5}": "style.lora_scale: is set but style.lora is not",
+        "model: uso\nstyle: {colour: red}": "style: unknown key(s) ['colour']",
+        "model: flux": "model: must be one of",
+        "style: {}": "model: is required",
+        "model: uso\nprompt: '{prompt'": "prompt: not a valid template",
+        "model: uso\nrows_per_shard: 0": "rows_per_shard: must be at least 1",
+    }
+    for extra, message in cases.items():
+        with pytest.raises(SpecError) as error:
+            NightlySpec.parse(parse_spec_text(base + extra, "nightly.yaml"))
+        assert message in str(error.value), (extra, str(error.value))
+    with pytest.raises(SpecError, match="kind: must be one of nightly, triplets"):
+        parse_spec_text("kind: weekly\nname: n\n", "nightly.yaml")
+    spec = NightlySpec.parse(parse_spec_text(base + "model: uso", "/jobs/nightly.yaml"))
+    assert spec.catalog == ("/jobs/c/",) and spec.output == "/jobs/o"  # beside the spec
+    with pytest.raises(NightlyError, match="night label"):
+        NightlyJob(spec, None, night="../escape")
