@@ -74,8 +74,20 @@ class StylizeActor:
         return self.processor.progress.snapshot()
 
 
-def actor_class(num_gpus: float, num_cpus: float):
-    """`StylizeActor` as a Ray actor class with the given resources; no automatic restarts
-    (the driver decides what to redo, so a shard is never done twice by Ray behind our back)."""
-    return ray.remote(num_gpus=num_gpus, num_cpus=num_cpus, max_restarts=0, max_task_retries=0,
-                      max_concurrency=SHARDS_IN_FLIGHT_PER_ACTOR + 2)(StylizeActor)
+class CaptionActor:
+    """Holds one captioning model; `caption_shard` captions a committed shard into its sidecar."""
+
+    def __init__(self, model_spec: str, device: str, storage_settings: StorageSettings):
+        from pipeline.processing.caption_model import ModelCaptioner
+        from pipeline.processing.caption_shard import ShardCaptioner
+
+        self.device = str(resolve_device(device))
+        self.shards = ShardCaptioner(ModelCaptioner(model_spec, device=self.device),
+                                     Storage(storage_settings), model_spec)
+
+    def info(self) -> dict:
+        return {"pid": os.getpid(), "device": self.device,
+                "node": ray.get_runtime_context().get_node_id()}
+
+    def caption_shard(self, tar_uri: str, out_uri: str) -> int:
+        return self.shards.caption_shard(tar_uri, out_uri)

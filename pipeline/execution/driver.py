@@ -8,17 +8,19 @@ retries) fails alone and the run goes on. Items never fail a shard: they become 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, WorkerCrashedError
 
 from pipeline.config import RunConfig, code_version
 from pipeline.errors import RunError
-from pipeline.execution.actor import SHARDS_IN_FLIGHT_PER_ACTOR, actor_class
+from pipeline.execution.actor import SHARDS_IN_FLIGHT_PER_ACTOR, StylizeActor
+from pipeline.execution.dispatch import dispatch
+from pipeline.execution.pool import ActorPool, ActorSpec, pool_size
 from pipeline.execution.progress import RunProgress
 from pipeline.manifests import ManifestShard, list_shards
 from pipeline.outputs.commit import ShardStats
@@ -28,10 +30,6 @@ from pipeline.storage import Storage, StorageSettings
 from pipeline.weights.resolve import ResolvedWeights, resolve_weights
 
 log = logging.getLogger(__name__)
-
-ACTOR_LOST = (RayActorError, ActorDiedError, ActorUnavailableError, WorkerCrashedError)
-CPU_ACTOR_CPUS = 0.5  # CPU-only actors take half a CPU, so Ray never starves its own tasks
-GPU_ACTOR_CPUS = 1.0
 
 
 @dataclass
@@ -64,9 +62,9 @@ class RunSummary:
         self.shards_committed += 1
         self.items += stats.count
         self.ok += stats.ok
-        self.failed += stats.failed - stats.errors.get("skipped", 0)
-        self.skipped += stats.errors.get("skipped", 0)
-        self.errors.update({k: v for k, v in stats.errors.items() if k != "skipped"})
+        self.failed += stats.failed
+        self.skipped += stats.skipped
+        self.errors.update(stats.errors)
 
 
 @dataclass
@@ -143,7 +141,7 @@ class Runner:
         tasks = []
         for shard in plan.shards:
             failed = {i: r for i, r in latest.get(shard.index, {}).items()
-                      if not r.ok and r.status != "skipped"}
+                      if r.failed}
             if failed:
                 tasks.append(ShardTask(
                     shard=shard, folder=folder, fingerprint=plan.fingerprint,
@@ -162,54 +160,39 @@ class Runner:
         t0 = time.perf_counter()
         if tasks:
             self._init_ray()
-            self.pool = ActorPool(self.config, self.settings, len(tasks))
+            spec = ActorSpec(StylizeActor, (self.config, self.settings),
+                             tasks_per_actor=SHARDS_IN_FLIGHT_PER_ACTOR,
+                             what=f"model actors for {self.config.model!r} (weights "
+                                  f"{self.config.weights!r})")
+            self.pool = ActorPool(spec, pool_size(self.config.actors, len(tasks)))
+            progress = RunProgress(self.show_progress, total_shards=len(tasks))
+
+            def committed(task: ShardTask, stats: ShardStats) -> None:
+                summary.add(stats)
+                progress.shard_committed(stats)
+
+            def failed(task: ShardTask, reason: str) -> None:
+                summary.shards_failed[task.shard.index] = reason
+
+            def live_progress() -> None:
+                live: dict[int, tuple[int, int]] = {}
+                for answer in self.pool.poll("progress") if self.pool else []:
+                    live.update(answer)
+                progress.update_live(live)
+
             try:
-                self._dispatch(self.pool, tasks, summary)
+                dispatch(self.pool, tasks,
+                         submit=lambda actor, task, seq: actor.process.remote(
+                             dataclasses.replace(task, seq=seq)),
+                         on_result=committed, on_failure=failed,
+                         max_attempts=self.config.max_shard_attempts,
+                         describe=lambda task: f"shard {task.shard.index}", on_tick=live_progress)
             finally:
+                progress.close()
                 self.pool.shutdown()
                 self.pool = None
         summary.wall_s = time.perf_counter() - t0
         return summary
-
-    def _dispatch(self, pool: ActorPool, tasks: list[ShardTask], summary: RunSummary) -> None:
-        queue = deque((task, 1) for task in tasks)
-        in_flight: dict[ray.ObjectRef, tuple[int, object, ShardTask, int]] = {}
-        progress = RunProgress(self.show_progress, total_shards=len(tasks))
-        seq = 0
-        try:
-            while queue or in_flight:
-                for slot in pool.free_slots(in_flight):
-                    if not queue:
-                        break
-                    task, attempt = queue.popleft()
-                    seq += 1
-                    task = _with_seq(task, seq)
-                    handle = pool.actors[slot]
-                    in_flight[handle.process.remote(task)] = (slot, handle, task, attempt)
-                ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
-                progress.update_live(pool.live_progress())
-                for ref in ready:
-                    slot, handle, task, attempt = in_flight.pop(ref)
-                    try:
-                        stats: ShardStats = ray.get(ref)
-                    except ACTOR_LOST as error:
-                        pool.replace_if_current(slot, handle)
-                        if attempt < self.config.max_shard_attempts:
-                            log.warning("actor died on shard %d (attempt %d): %s; retrying on a "
-                                        "fresh actor", task.shard.index, attempt, error)
-                            queue.append((task, attempt + 1))
-                        else:
-                            summary.shards_failed[task.shard.index] = f"actor died {attempt} times: {error}"
-                        continue
-                    except ray.exceptions.RayTaskError as error:
-                        cause = error.cause if getattr(error, "cause", None) else error
-                        log.error("shard %d failed: %s", task.shard.index, cause)
-                        summary.shards_failed[task.shard.index] = f"{type(cause).__name__}: {cause}"
-                        continue
-                    summary.add(stats)
-                    progress.shard_committed(stats)
-        finally:
-            progress.close()
 
     def _init_ray(self) -> None:
         if ray.is_initialized():
@@ -218,71 +201,3 @@ class Runner:
             ray.init(address=self.address, log_to_driver=True)
         else:
             ray.init(include_dashboard=False, log_to_driver=True)
-
-
-class ActorPool:
-    """The model actors of one run; replaces dead ones, surfaces load errors up front."""
-
-    def __init__(self, config: RunConfig, settings: StorageSettings, shards: int):
-        self.config = config
-        self.settings = settings
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        self.gpu = gpus > 0
-        wanted = config.actors or max(1, gpus)
-        self.size = max(1, min(wanted, shards))
-        self.cls = actor_class(num_gpus=1 if self.gpu else 0,
-                               num_cpus=GPU_ACTOR_CPUS if self.gpu else CPU_ACTOR_CPUS)
-        self.actors = [self._start() for _ in range(self.size)]
-        self._check_loaded(self.actors)
-
-    def _start(self):
-        return self.cls.remote(self.config, self.settings)
-
-    def _check_loaded(self, actors: list) -> None:
-        try:
-            infos = ray.get([a.info.remote() for a in actors])
-        except ACTOR_LOST as error:
-            raise RunError(f"model actors could not load {self.config.model!r} from "
-                           f"weights {self.config.weights!r}: {error}") from error
-        for info in infos:
-            log.info("actor ready: %s", info)
-
-    def free_slots(self, in_flight: dict) -> list[int]:
-        busy = Counter(slot for slot, *_ in in_flight.values())
-        return [i for i in range(self.size)
-                for _ in range(SHARDS_IN_FLIGHT_PER_ACTOR - busy[i])]
-
-    def replace_if_current(self, slot: int, handle) -> None:
-        """Start a fresh actor in `slot` unless that dead handle was already replaced."""
-        if self.actors[slot] is not handle:
-            return
-        try:
-            ray.kill(handle, no_restart=True)
-        except Exception:  # already gone
-            pass
-        self.actors[slot] = self._start()
-        self._check_loaded([self.actors[slot]])
-
-    def live_progress(self) -> dict[int, tuple[int, int]]:
-        refs = [a.progress.remote() for a in self.actors]
-        live: dict[int, tuple[int, int]] = {}
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0.2)
-        for ref in ready:
-            try:
-                live.update(ray.get(ref))
-            except ACTOR_LOST:
-                pass
-        return live
-
-    def shutdown(self) -> None:
-        for actor in self.actors:
-            try:
-                ray.kill(actor, no_restart=True)
-            except Exception:
-                pass
-
-
-def _with_seq(task: ShardTask, seq: int) -> ShardTask:
-    from dataclasses import replace
-
-    return replace(task, seq=seq)

@@ -1,118 +1,29 @@
 """Captioning a finished run as a separate stage: `restyle caption <run folder>`.
 
 Why separate: the captioner can run on other machines (CPU nodes, smaller GPUs) than FLUX,
-after the fact, and be changed without re-rendering anything. Committed tars are never
-rewritten (a trainer may already be reading them): for each committed shard, main or retry,
-the stage writes a sidecar beside it,
+after the fact, and be changed without re-rendering anything. For each committed shard, main
+or retry, the stage writes a caption sidecar beside it (`pipeline.outputs.caption_sidecars`).
+A sidecar made with the same model spec is kept (re-running the stage resumes); another spec
+replaces it.
 
-    <run>/part-000000.captions.parquet     key, id, caption (one row per result image)
-                                           schema metadata: caption_model = the model spec
-
-published whole in one write, so a sidecar is either complete or absent. A sidecar made with
-the same model spec is kept (re-running the stage resumes); another spec replaces it.
-Trainers join captions to samples on `key` (the WebDataset `__key__`).
-
-Work is spread over Ray actors, one model load per actor: one GPU each
-when the cluster has GPUs, else half a CPU each (a 2-core machine must keep CPU for Ray).
+Work goes through the same actor pool and dispatch loop as a run (`pipeline.execution`): one
+model load per actor, one GPU each when the cluster has GPUs, a dead actor replaced and its
+shard redone.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import logging
-import tarfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import pyarrow as pa
-
+from pipeline.outputs.caption_sidecars import sidecar_model, sidecar_uri
 from pipeline.outputs.commit import ShardPaths
 from pipeline.outputs.run_state import RunState
 from pipeline.storage import Storage, StorageSettings
-from pipeline.storage.parquet import schema_from_bytes, table_to_bytes
 
 log = logging.getLogger(__name__)
 
-SIDECAR_SUFFIX = ".captions.parquet"
-RESULT_EXTENSIONS = ("result.png", "result.jpg", "result.webp", "png", "jpg", "webp")
-BATCH = 8
-SCHEMA = pa.schema([("key", pa.string()), ("id", pa.string()), ("caption", pa.string())])
-CPU_ACTOR_CPUS = 0.5
-
-
-def sidecar_uri(paths: ShardPaths) -> str:
-    return paths.stem + SIDECAR_SUFFIX
-
-
-@dataclass
-class ResultImage:
-    key: str
-    item_id: str
-    data: bytes
-
-
-def result_images(storage: Storage, tar_uri: str) -> Iterator[ResultImage]:
-    """The result image of every sample of an output tar, streamed in tar order."""
-    with storage.open_read(tar_uri) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
-        key, members = None, {}
-        for member in tar:
-            if not member.isfile():
-                continue
-            name = member.name.rsplit("/", 1)[-1]
-            this_key, _, ext = name.partition(".")
-            if key is not None and this_key != key:
-                yield from _result_of(tar_uri, key, members)
-                members = {}
-            key = this_key
-            if ext in RESULT_EXTENSIONS or ext == "json":
-                members[ext] = tar.extractfile(member).read()
-        if key is not None:
-            yield from _result_of(tar_uri, key, members)
-
-
-def _result_of(tar_uri: str, key: str, members: dict[str, bytes]) -> Iterator[ResultImage]:
-    image = next((members[e] for e in RESULT_EXTENSIONS if e in members), None)
-    if image is None:
-        log.warning("%s: sample %r has no result image; no caption", tar_uri, key)
-        return
-    item_id = json.loads(members["json"]).get("id", key) if "json" in members else key
-    yield ResultImage(key, item_id, image)
-
-
-class CaptionActor:
-    """Loads the captioner once; captions whole shards and writes their sidecars."""
-
-    def __init__(self, model_spec: str, device: str, storage_settings: StorageSettings):
-        from pipeline.models.runtime import resolve_device
-        from pipeline.processing.caption_model import ModelCaptioner
-
-        self.model_spec = model_spec
-        self.captioner = ModelCaptioner(model_spec, device=str(resolve_device(device)))
-        self.storage = Storage(storage_settings)
-
-    def caption_shard(self, tar_uri: str, out_uri: str) -> int:
-        from PIL import Image
-
-        rows: list[dict] = []
-        batch: list[ResultImage] = []
-
-        def flush() -> None:
-            images = [Image.open(io.BytesIO(r.data)).convert("RGB") for r in batch]
-            for result, caption in zip(batch, self.captioner.caption_images(images)):
-                rows.append({"key": result.key, "id": result.item_id, "caption": caption})
-            batch.clear()
-
-        for result in result_images(self.storage, tar_uri):
-            batch.append(result)
-            if len(batch) >= BATCH:
-                flush()
-        if batch:
-            flush()
-        table = pa.Table.from_pylist(rows, schema=SCHEMA).replace_schema_metadata(
-            {"caption_model": self.model_spec, "source": tar_uri})
-        self.storage.write_bytes(out_uri, table_to_bytes(table))
-        return len(rows)
+MAX_ATTEMPTS = 3  # a shard whose actor died is redone on a fresh actor this many times in all
 
 
 @dataclass
@@ -128,18 +39,14 @@ class CaptionSummary:
         return 2 if self.failed else 0
 
 
-def sidecar_model(storage: Storage, uri: str) -> str | None:
-    """The model spec a sidecar was made with (None when there is no sidecar)."""
-    if not storage.exists(uri):
-        return None
-    metadata = schema_from_bytes(storage.read_bytes(uri)).metadata or {}
-    return metadata.get(b"caption_model", b"").decode()
-
-
 def caption_run(run_uri: str, model_spec: str, storage_settings: StorageSettings,
                 actors: int = 1, device: str = "auto", address: str | None = None) -> CaptionSummary:
     """Caption every committed shard of a run that lacks a sidecar from this model spec."""
     import ray
+
+    from pipeline.execution.actor import CaptionActor
+    from pipeline.execution.dispatch import dispatch
+    from pipeline.execution.pool import ActorPool, ActorSpec, pool_size
 
     storage = Storage(storage_settings)
     state = RunState(storage, run_uri)
@@ -158,26 +65,21 @@ def caption_run(run_uri: str, model_spec: str, storage_settings: StorageSettings
         return summary
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False)  # None: $RAY_ADDRESS or a local Ray
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    options = {"num_gpus": 1} if gpus else {"num_cpus": CPU_ACTOR_CPUS}
-    count = max(1, min(actors or max(1, gpus), len(todo)))
-    remote = ray.remote(**options)(CaptionActor)
-    pool = [remote.remote(model_spec, device, storage_settings) for _ in range(count)]
-    # Each actor runs its queue in order; shards are dealt round-robin (they are similar in size).
-    pending = {pool[i % count].caption_shard.remote(tar, out): tar
-               for i, (tar, out) in enumerate(todo)}
+    spec = ActorSpec(CaptionActor, (model_spec, device, storage_settings),
+                     what=f"caption actors for {model_spec!r}")
+    pool = ActorPool(spec, pool_size(actors, len(todo)))
+
+    def captioned(task: tuple[str, str], rows: int) -> None:
+        summary.captions += rows
+        summary.shards_captioned += 1
+
+    def failed(task: tuple[str, str], reason: str) -> None:
+        summary.failed[task[0]] = reason
+
     try:
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            tar = pending.pop(ready[0])
-            try:
-                summary.captions += ray.get(ready[0])
-                summary.shards_captioned += 1
-            except ray.exceptions.RayError as error:
-                cause = getattr(error, "cause", None) or error
-                log.error("captioning %s failed: %s", tar, cause)
-                summary.failed[tar] = f"{type(cause).__name__}: {cause}"
+        dispatch(pool, todo, submit=lambda actor, task, seq: actor.caption_shard.remote(*task),
+                 on_result=captioned, on_failure=failed, max_attempts=MAX_ATTEMPTS,
+                 describe=lambda task: f"captioning {task[0]}")
     finally:
-        for actor in pool:
-            ray.kill(actor)
+        pool.shutdown()
     return summary

@@ -95,6 +95,10 @@ class ItemRecord:
     def ok(self) -> bool:
         return self.status == ItemStatus.OK
 
+    @property
+    def failed(self) -> bool:
+        return ItemStatus(self.status).failed
+
 
 @dataclass
 class ShardStats:
@@ -106,7 +110,8 @@ class ShardStats:
     fingerprint: str
     count: int = 0
     ok: int = 0
-    failed: int = 0
+    failed: int = 0  # items with an error status (skipped rows are not failures)
+    skipped: int = 0  # rows for another model's run
     errors: dict[str, int] = field(default_factory=dict)  # error class -> count
     error_messages: dict[str, int] = field(default_factory=dict)  # message -> count (capped)
     wall_s: float = 0.0
@@ -207,8 +212,9 @@ class ShardWriter:
         s = self.stats
         s.count = len(self.records)
         s.ok = sum(r.ok for r in self.records)
-        s.failed = s.count - s.ok
-        s.errors = dict(Counter(r.status for r in self.records if not r.ok))
+        s.skipped = sum(r.status == ItemStatus.SKIPPED for r in self.records)
+        s.failed = s.count - s.ok - s.skipped
+        s.errors = dict(Counter(str(r.status) for r in self.records if r.failed))
         messages = Counter(r.error for r in self.records if r.error)
         s.error_messages = dict(messages.most_common(self.MAX_MESSAGES))
         s.model_s = sum(r.model_s or 0.0 for r in self.records)

@@ -43,7 +43,7 @@ def run_status(state: RunState) -> RunStatus:
             status.items += 1
             if record.status == ItemStatus.OK:
                 status.ok += 1
-            elif record.status == "skipped":
+            elif record.status == ItemStatus.SKIPPED:
                 status.skipped += 1
             else:
                 status.failed += 1

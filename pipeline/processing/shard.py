@@ -57,7 +57,7 @@ class ShardTask:
 
 
 @dataclass
-class Prepared:
+class ReadItem:
     """An item ready for the model, or the reason it cannot be."""
 
     item: ManifestItem | None
@@ -121,13 +121,13 @@ class ShardProcessor:
                 entries.append(entry)
         return sorted(entries, key=group_key)
 
-    def _prepare(self, entry: ManifestItem | RowError) -> Prepared:
+    def _prepare(self, entry: ManifestItem | RowError) -> ReadItem:
         t0 = time.perf_counter()
         if isinstance(entry, RowError):
-            return Prepared(None, entry.item_id, entry.row,
+            return ReadItem(None, entry.item_id, entry.row,
                             error=ItemError(entry.item_id, ItemStatus.BAD_INPUT, str(entry)))
         item = entry
-        prepared = Prepared(item, item.id, item.source[1])
+        prepared = ReadItem(item, item.id, item.source[1])
         if item.model and item.model != self.config.model:
             prepared.skipped = f"row is for model {item.model!r}; this run uses {self.config.model!r}"
             return prepared
@@ -199,10 +199,10 @@ class ShardProcessor:
             _unblock(inbox)
             self.progress.forget(task.seq)
 
-    def _batches(self, inbox: queue.Queue) -> Iterator[list[Prepared]]:
+    def _batches(self, inbox: queue.Queue) -> Iterator[list[ReadItem]]:
         """Consecutive prepared items grouped by the model's batch key (in input order)."""
         limit = max(1, self.config.options.max_batch_size)
-        batch: list[Prepared] = []
+        batch: list[ReadItem] = []
         key = None
         while True:
             entry = inbox.get()
@@ -226,7 +226,7 @@ class ShardProcessor:
         if batch:
             yield batch
 
-    def _run_batch(self, task: ShardTask, batch: list[Prepared], pending: deque,
+    def _run_batch(self, task: ShardTask, batch: list[ReadItem], pending: deque,
                    writer: ShardWriter) -> None:
         runnable = [p for p in batch if p.request is not None]
         outcomes: list[GenerationOutcome] = []
@@ -265,7 +265,7 @@ class ShardProcessor:
                 self.progress.add(seq, record.ok)
 
     # ---------------------------------------------------------------- one item
-    def _finish_item(self, task: ShardTask, prepared: Prepared,
+    def _finish_item(self, task: ShardTask, prepared: ReadItem,
                      outcome: GenerationOutcome | None) -> tuple[ItemRecord, dict | None]:
         """Encode + caption + provenance for one item (runs in the I/O pool)."""
         item = prepared.item

@@ -1,4 +1,5 @@
-"""S3 side of `Storage`: boto3 and pyarrow clients built from one `StorageSettings`.
+"""S3 side of `Storage`: boto3 and pyarrow clients built from one `StorageSettings`, and a download
+stream that survives broken connections.
 
 Retries happen at two levels:
 - every HTTP request goes through botocore's "standard" retry mode (5xx, SlowDown,
@@ -6,7 +7,7 @@ Retries happen at two levels:
   up to `max_attempts`; the part uploads of a multipart upload are such requests too;
 - a download stream that breaks after its request succeeded (connection reset or timeout
   mid-body, short body) is something botocore cannot retry: `S3ObjectReader`
-  (`s3_stream.py`) resumes it with our own backoff.
+  (below) resumes it with our own backoff.
 Then the error surfaces as a `StorageError` with `transient=True` and the number of attempts.
 Auth failures and missing objects or buckets are never retried and say what to check.
 
@@ -16,9 +17,13 @@ pickled into Ray actors. This module is the only place in restyle that opens bot
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import os
+import random
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -28,40 +33,17 @@ from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
-from pipeline.storage.errors import StorageAuthError, StorageError, StorageNotFoundError
-from pipeline.storage.s3_stream import STREAM_ERRORS, S3ObjectReader
+from pipeline.storage.errors import StorageError, StorageNotFoundError
+from pipeline.storage.s3_errors import STREAM_ERRORS, boto_cause, translate
 from pipeline.storage.settings import StorageSettings
 from pipeline.storage.uris import S3_PREFIX, split_s3
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 DEFAULT_REGION = "us-east-1"
-
-_CHECK_CREDENTIALS = ("check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the profile's keys) "
-                      "and the endpoint URL")
-AUTH_HINTS = {
-    "InvalidAccessKeyId": "the access key id is not known to the service; " + _CHECK_CREDENTIALS,
-    "SignatureDoesNotMatch": "the request signature does not match: the secret access key is "
-                             "wrong for this access key id; " + _CHECK_CREDENTIALS,
-    "AccessDenied": "access denied: check that the credentials may perform this operation on "
-                    "this bucket/key",
-    "403": "access denied (HTTP 403): check the credentials and their permissions (S3 also "
-           "answers 403 for a missing key when s3:ListBucket is not granted)",
-    "ExpiredToken": "the session token has expired: refresh the credentials",
-    "InvalidToken": "the session token is invalid: check AWS_SESSION_TOKEN",
-    "TokenRefreshRequired": "the session token must be refreshed",
-    "AuthorizationHeaderMalformed": "the authorization header is malformed: check the region",
-    "AllAccessDisabled": "all access to this object has been disabled",
-}
-NOT_FOUND_CODES = {"NoSuchKey", "NoSuchBucket", "404", "NotFound", "NoSuchUpload"}
-TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout",
-                   "Throttling", "ThrottlingException", "RequestThrottled", "TooManyRequests",
-                   "500", "502", "503", "504", "BadGateway", "GatewayTimeout"}
-TRANSIENT_CLIENT_ERRORS = (bce.EndpointConnectionError, bce.ConnectionClosedError,
-                           bce.ConnectTimeoutError, bce.ReadTimeoutError, bce.ProxyConnectionError,
-                           bce.ResponseStreamingError, bce.IncompleteReadError,
-                           bce.HTTPClientError)
-
+READ_CHUNK = 8 * 1024 * 1024
+MAX_BREAKS_PER_ATTEMPT = 10  # a stream may break 10 x max_attempts times if each retry progresses
 
 class S3Backend:
     """boto3/pyarrow access for one `StorageSettings`; safe to share between threads."""
@@ -160,48 +142,10 @@ class S3Backend:
             return self._arrow_fs
 
     # ------------------------------------------------------------------ errors
-    def scrub(self, text: str) -> str:
-        for secret in self.settings.secrets():
-            text = text.replace(secret, "***")
-        return text
-
     def translate(self, error: BaseException, uri: str, operation: str,
                   attempts: int = 1) -> StorageError:
         """A boto/botocore exception as a StorageError with a hint and no secrets."""
-        cause = _boto_cause(error)
-        where = f" at {self.settings.endpoint_url}" if self.settings.endpoint_url else ""
-        if isinstance(cause, bce.ClientError):
-            err = cause.response.get("Error", {})
-            code = str(err.get("Code", "Unknown"))
-            status = cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            server_msg = self.scrub(str(err.get("Message") or "").strip())
-            detail = f" [{server_msg}]" if server_msg and server_msg not in (code,) else ""
-            if code in AUTH_HINTS or status == 403:
-                hint = AUTH_HINTS.get(code, AUTH_HINTS["403"])
-                return StorageAuthError(uri, operation, f"{code}: {hint}{where}")
-            if code == "PreconditionFailed" or status == 412:
-                return StorageError(uri, operation, "the object changed while it was being read "
-                                    "(its ETag no longer matches); read it again")
-            if code in NOT_FOUND_CODES or status == 404:
-                if code == "NoSuchBucket":
-                    bucket = split_s3(uri)[0] if uri.startswith(S3_PREFIX) else "?"
-                    return StorageNotFoundError(uri, operation,
-                                                f"bucket {bucket!r} does not exist{where}")
-                return StorageNotFoundError(uri, operation, f"no such object ({code})")
-            transient = code in TRANSIENT_CODES or (status or 0) >= 500
-            return StorageError(uri, operation, f"{code}{detail}", transient=transient,
-                                attempts=attempts)
-        if isinstance(cause, (bce.NoCredentialsError, bce.PartialCredentialsError)):
-            return StorageAuthError(uri, operation, "no usable credentials found: set "
-                                    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile")
-        if isinstance(cause, bce.EndpointConnectionError):
-            return StorageError(uri, operation, f"could not connect to the endpoint{where or ' (AWS)'}:"
-                                " is the service running and the endpoint URL right?",
-                                transient=True, attempts=attempts)
-        if isinstance(cause, TRANSIENT_CLIENT_ERRORS + STREAM_ERRORS):
-            return StorageError(uri, operation, self.scrub(f"{type(cause).__name__}: {cause}"),
-                                transient=True, attempts=attempts)
-        return StorageError(uri, operation, self.scrub(f"{type(cause).__name__}: {cause}"))
+        return translate(error, uri, operation, self.settings, attempts)
 
     def call(self, uri: str, operation: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run one boto3 call (botocore retries it) and translate its failure."""
@@ -215,7 +159,7 @@ class S3Backend:
         """HTTP attempts behind a failed call: the response's retry count when there is one,
         else the attempts counted on this thread, else botocore's maximum (the failing request
         ran on a transfer thread, and botocore gives up only after its last attempt)."""
-        cause = _boto_cause(error)
+        cause = boto_cause(error)
         if isinstance(cause, bce.ClientError):
             retries = cause.response.get("ResponseMetadata", {}).get("RetryAttempts")
             if retries is not None:
@@ -285,14 +229,93 @@ class S3Backend:
                 yield entry["Key"]
 
 
-def _boto_cause(error: BaseException) -> BaseException:
-    """The botocore error behind a boto3 wrapper (S3UploadFailedError chains it)."""
-    seen = error
-    for _ in range(5):
-        if isinstance(seen, (bce.ClientError, bce.BotoCoreError)):
-            return seen
-        nxt = seen.__cause__ or seen.__context__
-        if nxt is None:
-            break
-        seen = nxt
-    return error
+def backoff_delay(failure: int, base_s: float, cap_s: float = 20.0) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**(failure-1))]."""
+    return random.uniform(0.0, min(cap_s, base_s * 2 ** max(failure - 1, 0)))
+
+
+class S3ObjectReader(io.RawIOBase):
+    """A read-only stream over one object that survives broken connections.
+
+    Reads stream from one GET; when the body breaks mid-way, the reader reopens it from the
+    byte it reached with a ranged GET pinned to the first response's ETag (so a concurrent
+    overwrite is detected, not silently spliced), after a jittered exponential backoff. It gives
+    up after `max_attempts` consecutive breaks without progress (bytes received reset the
+    count), or after 10 x `max_attempts` breaks in all.
+    """
+
+    def __init__(self, backend: S3Backend, uri: str):
+        super().__init__()
+        self._backend = backend
+        self._uri = uri
+        self._bucket, self._key = split_s3(uri)
+        if not self._key:
+            raise StorageError(uri, "read", "a bucket is not an object; give a key")
+        self._pos = 0
+        self._etag: str | None = None
+        self._size = 0
+        self._body: Any = None
+        self._breaks = 0  # stream breaks over the reader's life, progress or not
+        self._open()
+
+    def _open(self) -> None:
+        kwargs: dict[str, Any] = {"Bucket": self._bucket, "Key": self._key}
+        if self._etag is not None:
+            kwargs.update(Range=f"bytes={self._pos}-", IfMatch=self._etag)
+        response = self._backend.call(self._uri, "read", self._backend.client().get_object, **kwargs)
+        if self._etag is None:
+            self._etag = response.get("ETag")
+            self._size = int(response["ContentLength"])
+        self._body = response["Body"]
+
+    def _drop_body(self) -> None:
+        if self._body is not None:
+            with contextlib.suppress(Exception):  # closing a broken connection may fail too
+                self._body.close()
+            self._body = None
+
+    def _read(self, amount: int) -> bytes:
+        failures = 0
+        while self._pos < self._size:
+            try:
+                if self._body is None:
+                    self._open()
+                data = self._body.read(amount)
+                if not data:
+                    raise bce.IncompleteReadError(actual_bytes=self._pos,
+                                                  expected_bytes=self._size)
+                self._pos += len(data)
+                return data
+            except STREAM_ERRORS as error:
+                self._drop_body()
+                failures += 1
+                self._breaks += 1
+                limit = self._backend.settings.max_attempts
+                if failures >= limit or self._breaks >= limit * MAX_BREAKS_PER_ATTEMPT:
+                    raise self._backend.translate(error, self._uri, "read", failures) from error
+                delay = backoff_delay(failures, self._backend.settings.retry_base_delay_s)
+                log.warning("storage read %s: stream broke at byte %d of %d (%s); retrying in "
+                            "%.2fs (attempt %d/%d)", self._uri, self._pos, self._size,
+                            type(error).__name__, delay, failures + 1,
+                            self._backend.settings.max_attempts)
+                time.sleep(delay)
+        return b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self._read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def readall(self) -> bytes:
+        chunks = []
+        while chunk := self._read(READ_CHUNK):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        self._drop_body()
+        super().close()

@@ -17,11 +17,13 @@ import ray
 from PIL import Image
 
 from pipeline.config import OutputOptions
-from pipeline.jobs.caption import caption_run, result_images, sidecar_uri
+from pipeline.jobs.caption import caption_run
+from pipeline.outputs.caption_sidecars import sidecar_uri
 from pipeline.outputs.commit import ItemRecord, ShardPaths, ShardStats, ShardWriter, sample_key
 from pipeline.outputs.run_state import RunState
 from pipeline.outputs.samples import encode_image
 from pipeline.processing.caption_model import ModelCaptioner
+from pipeline.processing.caption_shard import result_images
 from pipeline.processing.captions import make_captioner
 from pipeline.weights.aux_models import CAPTIONER, AuxModelError, model_folder
 from pipeline.weights.tiny_aux import MARKER, build_tiny_captioner, build_tiny_clip

@@ -1,0 +1,105 @@
+"""The actors of one stage (model actors of a run, caption actors), started and kept alive.
+
+One pool serves every stage, so both follow the same rules: one actor per GPU when the cluster
+has GPUs (`num_gpus=1`, so Ray pins it with CUDA_VISIBLE_DEVICES), else CPU actors holding half
+a CPU (a 2-core machine hangs when actors hold every CPU); no automatic restarts (the driver
+decides what to redo, so Ray never repeats a shard behind our back); an actor that dies is
+replaced by a fresh one; actors that cannot load their model stop the run with one message.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, WorkerCrashedError
+
+from pipeline.errors import RunError
+
+log = logging.getLogger(__name__)
+
+ACTOR_LOST = (RayActorError, ActorDiedError, ActorUnavailableError, WorkerCrashedError)
+CPU_ACTOR_CPUS = 0.5  # CPU-only actors take half a CPU, so Ray never starves its own tasks
+GPU_ACTOR_CPUS = 1.0
+
+
+@dataclass(frozen=True)
+class ActorSpec:
+    """What a pool starts: a plain Python class (its body knows nothing of Ray), the arguments of
+    its constructor, how many tasks each actor holds at once, and a name for messages."""
+
+    cls: type
+    args: tuple[Any, ...]
+    tasks_per_actor: int = 1
+    what: str = "actors"
+
+
+def pool_size(requested: int, tasks: int) -> int:
+    """`requested` actors, or one per GPU of the cluster (at least one) when 0; never more
+    actors than tasks."""
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    return max(1, min(requested or max(1, gpus), tasks))
+
+
+class ActorPool:
+    """The live actors of one stage; `actors[i]` is the handle in slot i."""
+
+    def __init__(self, spec: ActorSpec, size: int):
+        self.spec = spec
+        self.size = size
+        gpu = int(ray.cluster_resources().get("GPU", 0)) > 0
+        self._remote = ray.remote(num_gpus=1 if gpu else 0,
+                                  num_cpus=GPU_ACTOR_CPUS if gpu else CPU_ACTOR_CPUS,
+                                  max_restarts=0, max_task_retries=0,
+                                  max_concurrency=spec.tasks_per_actor + 2)(spec.cls)
+        self.actors = [self._start() for _ in range(size)]
+        self._check_loaded(self.actors)
+
+    def _start(self) -> Any:
+        return self._remote.remote(*self.spec.args)
+
+    def _check_loaded(self, actors: list[Any]) -> None:
+        try:
+            infos = ray.get([a.info.remote() for a in actors])
+        except ACTOR_LOST as error:
+            raise RunError(f"{self.spec.what} could not start: {error}") from error
+        for info in infos:
+            log.info("%s ready: %s", self.spec.what, info)
+
+    def free_slots(self, busy: Counter[int]) -> list[int]:
+        """One entry per task an actor can still take (`busy`: slot -> tasks it holds)."""
+        return [slot for slot in range(self.size)
+                for _ in range(self.spec.tasks_per_actor - busy[slot])]
+
+    def replace_if_current(self, slot: int, handle: Any) -> None:
+        """Start a fresh actor in `slot` unless that dead handle was already replaced."""
+        if self.actors[slot] is not handle:
+            return
+        try:
+            ray.kill(handle, no_restart=True)
+        except Exception:  # already gone
+            pass
+        self.actors[slot] = self._start()
+        self._check_loaded([self.actors[slot]])
+
+    def poll(self, method: str, timeout_s: float = 0.2) -> list[Any]:
+        """Answers of every live actor's `method` within `timeout_s` (dead or slow ones skipped)."""
+        refs = [getattr(a, method).remote() for a in self.actors]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        answers = []
+        for ref in ready:
+            try:
+                answers.append(ray.get(ref))
+            except ACTOR_LOST:
+                pass
+        return answers
+
+    def shutdown(self) -> None:
+        for actor in self.actors:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # already gone
+                pass
