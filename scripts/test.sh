@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
-# Install restyle with its test dependencies, then run the whole test suite (real SeaweedFS S3
-# server, real local Ray, tiny real models). Extra arguments go to pytest.
+# The project's test command (CI runs it through .ci/run): install restyle with its test and dev
+# extras, then the lanes in order, each failing fast:
+#   lint (ruff check, ruff format --check) -> import contract (lint-imports) -> types (mypy)
+#   -> fast tests (not slow) -> slow tests (real Ray end to end).
+# GPU tests (marker `gpu`) are skipped where torch sees no CUDA device.
+# Extra arguments go to both pytest lanes, e.g. `bash scripts/test.sh -x`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh test
 . .venv/bin/activate
-python -m pytest -q "$@"
+lane() { printf '\n==> %s\n' "$*"; }
+lane "lint";            ruff check . && ruff format --check .
+lane "import contract"; lint-imports
+lane "types";           mypy
+lane "fast tests";      python -m pytest -q -m "not slow" "$@"
+lane "slow tests";      python -m pytest -q -m "slow" "$@"

@@ -14,11 +14,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-import ray
-
 from pipeline.config import RunConfig, code_version
 from pipeline.errors import RunError
 from pipeline.execution.actor import SHARDS_IN_FLIGHT_PER_ACTOR, StylizeActor
+from pipeline.execution.cluster import connect
 from pipeline.execution.dispatch import dispatch
 from pipeline.execution.pool import ActorPool, ActorSpec, pool_size
 from pipeline.execution.progress import RunProgress
@@ -159,7 +158,7 @@ class Runner:
     def _execute(self, tasks: list[ShardTask], summary: RunSummary) -> RunSummary:
         t0 = time.perf_counter()
         if tasks:
-            self._init_ray()
+            connect(self.address)
             spec = ActorSpec(StylizeActor, (self.config, self.settings),
                              tasks_per_actor=SHARDS_IN_FLIGHT_PER_ACTOR,
                              what=f"model actors for {self.config.model!r} (weights "
@@ -193,11 +192,3 @@ class Runner:
                 self.pool = None
         summary.wall_s = time.perf_counter() - t0
         return summary
-
-    def _init_ray(self) -> None:
-        if ray.is_initialized():
-            return
-        if self.address:
-            ray.init(address=self.address, log_to_driver=True)
-        else:
-            ray.init(include_dashboard=False, log_to_driver=True)

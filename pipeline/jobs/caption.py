@@ -42,9 +42,8 @@ class CaptionSummary:
 def caption_run(run_uri: str, model_spec: str, storage_settings: StorageSettings,
                 actors: int = 1, device: str = "auto", address: str | None = None) -> CaptionSummary:
     """Caption every committed shard of a run that lacks a sidecar from this model spec."""
-    import ray
-
     from pipeline.execution.actor import CaptionActor
+    from pipeline.execution.cluster import connect
     from pipeline.execution.dispatch import dispatch
     from pipeline.execution.pool import ActorPool, ActorSpec, pool_size
 
@@ -63,8 +62,7 @@ def caption_run(run_uri: str, model_spec: str, storage_settings: StorageSettings
             todo.append((paths.tar, out))
     if not todo:
         return summary
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False)  # None: $RAY_ADDRESS or a local Ray
+    connect(address)
     spec = ActorSpec(CaptionActor, (model_spec, device, storage_settings),
                      what=f"caption actors for {model_spec!r}")
     pool = ActorPool(spec, pool_size(actors, len(todo)))
