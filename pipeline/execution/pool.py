@@ -51,10 +51,11 @@ class ActorPool:
         self.spec = spec
         self.size = size
         gpu = int(ray.cluster_resources().get("GPU", 0)) > 0
-        self._remote = ray.remote(num_gpus=1 if gpu else 0,
-                                  num_cpus=GPU_ACTOR_CPUS if gpu else CPU_ACTOR_CPUS,
-                                  max_restarts=0, max_task_retries=0,
-                                  max_concurrency=spec.tasks_per_actor + 2)(spec.cls)
+        options: dict[str, Any] = {  # actor options (Ray's type stubs know only task options)
+            "num_gpus": 1 if gpu else 0, "num_cpus": GPU_ACTOR_CPUS if gpu else CPU_ACTOR_CPUS,
+            "max_restarts": 0, "max_task_retries": 0,
+            "max_concurrency": spec.tasks_per_actor + 2}  # + progress polls and info calls
+        self._remote: Any = ray.remote(**options)(spec.cls)
         self.actors = [self._start() for _ in range(size)]
         self._check_loaded(self.actors)
 

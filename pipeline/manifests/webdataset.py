@@ -103,7 +103,9 @@ def read_webdataset_rows(uri: str, storage: Storage
                          ) -> Iterator[tuple[int, dict[str, Any], dict[str, str], list[RowError]]]:
     """(sample index, raw row, labels, member problems) for every sample of one tar shard."""
     with storage.open_read(uri) as stream, _open_tar(stream, uri) as archive:
-        row, key, members = 0, None, {}
+        row: int = 0
+        key: str | None = None
+        members: dict[str, bytes] = {}
         duplicates: list[str] = []
         try:
             for member_key, suffix, info in _sample_members(archive):

@@ -17,6 +17,7 @@ runner calls `caption` from several I/O threads, so generation is serialised by 
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -49,13 +50,13 @@ class ModelCaptioner:
         except ValueError as error:
             raise ValueError(f"captioning model {folder}: {config.model_type!r} is not an "
                              f"image-to-text model transformers can load ({error})") from error
-        self.model = model.to(device).eval()
+        self.model = model.to(device).eval()  # type: ignore[arg-type]  # transformers wraps .to()
         self._lock = threading.Lock()
 
     def caption(self, fields: dict, image: np.ndarray | Image.Image) -> str:
         return self.caption_images([image])[0]
 
-    def caption_images(self, images: list[np.ndarray | Image.Image]) -> list[str]:
+    def caption_images(self, images: Sequence[np.ndarray | Image.Image]) -> list[str]:
         """Captions of several images in one generate call (the separate stage batches)."""
         pil = [(i if isinstance(i, Image.Image) else Image.fromarray(i)).convert("RGB")
                for i in images]

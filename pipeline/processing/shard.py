@@ -62,7 +62,7 @@ class ReadItem:
 
     item: ManifestItem | None
     item_id: str
-    row: int
+    row: int | None  # the row in its manifest file (None: the file itself was unreadable)
     request: GenerationRequest | None = None
     error: ItemError | None = None
     skipped: str | None = None
@@ -229,11 +229,12 @@ class ShardProcessor:
     def _run_batch(self, task: ShardTask, batch: list[ReadItem], pending: deque,
                    writer: ShardWriter) -> None:
         runnable = [p for p in batch if p.request is not None]
+        requests = [p.request for p in batch if p.request is not None]
         outcomes: list[GenerationOutcome] = []
         if runnable:
             t0 = time.perf_counter()
             try:
-                outcomes = self.model.generate([p.request for p in runnable])
+                outcomes = self.model.generate(requests)
                 self._crashes = 0
             except Exception as error:
                 # The model broke its contract (it should return item errors). Record the batch
@@ -247,11 +248,11 @@ class ShardProcessor:
                     p.item_id, ItemStatus.MODEL_ERROR, f"{type(error).__name__}: {error}"))
                     for p in runnable]
             per_item = (time.perf_counter() - t0) / len(runnable)
-            for outcome in outcomes:
-                outcome.timings.setdefault("model_s", per_item)
+            for done in outcomes:
+                done.timings.setdefault("model_s", per_item)
         by_id = iter(outcomes)
         for prepared in batch:
-            outcome = next(by_id) if prepared.request is not None else None
+            outcome: GenerationOutcome | None = next(by_id) if prepared.request is not None else None
             pending.append(self.pool.submit(self._finish_item, task, prepared, outcome))
 
     def _drain(self, seq: int, pending: deque, writer: ShardWriter, block: bool) -> None:
@@ -286,7 +287,8 @@ class ShardProcessor:
         if error is not None:
             record.status, record.error = error.kind, str(error)
             return record, None
-        assert outcome is not None and outcome.image is not None
+        assert outcome is not None and outcome.image is not None  # no error: the model ran it
+        assert item is not None and request is not None  # no error: it was read and prepared
         record.model_s = outcome.timings.get("model_s")
         params = outcome.parameters
         record.width, record.height = params.get("width"), params.get("height")

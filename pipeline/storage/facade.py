@@ -8,6 +8,7 @@ thread-safe.
 
 from __future__ import annotations
 
+import builtins
 import os
 from typing import Any, BinaryIO
 
@@ -52,7 +53,8 @@ class Storage:
         return {"settings": self.settings}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["settings"])
+        self.settings = state["settings"]
+        self._s3 = S3Backend(self.settings)
 
     def __repr__(self) -> str:
         return f"Storage({self.settings!r})"
@@ -110,7 +112,7 @@ class Storage:
         folder = key if not key or key.endswith("/") else key + "/"
         return sorted(f"{S3_PREFIX}{bucket}/{k}" for k in self._s3.iter_keys(bucket, folder))
 
-    def glob(self, pattern: str) -> list[str]:
+    def glob(self, pattern: str) -> builtins.list[str]:
         """Sorted, de-duplicated URIs of objects matching `pattern`.
 
         Braces expand first (`part-{000000..000099}.tar`, `{train,val}`); then each pattern
@@ -131,8 +133,8 @@ class Storage:
             return sorted(found)
         return self._glob_s3(patterns)
 
-    def _glob_s3(self, patterns: list[str]) -> list[str]:
-        by_folder: dict[tuple[str, str, bool], list[str]] = {}
+    def _glob_s3(self, patterns: builtins.list[str]) -> builtins.list[str]:
+        by_folder: dict[tuple[str, str, bool], builtins.list[str]] = {}
         for p in patterns:
             bucket, key = split_s3(p)
             folder = listing_prefix(key) if has_wildcards(key) else key[: key.rfind("/") + 1]

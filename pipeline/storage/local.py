@@ -119,7 +119,7 @@ def list_files(prefix: str) -> list[str]:
     root = local_path(prefix)
     if not os.path.isdir(root):
         return []
-    found = []
+    found: list[str] = []
     for folder, _dirs, files in os.walk(root):
         found.extend(os.path.join(folder, name) for name in files)
     if prefix.startswith("file://"):
