@@ -243,7 +243,7 @@ class ActorPool:
             infos = ray.get([a.info.remote() for a in actors])
         except ACTOR_LOST as error:
             raise RunError(f"model actors could not load {self.config.model!r} from "
-                           f"weights {self.config.weights!r}: {error}") from error
+                           f"weights {str(self.config.weights)!r}: {error}") from error
         for info in infos:
             log.info("actor ready: %s", info)
 

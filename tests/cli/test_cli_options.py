@@ -1,0 +1,43 @@
+"""`restyle run` / `restyle plan` options: refused up front in one line.
+
+A mistake in an option is reported before Ray or torch start (no model load, no cluster, a
+fraction of a second), as one line naming the option, with exit code 2.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+RESTYLE = [sys.executable, "-m", "pipeline.cli"]
+MISTAKES = {
+    "--width 0": "--width: must be between 16 and 4096, got 0",
+    "--caption bogus": "--caption: must be one of prompt, template, model, got 'bogus'",
+    "--caption template": "--caption-template: is required when --caption is template",
+    "--model flux": "--model: must be one of uso, omniconsistency, got 'flux'",
+    "--image-format gif": "--image-format: unknown image format 'gif'; use one of "
+                          "['jpeg', 'jpg', 'png', 'webp']",
+}
+
+
+@pytest.mark.parametrize("options", sorted(MISTAKES))
+def test_a_wrong_option_is_one_line_and_exit_2(options, tmp_path):
+    result = subprocess.run([*RESTYLE, "run", "m.parquet", "--out", str(tmp_path / "o"),
+                             *options.split()], capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stderr, result.stdout) == (
+        2, f"error: {MISTAKES[options]}\n", "")
+
+
+def test_a_wrong_option_stops_before_ray_or_torch_are_imported(tmp_path):
+    code = ("import sys\nfrom pipeline.cli.main import app\n"
+            "try:\n    app(sys.argv[1:])\nexcept SystemExit as done:\n"
+            "    print(done.code, sorted(m for m in ('torch', 'ray') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code, "plan", "m.parquet", "--out",
+                             str(tmp_path), "--steps", "0"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.stdout.strip() == "2 []", result.stderr
+    assert result.stderr.strip() == "error: --steps: must be between 1 and 1000, got 0"
+    assert not (tmp_path / "o").exists()
+
