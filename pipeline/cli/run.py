@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -32,6 +32,9 @@ from pipeline.cli.common import (
 )
 from pipeline.config import PathBase, RunConfig, RunRequest, key_path, validate
 from pipeline.storage import StorageSettings
+
+if TYPE_CHECKING:
+    from pipeline.weights.resolve import ResolvedWeights
 
 manifest_app = typer.Typer(help="Manifest tools.", no_args_is_help=True)
 
@@ -69,16 +72,14 @@ def _option_name(loc: tuple[str | int, ...]) -> str:
     return OPTION_OF_FIELD.get(path, path)
 
 
-def named_run(config: RunConfig, settings: StorageSettings) -> RunConfig:
-    """The config named `<model>-<fingerprint>` unless --run named it (the fingerprint needs
-    the weights' sha256s)."""
+def resolve_run(config: RunConfig, settings: StorageSettings) -> tuple[RunConfig, ResolvedWeights]:
+    """Resolve the weights once: their sha256s name the run (by default, `<model>-<fingerprint>`)
+    and the driver reuses them for run.json and every output's provenance."""
     from pipeline.storage import Storage
     from pipeline.weights.resolve import resolve_weights
 
-    if config.run:
-        return config
     weights = resolve_weights(config.weights, config.model, storage=Storage(settings))
-    return config.named(weights.sha256)
+    return config.named(weights.sha256), weights
 
 
 def run(
@@ -140,10 +141,10 @@ def run(
             "--caption-template": caption_template, "--caption-model": caption_model,
             "--device": device, "--dtype": dtype, "--compile": compile_model, "--fp8": fp8,
             "--offload": offload, "--fuse-lora": fuse_lora, "--max-batch-size": max_batch_size})
-        config = named_run(request.config(), settings)
+        config, resolved = resolve_run(request.config(), settings)
         from pipeline.execution.driver import Runner
 
-        runner = Runner(config, settings, address, progress)
+        runner = Runner(config, settings, address, progress, weights=resolved)
         summary = runner.retry_failed() if retry_failed else runner.run()
     print_summary(summary, as_json)
     raise typer.Exit(summary.exit_code)
@@ -187,12 +188,12 @@ def plan(
             "MANIFEST": manifest, "--out": out, "--run": run, "--model": model,
             "--weights": weights, "--seed": seed, "--width": width, "--height": height,
             "--steps": steps})
-        config = named_run(request.config(), settings)
+        config, resolved = resolve_run(request.config(), settings)
         from pipeline.execution.driver import Runner
         from pipeline.execution.estimate import gpu_hours, load_table
         from pipeline.manifests import count_items
 
-        runner = Runner(config, settings, show_progress=False)
+        runner = Runner(config, settings, show_progress=False, weights=resolved)
         p = runner.plan()
         todo_items = sum(count_items(s, runner.storage) for s in p.todo)
         done_items = sum(stats.count for stats in p.done.values())

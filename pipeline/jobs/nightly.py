@@ -44,7 +44,7 @@ import json
 import logging
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import pyarrow as pa
 from pydantic import model_validator
@@ -64,6 +64,9 @@ from pipeline.manifests import ManifestItem, RowError, list_shards, read_shard
 from pipeline.manifests.derived import ManifestWriter, frozen_manifest, item_row
 from pipeline.storage import Storage, StorageSettings
 from pipeline.storage.parquet import table_from_bytes, table_to_bytes
+
+if TYPE_CHECKING:
+    from pipeline.weights.resolve import ResolvedWeights
 
 log = logging.getLogger(__name__)
 
@@ -217,12 +220,15 @@ class NightlyJob:
     def manifest_folder(self) -> str:
         return f"{self.spec.output.rstrip('/')}/manifests/{self.night}"
 
-    def fingerprint(self) -> str:
-        """The run fingerprint plus what only this job adds to the rows (style set, prompt)."""
+    def resolve_weights(self) -> ResolvedWeights:
         from pipeline.weights.resolve import resolve_weights
 
+        return resolve_weights(self.spec.weights, self.spec.model, storage=self.storage)
+
+    def fingerprint(self, weights: ResolvedWeights | None = None) -> str:
+        """The run fingerprint plus what only this job adds to the rows (style set, prompt)."""
         spec = self.spec
-        weights = resolve_weights(spec.weights, spec.model, storage=self.storage)
+        weights = weights or self.resolve_weights()
         run_fp = spec.night_config([], self.night).fingerprint(weights.sha256)
         fields = {"run": run_fp, "style": spec.style.model_dump(), "prompt": spec.prompt}
         canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
@@ -233,7 +239,8 @@ class NightlyJob:
         from pipeline.outputs.run_state import RunState
 
         spec = self.spec
-        fingerprint = self.fingerprint()
+        weights = self.resolve_weights()  # once: the job fingerprint and the run both use them
+        fingerprint = self.fingerprint(weights)
         summary = NightSummary(spec.name, self.night, fingerprint,
                                f"{spec.output.rstrip('/')}/runs/{self.night}")
         index = DoneIndex(self.storage, spec.output, fingerprint)
@@ -247,7 +254,8 @@ class NightlyJob:
                          summary.catalog_rows)
                 return summary
         config = spec.night_config(marker.shards, self.night)
-        summary.run = Runner(config, self.settings, self.address, self.show_progress).run()
+        summary.run = Runner(config, self.settings, self.address, self.show_progress,
+                             weights=weights).run()
         latest = RunState(self.storage, config.run_uri).latest_records(summary.run.fingerprint)
         done = [{"id": r.id, "night": self.night, "output_key": r.output_key}
                 for shard in sorted(latest) for r in latest[shard].values() if r.ok]

@@ -1,4 +1,4 @@
-"""`restyle run` / `restyle plan` options: refused up front in one line.
+"""`restyle run` / `restyle plan` options: refused up front in one line, resolved once.
 
 A mistake in an option is reported before Ray or torch start (no model load, no cluster, a
 fraction of a second), as one line naming the option, with exit code 2.
@@ -10,6 +10,9 @@ import subprocess
 import sys
 
 import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli.main import app
 
 RESTYLE = [sys.executable, "-m", "pipeline.cli"]
 MISTAKES = {
@@ -41,3 +44,30 @@ def test_a_wrong_option_stops_before_ray_or_torch_are_imported(tmp_path):
     assert result.stderr.strip() == "error: --steps: must be between 1 and 1000, got 0"
     assert not (tmp_path / "o").exists()
 
+
+def test_plan_resolves_the_weights_once_for_the_run_name_and_the_plan(
+        tmp_path, tiny_weights, monkeypatch):
+    """Naming the run `<model>-<fingerprint>` needs the weights' sha256s; the driver reuses
+    them instead of hashing (or asking the Hub or a mirror) a second time."""
+    from support.run_helpers import parquet_bytes, uso_rows, write_images
+
+    import pipeline.execution.driver as driver
+    import pipeline.weights.resolve as resolve
+
+    images = write_images(tmp_path / "images", 2)
+    manifest = tmp_path / "m.parquet"
+    manifest.write_bytes(parquet_bytes(uso_rows("a", 2, str(images[0]), str(images[1]))))
+    calls = []
+    original = resolve.resolve_weights
+
+    def counted(spec, model, **kwargs):
+        calls.append(str(spec))
+        return original(spec, model, **kwargs)
+
+    monkeypatch.setattr(resolve, "resolve_weights", counted)
+    monkeypatch.setattr(driver, "resolve_weights", counted)
+    result = CliRunner().invoke(app, ["plan", str(manifest), "--out", str(tmp_path / "out"),
+                                      "--weights", str(tiny_weights), "--json"])
+    assert result.exit_code == 0, result.output
+    assert calls == [str(tiny_weights)]
+    assert '"run_uri": "' + str(tmp_path / "out" / "uso-") in result.stdout
