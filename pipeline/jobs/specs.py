@@ -21,7 +21,8 @@ options):
     actors: 0
     rows_per_shard: 500                # rows per derived manifest shard (the unit of work)
 
-Each kind is a pydantic model (`NightlySpec`, `TripletSpec`). Every mistake is a
+Each kind is a pydantic model (`NightlySpec`, `TripletSpec`) whose JSON Schema is published
+under jobs/schema/ (`python -m pipeline.jobs.schemas --write jobs/schema`). Every mistake is a
 `SpecError` naming the spec and the key path ("jobs/x.yaml: sampling.steps: must be an
 integer, got str 'ten'").
 """
