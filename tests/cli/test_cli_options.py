@@ -71,3 +71,15 @@ def test_plan_resolves_the_weights_once_for_the_run_name_and_the_plan(
     assert result.exit_code == 0, result.output
     assert calls == [str(tiny_weights)]
     assert '"run_uri": "' + str(tmp_path / "out" / "uso-") in result.stdout
+
+
+def test_an_error_is_printed_as_written_brackets_included(tmp_path):
+    """Messages quote lists and key paths ("[subject_id, style_id]"): they are text, not the
+    console's style markup, so nothing of them disappears."""
+    spec = tmp_path / "t.yaml"
+    spec.write_text("kind: triplets\nname: t\nsubjects: s.parquet\nstyles: t.parquet\n"
+                    "output: out\npairing: {mode: pairs, pairs: [[a, b], [c]]}\n")
+    result = subprocess.run([*RESTYLE, "triplets", str(spec)], capture_output=True, text=True,
+                            timeout=120)
+    assert (result.returncode, result.stderr) == (
+        2, f"error: {spec}: pairing.pairs[1]: must be [subject_id, style_id], got ['c']\n")
