@@ -67,11 +67,13 @@ def bare_loop(model_name: str, weights: Path, rows: list[dict], seed_of) -> floa
 
     model = load_model(model_name, weights, ModelOptions(device="cpu"))
     resolver = StyleLoraResolver(Storage(StorageSettings()), weights, Path(tempfile.mkdtemp()))
-    decoded = {p: Image.open(p).convert("RGB") for r in rows for p in [r["subject"], *r.get("styles", [])]}
+    decoded = {p: Image.open(p).convert("RGB")
+               for r in rows for p in [r["subject"], *r.get("styles", [])]}
     requests = [GenerationRequest(
         item_id=r["id"], prompt=r["prompt"], seed=seed_of(r["id"]), subject=decoded[r["subject"]],
         styles=[decoded[p] for p in r.get("styles", [])],
-        style_lora=resolver.resolve(r["style_lora"], None, r["id"]) if r.get("style_lora") else None,
+        style_lora=(resolver.resolve(r["style_lora"], None, r["id"])
+                    if r.get("style_lora") else None),
         width=r["width"], height=r["height"], steps=r["steps"]) for r in rows]
     model.generate(requests[:1])  # warm-up, as the actor's first item also pays it
     t0 = time.perf_counter()
@@ -115,7 +117,8 @@ def main() -> None:
         out, settings = server.new_bucket("bench") + "/out", server.settings()
     config = RunConfig(manifest=tuple(str(p) for p in manifests), output=out, run="bench",
                        model=args.model, weights=str(weights),
-                       sampling=SamplingDefaults(args.width, args.height, args.steps),
+                       sampling=SamplingDefaults(width=args.width, height=args.height,
+                                                 steps=args.steps),
                        options=ModelOptions(device="cpu"), actors=1)
     try:
         runner = Runner(config, settings, show_progress=False)

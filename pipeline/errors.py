@@ -46,6 +46,24 @@ class ItemError(Exception):
         return (type(self), (self.item_id, str(self.kind), self.message))
 
 
+class ConfigError(ValueError):
+    """Command-line options or a job spec that cannot make a run configuration.
+
+    One line naming where and what: `--width: must be between 16 and 4096, got 0`, or with the
+    spec file as `origin`: `jobs/x.yaml: sampling.steps: must be an integer, got str 'ten'`.
+    `where` is None for a problem of the whole input.
+    """
+
+    def __init__(self, where: str | None, message: str, origin: str | None = None):
+        super().__init__(": ".join(part for part in (origin, where, message) if part))
+        self.where = where
+        self.message = message
+        self.origin = origin
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.where, self.message, self.origin))
+
+
 class RunError(RuntimeError):
     """The run cannot start or continue (bad manifest, conflicting config, model won't load)."""
 
@@ -85,7 +103,8 @@ class WeightFileError(WeightsError):
     """
 
     def __init__(self, path: Path | str, problem: str, keys: Sequence[str] = ()):
-        shown = ", ".join(list(keys)[:20]) + (f" ... (+{len(keys) - 20} more)" if len(keys) > 20 else "")
+        more = f" ... (+{len(keys) - 20} more)" if len(keys) > 20 else ""
+        shown = ", ".join(list(keys)[:20]) + more
         super().__init__(f"{path}: {problem}" + (f": {shown}" if keys else ""))
         self.path = str(path)
         self.problem = problem

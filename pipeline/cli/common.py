@@ -11,10 +11,11 @@ import dataclasses
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.storage import StorageSettings
@@ -24,7 +25,7 @@ console = Console(stderr=True)
 Manifest = Annotated[list[str], typer.Argument(help="Manifest files, folders, globs or brace "
                                                 "ranges; local paths or s3:// URIs.")]
 Out = Annotated[str, typer.Option("--out", "-o", help="Output root (local folder or s3:// URI).")]
-RunName = Annotated[Optional[str], typer.Option(
+RunName = Annotated[str | None, typer.Option(
     "--run", help="Run name; outputs go to <out>/<run>/. Default: <model>-<config fingerprint>, "
                   "so the same command resumes and a changed config gets its own folder.")]
 Model = Annotated[str, typer.Option("--model", "-m", help="uso | omniconsistency")]
@@ -32,12 +33,13 @@ Weights = Annotated[str, typer.Option(
     "--weights", help="'tiny' (tiny random weights: pictures are noise), 'random-full' "
                       "(speed benchmarks), 'hf' (Hugging Face Hub, HF_TOKEN), an s3:// mirror "
                       "(restyle weights pull --to s3://...), or a local weights folder.")]
-Endpoint = Annotated[Optional[str], typer.Option(
-    "--endpoint-url", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL).")]
-Region = Annotated[Optional[str], typer.Option("--region", help="S3 region.")]
-Profile = Annotated[Optional[str], typer.Option("--profile", help="AWS profile for credentials.")]
+Endpoint = Annotated[str | None, typer.Option(
+    "--endpoint-url",
+    help="S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL).")]
+Region = Annotated[str | None, typer.Option("--region", help="S3 region.")]
+Profile = Annotated[str | None, typer.Option("--profile", help="AWS profile for credentials.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print a JSON object instead of a table.")]
-Address = Annotated[Optional[str], typer.Option(
+Address = Annotated[str | None, typer.Option(
     help="Ray cluster address (default: $RAY_ADDRESS inside a Ray job, else a local Ray).")]
 Progress = Annotated[bool, typer.Option(help="Show a progress bar.")]
 
@@ -53,7 +55,8 @@ def emit(title: str, rows: list[tuple[str, str]], data: dict, as_json: bool) -> 
     Console().print(table)
 
 
-def storage_settings(endpoint: str | None, region: str | None, profile: str | None) -> StorageSettings:
+def storage_settings(endpoint: str | None, region: str | None, profile: str | None
+                     ) -> StorageSettings:
     """The standard AWS environment, with the command line's overrides."""
     overrides = {k: v for k, v in {"endpoint_url": endpoint, "region": region,
                                    "profile": profile}.items() if v}
@@ -63,7 +66,7 @@ def storage_settings(endpoint: str | None, region: str | None, profile: str | No
 
 def fail(message: object, code: int = 2) -> NoReturn:
     """One red line on stderr, then exit with `code`."""
-    console.print(f"[red]error:[/red] {message}", soft_wrap=True)
+    console.print(f"[red]error:[/red] {escape(str(message))}", soft_wrap=True)  # "[a, b]" is text
     raise typer.Exit(code)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -28,22 +28,22 @@ from pipeline.cli.common import (
     storage_settings,
 )
 
-SpecArg = Annotated[Optional[str], typer.Argument(
+SpecArg = Annotated[str | None, typer.Argument(
     help="Job spec (local path or s3:// URI). Default: the spec in $RESTYLE_JOB_SPEC, which "
          "`restyle submit` sets for the job it starts.")]
-Night = Annotated[Optional[str], typer.Option(
+Night = Annotated[str | None, typer.Option(
     help="Night label, normally the date (default: today, UTC). Names the run folder and the "
          "submission id.")]
 
 
 def _load(spec: str | None, kind: str, settings):
-    from pipeline.jobs.specs import read_spec
+    from pipeline.jobs.specs import SpecError, read_spec
     from pipeline.storage import Storage
 
     source = read_spec(spec, Storage(settings))
-    if source.data["kind"] != kind:
-        raise ValueError(f"{source.origin}: is a {source.data['kind']} spec; use "
-                         f"`restyle {source.data['kind']}`")
+    if source.kind != kind:
+        raise SpecError(source.origin, None,
+                        f"is a {source.kind} spec; use `restyle {source.kind}`")
     return source
 
 
@@ -98,9 +98,11 @@ def nightly(
         summary = job.run()
     rows = [("night", summary.night), ("fingerprint", summary.fingerprint),
             ("catalog", f"{summary.catalog_rows} rows read, {summary.already_done} already done, "
-                        f"{summary.other_model} for another model, {len(summary.rejected)} left out"),
+                        f"{summary.other_model} for another model, "
+                        f"{len(summary.rejected)} left out"),
             ("this night", "nothing new: no-op" if summary.noop else
-             f"{summary.new} rows" + (" (re-run: resumed the night's manifest)" if summary.resumed else ""))]
+             f"{summary.new} rows"
+             + (" (re-run: resumed the night's manifest)" if summary.resumed else ""))]
     if summary.run is not None:
         rows += [("run", summary.run_uri),
                  ("items", f"{summary.run.ok} ok, {summary.run.failed} failed"),
@@ -111,14 +113,16 @@ def nightly(
 
 def submit(
     spec: Annotated[str, typer.Argument(help="Job spec file (nightly or triplets).")],
-    address: Annotated[Optional[str], typer.Option(
+    address: Annotated[str | None, typer.Option(
         help="Ray job API address, e.g. http://head:8265 (default: $RAY_ADDRESS).")] = None,
     night: Night = None,
-    wait: Annotated[bool, typer.Option("--wait", help="Stream the job's logs until it ends.")] = False,
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="Stream the job's logs until it ends.")] = False,
     runtime_env: Annotated[str, typer.Option(
         "--runtime-env", help="project (upload restyle + pip its dependencies, not torch) | "
-                              "source (upload restyle only) | cluster (the image has restyle).")] = "project",
-    submission_id: Annotated[Optional[str], typer.Option(
+                              "source (upload restyle only) | cluster (the image has restyle)."
+    )] = "project",
+    submission_id: Annotated[str | None, typer.Option(
         help="Override the deterministic id <name>-<night> (for a deliberate re-run).")] = None,
     endpoint_url: Endpoint = None,
     region: Region = None,

@@ -1,7 +1,8 @@
 """`restyle run | plan | status | manifest validate`: a run from manifests to committed shards.
 
 Thin: options in, a `RunConfig` built by the one config door (`pipeline.config`), library calls
-(`execution.driver`, `outputs.status`, `manifests`), a table or `--json` out.
+(`execution.driver`, `outputs.status`, `manifests`), a table or `--json` out. The options are
+checked before Ray or torch start; a mistake is one line naming the option.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -29,36 +30,56 @@ from pipeline.cli.common import (
     operator_errors,
     storage_settings,
 )
-from pipeline.config import OutputOptions, RunConfig, SamplingDefaults
-from pipeline.models.base import ModelOptions
+from pipeline.config import PathBase, RunConfig, RunRequest, key_path, validate
 from pipeline.storage import StorageSettings
+
+if TYPE_CHECKING:
+    from pipeline.weights.resolve import ResolvedWeights
 
 manifest_app = typer.Typer(help="Manifest tools.", no_args_is_help=True)
 
+# The field of `RunRequest` each option of `restyle run` / `restyle plan` fills.
+OPTION_FIELDS = {
+    "MANIFEST": "manifest", "--out": "output", "--run": "run", "--model": "model",
+    "--weights": "weights", "--seed": "seed", "--actors": "actors",
+    "--width": "sampling.width", "--height": "sampling.height", "--steps": "sampling.steps",
+    "--guidance": "sampling.guidance",
+    "--image-format": "outputs.image_format", "--quality": "outputs.quality",
+    "--caption": "outputs.caption", "--caption-template": "outputs.caption_template",
+    "--caption-model": "outputs.caption_model",
+    "--device": "options.device", "--dtype": "options.dtype", "--compile": "options.compile",
+    "--fp8": "options.fp8", "--offload": "options.offload", "--fuse-lora": "options.fuse_lora",
+    "--max-batch-size": "options.max_batch_size",
+}
+OPTION_OF_FIELD = {path: option for option, path in OPTION_FIELDS.items()}
 
-def build_config(manifest: list[str], out: str, run: str | None, model: str, weights: str,
-                 seed: int, width: int | None, height: int | None, steps: int | None,
-                 guidance: float | None, image_format: str, quality: int, caption: str,
-                 caption_template: str, actors: int, max_batch_size: int, dtype: str,
-                 compile_model: bool, fp8: bool, offload: bool, fuse_lora: bool,
-                 device: str, triplets: bool = False,
-                 settings: StorageSettings | None = None) -> RunConfig:
-    config = RunConfig(
-        manifest=tuple(manifest), output=out, run=run or "", model=model, weights=weights,
-        seed=seed, sampling=SamplingDefaults(width, height, steps, guidance),
-        options=ModelOptions(device=device, dtype=dtype, compile=compile_model, fp8=fp8,
-                             offload=offload, max_batch_size=max_batch_size, fuse_lora=fuse_lora),
-        outputs=OutputOptions(image_format=image_format, quality=quality, caption=caption,
-                              caption_template=caption_template, include_references=triplets),
-        actors=actors)
-    config.outputs.extension  # validates the format early
-    if not run:
-        from pipeline.storage import Storage
-        from pipeline.weights.resolve import resolve_weights
 
-        fingerprint = config.fingerprint(resolve_weights(weights, model, storage=Storage(settings)).sha256)
-        config = dataclasses.replace(config, run=f"{model}-{fingerprint}")
-    return config
+def run_request(options: dict[str, Any]) -> RunRequest:
+    """The command line's door: option values by option name (None: not given, the default),
+    validated as a `RunRequest`; a mistake is one `ConfigError` line naming the option."""
+    data: dict[str, Any] = {}
+    for option, value in options.items():
+        *sections, key = OPTION_FIELDS[option].split(".")
+        node = data
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[key] = value
+    return validate(RunRequest, data, paths=PathBase(), name=_option_name)
+
+
+def _option_name(loc: tuple[str | int, ...]) -> str:
+    path = key_path(loc)
+    return OPTION_OF_FIELD.get(path, path)
+
+
+def resolve_run(config: RunConfig, settings: StorageSettings) -> tuple[RunConfig, ResolvedWeights]:
+    """Resolve the weights once: their sha256s name the run (by default, `<model>-<fingerprint>`)
+    and the driver reuses them for run.json and every output's provenance."""
+    from pipeline.storage import Storage
+    from pipeline.weights.resolve import resolve_weights
+
+    weights = resolve_weights(config.weights, config.model, storage=Storage(settings))
+    return config.named(weights.sha256), weights
 
 
 def run(
@@ -68,25 +89,40 @@ def run(
     model: Model = "uso",
     weights: Weights = "tiny",
     seed: Annotated[int, typer.Option(help="Run seed; item seed = hash(run seed, item id).")] = 0,
-    width: Annotated[Optional[int], typer.Option(help="Default output width (model default 1024).")] = None,
-    height: Annotated[Optional[int], typer.Option(help="Default output height.")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Default denoising steps (25).")] = None,
-    guidance: Annotated[Optional[float], typer.Option(help="Distilled guidance (USO 4.0, Omni 3.5).")] = None,
+    width: Annotated[int | None, typer.Option(
+        help="Default output width (model default 1024).")] = None,
+    height: Annotated[int | None, typer.Option(help="Default output height.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Default denoising steps (25).")] = None,
+    guidance: Annotated[float | None, typer.Option(
+        help="Distilled guidance (USO 4.0, Omni 3.5).")] = None,
     image_format: Annotated[str, typer.Option("--image-format", help="png | jpeg | webp")] = "png",
     quality: Annotated[int, typer.Option(help="JPEG/WebP quality.")] = 95,
-    caption: Annotated[str, typer.Option(help="Caption source: prompt | template | model.")] = "prompt",
-    caption_template: Annotated[str, typer.Option(help="str.format template over item fields.")] = "",
-    actors: Annotated[int, typer.Option(help="Model actors (0 = one per GPU, or 1 without GPUs).")] = 0,
-    max_batch_size: Annotated[int, typer.Option(help="Items of equal token layout per forward.")] = 1,
-    dtype: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32")] = "auto",
-    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile (changes kernels).")] = False,
+    caption: Annotated[str, typer.Option(
+        help="Caption source: prompt | template | model.")] = "prompt",
+    caption_template: Annotated[str, typer.Option(
+        help="str.format template over item fields.")] = "",
+    caption_model: Annotated[str, typer.Option(
+        help="Captioning model for --caption model: a transformers folder, an s3:// folder, "
+             "or 'tiny'.")] = "",
+    actors: Annotated[int, typer.Option(
+        help="Model actors (0 = one per GPU, or 1 without GPUs).")] = 0,
+    max_batch_size: Annotated[int, typer.Option(
+        help="Items of equal token layout per forward.")] = 1,
+    dtype: Annotated[str, typer.Option(
+        help="auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32")] = "auto",
+    compile_model: Annotated[bool, typer.Option(
+        "--compile", help="torch.compile (changes kernels).")] = False,
     fp8: Annotated[bool, typer.Option(help="fp8 weight storage (changes numerics).")] = False,
-    offload: Annotated[bool, typer.Option(help="Offload idle components to the CPU (small GPUs).")] = False,
-    fuse_lora: Annotated[bool, typer.Option(help="Fuse LoRAs into weights (changes bf16 rounding).")] = False,
-    device: Annotated[str, typer.Option(help="auto | cuda | cpu")] = "auto",
-    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Re-run only the failed items "
-                                               "of a finished run into a new, separate commit.")] = False,
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: start a local Ray).")] = None,
+    offload: Annotated[bool, typer.Option(
+        help="Offload idle components to the CPU (small GPUs).")] = False,
+    fuse_lora: Annotated[bool, typer.Option(
+        help="Fuse LoRAs into weights (changes bf16 rounding).")] = False,
+    device: Annotated[str, typer.Option(help="auto | cuda | cuda:N | cpu")] = "auto",
+    retry_failed: Annotated[bool, typer.Option(
+        "--retry-failed", help="Re-run only the failed items of a finished run into a new, "
+                               "separate commit.")] = False,
+    address: Annotated[str | None, typer.Option(
+        help="Ray cluster address (default: start a local Ray).")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     endpoint_url: Endpoint = None,
     region: Region = None,
@@ -94,16 +130,21 @@ def run(
     as_json: AsJson = False,
 ) -> None:
     """Stylize every item of the manifest; commit one output shard per input shard."""
-    from pipeline.execution.driver import Runner
-
     logging.basicConfig(level=logging.WARNING)
     settings = storage_settings(endpoint_url, region, profile)
     with operator_errors():
-        config = build_config(manifest, out, run, model, weights, seed, width, height, steps,
-                              guidance, image_format, quality, caption, caption_template, actors,
-                              max_batch_size, dtype, compile_model, fp8, offload, fuse_lora,
-                              device, settings=settings)
-        runner = Runner(config, settings, address, progress)
+        request = run_request({
+            "MANIFEST": manifest, "--out": out, "--run": run, "--model": model,
+            "--weights": weights, "--seed": seed, "--actors": actors, "--width": width,
+            "--height": height, "--steps": steps, "--guidance": guidance,
+            "--image-format": image_format, "--quality": quality, "--caption": caption,
+            "--caption-template": caption_template, "--caption-model": caption_model,
+            "--device": device, "--dtype": dtype, "--compile": compile_model, "--fp8": fp8,
+            "--offload": offload, "--fuse-lora": fuse_lora, "--max-batch-size": max_batch_size})
+        config, resolved = resolve_run(request.config(), settings)
+        from pipeline.execution.driver import Runner
+
+        runner = Runner(config, settings, address, progress, weights=resolved)
         summary = runner.retry_failed() if retry_failed else runner.run()
     print_summary(summary, as_json)
     raise typer.Exit(summary.exit_code)
@@ -112,7 +153,8 @@ def run(
 def print_summary(summary, as_json: bool = False) -> None:
     rows = [("fingerprint", summary.fingerprint),
             ("shards", f"{summary.shards_committed} committed, {summary.shards_already_done} "
-                       f"already done, {len(summary.shards_failed)} failed, of {summary.shards_total}"),
+                       f"already done, {len(summary.shards_failed)} failed, "
+                       f"of {summary.shards_total}"),
             ("items", f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped")]
     rows += [(f"  {kind}", str(count)) for kind, count in sorted(summary.errors.items())]
     rows += [(f"shard {k} failed", reason) for k, reason in sorted(summary.shards_failed.items())]
@@ -129,30 +171,35 @@ def plan(
     model: Model = "uso",
     weights: Weights = "tiny",
     seed: int = 0,
-    width: Optional[int] = None,
-    height: Optional[int] = None,
-    steps: Optional[int] = None,
-    seconds_table: Annotated[Optional[Path], typer.Option(help="TOML seconds-per-image table.")] = None,
+    width: int | None = None,
+    height: int | None = None,
+    steps: int | None = None,
+    seconds_table: Annotated[Path | None, typer.Option(
+        help="TOML seconds-per-image table.")] = None,
     endpoint_url: Endpoint = None,
     region: Region = None,
     profile: Profile = None,
     as_json: AsJson = False,
 ) -> None:
     """Shards total / done / to do, items, and a GPU-hour estimate, without running anything."""
-    from pipeline.execution.driver import Runner
-    from pipeline.execution.estimate import gpu_hours, load_table
-    from pipeline.manifests import count_items
-
     settings = storage_settings(endpoint_url, region, profile)
     with operator_errors():
-        config = build_config(manifest, out, run, model, weights, seed, width, height, steps, None,
-                              "png", 95, "prompt", "", 0, 1, "auto", False, False, False, False,
-                              "auto", settings=settings)
-        runner = Runner(config, settings, show_progress=False)
+        request = run_request({
+            "MANIFEST": manifest, "--out": out, "--run": run, "--model": model,
+            "--weights": weights, "--seed": seed, "--width": width, "--height": height,
+            "--steps": steps})
+        config, resolved = resolve_run(request.config(), settings)
+        from pipeline.execution.driver import Runner
+        from pipeline.execution.estimate import gpu_hours, load_table
+        from pipeline.manifests import count_items
+
+        runner = Runner(config, settings, show_progress=False, weights=resolved)
         p = runner.plan()
         todo_items = sum(count_items(s, runner.storage) for s in p.todo)
         done_items = sum(stats.count for stats in p.done.values())
-        hours = gpu_hours(model, todo_items, width, height, steps, load_table(seconds_table))
+        sampling = config.sampling
+        hours = gpu_hours(config.model, todo_items, sampling.width, sampling.height, sampling.steps,
+                          load_table(seconds_table))
     rows = [("run", config.run_uri), ("fingerprint", p.fingerprint),
             ("shards", f"{len(p.shards)} total, {len(p.done)} done, {len(p.todo)} to do"),
             ("items", f"{done_items} done, {todo_items} to do"),

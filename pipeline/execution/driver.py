@@ -93,20 +93,28 @@ class Plan:
 
 
 class Runner:
+    """Plans and runs one `RunConfig`. `weights`: the run's weights when the caller resolved
+    them already (to name the run, or for a job fingerprint), so they are resolved once per run."""
+
     def __init__(self, config: RunConfig, storage_settings: StorageSettings,
-                 address: str | None = None, show_progress: bool = True):
+                 address: str | None = None, show_progress: bool = True,
+                 weights: ResolvedWeights | None = None):
         self.config = config
         self.settings = storage_settings
         self.storage = Storage(storage_settings)
         self.state = RunState(self.storage, config.run_uri)
         self.address = address
         self.show_progress = show_progress
+        self.weights = weights
         self.pool: ActorPool | None = None  # the live actors while a run executes
 
     # ------------------------------------------------------------------ planning
     def plan(self) -> Plan:
         shards = list_shards(list(self.config.manifest), self.storage)
-        weights = resolve_weights(self.config.weights, self.config.model, storage=self.storage)
+        if self.weights is None:
+            self.weights = resolve_weights(self.config.weights, self.config.model,
+                                           storage=self.storage)
+        weights = self.weights
         fingerprint = self.config.fingerprint(weights.sha256)
         done = {}
         for shard in shards:
@@ -162,7 +170,7 @@ class Runner:
             spec = ActorSpec(StylizeActor, (self.config, self.settings),
                              tasks_per_actor=SHARDS_IN_FLIGHT_PER_ACTOR,
                              what=f"model actors for {self.config.model!r} (weights "
-                                  f"{self.config.weights!r})")
+                                  f"{str(self.config.weights)!r})")
             self.pool = ActorPool(spec, pool_size(self.config.actors, len(tasks)))
             progress = RunProgress(self.show_progress, total_shards=len(tasks))
 

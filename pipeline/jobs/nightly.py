@@ -43,31 +43,33 @@ import hashlib
 import json
 import logging
 import re
-import string
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import pyarrow as pa
+from pydantic import model_validator
 
-from pipeline.jobs.specs import (
-    RUN_KEYS,
-    RunSettings,
-    SpecSource,
-    check_keys,
-    check_model,
-    job_name,
-    require,
-    run_settings,
-    string_list,
+from pipeline.config import ConfigModel, ConfigProblem, RunConfig
+from pipeline.config.values import (
+    FormatTemplate,
+    ModelChoice,
+    NameOrPath,
+    Number,
+    PathRef,
+    PathRefs,
+    one_or_many,
 )
+from pipeline.jobs.specs import JobSpec
 from pipeline.manifests import ManifestItem, RowError, list_shards, read_shard
 from pipeline.manifests.derived import ManifestWriter, frozen_manifest, item_row
 from pipeline.storage import Storage, StorageSettings
 from pipeline.storage.parquet import table_from_bytes, table_to_bytes
 
+if TYPE_CHECKING:
+    from pipeline.weights.resolve import ResolvedWeights
+
 log = logging.getLogger(__name__)
 
-TOP_KEYS = ("kind", "name", "catalog", "output", "model", "style", "prompt") + RUN_KEYS
 NIGHT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,40}$")
 INDEX_SCHEMA = pa.schema([("id", pa.string()), ("night", pa.string()), ("output_key", pa.string())])
 MAX_REPORTED = 20
@@ -77,66 +79,57 @@ class NightlyError(RuntimeError):
     """A night that cannot run (a label already used under another config, a bad label)."""
 
 
-@dataclass(frozen=True)
-class StyleSet:
+class StyleSet(ConfigModel):
     """Applied to catalog rows that name no style of their own."""
 
-    images: tuple[str, ...] = ()
-    lora: str | None = None
-    lora_scale: float | None = None
+    images: Annotated[tuple[PathRef, ...], one_or_many()] = ()
+    """USO style reference image(s): paths or s3:// URIs."""
+    lora: NameOrPath | None = None
+    """OmniConsistency style LoRA: a shipped style name, a .safetensors path or an s3:// URI."""
+    lora_scale: Number | None = None
+    """The style LoRA's strength."""
+
+    @model_validator(mode="after")
+    def _scale_needs_a_lora(self) -> StyleSet:
+        if self.lora_scale is not None and not self.lora:
+            raise ConfigProblem("lora_scale", "is set but {lora} is not", refs=("lora",))
+        return self
 
 
-@dataclass(frozen=True)
-class NightlySpec:
-    name: str
-    catalog: tuple[str, ...]
-    output: str
-    model: str
-    style: StyleSet
-    prompt: str | None
-    settings: RunSettings
-    origin: str
+class NightlySpec(JobSpec):
+    """A nightly job spec (kind: nightly); the module doc explains the keys."""
 
-    @classmethod
-    def parse(cls, spec: SpecSource) -> NightlySpec:
-        check_keys(spec, spec.data, TOP_KEYS)
-        model = check_model(spec, require(spec, "model", str), "model")
-        prompt = require(spec, "prompt", str, default=None)
-        if prompt is not None:
-            try:
-                list(string.Formatter().parse(prompt))
-            except ValueError as error:
-                raise spec.fail("prompt", f"not a valid template: {error}") from None
-        return cls(name=job_name(spec),
-                   catalog=tuple(spec.path(c) for c in string_list(spec, "catalog")),
-                   output=spec.path(require(spec, "output", str)), model=model,
-                   style=_style_set(spec, model), prompt=prompt, settings=run_settings(spec),
-                   origin=spec.origin)
+    kind: Literal["nightly"]
+    """This kind of spec: nightly."""
+    catalog: PathRefs
+    """The catalog manifest(s): folders, files, globs or {a..b} ranges, local or s3://."""
+    output: PathRef
+    """Output root: index/, manifests/<night>/ and runs/<night>/ go below it."""
+    model: ModelChoice
+    """uso | omniconsistency; catalog rows naming another model are left alone."""
+    style: StyleSet = StyleSet()
+    """The style set, for rows that name none."""
+    prompt: FormatTemplate | None = None
+    """Optional str.format template over the row: id, prompt and any extra column."""
 
-    def run_config(self, manifest: list[str], night: str):
-        return self.settings.run_config(manifest, f"{self.output.rstrip('/')}/runs", night,
-                                        self.model)
+    @model_validator(mode="after")
+    def _style_fits_the_model(self) -> NightlySpec:
+        if self.style.images and self.model != "uso":
+            raise ConfigProblem(("style", "images"), "style images are USO's; this job's model "
+                                f"is {self.model}")
+        if self.style.lora and self.model != "omniconsistency":
+            raise ConfigProblem(("style", "lora"), "style LoRAs are OmniConsistency's; this "
+                                f"job's model is {self.model}")
+        return self
 
-
-def _style_set(spec: SpecSource, model: str) -> StyleSet:
-    raw = require(spec, "style", dict, default={})
-    check_keys(spec, raw, ("images", "lora", "lora_scale"), "style")
-    images = string_list(spec, "images", "style", mapping=raw, default=[]) if raw.get("images") else []
-    lora = require(spec, "lora", str, "style", None, raw)
-    scale = require(spec, "lora_scale", (int, float), "style", None, raw)
-    if images and model != "uso":
-        raise spec.fail("style.images", f"style images are USO's; this job's model is {model}")
-    if lora and model != "omniconsistency":
-        raise spec.fail("style.lora", f"style LoRAs are OmniConsistency's; this job's model is {model}")
-    if scale is not None and not lora:
-        raise spec.fail("style.lora_scale", "is set but style.lora is not")
-    return StyleSet(tuple(spec.path(i) for i in images),
-                    lora if lora is None or "/" not in lora else spec.path(lora),
-                    None if scale is None else float(scale))
+    def night_config(self, manifest: list[str], night: str) -> RunConfig:
+        """The run of one night: its manifest into `<output>/runs/<night>/`."""
+        return self.settings.run_config(manifest=manifest, output=f"{self.output.rstrip('/')}/runs",
+                                        run=night, model=self.model)
 
 
 def today() -> str:
-    return dt.datetime.now(dt.timezone.utc).date().isoformat()
+    return dt.datetime.now(dt.UTC).date().isoformat()
 
 
 def check_night(night: str) -> str:
@@ -170,7 +163,8 @@ class DoneIndex:
 
     def write(self, night: str, rows: list[dict[str, str]]) -> str:
         uri = self.night_uri(night)
-        self.storage.write_bytes(uri, table_to_bytes(pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)))
+        table = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
+        self.storage.write_bytes(uri, table_to_bytes(table))
         return uri
 
 
@@ -213,8 +207,8 @@ class NightSummary:
 
 
 class NightlyJob:
-    def __init__(self, spec: NightlySpec, storage_settings: StorageSettings, night: str | None = None,
-                 address: str | None = None, show_progress: bool = True):
+    def __init__(self, spec: NightlySpec, storage_settings: StorageSettings,
+                 night: str | None = None, address: str | None = None, show_progress: bool = True):
         self.spec = spec
         self.night = check_night(night or today())
         self.settings = storage_settings
@@ -226,14 +220,17 @@ class NightlyJob:
     def manifest_folder(self) -> str:
         return f"{self.spec.output.rstrip('/')}/manifests/{self.night}"
 
-    def fingerprint(self) -> str:
-        """The run fingerprint plus what only this job adds to the rows (style set, prompt)."""
+    def resolve_weights(self) -> ResolvedWeights:
         from pipeline.weights.resolve import resolve_weights
 
+        return resolve_weights(self.spec.weights, self.spec.model, storage=self.storage)
+
+    def fingerprint(self, weights: ResolvedWeights | None = None) -> str:
+        """The run fingerprint plus what only this job adds to the rows (style set, prompt)."""
         spec = self.spec
-        weights = resolve_weights(spec.settings.weights, spec.model, storage=self.storage)
-        run_fp = spec.run_config([], self.night).fingerprint(weights.sha256)
-        fields = {"run": run_fp, "style": asdict(spec.style), "prompt": spec.prompt}
+        weights = weights or self.resolve_weights()
+        run_fp = spec.night_config([], self.night).fingerprint(weights.sha256)
+        fields = {"run": run_fp, "style": spec.style.model_dump(), "prompt": spec.prompt}
         canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -242,7 +239,8 @@ class NightlyJob:
         from pipeline.outputs.run_state import RunState
 
         spec = self.spec
-        fingerprint = self.fingerprint()
+        weights = self.resolve_weights()  # once: the job fingerprint and the run both use them
+        fingerprint = self.fingerprint(weights)
         summary = NightSummary(spec.name, self.night, fingerprint,
                                f"{spec.output.rstrip('/')}/runs/{self.night}")
         index = DoneIndex(self.storage, spec.output, fingerprint)
@@ -255,8 +253,9 @@ class NightlyJob:
                 log.info("night %s of %s: nothing new in %d catalog rows", self.night, spec.name,
                          summary.catalog_rows)
                 return summary
-        config = spec.run_config(marker.shards, self.night)
-        summary.run = Runner(config, self.settings, self.address, self.show_progress).run()
+        config = spec.night_config(marker.shards, self.night)
+        summary.run = Runner(config, self.settings, self.address, self.show_progress,
+                             weights=weights).run()
         latest = RunState(self.storage, config.run_uri).latest_records(summary.run.fingerprint)
         done = [{"id": r.id, "night": self.night, "output_key": r.output_key}
                 for shard in sorted(latest) for r in latest[shard].values() if r.ok]
@@ -267,7 +266,7 @@ class NightlyJob:
     def _derive(self, done: set[str], fingerprint: str, summary: NightSummary):
         """Stream the catalog; write the rows not done into the night's manifest."""
         spec = self.spec
-        writer = ManifestWriter(self.storage, self.manifest_folder, spec.settings.rows_per_shard)
+        writer = ManifestWriter(self.storage, self.manifest_folder, spec.rows_per_shard)
         seen: set[str] = set()
         for shard in list_shards(list(spec.catalog), self.storage):
             for entry in read_shard(shard, self.storage):
@@ -289,8 +288,9 @@ class NightlyJob:
                 try:
                     writer.add(self.night_row(entry))
                 except (KeyError, IndexError, ValueError) as error:
-                    summary.rejected.append(f"{shard.uri}, row {entry.source[1]}: prompt template "
-                                            f"{spec.prompt!r} needs field {error} (item {entry.id!r})")
+                    summary.rejected.append(
+                        f"{shard.uri}, row {entry.source[1]}: prompt template {spec.prompt!r} "
+                        f"needs field {error} (item {entry.id!r})")
         for message in summary.rejected[:MAX_REPORTED]:
             log.warning("catalog row left out: %s", message)
         if writer.rows == 0:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from pipeline.jobs.specs import SPEC_ENV, SPEC_ORIGIN_ENV, SpecSource, job_name
+from pipeline.jobs.specs import SPEC_ENV, SPEC_ORIGIN_ENV, SpecSource
 
 RUNTIME_ENVS = ("project", "source", "cluster")
 DISTRIBUTION = "restyle"
@@ -91,13 +91,16 @@ def build_submission(spec: SpecSource, night: str, runtime: str = "project",
                      submission: str | None = None) -> Submission:
     """Everything `submit_job` needs; nothing is contacted yet."""
     if runtime not in RUNTIME_ENVS:
-        raise SubmissionError(f"unknown runtime env {runtime!r}; use one of {', '.join(RUNTIME_ENVS)}")
-    name, kind = job_name(spec), spec.data["kind"]
+        raise SubmissionError(f"unknown runtime env {runtime!r}; "
+                              f"use one of {', '.join(RUNTIME_ENVS)}")
+    name, kind = spec.name, spec.kind
     command = ["restyle"] if runtime == "cluster" else ["python", "-m", "pipeline.cli"]
     command += [kind, "--no-progress"]
     if kind == "nightly":
         command += ["--night", night]
-    origin = spec.origin if spec.origin.startswith(("s3://", "$", "<")) else os.path.abspath(spec.origin)
+    origin = spec.origin
+    if not origin.startswith(("s3://", "$", "<")):
+        origin = os.path.abspath(origin)
     runtime_env: dict[str, Any] = {"env_vars": {SPEC_ENV: spec.text, SPEC_ORIGIN_ENV: origin}}
     if runtime in ("project", "source"):
         runtime_env["py_modules"] = [package_dir()]
@@ -117,7 +120,8 @@ def client_for(address: str | None):
 
     address = address or os.environ.get("RAY_ADDRESS")
     if not address:
-        raise SubmissionError("no Ray cluster address: pass --address http://<head>:8265 or set RAY_ADDRESS")
+        raise SubmissionError("no Ray cluster address: pass --address http://<head>:8265 or "
+                              "set RAY_ADDRESS")
     try:
         return JobSubmissionClient(address)
     except Exception as error:  # connection refused, wrong port, not a dashboard, no token
@@ -158,7 +162,8 @@ def submit(client, submission: Submission) -> str:
             if AGENT_NOT_READY in str(error) and time.monotonic() < deadline:
                 time.sleep(2)  # a cluster that just started: its job agent registers late
                 continue
-            raise SubmissionError(f"Ray refused submission {submission.submission_id!r}: {error}") from error
+            raise SubmissionError(f"Ray refused submission {submission.submission_id!r}: "
+                                  f"{error}") from error
 
 
 def _job_info(client, job_id: str):

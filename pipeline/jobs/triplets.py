@@ -48,22 +48,34 @@ import hashlib
 import io
 import json
 import logging
-import string
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from enum import StrEnum
+from typing import Annotated, Any, Literal
 
-from pipeline.jobs.specs import (
-    RUN_KEYS,
-    RunSettings,
-    SpecSource,
-    check_keys,
-    check_model,
-    job_name,
-    require,
-    run_settings,
-    string_list,
+from pydantic import (
+    AfterValidator,
+    PlainValidator,
+    Strict,
+    ValidationInfo,
+    WithJsonSchema,
+    model_validator,
 )
+
+from pipeline.config import ConfigModel, ConfigProblem
+from pipeline.config.values import (
+    AtLeastOne,
+    FormatTemplate,
+    Integer,
+    ModelChoice,
+    ModelName,
+    OneOf,
+    PathRef,
+    PathRefs,
+    one_or_many,
+    resolve_path,
+)
+from pipeline.jobs.specs import JobSpec
 from pipeline.manifests import ManifestItem, RowError, list_shards, read_shard
 from pipeline.manifests.derived import ManifestWriter, frozen_manifest, item_row
 from pipeline.manifests.fields import KNOWN_FIELDS
@@ -72,9 +84,6 @@ from pipeline.storage.parquet import table_from_bytes
 
 log = logging.getLogger(__name__)
 
-PAIRING_MODES = ("all", "sample", "pairs")
-TOP_KEYS = ("kind", "name", "subjects", "styles", "pairing", "models", "prompt",
-            "output") + RUN_KEYS
 ID_SEPARATOR = "__"
 MAX_REPORTED = 20
 
@@ -83,44 +92,90 @@ class TripletError(ValueError):
     """The catalogs and pairing cannot make triplets; the message names the row or pair."""
 
 
-@dataclass(frozen=True)
-class Pairing:
-    mode: str = "all"
-    per_subject: int = 1
-    seed: int = 0
-    pairs: tuple[tuple[str, str], ...] | None = None  # inline pairs
-    pairs_file: str | None = None  # or a file of pairs
+class PairingMode(StrEnum):
+    ALL = "all"  # every subject with every style
+    SAMPLE = "sample"  # per subject, `per_subject` styles ranked by a seeded hash
+    PAIRS = "pairs"  # an explicit list, inline or in a file
 
 
-@dataclass(frozen=True)
-class TripletSpec:
-    name: str
-    subjects: tuple[str, ...]
-    styles: tuple[str, ...]
-    pairing: Pairing
-    models: tuple[str, ...]
-    prompt: str
-    output: str
-    settings: RunSettings
-    origin: str
+PAIRING_MODES = tuple(mode.value for mode in PairingMode)
+PAIRS_NEEDED = "mode 'pairs' needs a list of [subject_id, style_id] or a .parquet/.csv file of them"
 
-    @classmethod
-    def parse(cls, spec: SpecSource) -> TripletSpec:
-        check_keys(spec, spec.data, TOP_KEYS)
-        models = string_list(spec, "models", default=["uso"])
-        for i, model in enumerate(models):
-            check_model(spec, model, f"models[{i}]")
-        if len(set(models)) != len(models):
-            raise spec.fail("models", f"lists a model twice: {models}")
-        prompt = require(spec, "prompt", str, default="{subject_prompt}")
-        _check_template(spec, "prompt", prompt)
-        return cls(
-            name=job_name(spec),
-            subjects=tuple(spec.path(s) for s in string_list(spec, "subjects")),
-            styles=tuple(spec.path(s) for s in string_list(spec, "styles")),
-            pairing=_pairing(spec), models=tuple(models), prompt=prompt,
-            output=spec.path(require(spec, "output", str)),
-            settings=run_settings(spec), origin=spec.origin)
+
+def _pairs(value: Any, info: ValidationInfo) -> tuple[tuple[str, str], ...] | str:
+    """Inline pairs, or the path of a .parquet/.csv file of them (resolved beside the spec)."""
+    if isinstance(value, str):
+        return resolve_path(value, info)
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(PAIRS_NEEDED)
+    for i, pair in enumerate(value):
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2
+                and all(isinstance(p, str) for p in pair)):
+            raise ConfigProblem((i,), f"must be [subject_id, style_id], got {pair!r}")
+    return tuple((subject, style) for subject, style in value)
+
+
+PairsInput = Annotated[tuple[tuple[str, str], ...] | str, PlainValidator(_pairs), WithJsonSchema({
+    "anyOf": [{"type": "string", "description": "a .parquet/.csv file with subject_id, style_id"},
+              {"type": "array", "minItems": 1, "items": {
+                  "type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 2}}]})]
+
+
+class Pairing(ConfigModel):
+    """How subjects meet styles (see the module doc)."""
+
+    mode: Annotated[str, Strict(), OneOf(PairingMode)] = PairingMode.ALL.value
+    """all | sample | pairs."""
+    per_subject: AtLeastOne = 1
+    """mode sample: styles per subject."""
+    seed: Integer = 0
+    """mode sample: the ranking hash's seed."""
+    pairs: PairsInput | None = None
+    """mode pairs: [[subject_id, style_id], ...], or a .parquet/.csv file of them."""
+
+    @model_validator(mode="after")
+    def _pairs_go_with_mode_pairs(self) -> Pairing:
+        if self.mode == PairingMode.PAIRS and self.pairs is None:
+            raise ConfigProblem("pairs", PAIRS_NEEDED)
+        if self.mode != PairingMode.PAIRS and self.pairs is not None:
+            raise ConfigProblem("pairs", f"is only used with mode 'pairs' (mode is {self.mode!r})")
+        return self
+
+    @property
+    def inline_pairs(self) -> tuple[tuple[str, str], ...] | None:
+        return self.pairs if isinstance(self.pairs, tuple) else None
+
+    @property
+    def pairs_file(self) -> str | None:
+        return self.pairs if isinstance(self.pairs, str) else None
+
+
+def _distinct(models: tuple[str, ...]) -> tuple[str, ...]:
+    if not models:
+        raise ValueError("must name at least one model")
+    if len(set(models)) != len(models):
+        raise ValueError(f"lists a model twice: {list(models)}")
+    return models
+
+
+class TripletSpec(JobSpec):
+    """A triplet job spec (kind: triplets); the module doc explains the keys."""
+
+    kind: Literal["triplets"]
+    """This kind of spec: triplets."""
+    subjects: PathRefs
+    """Subject catalog manifest(s): rows with id, subject image, prompt, extra columns."""
+    styles: PathRefs
+    """Style catalog manifest(s): rows with id, styles, optional style_lora (+ scale), name."""
+    pairing: Pairing = Pairing()
+    models: Annotated[tuple[ModelChoice, ...], one_or_many(ModelName),
+                      AfterValidator(_distinct)] = ("uso",)
+    """uso and/or omniconsistency: one run each."""
+    prompt: FormatTemplate = "{subject_prompt}"
+    """str.format template over subject_id, style_id, style_name, subject_prompt, style_prompt,
+    subject_<column>, style_<column>."""
+    output: PathRef
+    """Output root: <output>/<name>/<model>/ and <output>/<name>/manifests/<model>/."""
 
     @property
     def root(self) -> str:
@@ -128,41 +183,6 @@ class TripletSpec:
 
     def manifest_folder(self, model: str) -> str:
         return f"{self.root}/manifests/{model}"
-
-
-def _pairing(spec: SpecSource) -> Pairing:
-    raw = require(spec, "pairing", dict, default={"mode": "all"})
-    check_keys(spec, raw, ("mode", "per_subject", "seed", "pairs"), "pairing")
-    mode = require(spec, "mode", str, "pairing", "all", raw)
-    if mode not in PAIRING_MODES:
-        raise spec.fail("pairing.mode", f"must be one of {', '.join(PAIRING_MODES)}, got {mode!r}")
-    per_subject = require(spec, "per_subject", int, "pairing", 1, raw)
-    if per_subject < 1:
-        raise spec.fail("pairing.per_subject", f"must be at least 1, got {per_subject}")
-    seed = require(spec, "seed", int, "pairing", 0, raw)
-    pairs = raw.get("pairs")
-    if mode == "pairs":
-        if isinstance(pairs, str):
-            return Pairing(mode, per_subject, seed, pairs_file=spec.path(pairs))
-        if not isinstance(pairs, list) or not pairs:
-            raise spec.fail("pairing.pairs", "mode 'pairs' needs a list of [subject_id, style_id] "
-                                             "or a .parquet/.csv file of them")
-        checked = []
-        for i, pair in enumerate(pairs):
-            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
-                raise spec.fail(f"pairing.pairs[{i}]", f"must be [subject_id, style_id], got {pair!r}")
-            checked.append((pair[0], pair[1]))
-        return Pairing(mode, per_subject, seed, pairs=tuple(checked))
-    if pairs is not None:
-        raise spec.fail("pairing.pairs", f"is only used with mode 'pairs' (mode is {mode!r})")
-    return Pairing(mode, per_subject, seed)
-
-
-def _check_template(spec: SpecSource, key: str, template: str) -> None:
-    try:
-        list(string.Formatter().parse(template))
-    except ValueError as error:
-        raise spec.fail(key, f"not a valid template: {error}") from None
 
 
 # ------------------------------------------------------------------ catalogs
@@ -187,7 +207,8 @@ class Catalog:
             if reason is None:
                 kept[item_id] = item
             else:
-                unusable[item_id] = f"{role} {item_id!r} ({item.source[0]}, row {item.source[1]}) {reason}"
+                unusable[item_id] = (f"{role} {item_id!r} ({item.source[0]}, "
+                                     f"row {item.source[1]}) {reason}")
         return Catalog(kept, self.rejected, unusable)
 
 
@@ -248,7 +269,8 @@ def read_pairs_file(uri: str, storage: Storage) -> list[tuple[str, str]]:
     for i, row in enumerate(rows):
         subject, style = row.get("subject_id"), row.get("style_id")
         if not (isinstance(subject, str) and subject and isinstance(style, str) and style):
-            raise TripletError(f"{uri}, row {i}: needs non-empty subject_id and style_id, got {row}")
+            raise TripletError(f"{uri}, row {i}: needs non-empty subject_id and style_id, "
+                               f"got {row}")
         pairs.append((subject, style))
     return pairs
 
@@ -259,13 +281,14 @@ def make_pairs(pairing: Pairing, subjects: Catalog, styles: Catalog,
         return pair_all(subjects.ids, styles.ids)
     if pairing.mode == "sample":
         return pair_sample(subjects.ids, styles.ids, pairing.per_subject, pairing.seed)
-    pairs = list(pairing.pairs or read_pairs_file(pairing.pairs_file or "", storage))
+    pairs = list(pairing.inline_pairs or read_pairs_file(pairing.pairs_file or "", storage))
     where = pairing.pairs_file or "pairing.pairs"
     seen: set[tuple[str, str]] = set()
     for i, (subject, style) in enumerate(pairs):
         for role, item_id, catalog in (("subject", subject, subjects), ("style", style, styles)):
             if item_id not in catalog.items:
-                reason = catalog.unusable.get(item_id) or f"{role} id {item_id!r} is not in the {role} catalog"
+                reason = (catalog.unusable.get(item_id)
+                          or f"{role} id {item_id!r} is not in the {role} catalog")
                 raise TripletError(f"{where}[{i}]: cannot use this pair: {reason}")
         if (subject, style) in seen:
             raise TripletError(f"{where}[{i}]: pair ({subject!r}, {style!r}) is listed twice")
@@ -301,7 +324,8 @@ def triplet_row(subject: ManifestItem, style: ManifestItem, model: str, prompt_t
         prompt = prompt_template.format(**fields)
     except (KeyError, IndexError) as error:
         raise TripletError(f"prompt template {prompt_template!r} names field {error} which pair "
-                           f"({subject.id!r}, {style.id!r}) does not have; it has {sorted(fields)}") from None
+                           f"({subject.id!r}, {style.id!r}) does not have; "
+                           f"it has {sorted(fields)}") from None
     row = item_row(subject)
     for key in list(row):
         if key not in ("subject", "subject_bytes", "seed", "width", "height", "steps", "guidance"):
@@ -383,7 +407,7 @@ class TripletJob:
         folder = spec.manifest_folder(model)
         marker = frozen_manifest(self.storage, folder, digest)
         if marker is None:
-            writer = ManifestWriter(self.storage, folder, spec.settings.rows_per_shard)
+            writer = ManifestWriter(self.storage, folder, spec.rows_per_shard)
             writer.extend(rows)
             marker = writer.finish(digest, {"job": spec.name, "model": model,
                                             "pairing": spec.pairing.mode,
@@ -397,7 +421,7 @@ class TripletJob:
         shards = self.derive()
         runs = {}
         for model in self.spec.models:
-            config = self.spec.settings.run_config(shards[model], self.spec.root, model, model,
-                                                   include_references=True)
+            config = self.spec.settings.run_config(manifest=shards[model], output=self.spec.root,
+                                                   run=model, model=model, include_references=True)
             runs[model] = Runner(config, self.settings, self.address, self.show_progress).run()
         return TripletSummary(self.spec.name, self.pairs, self.rejected, runs)

@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from pipeline.config.values import MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE
 from pipeline.manifests.images import ImageRef
 from pipeline.manifests.items import ManifestItem, RowError
 from pipeline.models.registry import MODEL_NAMES
@@ -19,11 +20,10 @@ from pipeline.storage.uris import resolve
 
 T = TypeVar("T")
 
+# Limits shared with the run configuration (`pipeline.config.values`): a row override and a
+# run default are held to the same ranges.
 KNOWN_FIELDS = ("id", "prompt", "model", "subject", "subject_bytes", "styles", "style_bytes",
                 "style_lora", "style_lora_scale", "seed", "width", "height", "steps", "guidance")
-MAX_SEED = 2**63 - 1  # seeds are stored as int64 in the output records
-MAX_SIDE = 8192  # the models floor sizes to multiples of 16; this only catches typos
-MAX_STEPS = 1000
 
 
 class _FieldProblem(Exception):
@@ -142,7 +142,8 @@ def _item_id(raw: Mapping[str, Any]) -> str:
 
 
 def parse_row(raw: Mapping[str, Any], manifest_uri: str, row: int,
-              labels: Mapping[str, str] | None = None) -> tuple[ManifestItem | None, list[RowError]]:
+              labels: Mapping[str, str] | None = None
+              ) -> tuple[ManifestItem | None, list[RowError]]:
     """Check every field of one row; return the item, or None and every problem found.
 
     `labels` renames fields in messages where the format stores them differently (a
@@ -159,7 +160,8 @@ def parse_row(raw: Mapping[str, Any], manifest_uri: str, row: int,
         except _FieldProblem as problem:
             field = problem.field
             base = field.split("[")[0]
-            label = labels.get(field) or (labels[base] + field[len(base):] if base in labels else field)
+            label = labels.get(field) or (
+                labels[base] + field[len(base):] if base in labels else field)
             errors.append(RowError(manifest_uri, row, label, problem.message, item_id))
             return None
 
@@ -172,8 +174,8 @@ def parse_row(raw: Mapping[str, Any], manifest_uri: str, row: int,
         "style_lora": check(_text, raw, "style_lora"),
         "style_lora_scale": check(_number, raw, "style_lora_scale"),
         "seed": check(_integer, raw, "seed", 0, MAX_SEED),
-        "width": check(_integer, raw, "width", 16, MAX_SIDE),
-        "height": check(_integer, raw, "height", 16, MAX_SIDE),
+        "width": check(_integer, raw, "width", MIN_SIDE, MAX_SIDE),
+        "height": check(_integer, raw, "height", MIN_SIDE, MAX_SIDE),
         "steps": check(_integer, raw, "steps", 1, MAX_STEPS),
         "guidance": check(_number, raw, "guidance"),
     }

@@ -1,6 +1,7 @@
 """Quality scores per result from a CLIP-family model, for filtering synthetic data.
 
-    scorer = make_scorer(ScoringOptions(metrics=("clip_t", "style"), model="/models/clip-l"), "cuda")
+    options = ScoringOptions(metrics=("clip_t", "style"), model="/models/clip-l")
+    scorer = make_scorer(options, "cuda")
     scorer.score(fields, request, image)   # -> {"clip_t": 0.29, "style": 0.71}
 
 Metrics (each a cosine similarity in [-1, 1] of L2-normalised embeddings, not rescaled):
@@ -32,26 +33,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.config import ScoringOptions
+from pipeline.config import SCORE_METRICS, ScoringOptions, check_metrics
 from pipeline.models.base import GenerationRequest
 from pipeline.weights.aux_models import SCORER, model_folder
 
-METRICS = {
-    "clip_t": "cosine(result image, prompt text)",
-    "style": "cosine(result image, first style image)",
-}
+METRICS = SCORE_METRICS  # names and meanings live in the config, which must not import torch
 CACHE_ENTRIES = 256  # prompts and style images repeat across a catalog: embed each once
 SIGMOID_TEXT_MODELS = ("siglip", "siglip2")  # trained on max-length padded text
-
-
-def check_metrics(metrics: Iterable[str]) -> tuple[str, ...]:
-    """The metric names, validated (clear error naming the unknown one)."""
-    out = tuple(metrics)
-    unknown = [m for m in out if m not in METRICS]
-    if unknown:
-        raise ValueError(f"unknown score metric(s) {unknown}; known: "
-                         + ", ".join(f"{k} ({v})" for k, v in METRICS.items()))
-    return out
 
 
 class _Lru(OrderedDict):
@@ -88,7 +76,8 @@ class ClipScorer:
         self._texts = _Lru(CACHE_ENTRIES)
         self._styles = _Lru(CACHE_ENTRIES)
 
-    def score(self, fields: dict, request: GenerationRequest, image: np.ndarray) -> dict[str, float]:
+    def score(self, fields: dict, request: GenerationRequest, image: np.ndarray
+              ) -> dict[str, float]:
         scores: dict[str, float] = {}
         wanted_t = "clip_t" in self.metrics and bool((request.prompt or "").strip())
         wanted_style = "style" in self.metrics and bool(request.styles)

@@ -1,20 +1,22 @@
-"""Turning a `--weights` spec into a local weights root and the sha256 of every file used.
+"""Turning a weights spec (`pipeline.config.WeightsSpec`) into a local weights root and the
+sha256 of every file used.
 
-Specs:
-- "tiny": tiny random-weight checkpoints in the official formats, built once under the cache;
-- "random-full": full-size random weights built on the device (speed benchmarks only; every
+Kinds:
+- tiny: tiny random-weight checkpoints in the official formats, built once under the cache;
+- random-full: full-size random weights built on the device (speed benchmarks only; every
   output's provenance says so);
-- "hf": the Hugging Face Hub, files per the registry, staged once per node into the cache;
-- "s3://bucket/prefix": a mirror written by `restyle weights pull --to s3://...`, staged once
-  per node into the cache;
-- anything else: a local folder in the layout of `pipeline.models.weight_layout`, used in place.
+- hf: the Hugging Face Hub, files per the registry, staged once per node into the cache;
+- s3 mirror: written by `restyle weights pull --to s3://...`, staged once per node into the cache;
+- local: a folder in the layout of `pipeline.models.weight_layout`, used in place.
 
 Two callers: every Ray actor calls `local_root` (staging happens there, once per node, under a
-file lock; the time it took is logged), and the driver calls `resolve_weights` for the per-file
-sha256 that go into run.json, the config fingerprint and every output's provenance. The driver
-never downloads weights for that: a mirror's manifest and the Hub's file metadata carry the
-digests (only the Hub's few small config/tokenizer files are fetched, to hash them).
-Provenance keys are file paths inside the weights root ("flux1-dev/ae.safetensors", ...).
+file lock; the time it took is logged), and the driver side resolves once per run
+(`resolve_weights`) for the per-file sha256 that go into run.json, the config fingerprint (and
+so the default run name) and every output's provenance. The driver never downloads weights for
+that: a mirror's manifest and the Hub's file metadata carry the digests (only the Hub's few
+small config/tokenizer files are fetched, to hash them). Provenance keys are file paths inside
+the weights root ("flux1-dev/ae.safetensors", ...). Every function also takes the spec's
+string form, parsed by `WeightsSpec.of`.
 """
 
 from __future__ import annotations
@@ -23,16 +25,17 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.config import WeightsKind, WeightsSpec
 from pipeline.errors import WeightsError
-from pipeline.storage import Storage, StorageSettings, is_s3
+from pipeline.storage import Storage, StorageSettings
 from pipeline.weights.hashing import file_sha256
 from pipeline.weights.inventory import model_files
 from pipeline.weights.manifest import read_manifest
 from pipeline.weights.registry import MODELS, PER_ITEM_COMPONENTS, check_models
-from pipeline.weights.sources import HUB_SPEC, S3MirrorSource, WeightSource, open_source
+from pipeline.weights.sources import S3MirrorSource, WeightSource, open_source
 from pipeline.weights.staging import StageReport, stage
 
-TINY, RANDOM_FULL, HUB = "tiny", "random-full", HUB_SPEC
+TINY, RANDOM_FULL = WeightsKind.TINY.value, WeightsKind.RANDOM_FULL.value
 
 
 def weight_cache_dir() -> Path:
@@ -48,52 +51,53 @@ def staged_root(source: WeightSource) -> Path:
 
 @dataclass(frozen=True)
 class ResolvedWeights:
-    spec: str
+    spec: WeightsSpec
     root: Path | None  # local root when the driver has one (None: random-full, hf, s3 mirror)
     random: bool = False
     sha256: dict[str, str] = field(default_factory=dict)  # file path in the root -> sha256
 
 
-def is_remote(spec: str) -> bool:
-    return spec == HUB or is_s3(spec)
-
-
-def local_root(spec: str, *, model: str | None = None, storage: Storage | None = None
-               ) -> Path | None:
+def local_root(spec: WeightsSpec | str, *, model: str | None = None,
+               storage: Storage | None = None) -> Path | None:
     """The local weights root a spec names on this node, staging or building it if needed.
 
     `model` limits staging from "hf" or a mirror to that model's files (default: every model
     the source offers). `storage` reaches the mirror (default: from the AWS environment).
     """
-    if spec == RANDOM_FULL:
+    spec = WeightsSpec.of(spec)
+    if spec.kind == WeightsKind.RANDOM_FULL:
         return None
-    if spec == TINY:
+    if spec.kind == WeightsKind.TINY:
         from pipeline.weights.tiny import build_tiny_weights
 
         return build_tiny_weights(weight_cache_dir() / TINY)
-    if not is_remote(spec):
+    if spec.kind == WeightsKind.LOCAL:
         return open_source(spec, storage).root  # a local folder is used in place
     return stage_spec(spec, model=model, storage=storage).root
 
 
-def stage_spec(spec: str, *, model: str | None = None, storage: Storage | None = None
-               ) -> StageReport:
+def stage_spec(spec: WeightsSpec | str, *, model: str | None = None,
+               storage: Storage | None = None) -> StageReport:
     """Stage a remote spec ("hf" or an s3:// mirror) into this node's cache (see `local_root`);
     the report says what this process fetched and how long it waited for another one."""
-    if not is_remote(spec):
-        raise WeightsError(f"{spec!r} is not a remote weights spec ('hf' or s3://...)")
+    spec = WeightsSpec.of(spec)
+    if not spec.remote:
+        raise WeightsError(f"{str(spec)!r} is not a remote weights spec ('hf' or s3://...)")
     source = open_source(spec, storage)
     models = [model] if model else _offered_models(source)
     return stage(source, models, staged_root(source))
 
 
-def resolve_weights(spec: str, model: str, *, storage: Storage | None = None) -> ResolvedWeights:
+def resolve_weights(spec: WeightsSpec | str, model: str, *, storage: Storage | None = None
+                    ) -> ResolvedWeights:
     """Root (when local) and per-file sha256 of the files `model` loads from `spec`."""
+    spec = WeightsSpec.of(spec)
     check_models([model])
-    if spec == RANDOM_FULL:
+    if spec.kind == WeightsKind.RANDOM_FULL:
         return ResolvedWeights(spec, None, random=True, sha256={RANDOM_FULL: "random"})
-    if not is_remote(spec):
+    if not spec.remote:
         root = local_root(spec)
+        assert root is not None
         files = model_files(root, model, per_item=False)
         return ResolvedWeights(spec, root, sha256={p: file_sha256(root / p) for p in sorted(files)})
     source = open_source(spec, storage)
@@ -103,7 +107,8 @@ def resolve_weights(spec: str, model: str, *, storage: Storage | None = None) ->
         root = staged_root(source)
         stage(source, [model], root, only=lambda _path, facts: facts.sha256 is None)
         staged = read_manifest(Storage(StorageSettings()), str(root))
-        offered.files.update({p: staged.files[p] for p, f in offered.files.items() if f.sha256 is None})
+        offered.files.update({p: staged.files[p] for p, f in offered.files.items()
+                              if f.sha256 is None})
     return ResolvedWeights(spec, None, sha256={
         path: offered.files[path].sha256 for path in sorted(offered.files_of(model))
         if offered.files[path].component not in PER_ITEM_COMPONENTS})

@@ -8,8 +8,9 @@ Every source answers two questions, so staging and pulling never care which one 
 - `fetch(path, target)`: write that file's bytes at `target`, a temporary path; the caller
   checks size and sha256 before the file is ever used.
 
-`open_source(spec, storage)` picks one: "hf" is the Hub (`pipeline.weights.hub`), "s3://..." a
-mirror written by `restyle weights pull --to s3://...`, anything else a local folder.
+`open_source(spec, storage)` picks one by the spec's kind (`pipeline.config.WeightsSpec`): "hf"
+is the Hub (`pipeline.weights.hub`), "s3://..." a mirror written by `restyle weights pull --to
+s3://...`, a local folder is used in place.
 """
 
 from __future__ import annotations
@@ -20,15 +21,15 @@ import shutil
 from pathlib import Path
 from typing import Protocol
 
+from pipeline.config import WeightsKind, WeightsSpec
 from pipeline.errors import WeightsError
-from pipeline.storage import Storage, StorageError, is_s3, join
+from pipeline.storage import Storage, StorageError, join
 from pipeline.storage.uris import local_path
 from pipeline.weights.hashing import file_sha256
 from pipeline.weights.inventory import model_files
 from pipeline.weights.manifest import MANIFEST_NAME, FileFacts, WeightManifest, read_manifest
 from pipeline.weights.registry import check_models
 
-HUB_SPEC = "hf"
 _COPY_CHUNK = 16 << 20
 
 
@@ -111,12 +112,16 @@ class S3MirrorSource:
             raise WeightsError(f"cannot download {path} from mirror {self.uri}: {error}") from error
 
 
-def open_source(spec: str, storage: Storage | None = None) -> WeightSource:
+def open_source(spec: WeightsSpec | str, storage: Storage | None = None) -> WeightSource:
     """The source a `--from`/`--weights` spec names: "hf", "s3://bucket/prefix", or a folder."""
-    if spec == HUB_SPEC:
+    spec = WeightsSpec.of(spec)
+    if spec.kind == WeightsKind.HUB:
         from pipeline.weights.hub import HubSource
 
         return HubSource()
-    if is_s3(spec):
-        return S3MirrorSource(spec, storage if storage is not None else Storage())
-    return LocalSource(Path(spec))
+    if spec.kind == WeightsKind.S3_MIRROR:
+        return S3MirrorSource(spec.value, storage if storage is not None else Storage())
+    if spec.kind == WeightsKind.LOCAL:
+        return LocalSource(Path(spec.value))
+    raise WeightsError(f"{spec.value!r} weights are built on each node, not read from a source; "
+                       "give 'hf', an s3:// mirror or a local weights folder")

@@ -65,20 +65,25 @@ def item(item_id: str, **fields) -> ManifestItem:
 
 
 def test_explicit_pairs_name_the_pair_and_the_reason_when_they_cannot_be_made():
-    subjects = Catalog({"cup": item("cup", subject=ImageRef(uri="cup.png"))}).usable_for("subject", "")
+    subjects = Catalog({"cup": item("cup", subject=ImageRef(uri="cup.png"))}
+                       ).usable_for("subject", "")
     styles = Catalog({"ink": item("ink", styles=[ImageRef(uri="ink.png")]),
                       "ghibli": item("ghibli", style_lora="Ghibli")})
     uso_styles = styles.usable_for("style", "uso")
-    assert make_pairs(Pairing("pairs", pairs=(("cup", "ink"),)), subjects, uso_styles, None) == [("cup", "ink")]
+    assert make_pairs(Pairing(mode="pairs", pairs=(("cup", "ink"),)), subjects, uso_styles,
+                      None) == [("cup", "ink")]
     with pytest.raises(TripletError, match=r"pairing.pairs\[1\].*'ghibli'.*no style image"):
-        make_pairs(Pairing("pairs", pairs=(("cup", "ink"), ("cup", "ghibli"))), subjects,
+        make_pairs(Pairing(mode="pairs", pairs=(("cup", "ink"), ("cup", "ghibli"))), subjects,
                    uso_styles, None)
-    with pytest.raises(TripletError, match=r"\[0\].*subject id 'mug' is not in the subject catalog"):
-        make_pairs(Pairing("pairs", pairs=(("mug", "ink"),)), subjects, uso_styles, None)
+    with pytest.raises(TripletError,
+                       match=r"\[0\].*subject id 'mug' is not in the subject catalog"):
+        make_pairs(Pairing(mode="pairs", pairs=(("mug", "ink"),)), subjects, uso_styles, None)
     with pytest.raises(TripletError, match="listed twice"):
-        make_pairs(Pairing("pairs", pairs=(("cup", "ink"), ("cup", "ink"))), subjects, uso_styles, None)
+        make_pairs(Pairing(mode="pairs", pairs=(("cup", "ink"), ("cup", "ink"))), subjects,
+                   uso_styles, None)
     omni_styles = styles.usable_for("style", "omniconsistency")
-    assert sorted(omni_styles.items) == ["ghibli"] and "no style_lora" in omni_styles.unusable["ink"]
+    assert sorted(omni_styles.items) == ["ghibli"]
+    assert "no style_lora" in omni_styles.unusable["ink"]
 
 
 def test_a_triplet_row_carries_both_sides_and_the_template_fields():

@@ -111,7 +111,7 @@ def test_invalid_example_reports_every_problem_by_row_and_field(local: Storage) 
     assert [(e.row, e.field) for e in report.errors] == [
         (1, "id"), (2, "width"), (3, "model"), (4, "subject"), (5, "subject"), (6, "id")]
     text = report.format()
-    assert f"{spec}, row 2, field 'width': must be between 16 and 8192, got 0" in text
+    assert f"{spec}, row 2, field 'width': must be between 16 and 4096, got 0" in text
     assert "unsupported URI scheme 'http'" in text and "duplicate id 'ok-row'" in text
     assert "no_such_image.png not found" in text
     assert not report.ok and report.valid_items == 2

@@ -1,0 +1,275 @@
+"""The run configuration, its fingerprint, and per-item seeds.
+
+A run is identified on disk by `<out>/<run>/`. Its fingerprint is a hash of everything that
+changes output bytes (model, weight sha256s, sampling defaults, run seed, numerics options,
+image encoding, captions). A shard committed under one fingerprint is never mixed with another:
+`restyle run` refuses to reuse a run folder whose `run.json` carries a different fingerprint.
+
+`RunSettings` is what an operator chooses, filled by both doors (the `restyle run` options and
+a job spec's run keys); `RunSettings.run_config` is the one builder of a `RunConfig`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from pipeline import __version__
+from pipeline.config.problems import ConfigProblem
+from pipeline.config.values import (
+    AtLeastOne,
+    AuxModelPath,
+    CaptionChoice,
+    CaptionSource,
+    Count,
+    DeviceName,
+    DtypeChoice,
+    Flag,
+    FormatTemplate,
+    Guidance,
+    ImageFormat,
+    ImageFormatName,
+    Metrics,
+    ModelChoice,
+    Quality,
+    Seed,
+    Side,
+    Steps,
+    Text,
+)
+from pipeline.config.weights_spec import TINY_WEIGHTS, WeightsSpec
+from pipeline.models.base import ModelOptions
+
+
+class ConfigModel(BaseModel):
+    """Every configuration model: frozen, unknown keys refused, null meaning "the default", and
+    the field docstrings published in the JSON Schemas."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
+
+
+class SamplingDefaults(ConfigModel):
+    """Run-wide sampling parameters; a manifest row may override each one. None = the model's."""
+
+    width: Side | None = None
+    """Output width in pixels (the model's default: 1024)."""
+    height: Side | None = None
+    """Output height in pixels (the model's default: 1024)."""
+    steps: Steps | None = None
+    """Denoising steps (the model's default: 25)."""
+    guidance: Guidance | None = None
+    """Distilled guidance (the model's default: USO 4.0, OmniConsistency 3.5)."""
+
+
+class OutputSettings(ConfigModel):
+    """How results are encoded and captioned: what an operator chooses."""
+
+    image_format: ImageFormatName = "png"
+    """png | jpeg | webp ("jpg" is the same as "jpeg")."""
+    quality: Quality = 95
+    """JPEG/WebP quality, 1-100."""
+    caption: CaptionChoice = CaptionSource.PROMPT.value
+    """Caption source: prompt | template | model."""
+    caption_template: FormatTemplate = ""
+    """str.format template over the item's fields (id, prompt, model, style_lora, any extra
+    column), when caption is template."""
+    caption_model: AuxModelPath = ""
+    """Captioning model (a transformers folder, an s3:// folder, or 'tiny'), when caption is
+    model."""
+
+    @model_validator(mode="after")
+    def _caption_source_is_complete(self) -> OutputSettings:
+        if self.caption == CaptionSource.TEMPLATE and not self.caption_template:
+            raise ConfigProblem("caption_template", "is required when {caption} is template",
+                                refs=("caption",))
+        if self.caption == CaptionSource.MODEL and not self.caption_model:
+            raise ConfigProblem("caption_model", "is required when {caption} is model (a "
+                                "captioner folder, an s3:// folder or 'tiny')", refs=("caption",))
+        return self
+
+    @property
+    def extension(self) -> str:
+        return ImageFormat(self.image_format.lower()).extension
+
+
+class OutputOptions(OutputSettings):
+    """How a run's results are encoded and captioned, and whether samples carry references."""
+
+    include_references: Flag = False
+    """Also store subject/style images in each sample (set by the triplet job)."""
+
+
+class ScoringOptions(ConfigModel):
+    """Optional quality scores per result, written to records and provenance (see
+    `pipeline.processing.scoring`): e.g. "clip_t" (result vs prompt), "style" (result vs style
+    image)."""
+
+    metrics: Metrics = ()
+    """Scores per result: clip_t (result vs prompt), style (result vs first style image)."""
+    model: AuxModelPath = ""
+    """A CLIP-family transformers folder (local or s3://), or 'tiny'."""
+
+    @model_validator(mode="after")
+    def _metrics_have_a_model(self) -> ScoringOptions:
+        if self.metrics and not self.model:
+            raise ConfigProblem("model", "is required when {metrics} is set (a CLIP folder, an "
+                                "s3:// folder or 'tiny')", refs=("metrics",))
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.metrics)
+
+
+class ExecutionOptions(ConfigModel):
+    """How the model runs: the operator's part of `ModelOptions` (its model-specific `extra`
+    switches are not an operator setting). Everything that changes numerics is off by default."""
+
+    device: DeviceName = ModelOptions.device
+    """auto | cpu | cuda | cuda:N (auto: the GPU Ray pinned the actor to, else the CPU)."""
+    dtype: DtypeChoice = ModelOptions.dtype
+    """auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32 | ..."""
+    compile: Flag = ModelOptions.compile
+    """torch.compile the transformer (changes kernels)."""
+    fp8: Flag = ModelOptions.fp8
+    """fp8 weight storage (changes numerics)."""
+    offload: Flag = ModelOptions.offload
+    """Offload idle components to the CPU (small GPUs)."""
+    max_batch_size: AtLeastOne = ModelOptions.max_batch_size
+    """Items of equal token layout per forward."""
+    fuse_lora: Flag = ModelOptions.fuse_lora
+    """Fuse LoRAs into the weights (changes bf16 rounding)."""
+
+    def model_options(self) -> ModelOptions:
+        return ModelOptions(**self.model_dump())
+
+    @classmethod
+    def check(cls, options: ModelOptions) -> ModelOptions:
+        """`options` held to the same rules (whoever built them)."""
+        cls.model_validate({name: getattr(options, name) for name in cls.model_fields})
+        return options
+
+
+CheckedModelOptions = Annotated[ModelOptions, AfterValidator(ExecutionOptions.check)]
+
+
+class RunSettings(ConfigModel):
+    """The run choices both doors fill: `restyle run`'s options and a job spec's run keys."""
+
+    weights: WeightsSpec = Field(TINY_WEIGHTS, json_schema_extra={"default": str(TINY_WEIGHTS)})
+    """Where the weights come from: 'tiny' (tiny random weights), 'random-full' (speed
+    benchmarks), 'hf' (the Hugging Face Hub), an s3:// mirror, or a local weights folder."""
+    seed: Seed = 0
+    """Run seed; item seed = hash(run seed, item id) unless the row gives one."""
+    sampling: SamplingDefaults = SamplingDefaults()
+    options: ExecutionOptions = ExecutionOptions()
+    outputs: OutputSettings = OutputSettings()
+    scoring: ScoringOptions = ScoringOptions()
+    actors: Count = 0
+    """Model actors (0 = one per GPU, or 1 without GPUs)."""
+
+    def run_config(self, *, manifest: Sequence[str], output: str, model: str, run: str = "",
+                   include_references: bool = False) -> RunConfig:
+        """The one builder: these settings plus what the caller (a command, a job) supplies.
+        An empty `run` is named later from the fingerprint (`RunConfig.named`)."""
+        return RunConfig(
+            manifest=tuple(manifest), output=output, run=run, model=model,
+            weights=self.weights,
+            seed=self.seed, sampling=self.sampling, options=self.options.model_options(),
+            outputs=OutputOptions(**self.outputs.model_dump(),
+                                  include_references=include_references),
+            scoring=self.scoring, actors=self.actors)
+
+
+def _at_least_one_manifest(values: tuple[str, ...]) -> tuple[str, ...]:
+    if not values or not all(values):
+        raise ValueError(f"must name at least one manifest, got {list(values)!r}")
+    return values
+
+
+class RunRequest(RunSettings):
+    """A run asked for directly (`restyle run`, `restyle plan`): the settings plus what a job
+    would otherwise supply (manifests, output root, model, run name)."""
+
+    manifest: Annotated[tuple[Text, ...], AfterValidator(_at_least_one_manifest)]
+    output: Text
+    model: ModelChoice
+    run: Text = ""
+
+    def config(self) -> RunConfig:
+        return self.run_config(manifest=self.manifest, output=self.output, model=self.model,
+                               run=self.run)
+
+
+class RunConfig(ConfigModel):
+    """Everything a run needs; `public_dict()` is what goes to run.json (no credentials)."""
+
+    manifest: tuple[Text, ...]
+    output: Text  # output root (local path or s3:// URI)
+    run: Text  # run name: outputs go to <output>/<run>/ ("" until `named`)
+    model: ModelChoice
+    weights: WeightsSpec = TINY_WEIGHTS
+    seed: Seed = 0  # run seed; item seed = derive_seed(seed, id) unless the row gives one
+    sampling: SamplingDefaults = SamplingDefaults()
+    options: CheckedModelOptions = ModelOptions()
+    outputs: OutputOptions = OutputOptions()
+    scoring: ScoringOptions = ScoringOptions()
+    actors: Count = 0  # 0 = one per GPU in the cluster (or 1 without GPUs)
+    prefetch_items: AtLeastOne = 8  # decoded items buffered ahead of the model, per shard
+    max_shard_attempts: AtLeastOne = 3  # an actor that dies mid-shard: retried elsewhere
+    only_ids: tuple[Text, ...] | None = None  # restrict to these ids (retry-failed, nightly)
+
+    @property
+    def run_uri(self) -> str:
+        return self.output.rstrip("/") + "/" + self.run
+
+    def named(self, weight_sha256: dict[str, str]) -> RunConfig:
+        """This config, named `<model>-<fingerprint>` unless it has a name: the same command
+        resumes its run, and a changed config gets a folder of its own."""
+        if self.run:
+            return self
+        return self.model_copy(update={"run": f"{self.model}-{self.fingerprint(weight_sha256)}"})
+
+    def public_dict(self) -> dict[str, Any]:
+        data = self.model_dump()
+        data["only_ids"] = None if self.only_ids is None else len(self.only_ids)
+        return data
+
+    def fingerprint_fields(self, weight_sha256: dict[str, str]) -> dict[str, Any]:
+        """Everything that changes output bytes. Paths and cluster shape do not."""
+        return {
+            "model": self.model,
+            "weights": dict(sorted(weight_sha256.items())),
+            "seed": self.seed,
+            "sampling": self.sampling.model_dump(),
+            "options": self.options.fingerprint_fields(),
+            "outputs": self.outputs.model_dump(),
+            "scoring": self.scoring.model_dump(),
+        }
+
+    def fingerprint(self, weight_sha256: dict[str, str]) -> str:
+        canonical = json.dumps(self.fingerprint_fields(weight_sha256), sort_keys=True,
+                               separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def derive_seed(run_seed: int, item_id: str) -> int:
+    """A seed from (run seed, item id) alone, so any item is reproducible on its own."""
+    digest = hashlib.sha256(f"{run_seed}\x00{item_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
+
+
+def code_version() -> str:
+    return f"restyle {__version__}"
+
