@@ -58,10 +58,10 @@ def emit(title: str, rows: list[tuple[str, str]], data: dict, as_json: bool) -> 
 def storage_settings(endpoint: str | None, region: str | None, profile: str | None
                      ) -> StorageSettings:
     """The standard AWS environment, with the command line's overrides."""
-    overrides = {k: v for k, v in {"endpoint_url": endpoint, "region": region,
-                                   "profile": profile}.items() if v}
     settings = StorageSettings.from_env()
-    return dataclasses.replace(settings, **overrides) if overrides else settings
+    return dataclasses.replace(settings, endpoint_url=endpoint or settings.endpoint_url,
+                               region=region or settings.region,
+                               profile=profile or settings.profile)
 
 
 def fail(message: object, code: int = 2) -> NoReturn:
@@ -71,13 +71,15 @@ def fail(message: object, code: int = 2) -> NoReturn:
 
 
 @contextmanager
-def operator_errors(*extra: type[Exception]) -> Iterator[None]:
+def operator_errors(*extra: type[BaseException]) -> Iterator[None]:
     """Turn the errors an operator can fix (bad manifest or spec, storage, weights, conflicting
     run, and any `extra` kinds) into one clear line and exit code 2, instead of a traceback."""
     from pipeline.errors import RunError, WeightsError
     from pipeline.storage import StorageError
 
+    handled: tuple[type[BaseException], ...] = (RunError, StorageError, WeightsError,
+                                                 FileNotFoundError, ValueError, *extra)
     try:
         yield
-    except (RunError, StorageError, WeightsError, FileNotFoundError, ValueError, *extra) as error:
+    except handled as error:
         fail(error)

@@ -161,7 +161,7 @@ class DoneIndex:
                 done.update(table.column("id").to_pylist())
         return done
 
-    def write(self, night: str, rows: list[dict[str, str]]) -> str:
+    def write(self, night: str, rows: list[dict[str, str | None]]) -> str:
         uri = self.night_uri(night)
         table = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
         self.storage.write_bytes(uri, table_to_bytes(table))
@@ -257,7 +257,8 @@ class NightlyJob:
         summary.run = Runner(config, self.settings, self.address, self.show_progress,
                              weights=weights).run()
         latest = RunState(self.storage, config.run_uri).latest_records(summary.run.fingerprint)
-        done = [{"id": r.id, "night": self.night, "output_key": r.output_key}
+        done: list[dict[str, str | None]] = [
+                {"id": r.id, "night": self.night, "output_key": r.output_key}
                 for shard in sorted(latest) for r in latest[shard].values() if r.ok]
         index.write(self.night, done)
         summary.indexed = len(done)

@@ -19,6 +19,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -157,7 +158,8 @@ def check_single_file(path: Path, component: str, preset: ArchitecturePreset,
 def _transformers_builder(component: str) -> Callable[[Path], torch.nn.Module]:
     import transformers as tf
 
-    classes = {"t5": (tf.T5Config, tf.T5EncoderModel), "clip": (tf.CLIPTextConfig, tf.CLIPTextModel),
+    classes: dict[str, tuple[Any, Any]] = {
+        "t5": (tf.T5Config, tf.T5EncoderModel), "clip": (tf.CLIPTextConfig, tf.CLIPTextModel),
                "siglip": (tf.SiglipVisionConfig, tf.SiglipVisionModel)}
     config_class, model_class = classes[component]
     return lambda folder: model_class(config_class.from_pretrained(folder))

@@ -27,7 +27,7 @@ def _component_paths(root: Path, model: str) -> list[tuple[str, Path | None]]:
     if model == "uso":
         uso = USOFiles.from_root(root)
         flux = uso.flux
-        extra = [("siglip", uso.siglip), ("uso_dit_lora", uso.dit_lora),
+        extra: list[tuple[str, Path | None]] = [("siglip", uso.siglip), ("uso_dit_lora", uso.dit_lora),
                  ("uso_projector", uso.projector)]
     else:
         omni = OmniConsistencyFiles.from_root(root)

@@ -32,7 +32,7 @@ from pipeline.weights.hashing import file_sha256
 from pipeline.weights.inventory import model_files
 from pipeline.weights.manifest import read_manifest
 from pipeline.weights.registry import MODELS, PER_ITEM_COMPONENTS, check_models
-from pipeline.weights.sources import S3MirrorSource, WeightSource, open_source
+from pipeline.weights.sources import LocalSource, S3MirrorSource, WeightSource, open_source
 from pipeline.weights.staging import StageReport, stage
 
 TINY, RANDOM_FULL = WeightsKind.TINY.value, WeightsKind.RANDOM_FULL.value
@@ -72,7 +72,7 @@ def local_root(spec: WeightsSpec | str, *, model: str | None = None,
 
         return build_tiny_weights(weight_cache_dir() / TINY)
     if spec.kind == WeightsKind.LOCAL:
-        return open_source(spec, storage).root  # a local folder is used in place
+        return LocalSource(Path(spec.value)).root  # a local folder is used in place
     return stage_spec(spec, model=model, storage=storage).root
 
 
@@ -107,6 +107,8 @@ def resolve_weights(spec: WeightsSpec | str, model: str, *, storage: Storage | N
         root = staged_root(source)
         stage(source, [model], root, only=lambda _path, facts: facts.sha256 is None)
         staged = read_manifest(Storage(StorageSettings()), str(root))
+        if staged is None:
+            raise WeightsError(f"{root}: staging the Hub's small files wrote no manifest")
         offered.files.update({p: staged.files[p] for p, f in offered.files.items()
                               if f.sha256 is None})
     return ResolvedWeights(spec, None, sha256={
