@@ -34,6 +34,7 @@ from diffusers import AutoencoderKL, FluxTransformer2DModel
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
 from pipeline.errors import WeightFileError
+from pipeline.models.architecture import FLUX_AE, FLUX_DEV
 from pipeline.models.flux.tensor_files import (
     TensorFiles,
     TensorSource,
@@ -41,10 +42,6 @@ from pipeline.models.flux.tensor_files import (
     materialize,
 )
 
-FLUX_DEV_AXES_DIM = (16, 56, 56)
-FLUX_ROPE_THETA = 10000  # diffusers' FluxTransformer2DModel hard-codes it
-BFL_VAE_NORM_GROUPS = 32  # the BFL AutoEncoder hard-codes GroupNorm(32)
-FLUX_VAE_SCALING, FLUX_VAE_SHIFT = 0.3611, 0.1159
 _BFL_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
 
 
@@ -144,7 +141,8 @@ def flux_transformer_kwargs_from_bfl(files: TensorFiles, prefix: str = "",
             "context_in_dim": shape("txt_in.weight")[1],
             "vec_in_dim": shape("vector_in.in_layer.weight")[1],
             "guidance_embed": prefix + "guidance_in.in_layer.weight" in keys,
-            "theta": FLUX_ROPE_THETA, "mlp_ratio": 4.0, "qkv_bias": True})
+            "theta": FLUX_DEV.theta,  # diffusers hard-codes it
+            "mlp_ratio": 4.0, "qkv_bias": True})
     return {
         "patch_size": 1,
         "in_channels": in_channels,
@@ -241,8 +239,8 @@ def _uniform_prefix(keys: set[str]) -> str:
 def _axes_dim(label: str, head_dim: int, bfl_params: Mapping | None) -> tuple[int, ...]:
     if bfl_params and "axes_dim" in bfl_params:
         axes = tuple(int(a) for a in bfl_params["axes_dim"])
-    elif head_dim == sum(FLUX_DEV_AXES_DIM):
-        axes = FLUX_DEV_AXES_DIM
+    elif head_dim == sum(FLUX_DEV.axes_dim):
+        axes = FLUX_DEV.axes_dim
     else:
         raise WeightFileError(label, f"head size {head_dim} needs the RoPE axes_dim, which a "
                               "checkpoint cannot tell: pass a BFL FluxParams config (flux_config.json)")
@@ -308,7 +306,7 @@ def vae_kwargs_from_bfl(files: TensorFiles, overrides: Mapping | None = None) ->
         raise WeightFileError(files.label, "missing tensors (not a BFL VAE?)", ["encoder.down.0.*"])
     widths = [shape(f"encoder.down.{i}.block.0.conv2.weight")[0] for i in range(levels)]
     layers = _count_blocks(keys, "encoder.down.0.block.")
-    groups = int(overrides.get("norm_num_groups", BFL_VAE_NORM_GROUPS))
+    groups = int(overrides.get("norm_num_groups", FLUX_AE.norm_num_groups))
     bad = [w for w in widths if w % groups]
     if bad:
         raise WeightFileError(files.label, f"channel widths {widths} are not divisible by "
@@ -322,8 +320,8 @@ def vae_kwargs_from_bfl(files: TensorFiles, overrides: Mapping | None = None) ->
         "layers_per_block": layers,
         "latent_channels": shape("encoder.conv_out.weight")[0] // 2,
         "norm_num_groups": groups,
-        "scaling_factor": float(overrides.get("scale_factor", FLUX_VAE_SCALING)),
-        "shift_factor": float(overrides.get("shift_factor", FLUX_VAE_SHIFT)),
+        "scaling_factor": float(overrides.get("scale_factor", FLUX_AE.scale_factor)),
+        "shift_factor": float(overrides.get("shift_factor", FLUX_AE.shift_factor)),
         "use_quant_conv": "quant_conv.weight" in keys,
         "use_post_quant_conv": "post_quant_conv.weight" in keys,
         "mid_block_add_attention": "encoder.mid.attn_1.q.weight" in keys,

@@ -42,22 +42,12 @@ from transformers import (
 )
 
 from pipeline.errors import WeightFileError
+from pipeline.models.architecture import architecture
+from pipeline.models.flux import tiny_tokenizers
 from pipeline.models.weight_layout import FluxFiles
 
 CLIP_MAX_LENGTH = 77  # CLIP-L's context, used by both references
 T5_MAX_LENGTH = 512  # FLUX.1-dev's max_sequence_length (the references' default and maximum)
-
-# The released architectures, for `FluxTextEncoders.random` (speed benchmarks without files).
-T5_XXL_CONFIG = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24,
-                     num_heads=64, relative_attention_num_buckets=32,
-                     relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
-                     dropout_rate=0.0, layer_norm_epsilon=1e-6, is_encoder_decoder=False,
-                     use_cache=False, tie_word_embeddings=False)
-CLIP_L_TEXT_CONFIG = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072,
-                          num_hidden_layers=12, num_attention_heads=12,
-                          max_position_embeddings=CLIP_MAX_LENGTH, hidden_act="quick_gelu",
-                          projection_dim=768, bos_token_id=49406, eos_token_id=49407,
-                          pad_token_id=1)
 
 _Loaded = TypeVar("_Loaded")
 
@@ -169,29 +159,22 @@ class FluxTextEncoders:
                seed: int = 0, **kwargs) -> FluxTextEncoders:
         """Random-weight encoders with the real architectures, built directly on `device`.
 
-        For speed benchmarks only: `size="full"` is T5 v1.1 XXL + CLIP-L (~4.8B params);
-        `size="tiny"` is the tiny preset of `pipeline.weights.tiny`. The tokenizers are the
-        tiny preset's locally trained ones (nothing comes from the Hub); their vocabularies are
-        smaller than the real ones, so every id is valid for the full-size embedding tables.
-        Token counts differ from the real tokenizers', which does not change the cost: T5 always
-        runs on `max_sequence_length` tokens and CLIP on 77.
+        For speed benchmarks only: the T5/CLIP configs of `size` in
+        `pipeline.models.architecture` ("full" is T5 v1.1 XXL + CLIP-L, ~4.8B params; "small"
+        and "tiny" share the tiny encoders). The tokenizers are the locally trained ones of
+        `tiny_tokenizers` (nothing comes from the Hub); their vocabularies are smaller than the
+        real ones, so every id is valid for the full-size embedding tables. Token counts differ
+        from the real tokenizers', which does not change the cost: T5 always runs on
+        `max_sequence_length` tokens and CLIP on 77.
         """
-        from pipeline.weights import tiny_tokenizers
-        from pipeline.weights.tiny import TINY_CLIP_TEXT_CONFIG, TINY_T5_CONFIG
-
+        arch = architecture(size)
         clip_tokenizer = tiny_tokenizers.build_clip_tokenizer()
         t5_tokenizer = tiny_tokenizers.build_t5_tokenizer()
-        if size == "full":
-            t5_config, clip_config = dict(T5_XXL_CONFIG), dict(CLIP_L_TEXT_CONFIG)
-        elif size == "tiny":
-            t5_config, clip_config = dict(TINY_T5_CONFIG), dict(TINY_CLIP_TEXT_CONFIG)
-            t5_config["vocab_size"] = len(t5_tokenizer)
-            clip_config["vocab_size"] = len(clip_tokenizer)
-        else:
-            raise ValueError(f"size must be 'full' or 'tiny', got {size!r}")
-        clip_config.update(bos_token_id=clip_tokenizer.bos_token_id,
-                           eos_token_id=clip_tokenizer.eos_token_id,
-                           pad_token_id=clip_tokenizer.pad_token_id)
+        t5_config = {"vocab_size": len(t5_tokenizer), **arch.t5}
+        clip_config = {"vocab_size": len(clip_tokenizer), **arch.clip_text,
+                       "bos_token_id": clip_tokenizer.bos_token_id,
+                       "eos_token_id": clip_tokenizer.eos_token_id,
+                       "pad_token_id": clip_tokenizer.pad_token_id}
         device = torch.device(device)
         with torch.random.fork_rng(devices=[]), torch.device(device):
             torch.manual_seed(seed)

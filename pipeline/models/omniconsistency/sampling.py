@@ -26,6 +26,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from pipeline.models.architecture import FLUX_DEV_SCHEDULER
 from pipeline.models.flux.packing import (
     LATENT_CHANNELS,
     grid_position_ids,
@@ -43,11 +44,6 @@ from pipeline.models.omniconsistency.attention import (
 )
 from pipeline.models.omniconsistency.lora import ConsistencyLora
 
-# FLUX.1-dev's scheduler_config.json; used when a weights root carries no scheduler folder.
-FLUX_DEV_SCHEDULER_CONFIG = {
-    "num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": True, "base_shift": 0.5,
-    "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096,
-}
 POSTERIOR_CHOICES = ("sample", "mean")
 MAX_SIDE = 4096  # pixels; beyond this a request is refused as an impossible size
 
@@ -131,7 +127,7 @@ def flux_dev_schedule(scheduler_config: dict, steps: int, n_noise: int, device: 
     """The reference's schedule: explicit sigmas linspace(1, 1/N, N), mu from noise tokens only."""
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler_config)
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(dict(scheduler_config))
     config = scheduler.config
     mu = linear_mu(n_noise, config.base_image_seq_len, config.max_image_seq_len, config.base_shift,
                    config.max_shift)
@@ -180,7 +176,7 @@ class OmniConsistencySampler:
         self.transformer = transformer
         self.vae = vae
         self.consistency_lora = consistency_lora
-        self.scheduler_config = dict(scheduler_config or FLUX_DEV_SCHEDULER_CONFIG)
+        self.scheduler_config = dict(scheduler_config or FLUX_DEV_SCHEDULER)
         self.dtype = dtype
         self.device = torch.device(device)
         self.consistency_weight = float(consistency_weight)

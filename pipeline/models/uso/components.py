@@ -4,7 +4,8 @@
 VAE, style encoder). `load_uso_components` reads the official files through the strict loaders
 (`flux_loading`, `uso_lora`, `uso_projector`); the parity runner and `USOModel.load` both call
 it, so parity exercises the product's loading path. `random_uso_components` builds the same
-architecture with random weights directly on the device, for speed benchmarks only.
+architecture at a size of `pipeline.models.architecture` with random weights directly on the
+device, for speed benchmarks and tests only.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from diffusers import AutoencoderKL, FluxTransformer2DModel
 from transformers import SiglipImageProcessorPil, SiglipVisionConfig, SiglipVisionModel
 
 from pipeline.errors import WeightFileError
+from pipeline.models.architecture import architecture
 from pipeline.models.flux.loading import load_flux_transformer, load_flux_vae
 from pipeline.models.uso.lora import apply_uso_lora, attach_lora, uso_lora_shapes
 from pipeline.models.uso.projector import (
@@ -69,33 +71,6 @@ def load_uso_components(*, transformer: Path, vae: Path, dit_lora: Path, project
 
 # ------------------------------------------------------------------------------ random weights
 
-# diffusers kwargs of the transformer, SigLIP vision config, projector and LoRA sizes, VAE widths
-RANDOM_PRESETS: dict[str, dict] = {
-    "full": dict(  # FLUX.1-dev + USO v1.0 + SigLIP so400m-patch14-384
-        flux=dict(num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=24,
-                  joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
-                  axes_dims_rope=(16, 56, 56)),
-        siglip=dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
-                    num_attention_heads=16, image_size=384, patch_size=14),
-        style_tokens=64, lora_rank=128, vae_widths=(128, 256, 512, 512), vae_layers=2,
-        text="full"),
-    "mid": dict(  # a CPU-benchmarkable shape: real head size and RoPE, fewer/narrower blocks
-        flux=dict(num_layers=2, num_single_layers=4, attention_head_dim=128, num_attention_heads=4,
-                  joint_attention_dim=48, pooled_projection_dim=32, guidance_embeds=True,
-                  axes_dims_rope=(16, 56, 56)),
-        siglip=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=20,
-                    num_attention_heads=4, image_size=56, patch_size=14),
-        style_tokens=16, lora_rank=16, vae_widths=(32, 32, 64, 64), vae_layers=1, text="tiny"),
-    "tiny": dict(
-        flux=dict(num_layers=1, num_single_layers=1, attention_head_dim=32, num_attention_heads=2,
-                  joint_attention_dim=48, pooled_projection_dim=32, guidance_embeds=True,
-                  axes_dims_rope=(8, 12, 12)),
-        siglip=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=20,
-                    num_attention_heads=4, image_size=56, patch_size=14),
-        style_tokens=4, lora_rank=4, vae_widths=(32, 32, 32, 32), vae_layers=1, text="tiny"),
-}
-
-
 @contextmanager
 def _building_on(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
     """Create parameters directly on `device` in `dtype` (no fp32 CPU copy of 12B weights)."""
@@ -117,35 +92,26 @@ def _random_lora_pairs(flux: FluxTransformer2DModel, rank: int
             for prefix, shapes in uso_lora_shapes(flux, rank).items()}
 
 
-def random_uso_components(preset: str, *, dtype: torch.dtype, device: torch.device,
+def random_uso_components(size: str, *, dtype: torch.dtype, device: torch.device,
                           siglip_dtype: torch.dtype = torch.float32,
                           vae_dtype: torch.dtype = torch.float32, seed: int = 0,
                           style_cache_size: int = 256) -> USOComponents:
-    """The USO architecture at `preset` size ("full", "mid", "tiny") with random weights."""
-    if preset not in RANDOM_PRESETS:
-        raise ValueError(f"preset must be one of {sorted(RANDOM_PRESETS)}, got {preset!r}")
-    p = RANDOM_PRESETS[preset]
+    """The USO architecture at `size` ("full", "small", "tiny") with random weights."""
+    arch = architecture(size)
     device = torch.device(device)
+    siglip_cfg = SiglipVisionConfig(**arch.siglip)
+    p = arch.uso_projector
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         with _building_on(device, dtype):
-            flux = FluxTransformer2DModel(**p["flux"]).eval().requires_grad_(False)
-            hidden = flux.inner_dim
-            siglip_cfg = SiglipVisionConfig(**p["siglip"])
-            projector = USOStyleProjector((siglip_cfg.image_size // siglip_cfg.patch_size) ** 2,
-                                          p["style_tokens"], siglip_cfg.hidden_size, hidden)
-        attach_lora(flux, _random_lora_pairs(flux, p["lora_rank"]))
+            flux = FluxTransformer2DModel(**arch.flux.diffusers_config()).eval().requires_grad_(False)
+            projector = USOStyleProjector(p.siglip_tokens, p.style_tokens, p.siglip_dim,
+                                          p.hidden_size)
+        attach_lora(flux, _random_lora_pairs(flux, arch.uso_lora_rank))
         with _building_on(device, siglip_dtype):
             siglip = SiglipVisionModel(siglip_cfg).eval().requires_grad_(False)
         with _building_on(device, vae_dtype):
-            levels = len(p["vae_widths"])
-            vae = AutoencoderKL(in_channels=3, out_channels=3,
-                                down_block_types=("DownEncoderBlock2D",) * levels,
-                                up_block_types=("UpDecoderBlock2D",) * levels,
-                                block_out_channels=p["vae_widths"], layers_per_block=p["vae_layers"],
-                                latent_channels=16, norm_num_groups=32, scaling_factor=0.3611,
-                                shift_factor=0.1159, use_quant_conv=False,
-                                use_post_quant_conv=False).eval().requires_grad_(False)
+            vae = AutoencoderKL(**arch.vae.diffusers_config()).eval().requires_grad_(False)
     size = siglip_cfg.image_size
     processor = SiglipImageProcessorPil(size={"height": size, "width": size}, resample=3,
                                         do_rescale=True, rescale_factor=1 / 255, do_normalize=True,

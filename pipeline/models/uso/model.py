@@ -137,7 +137,7 @@ class USOModel(StylizationModel):
     @classmethod
     def load_random(cls, options: ModelOptions, size: str = "full") -> USOModel:
         """The USO architecture at `size` ("full": FLUX.1-dev + USO + SigLIP so400m + T5-XXL +
-        CLIP-L; "mid"/"tiny": small CPU shapes) with random weights built on the device.
+        CLIP-L; "small"/"tiny": CPU shapes) with random weights built on the device.
         For speed benchmarks only: `random_weights` is True and `weight_files()` is empty."""
         settings = USOSettings.from_extra(options.extra)
         device = resolve_device(options.device)
@@ -147,7 +147,7 @@ class USOModel(StylizationModel):
                                            siglip_dtype=settings.siglip_dtype,
                                            vae_dtype=settings.vae_dtype,
                                            style_cache_size=settings.style_cache_size)
-        text = FluxTextEncoders.random("full" if size == "full" else "tiny", device=home,
+        text = FluxTextEncoders.random(size, device=home,
                                        dtype=dtype, cache_size=settings.text_cache_size,
                                        offload=options.offload)
         if options.offload:  # built on the CPU (its home when offloaded), encodes on the device
