@@ -102,17 +102,24 @@ class OmniConsistencyFiles:
     flux: FluxFiles
     consistency_lora: Path
     style_lora_dir: Path | None = None  # where the shipped styles live, if staged
+    scheduler_config: Path | None = None  # a FLUX.1-dev snapshot's; absent: FLUX.1-dev's values
 
     @classmethod
     def from_root(cls, root: Path) -> OmniConsistencyFiles:
+        flux = FluxFiles.from_root(root)
         styles = root / "style_loras"
+        scheduler = Path(flux.transformer).parent / "scheduler" / "scheduler_config.json"
         return cls(
-            flux=FluxFiles.from_root(root),
+            flux=flux,
             consistency_lora=_first_existing(
                 [root / "omniconsistency" / "OmniConsistency.safetensors"],
                 "OmniConsistency LoRA"),
             style_lora_dir=styles if styles.is_dir() else None,
+            scheduler_config=scheduler if scheduler.is_file() else None,
         )
 
     def named(self) -> dict[str, Path]:
-        return {**self.flux.named(), "omniconsistency_lora": self.consistency_lora}
+        out = {**self.flux.named(), "omniconsistency_lora": self.consistency_lora}
+        if self.scheduler_config is not None:
+            out["scheduler_config"] = self.scheduler_config
+        return out

@@ -19,6 +19,10 @@ a LoRA load it once; a swap unloads the PEFT layers entirely (outputs then equal
 model bit for bit). With `fuse=True` the deltas are merged into the base weights (faster
 steps, different bf16 rounding) and the exact original weights, kept on the CPU, are copied
 back on unload: fuse/unfuse arithmetic in bf16 is lossy, a copy is not.
+
+Base Linears stored in fp8 (`pipeline.models.fp8`) are `nn.Linear` subclasses whose `weight` is
+the dequantised weight: PEFT wraps them like any Linear and creates the adapters in that
+(compute) dtype. Fusing into them is not possible (models refuse fp8 with fuse_lora).
 """
 
 from __future__ import annotations
@@ -164,13 +168,9 @@ def _file_identity(path: Path) -> tuple[str, int, int]:
 class StyleLoraSlot:
     """The (at most one) style LoRA mounted on a transformer; see the module docstring."""
 
-    def __init__(self, transformer: FluxTransformer2DModel, *, fuse: bool = False,
-                 compute_dtype: torch.dtype | None = None):
+    def __init__(self, transformer: FluxTransformer2DModel, *, fuse: bool = False):
         self.transformer = transformer
         self.fuse = fuse
-        # With float8-stored base weights PEFT would create the LoRA in float8 too; keep it in
-        # the compute dtype instead (diffusers layerwise casting upcasts only the base layers).
-        self.compute_dtype = compute_dtype
         self._identity: tuple | None = None
         self._scale: float | None = None
         self._originals: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
@@ -213,27 +213,9 @@ class StyleLoraSlot:
                 {f"transformer.{k}": v for k, v in converted.state_dict.items()}, prefix="transformer",
                 network_alphas=converted.network_alphas, adapter_name=ADAPTER_NAME)
         self._identity = ("mounting",)  # so a failure below unloads the PEFT layers
-        self._restore_float8_adapter(converted)
         self.transformer.set_adapters([ADAPTER_NAME], weights=[scale])
         if self.fuse:
             self._fuse()
-
-    def _restore_float8_adapter(self, converted: ConvertedStyleLora) -> None:
-        """Re-create LoRA weights PEFT put in a float8 dtype, in the compute dtype, from the file."""
-        from peft.tuners.lora import LoraLayer
-
-        if self.compute_dtype is None:
-            return
-        with torch.no_grad():
-            for name, module in self.transformer.named_modules():
-                if not isinstance(module, LoraLayer) or ADAPTER_NAME not in module.lora_A:
-                    continue
-                for part, layers in (("lora_A", module.lora_A), ("lora_B", module.lora_B)):
-                    layer = layers[ADAPTER_NAME]
-                    if layer.weight.dtype.is_floating_point and layer.weight.dtype.itemsize == 1:
-                        source = converted.state_dict[f"{name}.{part}.weight"]
-                        layer.weight = torch.nn.Parameter(
-                            source.to(layer.weight.device, self.compute_dtype), requires_grad=False)
 
     def _fuse(self) -> None:
         """Merge into the base weights, drop the PEFT wrappers, keep exact originals on the CPU."""

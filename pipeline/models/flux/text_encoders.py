@@ -44,6 +44,7 @@ from transformers import (
 from pipeline.errors import WeightFileError
 from pipeline.models.architecture import architecture
 from pipeline.models.flux import tiny_tokenizers
+from pipeline.models.runtime import random_init, resident
 from pipeline.models.weight_layout import FluxFiles
 
 CLIP_MAX_LENGTH = 77  # CLIP-L's context, used by both references
@@ -122,11 +123,9 @@ class FluxTextEncoders:
         self.clip_tokenizer = clip_tokenizer
         self._t5: T5EncoderModel | None = t5.eval().requires_grad_(False)
         self._clip: CLIPTextModel | None = clip.eval().requires_grad_(False)
-        self._home = torch.device("cpu") if offload else self.device
         # Models arrive in `dtype` from their loader; only the device changes here, so that
         # transformers' own dtype plan (e.g. T5's fp32 `wo` under fp16) is kept.
-        self._t5.to(self._home)
-        self._clip.to(self._home)
+        self._move(torch.device("cpu") if offload else self.device)
         self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.encoded_prompts = 0  # prompts actually run through the encoders (cache misses)
         self.cache_hits = 0
@@ -156,8 +155,9 @@ class FluxTextEncoders:
     @classmethod
     def random(cls, size: str = "full", device: torch.device | str = "cpu",
                dtype: torch.dtype = torch.bfloat16, max_sequence_length: int = T5_MAX_LENGTH,
-               seed: int = 0, **kwargs) -> FluxTextEncoders:
-        """Random-weight encoders with the real architectures, built directly on `device`.
+               seed: int = 0, offload: bool = False, **kwargs) -> FluxTextEncoders:
+        """Random-weight encoders with the real architectures, built directly where they live
+        (`device`, or the CPU with `offload`).
 
         For speed benchmarks only: the T5/CLIP configs of `size` in
         `pipeline.models.architecture` ("full" is T5 v1.1 XXL + CLIP-L, ~4.8B params; "small"
@@ -176,13 +176,27 @@ class FluxTextEncoders:
                        "eos_token_id": clip_tokenizer.eos_token_id,
                        "pad_token_id": clip_tokenizer.pad_token_id}
         device = torch.device(device)
-        with torch.random.fork_rng(devices=[]), torch.device(device):
-            torch.manual_seed(seed)
+        home = torch.device("cpu") if offload else device
+        with random_init(home, seed):
             # _from_config(dtype=...) initialises directly in `dtype`: no fp32 copy of T5-XXL
             t5 = T5EncoderModel._from_config(T5Config(**t5_config), dtype=dtype)
             clip = CLIPTextModel._from_config(CLIPTextConfig(**clip_config), dtype=dtype)
         return cls(t5, t5_tokenizer, clip, clip_tokenizer, device, dtype,
-                   max_sequence_length=max_sequence_length, **kwargs)
+                   max_sequence_length=max_sequence_length, offload=offload, **kwargs)
+
+    def check_widths(self, transformer_config, files: FluxFiles | None = None) -> None:
+        """T5/CLIP widths must be what the transformer's context/pooled embedders read. Found at
+        load time (by encoding the empty prompt, which also warms the cache), not mid-batch;
+        `WeightFileError` names the encoder's folder."""
+        t5, pooled = self.encode("")
+        checks = (("T5 width", t5.shape[-1], "context width", transformer_config.joint_attention_dim,
+                   files.t5 if files else None),
+                  ("CLIP pooled width", pooled.shape[-1], "pooled width",
+                   transformer_config.pooled_projection_dim, files.clip if files else None))
+        for what, width, reads, expected, folder in checks:
+            if width != expected:
+                raise WeightFileError(folder or "<random text encoders>",
+                                      f"{what} {width} != the transformer's {reads} {expected}")
 
     # ---------------------------------------------------------------------------- encoding
     def encode(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -249,8 +263,9 @@ class FluxTextEncoders:
             self._cache.popitem(last=False)
 
     # ------------------------------------------------------------------ memory management
-    def _on_device(self) -> _EncodersOnDevice:
-        return _EncodersOnDevice(self)
+    def _on_device(self):
+        """With offload, the encoders on the accelerator for the block (`runtime.resident`)."""
+        return resident(self.device, self.offload, self._t5, self._clip)
 
     def _move(self, device: torch.device) -> None:
         for model in (self._t5, self._clip):
@@ -261,7 +276,6 @@ class FluxTextEncoders:
         """Move the encoders (when not offloaded) and the cached embeddings to `device`."""
         self.device = torch.device(device)
         if not self.offload:
-            self._home = self.device
             self._move(self.device)
         for prompt, (t5, pooled) in self._cache.items():
             self._cache[prompt] = (t5.to(self.device), pooled.to(self.device))
@@ -285,18 +299,3 @@ class FluxTextEncoders:
     @property
     def is_freed(self) -> bool:
         return self._t5 is None
-
-
-class _EncodersOnDevice:
-    """Context: with offload, bring the encoders to the accelerator and send them back after."""
-
-    def __init__(self, encoders: FluxTextEncoders):
-        self.encoders = encoders
-
-    def __enter__(self) -> None:
-        if self.encoders.offload:
-            self.encoders._move(self.encoders.device)
-
-    def __exit__(self, *exc) -> None:
-        if self.encoders.offload:
-            self.encoders._move(torch.device("cpu"))

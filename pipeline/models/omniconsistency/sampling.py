@@ -45,6 +45,7 @@ from pipeline.models.omniconsistency.attention import (
 from pipeline.models.omniconsistency.lora import ConsistencyLora
 
 POSTERIOR_CHOICES = ("sample", "mean")
+NOISE_DESCRIPTION = "diffusers randn_tensor on a CPU generator seeded with seed, in the model dtype"
 MAX_SIDE = 4096  # pixels; beyond this a request is refused as an impossible size
 
 

@@ -1,17 +1,16 @@
 """The parts of a USO model and how to get them: from the official files, or random for benchmarks.
 
 `USOComponents` is what a denoising run needs (transformer with LoRA and the style-token hook,
-VAE, style encoder). `load_uso_components` reads the official files through the strict loaders
-(`flux_loading`, `uso_lora`, `uso_projector`); the parity runner and `USOModel.load` both call
-it, so parity exercises the product's loading path. `random_uso_components` builds the same
+VAE, style encoder). `load_components` reads the official files through the strict loaders
+(`flux.loading`, `uso.lora`, `uso.projector`); the parity runner and `USOModel.load` both call
+it, so parity exercises the product's loading path. `random_components` builds the same
 architecture at a size of `pipeline.models.architecture` with random weights directly on the
 device, for speed benchmarks and tests only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from transformers import SiglipImageProcessorPil, SiglipVisionConfig, SiglipVisi
 from pipeline.errors import WeightFileError
 from pipeline.models.architecture import architecture
 from pipeline.models.flux.loading import load_flux_transformer, load_flux_vae
+from pipeline.models.runtime import building_on, random_init
 from pipeline.models.uso.lora import apply_uso_lora, attach_lora, uso_lora_shapes
 from pipeline.models.uso.projector import (
     ImageTensorCache,
@@ -40,11 +40,11 @@ class USOComponents:
     style_encoder: StyleEncoder
 
 
-def load_uso_components(*, transformer: Path, vae: Path, dit_lora: Path, projector: Path,
-                        siglip: Path, flux_config: Path | Mapping | None, dtype: torch.dtype,
-                        device: torch.device, siglip_dtype: torch.dtype = torch.float32,
-                        vae_dtype: torch.dtype = torch.float32, merge_lora: bool = False,
-                        style_cache_size: int = 256) -> USOComponents:
+def load_components(*, transformer: Path, vae: Path, dit_lora: Path, projector: Path,
+                    siglip: Path, flux_config: Path | Mapping | None, dtype: torch.dtype,
+                    device: torch.device, siglip_dtype: torch.dtype = torch.float32,
+                    vae_dtype: torch.dtype = torch.float32, merge_lora: bool = False,
+                    style_cache_size: int = 256) -> USOComponents:
     """Load every USO part from the official files (all strict: `WeightFileError` on mismatch).
 
     Defaults follow the reference: transformer/LoRA/projector in `dtype` (bf16 on GPU), VAE and
@@ -70,19 +70,6 @@ def load_uso_components(*, transformer: Path, vae: Path, dit_lora: Path, project
 
 
 # ------------------------------------------------------------------------------ random weights
-
-@contextmanager
-def _building_on(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
-    """Create parameters directly on `device` in `dtype` (no fp32 CPU copy of 12B weights)."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
 def _random_lora_pairs(flux: FluxTransformer2DModel, rank: int
                        ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Random, non-zero LoRA pairs in the USO layout, created on the transformer's device."""
@@ -92,28 +79,25 @@ def _random_lora_pairs(flux: FluxTransformer2DModel, rank: int
             for prefix, shapes in uso_lora_shapes(flux, rank).items()}
 
 
-def random_uso_components(size: str, *, dtype: torch.dtype, device: torch.device,
-                          siglip_dtype: torch.dtype = torch.float32,
-                          vae_dtype: torch.dtype = torch.float32, seed: int = 0,
-                          style_cache_size: int = 256) -> USOComponents:
+def random_components(size: str, *, dtype: torch.dtype, device: torch.device,
+                      siglip_dtype: torch.dtype = torch.float32,
+                      vae_dtype: torch.dtype = torch.float32, seed: int = 0,
+                      style_cache_size: int = 256) -> USOComponents:
     """The USO architecture at `size` ("full", "small", "tiny") with random weights."""
     arch = architecture(size)
     device = torch.device(device)
-    siglip_cfg = SiglipVisionConfig(**arch.siglip)
+    siglip_config = SiglipVisionConfig(**arch.siglip)
     p = arch.uso_projector
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        with _building_on(device, dtype):
-            flux = FluxTransformer2DModel(**arch.flux.diffusers_config()).eval().requires_grad_(False)
-            projector = USOStyleProjector(p.siglip_tokens, p.style_tokens, p.siglip_dim,
-                                          p.hidden_size)
+    with random_init(device, seed, dtype):
+        flux = FluxTransformer2DModel(**arch.flux.diffusers_config()).eval().requires_grad_(False)
+        projector = USOStyleProjector(p.siglip_tokens, p.style_tokens, p.siglip_dim, p.hidden_size)
         attach_lora(flux, _random_lora_pairs(flux, arch.uso_lora_rank))
-        with _building_on(device, siglip_dtype):
-            siglip = SiglipVisionModel(siglip_cfg).eval().requires_grad_(False)
-        with _building_on(device, vae_dtype):
+        with building_on(device, siglip_dtype):
+            siglip = SiglipVisionModel(siglip_config).eval().requires_grad_(False)
+        with building_on(device, vae_dtype):
             vae = AutoencoderKL(**arch.vae.diffusers_config()).eval().requires_grad_(False)
-    size = siglip_cfg.image_size
-    processor = SiglipImageProcessorPil(size={"height": size, "width": size}, resample=3,
+    side = siglip_config.image_size
+    processor = SiglipImageProcessorPil(size={"height": side, "width": side}, resample=3,
                                         do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
                                         image_mean=[0.5] * 3, image_std=[0.5] * 3)
     return USOComponents(USOTransformer(flux), vae,
