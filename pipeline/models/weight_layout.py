@@ -15,6 +15,9 @@ A weights root is a local directory (the registry stages Hub or S3 copies into o
     <root>/uso/projector.safetensors         USO style projector (official key names)
     <root>/omniconsistency/OmniConsistency.safetensors
     <root>/style_loras/<Name>_rank128_bf16.safetensors   the 22 styles OmniConsistency ships
+                                             (file names: `omniconsistency.styles`)
+
+The folder names are this module's: `STYLE_LORA_DIR` is the one every other module uses.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import WeightLayoutError
+
+STYLE_LORA_DIR = "style_loras"  # community style LoRAs (the shipped ones) in a weights root
 
 
 def _first_existing(candidates: list[Path], what: str) -> Path:
@@ -107,7 +112,7 @@ class OmniConsistencyFiles:
     @classmethod
     def from_root(cls, root: Path) -> OmniConsistencyFiles:
         flux = FluxFiles.from_root(root)
-        styles = root / "style_loras"
+        styles = root / STYLE_LORA_DIR
         scheduler = Path(flux.transformer).parent / "scheduler" / "scheduler_config.json"
         return cls(
             flux=flux,

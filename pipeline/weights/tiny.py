@@ -46,7 +46,8 @@ from safetensors.torch import save_file
 
 from pipeline.models.architecture import FLUX_DEV_SCHEDULER, TINY, FluxParams
 from pipeline.models.flux import tiny_tokenizers
-from pipeline.models.omniconsistency.styles import SHIPPED_STYLES
+from pipeline.models.omniconsistency.styles import SHIPPED_STYLES, shipped_file_name
+from pipeline.models.weight_layout import STYLE_LORA_DIR
 from pipeline.models.weight_tables import (
     TensorTable,
     flux_transformer_tensors,
@@ -210,7 +211,7 @@ def _xlabs_style_lora(gen: torch.Generator, params: FluxParams, rank: int
 def write_style_loras(folder: Path, seed: int, params: FluxParams = TINY.flux) -> None:
     rank = TINY.style_lora_rank
     for name in TINY_STYLE_NAMES:
-        file = f"{name}_rank128_bf16.safetensors"
+        file = shipped_file_name(name)
         _save(_kohya_style_lora(_generator(seed, file), params, rank), folder / file,
               metadata=KOHYA_METADATA)
     examples = folder / "examples"
@@ -268,7 +269,7 @@ def _write_all(root: Path, seed: int, flux_layout: str) -> None:
                                               arch.flux.hidden_size, arch.omniconsistency_lora_rank)
     _save(random_tensors(omni_table, _generator(seed, "omniconsistency"), ADDON_DTYPE),
           root / "omniconsistency" / "OmniConsistency.safetensors")
-    write_style_loras(root / "style_loras", seed)
+    write_style_loras(root / STYLE_LORA_DIR, seed)
 
 
 # ------------------------------------------------------------------------- build management
