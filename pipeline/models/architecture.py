@@ -216,14 +216,16 @@ class Architecture:
     style_lora_rank: int  # community style LoRAs (the shipped ones are rank 128)
 
     def __post_init__(self) -> None:
-        checks = {"T5 d_model vs FLUX context_in_dim": (self.t5["d_model"], self.flux.context_in_dim),
+        checks = {"T5 d_model vs FLUX context_in_dim": (self.t5["d_model"],
+                                                        self.flux.context_in_dim),
                   "CLIP width vs FLUX vec_in_dim": (self.clip_text["hidden_size"],
                                                     self.flux.vec_in_dim),
                   "VAE latent channels x 2x2 patches vs FLUX in_channels": (
                       4 * self.vae.z_channels, self.flux.in_channels)}
         wrong = [f"{what}: {a} != {b}" for what, (a, b) in checks.items() if a != b]
         if wrong:
-            raise ValueError(f"architecture {self.name!r} does not fit together: {'; '.join(wrong)}")
+            raise ValueError(f"architecture {self.name!r} does not fit together: "
+                             f"{'; '.join(wrong)}")
 
     @property
     def uso_projector(self) -> USOProjectorParams:

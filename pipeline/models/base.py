@@ -85,7 +85,7 @@ class GenerationOutcome:
     item_id: str
     image: np.ndarray | None = None
     error: ItemError | None = None
-    parameters: dict = field(default_factory=dict)  # resolved parameters (SHARED_PARAMETER_KEYS, ...)
+    parameters: dict = field(default_factory=dict)  # resolved, SHARED_PARAMETER_KEYS and more
     timings: dict[str, float] = field(default_factory=dict)  # seconds, by stage (TIMING_KEYS)
 
     @property
@@ -179,7 +179,7 @@ class StylizationModel(ABC):
         """Requests with equal keys may share a forward pass (and a loaded style LoRA)."""
         return id(request)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, models without accelerator memory skip it
         """Release accelerator memory held by this model."""
 
 

@@ -10,7 +10,8 @@ A weights root is a local directory (the registry stages Hub or S3 copies into o
     <root>/t5/  <root>/clip/                 transformers folders (model + tokenizer); a FLUX.1-dev
                                              snapshot's text_encoder_2/+tokenizer_2/ and
                                              text_encoder/+tokenizer/ are used when these are absent
-    <root>/siglip/                           transformers SiglipVisionModel + preprocessor_config.json
+    <root>/siglip/                           transformers SiglipVisionModel +
+                                             preprocessor_config.json
     <root>/uso/dit_lora.safetensors          USO DiT LoRA (official key names)
     <root>/uso/projector.safetensors         USO style projector (official key names)
     <root>/omniconsistency/OmniConsistency.safetensors
@@ -66,11 +67,13 @@ class FluxFiles:
         transformer = _first_existing([flux / "flux1-dev.safetensors", flux / "transformer"],
                                       "FLUX transformer")
         vae = _first_existing([flux / "ae.safetensors", flux / "vae"], "FLUX VAE")
-        t5, t5_tok = _encoder_folders(root / "t5", flux / "text_encoder_2", flux / "tokenizer_2", "T5")
+        t5, t5_tok = _encoder_folders(root / "t5", flux / "text_encoder_2", flux / "tokenizer_2",
+                                      "T5")
         clip, clip_tok = _encoder_folders(root / "clip", flux / "text_encoder", flux / "tokenizer",
                                           "CLIP")
         config = flux / "flux_config.json"
-        return cls(transformer, vae, t5, t5_tok, clip, clip_tok, config if config.exists() else None)
+        return cls(transformer, vae, t5, t5_tok, clip, clip_tok,
+                   config if config.exists() else None)
 
     def named(self) -> dict[str, Path]:
         """Logical name -> path, for provenance."""

@@ -222,7 +222,8 @@ def compare_tables(found: Mapping[str, Shape], expected: Mapping[str, Shape]) ->
                            unexpected=sorted(set(found) - set(expected)))
     for key in sorted(set(found) & set(expected)):
         if tuple(found[key]) != tuple(expected[key]):
-            diff.misshaped.append(f"{key}: file {tuple(found[key])} != expected {tuple(expected[key])}")
+            diff.misshaped.append(f"{key}: file {tuple(found[key])} != expected "
+                                  f"{tuple(expected[key])}")
     return diff
 
 
@@ -230,7 +231,8 @@ def verify_safetensors(path: Path, expected: Mapping[str, Shape]) -> None:
     """Raise `WeightFileError` naming the file and the offending keys unless names and shapes
     of `path` equal `expected` exactly. Reads only the header."""
     diff = compare_tables(read_safetensors_shapes(path), expected)
-    for problem, keys in (("missing tensors", diff.missing), ("unexpected tensors", diff.unexpected),
+    for problem, keys in (("missing tensors", diff.missing),
+                          ("unexpected tensors", diff.unexpected),
                           ("tensors with the wrong shape", diff.misshaped)):
         if keys:
             raise WeightFileError(path, problem, keys)

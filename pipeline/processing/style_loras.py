@@ -78,8 +78,9 @@ class StyleLoraResolver:
 
     def _shipped(self, name: str) -> Path:
         if self.styles_dir is None or not self.styles_dir.is_dir():
-            raise FileNotFoundError(f"no shipped style LoRAs are staged (expected a {STYLE_LORA_DIR}/ "
-                                    f"folder in the weights root) for style {name!r}")
+            raise FileNotFoundError(f"no shipped style LoRAs are staged (expected a "
+                                    f"{STYLE_LORA_DIR}/ folder in the weights root) for style "
+                                    f"{name!r}")
         wanted = name.lower().replace(" ", "_")
         for file in sorted(self.styles_dir.glob("*.safetensors")):
             if style_name_of(file).lower() == wanted:

@@ -135,7 +135,8 @@ def test_random_tiny_models_have_the_tiny_weights_shapes(loaded):
                            random_uso.components.style_encoder.siglip),
                           (omni.components.transformer, random_omni.components.transformer),
                           (omni.components.vae, random_omni.components.vae),
-                          (omni.components.consistency_lora, random_omni.components.consistency_lora)):
+                          (omni.components.consistency_lora,
+                           random_omni.components.consistency_lora)):
         assert _shapes(random) == _shapes(files), type(files).__name__
     for model, random in ((uso, random_uso), (omni, random_omni)):
         for encoder in ("_t5", "_clip"):

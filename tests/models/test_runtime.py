@@ -44,7 +44,8 @@ def test_the_one_out_of_memory_test_classifies_the_cases(error, oom):
 def test_an_item_error_keeps_its_kind_and_messages_name_the_exception():
     bad = ItemError("a", ItemStatus.BAD_INPUT, "unreadable")
     assert item_error("a", bad) is bad
-    assert str(item_error("b", MemoryError("host"))) == "item 'b': out of memory (MemoryError: host)"
+    assert str(item_error("b", MemoryError("host"))) == \
+        "item 'b': out of memory (MemoryError: host)"
     assert str(item_error("c", KeyError("k"))) == "item 'c': KeyError: 'k'"
 
 
@@ -133,7 +134,8 @@ def test_a_failed_batch_is_retried_one_by_one_and_only_the_culprit_fails():
     outcomes = run_splitting_failures(items, run_batch, runtime, "Model")
     assert calls == [["i0", "i1", "i2"], ["i0"], ["i1"], ["i2"]]
     assert [o.ok for o in outcomes] == [True, False, True]
-    assert outcomes[1].error.kind == ItemStatus.OUT_OF_MEMORY and "injected" in str(outcomes[1].error)
+    assert outcomes[1].error.kind == ItemStatus.OUT_OF_MEMORY
+    assert "injected" in str(outcomes[1].error)
     assert outcomes[1].parameters == {"n": 1} and outcomes[1].timings == {"text_s": 0.1}
     assert outcomes[1].error.__traceback__ is None  # its frames' tensors can be freed
 
@@ -148,8 +150,8 @@ def test_preparation_failures_become_outcomes_at_their_index():
             raise MemoryError("host")
         return _Item(request)
 
-    prepared, outcomes = prepare_all(requests, prepare, Runtime.from_options(ModelOptions(device="cpu")),
-                                     "Model")
+    runtime = Runtime.from_options(ModelOptions(device="cpu"))
+    prepared, outcomes = prepare_all(requests, prepare, runtime, "Model")
     assert [p.request.item_id for p in prepared] == ["r0"]
     assert outcomes[0] is None
     assert outcomes[1].error.kind == ItemStatus.BAD_INPUT

@@ -80,11 +80,11 @@ def _split_kohya_linear1(tensors: dict[str, torch.Tensor], transformer: FluxTran
 
     Returns diffusers-format entries and removes the consumed keys from `tensors`.
     """
-    block = transformer.single_transformer_blocks[0] if len(transformer.single_transformer_blocks) else None
-    if block is None:
+    if not len(transformer.single_transformer_blocks):
         return {}
-    split = (block.attn.to_q.out_features, block.attn.to_k.out_features, block.attn.to_v.out_features,
-             block.proj_mlp.out_features)
+    block = transformer.single_transformer_blocks[0]
+    split = (block.attn.to_q.out_features, block.attn.to_k.out_features,
+             block.attn.to_v.out_features, block.proj_mlp.out_features)
     if split == _FLUX_DEV_LINEAR1_SPLIT:
         return {}  # diffusers handles it
     out: dict[str, torch.Tensor] = {}
@@ -100,11 +100,12 @@ def _split_kohya_linear1(tensors: dict[str, torch.Tensor], transformer: FluxTran
         while scale_down * 2 < scale_up:  # diffusers' balancing of alpha/rank between the factors
             scale_down, scale_up = scale_down * 2, scale_up / 2
         if up.shape[0] != sum(split):
-            raise ValueError(f"{name}.lora_up.weight has {up.shape[0]} rows, the transformer's fused "
-                             f"q/k/v/mlp projection has {sum(split)}")
+            raise ValueError(f"{name}.lora_up.weight has {up.shape[0]} rows, the transformer's "
+                             f"fused q/k/v/mlp projection has {sum(split)}")
         target = f"transformer.single_transformer_blocks.{i}"
-        modules = (f"{target}.attn.to_q", f"{target}.attn.to_k", f"{target}.attn.to_v", f"{target}.proj_mlp")
-        for module, up_part in zip(modules, torch.split(up, list(split), dim=0)):
+        modules = (f"{target}.attn.to_q", f"{target}.attn.to_k", f"{target}.attn.to_v",
+                   f"{target}.proj_mlp")
+        for module, up_part in zip(modules, torch.split(up, list(split), dim=0), strict=True):
             out[f"{module}.lora_A.weight"] = down * scale_down
             out[f"{module}.lora_B.weight"] = up_part.contiguous() * scale_up
     return out
@@ -140,7 +141,8 @@ def read_style_lora(path: Path, transformer: FluxTransformer2DModel) -> Converte
     return ConvertedStyleLora(path, source_format, state_dict, alphas, ignored)
 
 
-def _check_targets(path: Path, state_dict: dict[str, torch.Tensor], transformer: FluxTransformer2DModel) -> None:
+def _check_targets(path: Path, state_dict: dict[str, torch.Tensor],
+                   transformer: FluxTransformer2DModel) -> None:
     """Every LoRA pair must sit on a Linear of this transformer with matching widths."""
     modules = dict(transformer.named_modules())
     problems = []
@@ -152,11 +154,14 @@ def _check_targets(path: Path, state_dict: dict[str, torch.Tensor], transformer:
         if not isinstance(module, torch.nn.Linear):
             problems.append(f"{key} (no Linear {module_name!r} in the transformer)")
         elif ".lora_A." in key and tensor.ndim == 2 and tensor.shape[1] != module.in_features:
-            problems.append(f"{key} has {tensor.shape[1]} inputs, {module_name} takes {module.in_features}")
+            problems.append(f"{key} has {tensor.shape[1]} inputs, {module_name} takes "
+                            f"{module.in_features}")
         elif ".lora_B." in key and tensor.ndim == 2 and tensor.shape[0] != module.out_features:
-            problems.append(f"{key} has {tensor.shape[0]} outputs, {module_name} gives {module.out_features}")
+            problems.append(f"{key} has {tensor.shape[0]} outputs, {module_name} gives "
+                            f"{module.out_features}")
     if problems:
-        shown = "; ".join(problems[:10]) + (f" ... (+{len(problems) - 10} more)" if len(problems) > 10 else "")
+        more = f" ... (+{len(problems) - 10} more)" if len(problems) > 10 else ""
+        shown = "; ".join(problems[:10]) + more
         raise StyleLoraError(path, f"does not fit this FLUX transformer: {shown}")
 
 
@@ -210,8 +215,9 @@ class StyleLoraSlot:
     def _mount(self, converted: ConvertedStyleLora, scale: float) -> None:
         with torch.no_grad():
             self.transformer.load_lora_adapter(
-                {f"transformer.{k}": v for k, v in converted.state_dict.items()}, prefix="transformer",
-                network_alphas=converted.network_alphas, adapter_name=ADAPTER_NAME)
+                {f"transformer.{k}": v for k, v in converted.state_dict.items()},
+                prefix="transformer", network_alphas=converted.network_alphas,
+                adapter_name=ADAPTER_NAME)
         self._identity = ("mounting",)  # so a failure below unloads the PEFT layers
         self.transformer.set_adapters([ADAPTER_NAME], weights=[scale])
         if self.fuse:
@@ -227,8 +233,10 @@ class StyleLoraSlot:
                 base = module.get_base_layer()
                 weight = base.weight.detach().to("cpu", copy=True)
                 bias = None if base.bias is None else base.bias.detach().to("cpu", copy=True)
-                self._originals[name] = (weight.pin_memory() if pin else weight,
-                                         None if bias is None else (bias.pin_memory() if pin else bias))
+                if pin:
+                    weight = weight.pin_memory()
+                    bias = None if bias is None else bias.pin_memory()
+                self._originals[name] = (weight, bias)
         self.transformer.fuse_lora(lora_scale=1.0, adapter_names=[ADAPTER_NAME])
         self.transformer.unload_lora()  # keeps the merged weights, removes the wrappers
 

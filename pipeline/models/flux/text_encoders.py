@@ -87,8 +87,8 @@ def _check_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, mod
                  tokenizer_dir: Path, what: str) -> None:
     """A tokenizer that emits ids past the embedding table would fail later, mid-batch."""
     if len(tokenizer) > model.config.vocab_size:
-        raise WeightFileError(tokenizer_dir, f"{what} tokenizer has {len(tokenizer)} tokens but the "
-                                             f"model in {model_dir} has vocab_size "
+        raise WeightFileError(tokenizer_dir, f"{what} tokenizer has {len(tokenizer)} tokens but "
+                                             f"the model in {model_dir} has vocab_size "
                                              f"{model.config.vocab_size}")
 
 
@@ -141,8 +141,9 @@ class FluxTextEncoders:
         read on the CPU in `dtype`, then moved to `device` (or kept on the CPU if `offload`).
         """
         t5 = _load_model_strictly(T5EncoderModel, files.t5, dtype, "T5 encoder")
-        t5_tokenizer = _load_local(files.t5_tokenizer, "T5 tokenizer", lambda: T5Tokenizer.from_pretrained(
-            files.t5_tokenizer, local_files_only=True))
+        t5_tokenizer = _load_local(files.t5_tokenizer, "T5 tokenizer",
+                                   lambda: T5Tokenizer.from_pretrained(files.t5_tokenizer,
+                                                                       local_files_only=True))
         clip = _load_model_strictly(CLIPTextModel, files.clip, dtype, "CLIP text encoder")
         clip_tokenizer = _load_local(files.clip_tokenizer, "CLIP tokenizer",
                                      lambda: CLIPTokenizer.from_pretrained(
@@ -189,8 +190,8 @@ class FluxTextEncoders:
         load time (by encoding the empty prompt, which also warms the cache), not mid-batch;
         `WeightFileError` names the encoder's folder."""
         t5, pooled = self.encode("")
-        checks = (("T5 width", t5.shape[-1], "context width", transformer_config.joint_attention_dim,
-                   files.t5 if files else None),
+        checks = (("T5 width", t5.shape[-1], "context width",
+                   transformer_config.joint_attention_dim, files.t5 if files else None),
                   ("CLIP pooled width", pooled.shape[-1], "pooled width",
                    transformer_config.pooled_projection_dim, files.clip if files else None))
         for what, width, reads, expected, folder in checks:

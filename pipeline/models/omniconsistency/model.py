@@ -143,7 +143,7 @@ class OmniConsistencyModel(StylizationModel):
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationOutcome]:
         prepared, outcomes = prepare_all(requests, self._prepare, self.runtime, "OmniConsistency")
         for group in self._groups(prepared):
-            for item, outcome in zip(group, self._run_group(group)):
+            for item, outcome in zip(group, self._run_group(group), strict=True):
                 outcomes[item.index] = outcome
         return outcomes  # type: ignore[return-value]
 
@@ -196,7 +196,8 @@ class OmniConsistencyModel(StylizationModel):
             runtime.synchronize()
             timings["prepare_s"] = time.perf_counter() - mark
             mark = time.perf_counter()
-            latent = sampler.denoise(noise, cache, prompt_embeds, pooled, guidance, layout, schedule)
+            latent = sampler.denoise(noise, cache, prompt_embeds, pooled, guidance, layout,
+                                     schedule)
             cache.clear()  # the cache belongs to this generation only
             runtime.synchronize()
             timings["denoise_s"] = time.perf_counter() - mark
@@ -209,7 +210,7 @@ class OmniConsistencyModel(StylizationModel):
                                   parameters={**item.parameters, "mu": schedule.mu,
                                               "batch_size": len(group),
                                               "style_lora": self._style_parameters(item)})
-                for item, image in zip(group, images)]
+                for item, image in zip(group, images, strict=True)]
 
     def _style_parameters(self, item: PreparedItem) -> dict | None:
         style, converted = item.request.style_lora, self.style_slot.current

@@ -56,11 +56,12 @@ def load_components(*, transformer: Path, vae: Path, dit_lora: Path, projector: 
     siglip_model, processor = load_siglip(siglip, dtype=siglip_dtype, device=device)
     hidden = flux.config.num_attention_heads * flux.config.attention_head_dim
     if projector_module.high_projection.out_features != hidden:
-        raise WeightFileError(projector, f"projector emits {projector_module.high_projection.out_features}"
-                              f"-wide tokens, the transformer is {hidden} wide")
+        raise WeightFileError(projector, "projector emits "
+                              f"{projector_module.high_projection.out_features}-wide tokens, the "
+                              f"transformer is {hidden} wide")
     if projector_module.high_layer_norm.normalized_shape[0] != siglip_model.config.hidden_size:
-        raise WeightFileError(projector, "projector input width does not match SigLIP's hidden size "
-                              f"{siglip_model.config.hidden_size}")
+        raise WeightFileError(projector, "projector input width does not match SigLIP's hidden "
+                              f"size {siglip_model.config.hidden_size}")
     return USOComponents(
         transformer=USOTransformer(flux),
         vae=load_flux_vae(vae, dtype=vae_dtype, device=device),

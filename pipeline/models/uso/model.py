@@ -157,7 +157,7 @@ class USOModel(StylizationModel):
         prepared, outcomes = prepare_all(requests, self._prepare, self.runtime, "USO")
         for group in self._layout_groups(prepared):
             results = run_splitting_failures(group, self._run_batch, self.runtime, "USO")
-            for item, outcome in zip(group, results):
+            for item, outcome in zip(group, results, strict=True):
                 outcomes[item.index] = outcome
         return outcomes  # type: ignore[return-value]
 
@@ -211,10 +211,11 @@ class USOModel(StylizationModel):
             for row in range(latents.shape[0]):  # one at a time: VAE decode memory is per image
                 decoded = decode_latents(self.components.vae, latents[row:row + 1])
                 images.append(to_uint8_images(decoded)[0].cpu().numpy())
-        batch_timings = {"denoise_s": denoised - started, "decode_s": time.perf_counter() - denoised}
+        batch_timings = {"denoise_s": denoised - started,
+                         "decode_s": time.perf_counter() - denoised}
         shared = sum(batch_timings.values()) / len(group)
         outcomes = []
-        for item, image in zip(group, images):
+        for item, image in zip(group, images, strict=True):
             timings = {**item.timings, **batch_timings,
                        "model_s": item.timings["text_s"] + item.timings["prepare_s"] + shared}
             outcomes.append(GenerationOutcome(item.request.item_id, image=image,

@@ -88,8 +88,9 @@ class USOSettings:
                                  f"{getattr(settings, key)!r}")
         backend = settings.attention_backend
         if backend is not None and (not isinstance(backend, str) or "hub" in backend):
-            raise ValueError("extra['attention_backend'] must name an installed diffusers attention "
-                             f"backend (Hub-downloaded kernels are not allowed), got {backend!r}")
+            raise ValueError("extra['attention_backend'] must name an installed diffusers "
+                             "attention backend (Hub-downloaded kernels are not allowed), got "
+                             f"{backend!r}")
         return settings
 
 
@@ -176,7 +177,8 @@ def prepare_request(index: int, request: GenerationRequest, *, components: USOCo
     depends on the item's seed)."""
     requested_width, requested_height, steps, guidance = _resolve_numbers(request, settings)
     width, height = requested_width // 16 * 16, requested_height // 16 * 16
-    subject = None if request.subject is None else _decoded(request, request.subject, "subject image")
+    subject = None if request.subject is None else \
+        _decoded(request, request.subject, "subject image")
     if not isinstance(request.styles, (list, tuple)):
         raise _bad(request, f"styles must be a list of images, got {type(request.styles).__name__}")
     styles = [_decoded(request, im, f"style image {i}") for i, im in enumerate(request.styles)]
