@@ -105,7 +105,7 @@ def plain_flux_image(model: OmniConsistencyModel, prompt: str, seed: int, width:
                      steps: int, guidance: float = 3.5) -> np.ndarray:
     """FLUX.1-dev text-to-image on the same modules (stock attention: no context passed)."""
     sampler = model.sampler
-    layout = sampler.layout(width, height, model.cond_size)
+    layout = sampler.layout(width, height, model.settings.cond_size)
     prompt_embeds, pooled = model.text_encoders.encode(prompt)
     noise = sampler.initial_noise(layout, [torch.Generator("cpu").manual_seed(seed)])
     schedule = sampler.schedule(steps, layout)

@@ -1,6 +1,6 @@
 """Benchmark one USO image (subject + 1 style): seconds/image, peak memory, fraction of peak.
 
-    python benchmarks/bench_uso.py                              # CPU, "mid" random model, fp32
+    python benchmarks/bench_uso.py                              # CPU, "small" random model, fp32
     python benchmarks/bench_uso.py --device cuda --size full    # H100: 1024^2, 25 steps, bf16
 
 Weights are random (`USOModel.load_random`): the speed of a dense model does not depend on its
@@ -37,7 +37,8 @@ from pipeline.models.uso.prepare import subject_grid  # noqa: E402
 from pipeline.models.uso.sampling import DenoiseBatch, denoise, position_ids  # noqa: E402
 
 H100_BF16_PEAK_TFLOPS = 989.0  # dense, SXM datasheet
-SIZE_DEFAULTS = {"full": (1024, 25, 512), "mid": (256, 4, 256), "tiny": (64, 2, 64)}
+# size (pipeline.models.architecture) -> (resolution, steps, content_ref)
+SIZE_DEFAULTS = {"full": (1024, 25, 512), "small": (256, 4, 256), "tiny": (64, 2, 64)}
 
 
 def step_flops(hidden: int, num_double: int, num_single: int, lora_rank: int, n_txt: int,
@@ -158,7 +159,7 @@ def time_style_paths(model: USOModel, request: GenerationRequest, steps: int) ->
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--size", choices=sorted(SIZE_DEFAULTS), default="mid")
+    parser.add_argument("--size", choices=sorted(SIZE_DEFAULTS), default="small")
     parser.add_argument("--resolution", type=int, help="target side (default by size)")
     parser.add_argument("--steps", type=int, help="denoising steps (default by size)")
     parser.add_argument("--content-ref", type=int, help="subject long side (default by size)")

@@ -1,38 +1,31 @@
-"""Expected tensor names and shapes of every official weight file, as a function of its config.
+"""The FLUX stack both models run on, and its three sizes, written once.
 
-One table per file format, written from the published module trees (not from any loader), so it
-can check a downloaded file before any model is built: `verify_safetensors(path, expected)`
-reads only the safetensors header. The release presets (`FLUX_DEV`, `FLUX_AE`, `USO_RELEASE`,
-`OMNICONSISTENCY_RELEASE`) describe the real files; tiny presets in `pipeline.weights.tiny` use
-the same functions, and the tests hold these tables against the parity fixtures made by the
-authors' own code.
+Hyper-parameters only (no tensors, no files): the BFL parameter classes of the FLUX transformer,
+its VAE and USO's style projector, plus the transformers configs of T5, CLIP and SigLIP. Every
+size of the stack is one `Architecture`:
 
-Files covered:
-- BFL FLUX transformer (flux1-dev.safetensors): img_in, time_in, vector_in, guidance_in, txt_in,
-  double_blocks.*, single_blocks.*, final_layer.*; no prefix.
-- BFL VAE (ae.safetensors): LDM layout encoder.* / decoder.*, no quant convs.
-- USO dit_lora.safetensors (XLabs processor keys) and projector.safetensors (feature_embedder.*).
-- OmniConsistency.safetensors (EasyControl processor keys, proj_loras included).
+- "full": the released models (FLUX.1-dev, T5 v1.1 XXL, CLIP-L, SigLIP so400m-patch14-384, USO
+  v1.0's rank-128 LoRA and 64-token projector levels, OmniConsistency's rank-128 LoRA).
+- "small": a CPU-benchmarkable shape that keeps what sets FLUX's cost per token (head size 128,
+  RoPE axes (16, 56, 56), MLP x4, one double block per two single blocks), with fewer and
+  narrower blocks and the tiny text encoders.
+- "tiny": the shapes of the tiny weights root (`pipeline.weights.tiny`) that tests, the demo and
+  the parity of outputs run on. Changing a tiny value changes every tiny weight file.
+
+Random-weight models (`StylizationModel.load_random`) and the tiny weights build read their
+shapes from here; the tensor tables of the official files (`weight_tables`) take these
+parameters. `Architecture.__post_init__` holds the parts to the widths they exchange, so a size
+whose text encoder does not fit its transformer cannot be written.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from dataclasses import asdict, dataclass, fields
+from types import MappingProxyType
 from typing import Any
 
-from pipeline.errors import WeightFileError
-
-Shape = tuple[int, ...]
-TensorTable = dict[str, Shape]
-
-
-def _linear(table: TensorTable, name: str, in_features: int, out_features: int,
-            bias: bool = True) -> None:
-    table[f"{name}.weight"] = (out_features, in_features)
-    if bias:
-        table[f"{name}.bias"] = (out_features,)
+MODEL_SIZES = ("full", "small", "tiny")
 
 
 # ----------------------------------------------------------------------- FLUX transformer
@@ -98,38 +91,6 @@ class FluxParams:
                     axes_dims_rope=list(self.axes_dim))
 
 
-def flux_transformer_tensors(p: FluxParams) -> TensorTable:
-    """Tensors of a BFL FLUX transformer checkpoint (flux1-dev.safetensors)."""
-    h, out_channels = p.hidden_size, p.out_channels or p.in_channels
-    t: TensorTable = {}
-    _linear(t, "img_in", p.in_channels, h)
-    for name, in_dim in (("time_in", 256), ("vector_in", p.vec_in_dim)) + (
-            (("guidance_in", 256),) if p.guidance_embed else ()):
-        _linear(t, f"{name}.in_layer", in_dim, h)
-        _linear(t, f"{name}.out_layer", h, h)
-    _linear(t, "txt_in", p.context_in_dim, h)
-    for i in range(p.depth):
-        block = f"double_blocks.{i}"
-        for stream in ("img", "txt"):
-            _linear(t, f"{block}.{stream}_mod.lin", h, 6 * h)
-            _linear(t, f"{block}.{stream}_attn.qkv", h, 3 * h, bias=p.qkv_bias)
-            t[f"{block}.{stream}_attn.norm.query_norm.scale"] = (p.head_dim,)
-            t[f"{block}.{stream}_attn.norm.key_norm.scale"] = (p.head_dim,)
-            _linear(t, f"{block}.{stream}_attn.proj", h, h)
-            _linear(t, f"{block}.{stream}_mlp.0", h, p.mlp_hidden)
-            _linear(t, f"{block}.{stream}_mlp.2", p.mlp_hidden, h)
-    for i in range(p.depth_single_blocks):
-        block = f"single_blocks.{i}"
-        _linear(t, f"{block}.linear1", h, 3 * h + p.mlp_hidden)
-        _linear(t, f"{block}.linear2", h + p.mlp_hidden, h)
-        t[f"{block}.norm.query_norm.scale"] = (p.head_dim,)
-        t[f"{block}.norm.key_norm.scale"] = (p.head_dim,)
-        _linear(t, f"{block}.modulation.lin", h, 3 * h)
-    _linear(t, "final_layer.linear", h, out_channels)
-    _linear(t, "final_layer.adaLN_modulation.1", h, 2 * h)
-    return t
-
-
 # ------------------------------------------------------------------------------- FLUX VAE
 @dataclass(frozen=True)
 class AutoEncoderParams:
@@ -180,64 +141,7 @@ class AutoEncoderParams:
                     mid_block_add_attention=True, force_upcast=True)
 
 
-def _conv(table: TensorTable, name: str, in_ch: int, out_ch: int, k: int) -> None:
-    table[f"{name}.weight"] = (out_ch, in_ch, k, k)
-    table[f"{name}.bias"] = (out_ch,)
-
-
-def _norm(table: TensorTable, name: str, channels: int) -> None:
-    table[f"{name}.weight"] = (channels,)
-    table[f"{name}.bias"] = (channels,)
-
-
-def _resnet(table: TensorTable, name: str, in_ch: int, out_ch: int) -> None:
-    _norm(table, f"{name}.norm1", in_ch)
-    _conv(table, f"{name}.conv1", in_ch, out_ch, 3)
-    _norm(table, f"{name}.norm2", out_ch)
-    _conv(table, f"{name}.conv2", out_ch, out_ch, 3)
-    if in_ch != out_ch:
-        _conv(table, f"{name}.nin_shortcut", in_ch, out_ch, 1)
-
-
-def _mid(table: TensorTable, name: str, ch: int) -> None:
-    _resnet(table, f"{name}.block_1", ch, ch)
-    _norm(table, f"{name}.attn_1.norm", ch)
-    for proj in ("q", "k", "v", "proj_out"):
-        _conv(table, f"{name}.attn_1.{proj}", ch, ch, 1)
-    _resnet(table, f"{name}.block_2", ch, ch)
-
-
-def flux_vae_tensors(p: AutoEncoderParams) -> TensorTable:
-    """Tensors of a BFL/LDM autoencoder checkpoint (ae.safetensors)."""
-    t: TensorTable = {}
-    widths, levels = p.widths, len(p.ch_mult)
-    _conv(t, "encoder.conv_in", p.in_channels, p.ch, 3)
-    block_in = p.ch
-    for i in range(levels):
-        for j in range(p.num_res_blocks):
-            _resnet(t, f"encoder.down.{i}.block.{j}", block_in, widths[i])
-            block_in = widths[i]
-        if i != levels - 1:
-            _conv(t, f"encoder.down.{i}.downsample.conv", block_in, block_in, 3)
-    _mid(t, "encoder.mid", block_in)
-    _norm(t, "encoder.norm_out", block_in)
-    _conv(t, "encoder.conv_out", block_in, 2 * p.z_channels, 3)
-
-    block_in = widths[-1]
-    _conv(t, "decoder.conv_in", p.z_channels, block_in, 3)
-    _mid(t, "decoder.mid", block_in)
-    for i in reversed(range(levels)):
-        for j in range(p.num_res_blocks + 1):
-            _resnet(t, f"decoder.up.{i}.block.{j}", block_in, widths[i])
-            block_in = widths[i]
-        if i != 0:
-            _conv(t, f"decoder.up.{i}.upsample.conv", block_in, block_in, 3)
-    _norm(t, "decoder.norm_out", block_in)
-    _conv(t, "decoder.conv_out", block_in, p.out_ch, 3)
-    return t
-
-
-# ------------------------------------------------------------------------------------ USO
+# ------------------------------------------------------------------------ USO projector
 @dataclass(frozen=True)
 class USOProjectorParams:
     """USO's SigLIPMultiFeatProjModel; defaults are the release (SigLIP so400m -> FLUX 3072)."""
@@ -251,133 +155,118 @@ class USOProjectorParams:
 USO_PROJECTOR_LEVELS = ("high", "mid", "low")
 
 
-def uso_dit_lora_tensors(p: FluxParams, rank: int) -> TensorTable:
-    """USO dit_lora.safetensors: XLabs processor LoRAs on every double and single block."""
-    h = p.hidden_size
-    t: TensorTable = {}
-
-    def lora(name: str, in_features: int, out_features: int) -> None:
-        t[f"{name}.down.weight"] = (rank, in_features)
-        t[f"{name}.up.weight"] = (out_features, rank)
-
-    for i in range(p.depth):
-        for n in (1, 2):  # 1 = image stream, 2 = text stream
-            lora(f"double_blocks.{i}.processor.qkv_lora{n}", h, 3 * h)
-            lora(f"double_blocks.{i}.processor.proj_lora{n}", h, h)
-    for i in range(p.depth_single_blocks):
-        lora(f"single_blocks.{i}.processor.qkv_lora", h, 3 * h)
-        lora(f"single_blocks.{i}.processor.proj_lora", h + p.mlp_hidden, h)
-    return t
-
-
-def uso_projector_tensors(p: USOProjectorParams) -> TensorTable:
-    """USO projector.safetensors: three (token mixer, LayerNorm, projection) levels."""
-    t: TensorTable = {}
-    for level in USO_PROJECTOR_LEVELS:
-        prefix = f"feature_embedder.{level}"
-        _linear(t, f"{prefix}_embedding_linear.0", p.siglip_tokens, p.style_tokens)
-        _norm(t, f"{prefix}_layer_norm", p.siglip_dim)
-        _linear(t, f"{prefix}_projection", p.siglip_dim, p.hidden_size)
-    return t
-
-
-# ------------------------------------------------------------------------ OmniConsistency
-def omniconsistency_lora_tensors(num_double: int, num_single: int, inner_dim: int,
-                                 rank: int) -> TensorTable:
-    """OmniConsistency.safetensors: q/k/v/proj LoRAs per double block, q/k/v per single block."""
-    t: TensorTable = {}
-    for prefix, count, paths in (("transformer_blocks", num_double, ("q", "k", "v", "proj")),
-                                 ("single_transformer_blocks", num_single, ("q", "k", "v"))):
-        for i in range(count):
-            for path in paths:
-                name = f"{prefix}.{i}.attn.processor.{path}_loras.0"
-                t[f"{name}.down.weight"] = (rank, inner_dim)
-                t[f"{name}.up.weight"] = (inner_dim, rank)
-    return t
-
-
-# -------------------------------------------------------------------------------- presets
+# ----------------------------------------------------------------------- release presets
 FLUX_DEV = FluxParams()
 FLUX_AE = AutoEncoderParams()
+# FLUX.1-dev's scheduler_config.json (FlowMatchEulerDiscreteScheduler kwargs)
+FLUX_DEV_SCHEDULER = MappingProxyType(dict(
+    num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+    max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096))
 
 
+def _config(**kwargs: Any) -> Mapping[str, Any]:
+    """A read-only transformers config dict (a preset must not be edited by a caller)."""
+    return MappingProxyType(kwargs)
+
+
+# transformers configs. vocab_size is absent where the locally built tokenizer sets it.
+T5_XXL = _config(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24,
+                 num_heads=64, relative_attention_num_buckets=32,
+                 relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
+                 dropout_rate=0.0, layer_norm_epsilon=1e-6, is_encoder_decoder=False,
+                 use_cache=False, tie_word_embeddings=False)
+CLIP_L_TEXT = _config(vocab_size=49408, hidden_size=768, intermediate_size=3072,
+                      num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
+                      hidden_act="quick_gelu", projection_dim=768, bos_token_id=49406,
+                      eos_token_id=49407, pad_token_id=1)
+SIGLIP_SO400M = _config(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
+                        num_attention_heads=16, image_size=384, patch_size=14, num_channels=3,
+                        layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh")
+
+# Small text encoders shared by "small" and "tiny": T5 width 48 != CLIP width 32, so a swap of
+# the two is caught by shapes.
+_TINY_T5 = _config(d_model=48, d_kv=12, d_ff=96, num_layers=2, num_heads=4,
+                   relative_attention_num_buckets=32, relative_attention_max_distance=128,
+                   feed_forward_proj="gated-gelu", dropout_rate=0.0, layer_norm_epsilon=1e-6,
+                   is_encoder_decoder=False, use_cache=False, tie_word_embeddings=False)
+_TINY_CLIP_TEXT = _config(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, max_position_embeddings=77,
+                          hidden_act="quick_gelu", projection_dim=32)
+# VAE of "small" and "tiny": 4 levels (x8), widths 32/32/64/64 (multiples of BFL's 32 GroupNorm
+# groups; the width change exercises the nin_shortcut convs the real 128/256/512/512 VAE has).
+_SMALL_AE = AutoEncoderParams(ch=32, ch_mult=(1, 1, 2, 2), num_res_blocks=1, z_channels=16)
+# SigLIP needs >= 19 layers (USO reads hidden_states[-20]); 56/14 -> 16 patch tokens.
+_SMALL_SIGLIP_LAYERS = 20
+
+
+# -------------------------------------------------------------------------- architectures
 @dataclass(frozen=True)
-class USORelease:
-    flux: FluxParams = FLUX_DEV
-    lora_rank: int = 128
-    projector: USOProjectorParams = field(default_factory=USOProjectorParams)
+class Architecture:
+    """Every hyper-parameter of one size of the stack, for both models."""
 
+    name: str
+    flux: FluxParams
+    vae: AutoEncoderParams
+    t5: Mapping[str, Any]  # transformers T5Config kwargs
+    clip_text: Mapping[str, Any]  # transformers CLIPTextConfig kwargs
+    siglip: Mapping[str, Any]  # transformers SiglipVisionConfig kwargs (USO's style encoder)
+    uso_style_tokens: int  # per projector level; 3 levels per style image
+    uso_lora_rank: int
+    omniconsistency_lora_rank: int
+    style_lora_rank: int  # community style LoRAs (the shipped ones are rank 128)
 
-@dataclass(frozen=True)
-class OmniConsistencyRelease:
-    flux: FluxParams = FLUX_DEV
-    # Rank 128 is EasyControl's default; the real file's header was not inspected (the loader
-    # reads the rank from the file, `verify` should be run with the rank found there).
-    lora_rank: int = 128
-
-
-USO_RELEASE = USORelease()
-OMNICONSISTENCY_RELEASE = OmniConsistencyRelease()
-
-
-def release_tables() -> dict[str, TensorTable]:
-    """Logical file name -> expected tensors, for the released weight files."""
-    return {
-        "flux1-dev.safetensors": flux_transformer_tensors(FLUX_DEV),
-        "ae.safetensors": flux_vae_tensors(FLUX_AE),
-        "uso/dit_lora.safetensors": uso_dit_lora_tensors(USO_RELEASE.flux, USO_RELEASE.lora_rank),
-        "uso/projector.safetensors": uso_projector_tensors(USO_RELEASE.projector),
-        "omniconsistency/OmniConsistency.safetensors": omniconsistency_lora_tensors(
-            OMNICONSISTENCY_RELEASE.flux.depth, OMNICONSISTENCY_RELEASE.flux.depth_single_blocks,
-            OMNICONSISTENCY_RELEASE.flux.hidden_size, OMNICONSISTENCY_RELEASE.lora_rank),
-    }
-
-
-# --------------------------------------------------------------------------- verification
-def read_safetensors_shapes(path: Path) -> TensorTable:
-    """Tensor name -> shape from a safetensors file, reading only its header.
-
-    A missing, truncated or corrupt file raises `WeightFileError` naming it.
-    """
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise WeightFileError(path, "file does not exist")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
-    except Exception as exc:  # SafetensorError for bad headers, OSError for I/O
-        raise WeightFileError(path, f"not a readable safetensors file ({exc})") from exc
-
-
-@dataclass
-class TableDifference:
-    """How a file's tensors differ from the expected table (empty lists = identical)."""
-
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    misshaped: list[str] = field(default_factory=list)  # "name: file (a, b) != expected (c, d)"
+    def __post_init__(self) -> None:
+        checks = {"T5 d_model vs FLUX context_in_dim": (self.t5["d_model"],
+                                                        self.flux.context_in_dim),
+                  "CLIP width vs FLUX vec_in_dim": (self.clip_text["hidden_size"],
+                                                    self.flux.vec_in_dim),
+                  "VAE latent channels x 2x2 patches vs FLUX in_channels": (
+                      4 * self.vae.z_channels, self.flux.in_channels)}
+        wrong = [f"{what}: {a} != {b}" for what, (a, b) in checks.items() if a != b]
+        if wrong:
+            raise ValueError(f"architecture {self.name!r} does not fit together: "
+                             f"{'; '.join(wrong)}")
 
     @property
-    def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.misshaped)
+    def uso_projector(self) -> USOProjectorParams:
+        """USO's projector between this size's SigLIP and its transformer."""
+        side = self.siglip["image_size"] // self.siglip["patch_size"]
+        return USOProjectorParams(siglip_tokens=side * side, style_tokens=self.uso_style_tokens,
+                                  siglip_dim=self.siglip["hidden_size"],
+                                  hidden_size=self.flux.hidden_size)
 
 
-def compare_tables(found: Mapping[str, Shape], expected: Mapping[str, Shape]) -> TableDifference:
-    diff = TableDifference(missing=sorted(set(expected) - set(found)),
-                           unexpected=sorted(set(found) - set(expected)))
-    for key in sorted(set(found) & set(expected)):
-        if tuple(found[key]) != tuple(expected[key]):
-            diff.misshaped.append(f"{key}: file {tuple(found[key])} != expected {tuple(expected[key])}")
-    return diff
+FULL = Architecture(
+    name="full", flux=FLUX_DEV, vae=FLUX_AE, t5=T5_XXL, clip_text=CLIP_L_TEXT,
+    siglip=SIGLIP_SO400M, uso_style_tokens=64, uso_lora_rank=128, omniconsistency_lora_rank=128,
+    style_lora_rank=128)
+SMALL = Architecture(
+    name="small",
+    flux=FluxParams(vec_in_dim=32, context_in_dim=48, hidden_size=512, num_heads=4, depth=2,
+                    depth_single_blocks=4),
+    vae=_SMALL_AE, t5=_TINY_T5, clip_text=_TINY_CLIP_TEXT,
+    siglip=_config(hidden_size=64, intermediate_size=128, num_hidden_layers=_SMALL_SIGLIP_LAYERS,
+                   num_attention_heads=4, image_size=56, patch_size=14, num_channels=3,
+                   layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh"),
+    uso_style_tokens=16, uso_lora_rank=16, omniconsistency_lora_rank=16, style_lora_rank=16)
+TINY = Architecture(
+    name="tiny",
+    # 2 heads x 32, RoPE axes (8, 12, 12)
+    flux=FluxParams(in_channels=64, vec_in_dim=32, context_in_dim=48, hidden_size=64,
+                    mlp_ratio=4.0, num_heads=2, depth=2, depth_single_blocks=2,
+                    axes_dim=(8, 12, 12), theta=10_000, qkv_bias=True, guidance_embed=True),
+    vae=_SMALL_AE, t5=_TINY_T5, clip_text=_TINY_CLIP_TEXT,
+    siglip=_config(hidden_size=32, intermediate_size=64, num_hidden_layers=_SMALL_SIGLIP_LAYERS,
+                   num_attention_heads=4, image_size=56, patch_size=14, num_channels=3,
+                   layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh"),
+    uso_style_tokens=4, uso_lora_rank=4, omniconsistency_lora_rank=4, style_lora_rank=4)
+
+ARCHITECTURES = {arch.name: arch for arch in (FULL, SMALL, TINY)}
 
 
-def verify_safetensors(path: Path, expected: Mapping[str, Shape]) -> None:
-    """Raise `WeightFileError` naming the file and the offending keys unless names and shapes
-    of `path` equal `expected` exactly. Reads only the header."""
-    diff = compare_tables(read_safetensors_shapes(path), expected)
-    for problem, keys in (("missing tensors", diff.missing), ("unexpected tensors", diff.unexpected),
-                          ("tensors with the wrong shape", diff.misshaped)):
-        if keys:
-            raise WeightFileError(path, problem, keys)
+def architecture(size: str) -> Architecture:
+    """The architecture of `size` ("full", "small" or "tiny"); anything else is a ValueError."""
+    try:
+        return ARCHITECTURES[size]
+    except KeyError:
+        raise ValueError(f"size must be one of {', '.join(MODEL_SIZES)}, got {size!r}") from None

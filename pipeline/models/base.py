@@ -10,6 +10,7 @@ Models are pure torch: they read local weight files, but know nothing of Ray, S3
 from __future__ import annotations
 
 import dataclasses
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,32 @@ import numpy as np
 from PIL import Image
 
 from pipeline.errors import ItemError
+
+# ModelOptions.dtype names -> torch dtype attribute ("auto" aside); `runtime` maps them to dtypes.
+DTYPE_ALIASES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16",
+                 "fp16": "float16", "float32": "float32", "fp32": "float32",
+                 "float64": "float64"}
+_DEVICE = re.compile(r"^(auto|cpu|mps|(cuda|xpu)(:\d+)?)$")
+
+# GenerationOutcome.timings keys, the same in every model (seconds):
+#   text_s     prompt encoding (T5 + CLIP; near zero when the prompt was cached)
+#   prepare_s  conditioning the item before the denoising loop: noise, VAE encode of the
+#              subject/source image, USO's style tokens, OmniConsistency's warm-up pass that
+#              fills its condition K/V cache
+#   denoise_s  the denoising loop
+#   decode_s   VAE decode and conversion to uint8
+#   model_s    this item's share of all of the above (a batch's stages are shared by its items)
+# A stage run for a whole batch reports the batch's time to each of its items.
+TIMING_KEYS = ("text_s", "prepare_s", "denoise_s", "decode_s", "model_s")
+
+# GenerationOutcome.parameters keys both models report, with the same meaning. Others (USO's
+# "pe", OmniConsistency's "cond_size", ...) are model-specific.
+SHARED_PARAMETER_KEYS = (
+    "model", "prompt", "seed", "width", "height", "requested_width", "requested_height",
+    "steps", "guidance", "mu", "noise", "batch_size",
+    # execution choices (`runtime.Runtime.parameters`)
+    "dtype", "fp8", "compile", "fuse_lora", "random_weights",
+)
 
 
 @dataclass(frozen=True)
@@ -58,8 +85,8 @@ class GenerationOutcome:
     item_id: str
     image: np.ndarray | None = None
     error: ItemError | None = None
-    parameters: dict = field(default_factory=dict)  # resolved sampling parameters, for provenance
-    timings: dict[str, float] = field(default_factory=dict)  # seconds, by stage
+    parameters: dict = field(default_factory=dict)  # resolved, SHARED_PARAMETER_KEYS and more
+    timings: dict[str, float] = field(default_factory=dict)  # seconds, by stage (TIMING_KEYS)
 
     @property
     def ok(self) -> bool:
@@ -77,7 +104,10 @@ class ModelOptions:
     - max_batch_size: items of identical token layout run together in one forward.
     - fuse_lora: merge LoRA deltas into base weights (changes bf16 rounding).
     - extra: model-specific switches, documented by each model (e.g. OmniConsistency's
-      `apply_proj_loras`).
+      `apply_proj_loras`); a key the model does not know is an error.
+
+    `device`, `dtype` and `max_batch_size` are checked here (ValueError); what depends on a
+    model (extra keys, fp8 with fuse_lora) is checked when the model loads.
     """
 
     device: str = "auto"
@@ -88,6 +118,17 @@ class ModelOptions:
     max_batch_size: int = 1
     fuse_lora: bool = False
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.device, str) or not _DEVICE.match(self.device):
+            raise ValueError(f"device must be auto, cpu, mps, cuda[:N] or xpu[:N], "
+                             f"got {self.device!r}")
+        if self.dtype != "auto" and self.dtype not in DTYPE_ALIASES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; use auto or one of "
+                             f"{sorted(DTYPE_ALIASES)}")
+        if isinstance(self.max_batch_size, bool) or not isinstance(self.max_batch_size, int) \
+                or self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be an integer >= 1, got {self.max_batch_size!r}")
 
     def fingerprint_fields(self) -> dict:
         """The options that change outputs, for the run's config fingerprint."""
@@ -112,6 +153,16 @@ class StylizationModel(ABC):
         naming the file and the keys; nothing is silently ignored.
         """
 
+    @classmethod
+    @abstractmethod
+    def load_random(cls, options: ModelOptions, size: str = "full") -> StylizationModel:
+        """The model's architecture at `size` ("full" | "small" | "tiny", see
+        `pipeline.models.architecture`) with random weights built on the device.
+
+        For speed benchmarks and tests only: outcomes say `random_weights` True and
+        `weight_files()` is empty.
+        """
+
     @abstractmethod
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationOutcome]:
         """Run every request; return one outcome per request, in the same order.
@@ -128,7 +179,7 @@ class StylizationModel(ABC):
         """Requests with equal keys may share a forward pass (and a loaded style LoRA)."""
         return id(request)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, models without accelerator memory skip it
         """Release accelerator memory held by this model."""
 
 

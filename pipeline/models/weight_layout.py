@@ -10,11 +10,15 @@ A weights root is a local directory (the registry stages Hub or S3 copies into o
     <root>/t5/  <root>/clip/                 transformers folders (model + tokenizer); a FLUX.1-dev
                                              snapshot's text_encoder_2/+tokenizer_2/ and
                                              text_encoder/+tokenizer/ are used when these are absent
-    <root>/siglip/                           transformers SiglipVisionModel + preprocessor_config.json
+    <root>/siglip/                           transformers SiglipVisionModel +
+                                             preprocessor_config.json
     <root>/uso/dit_lora.safetensors          USO DiT LoRA (official key names)
     <root>/uso/projector.safetensors         USO style projector (official key names)
     <root>/omniconsistency/OmniConsistency.safetensors
     <root>/style_loras/<Name>_rank128_bf16.safetensors   the 22 styles OmniConsistency ships
+                                             (file names: `omniconsistency.styles`)
+
+The folder names are this module's: `STYLE_LORA_DIR` is the one every other module uses.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import WeightLayoutError
+
+STYLE_LORA_DIR = "style_loras"  # community style LoRAs (the shipped ones) in a weights root
 
 
 def _first_existing(candidates: list[Path], what: str) -> Path:
@@ -61,11 +67,13 @@ class FluxFiles:
         transformer = _first_existing([flux / "flux1-dev.safetensors", flux / "transformer"],
                                       "FLUX transformer")
         vae = _first_existing([flux / "ae.safetensors", flux / "vae"], "FLUX VAE")
-        t5, t5_tok = _encoder_folders(root / "t5", flux / "text_encoder_2", flux / "tokenizer_2", "T5")
+        t5, t5_tok = _encoder_folders(root / "t5", flux / "text_encoder_2", flux / "tokenizer_2",
+                                      "T5")
         clip, clip_tok = _encoder_folders(root / "clip", flux / "text_encoder", flux / "tokenizer",
                                           "CLIP")
         config = flux / "flux_config.json"
-        return cls(transformer, vae, t5, t5_tok, clip, clip_tok, config if config.exists() else None)
+        return cls(transformer, vae, t5, t5_tok, clip, clip_tok,
+                   config if config.exists() else None)
 
     def named(self) -> dict[str, Path]:
         """Logical name -> path, for provenance."""
@@ -102,17 +110,24 @@ class OmniConsistencyFiles:
     flux: FluxFiles
     consistency_lora: Path
     style_lora_dir: Path | None = None  # where the shipped styles live, if staged
+    scheduler_config: Path | None = None  # a FLUX.1-dev snapshot's; absent: FLUX.1-dev's values
 
     @classmethod
     def from_root(cls, root: Path) -> OmniConsistencyFiles:
-        styles = root / "style_loras"
+        flux = FluxFiles.from_root(root)
+        styles = root / STYLE_LORA_DIR
+        scheduler = Path(flux.transformer).parent / "scheduler" / "scheduler_config.json"
         return cls(
-            flux=FluxFiles.from_root(root),
+            flux=flux,
             consistency_lora=_first_existing(
                 [root / "omniconsistency" / "OmniConsistency.safetensors"],
                 "OmniConsistency LoRA"),
             style_lora_dir=styles if styles.is_dir() else None,
+            scheduler_config=scheduler if scheduler.is_file() else None,
         )
 
     def named(self) -> dict[str, Path]:
-        return {**self.flux.named(), "omniconsistency_lora": self.consistency_lora}
+        out = {**self.flux.named(), "omniconsistency_lora": self.consistency_lora}
+        if self.scheduler_config is not None:
+            out["scheduler_config"] = self.scheduler_config
+        return out

@@ -20,38 +20,34 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from pipeline.models.flux.loading import load_flux_transformer, load_flux_vae
 from pipeline.models.flux.packing import unpack_latents
 from pipeline.models.flux.style_lora import StyleLoraSlot
-from pipeline.models.omniconsistency.lora import ConsistencyLora
+from pipeline.models.omniconsistency.components import load_components
 from pipeline.models.omniconsistency.sampling import (
     OmniConsistencySampler,
     condition_pixels,
     to_uint8,
 )
+from pipeline.models.runtime import DTYPES
 from pipeline.parity.compare import ParityReport
 
 CACHE_NAMES = ("k", "v")
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
-           "float16": torch.float16}
 
 
-def _load_sampler(weights: Path, case: dict, dtype: torch.dtype) -> OmniConsistencySampler:
-    """The case's weight set through the real loaders (diffusers folders, official LoRA files)."""
-    transformer = load_flux_transformer(weights / "transformer", dtype=dtype, device="cpu").eval()
-    vae = load_flux_vae(weights / "vae", dtype=dtype, device="cpu").eval()
-    lora = ConsistencyLora.from_file(weights / "omniconsistency_lora.safetensors",
-                                     inner_dim=transformer.inner_dim,
-                                     n_double=len(transformer.transformer_blocks),
-                                     n_single=len(transformer.single_transformer_blocks))
-    scheduler_file = weights / "scheduler" / "scheduler_config.json"
-    scheduler_config = json.loads(scheduler_file.read_text()) if scheduler_file.exists() else None
-    sampler = OmniConsistencySampler(transformer, vae, lora, scheduler_config, dtype=dtype,
-                                     device=torch.device("cpu"),
+def load_case_sampler(weights: Path, case: dict, dtype: torch.dtype) -> OmniConsistencySampler:
+    """The case's weight set through the product's loaders (diffusers folders, official LoRA
+    files), on the CPU, with the case's style LoRA mounted when it names one."""
+    scheduler = weights / "scheduler" / "scheduler_config.json"
+    parts = load_components(transformer=weights / "transformer", vae=weights / "vae",
+                            consistency_lora=weights / "omniconsistency_lora.safetensors",
+                            flux_config=None, scheduler_config=scheduler if scheduler.exists() else None,
+                            dtype=dtype, device=torch.device("cpu"))
+    sampler = OmniConsistencySampler(parts.transformer, parts.vae, parts.consistency_lora,
+                                     parts.scheduler_config, dtype=dtype, device=torch.device("cpu"),
                                      consistency_weight=float(case.get("consistency_lora_weight", 1.0)))
     if case.get("style_lora"):
-        StyleLoraSlot(transformer).activate(weights.parent / case["style_lora"],
-                                            float(case.get("style_lora_scale", 1.0)))
+        StyleLoraSlot(parts.transformer).activate(weights.parent / case["style_lora"],
+                                                  float(case.get("style_lora_scale", 1.0)))
     return sampler
 
 
@@ -103,10 +99,10 @@ def run_case(case_dir: Path) -> ParityReport:
     case = json.loads((case_dir / "case.json").read_text())
     inputs = load_file(str(case_dir / "inputs.safetensors"))
     expected = load_file(str(case_dir / "expected.safetensors"))
-    dtype = _DTYPES[case.get("dtype", "float32")]
+    dtype = DTYPES[case.get("dtype", "float32")]
     tol = case.get("tolerance_atol", {})
     report = ParityReport(case=case_dir.name, model="omniconsistency")
-    sampler = _load_sampler(case_dir.parent / "weights", case, dtype)
+    sampler = load_case_sampler(case_dir.parent / "weights", case, dtype)
 
     layout = sampler.layout(int(case["width"]), int(case["height"]), int(case["cond_size"]))
     schedule = sampler.schedule(int(case["num_steps"]), layout)

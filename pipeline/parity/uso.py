@@ -18,7 +18,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from pipeline.models.flux.packing import pack_latents
-from pipeline.models.uso.components import USOComponents, load_uso_components
+from pipeline.models.uso.components import USOComponents, load_components
 from pipeline.models.uso.sampling import (
     DenoiseBatch,
     decode_latents,
@@ -39,7 +39,7 @@ DEFAULT_ATOL = 1e-4  # for an expected tensor the case gives no tolerance for
 
 def load_case_components(weights: Path) -> USOComponents:
     """The case's weight set, loaded through the real loaders in float32 on the CPU."""
-    return load_uso_components(
+    return load_components(
         transformer=weights / "flux1-dev.safetensors", vae=weights / "ae.safetensors",
         dit_lora=weights / "dit_lora.safetensors", projector=weights / "projector.safetensors",
         siglip=weights / "siglip", flux_config=weights / "config.json",

@@ -1,9 +1,11 @@
 """Resolving a manifest's `style_lora` reference to a local file, once per actor.
 
 A reference is one of:
-- a shipped OmniConsistency style name ("Ghibli", "3D_Chibi", ...): the staged
-  `<weights root>/style_loras/<Name>_rank128_bf16.safetensors`; its trigger phrase is added by
-  the model (StyleLora.name carries the canonical name);
+- a shipped OmniConsistency style name ("Ghibli", "3D_Chibi", ...; case and spaces are
+  forgiven): the staged `<weights root>/style_loras/<Name>_rank128_bf16.safetensors` (folder:
+  `weight_layout.STYLE_LORA_DIR`, file names and what counts as shipped:
+  `omniconsistency.styles`); its trigger phrase is added by the model (StyleLora.name carries
+  the canonical name);
 - a local path to a .safetensors file;
 - an `s3://` URI: downloaded once into the actor's cache folder;
 - a Hugging Face reference, `hf://owner/repo/file.safetensors` or `owner/repo/file.safetensors`
@@ -21,17 +23,16 @@ from pathlib import Path
 
 from pipeline.errors import ItemError, ItemStatus
 from pipeline.models.base import StyleLora
-from pipeline.models.omniconsistency.styles import SHIPPED_FILE_SUFFIX
+from pipeline.models.omniconsistency.styles import shipped_style, style_name_of
+from pipeline.models.weight_layout import STYLE_LORA_DIR
 from pipeline.storage import Storage
 from pipeline.weights.hashing import file_sha256
-
-SHIPPED_SUFFIX = SHIPPED_FILE_SUFFIX + ".safetensors"
 
 
 class StyleLoraResolver:
     def __init__(self, storage: Storage, weights_root: Path | None, cache_dir: Path):
         self.storage = storage
-        self.styles_dir = (weights_root / "style_loras") if weights_root else None
+        self.styles_dir = (weights_root / STYLE_LORA_DIR) if weights_root else None
         self.cache_dir = Path(cache_dir)
         self._lock = threading.Lock()
         self._resolved: dict[str, Path] = {}
@@ -61,8 +62,8 @@ class StyleLoraResolver:
 
     def _name(self, reference: str, path: Path) -> str:
         """Canonical shipped-style name when the reference names one, else the reference."""
-        if path.name.endswith(SHIPPED_SUFFIX) and "/" not in reference and not reference.endswith(".safetensors"):
-            return path.name[: -len(SHIPPED_SUFFIX)]
+        if "/" not in reference and not reference.endswith(".safetensors"):
+            return shipped_style(None, path) or reference
         return reference
 
     def _fetch(self, reference: str) -> Path:
@@ -77,12 +78,12 @@ class StyleLoraResolver:
 
     def _shipped(self, name: str) -> Path:
         if self.styles_dir is None or not self.styles_dir.is_dir():
-            raise FileNotFoundError(f"no shipped style LoRAs are staged (expected a style_loras/ "
-                                    f"folder in the weights root) for style {name!r}")
+            raise FileNotFoundError(f"no shipped style LoRAs are staged (expected a "
+                                    f"{STYLE_LORA_DIR}/ folder in the weights root) for style "
+                                    f"{name!r}")
         wanted = name.lower().replace(" ", "_")
         for file in sorted(self.styles_dir.glob("*.safetensors")):
-            stem = file.name[: -len(SHIPPED_SUFFIX)] if file.name.endswith(SHIPPED_SUFFIX) else file.stem
-            if stem.lower() == wanted:
+            if style_name_of(file).lower() == wanted:
                 return file
         known = sorted(f.name for f in self.styles_dir.glob("*.safetensors"))
         raise FileNotFoundError(f"unknown style {name!r}; staged styles: {', '.join(known) or 'none'}")

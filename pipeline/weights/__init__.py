@@ -9,9 +9,9 @@
 - `resolve`: a `--weights` spec -> local root (actors) and per-file sha256 (driver provenance).
 - `verify` + `header_checks`: presence, sizes, tensor names/shapes, sha256 of a weights root.
 - `inventory`: which files of a root each model loads; `hashing`: cached sha256 per node.
-- `architecture`: expected tensor names and shapes of every official file, per config.
-- `tiny`: a complete tiny random-weight weights root in the official on-disk formats
-  (`tiny_tokenizers`: real CLIP/T5 tokenizers trained locally; `tiny_diffusers`: the same tiny
-  FLUX as a diffusers snapshot).
+- `tiny`: a complete tiny random-weight weights root in the official on-disk formats, at the
+  "tiny" size of `pipeline.models.architecture` (`tiny_diffusers`: the same tiny FLUX as a
+  diffusers snapshot; the tokenizers come from `pipeline.models.flux.tiny_tokenizers`).
+The expected tensor names and shapes of every official file are `pipeline.models.weight_tables`.
 - `cli`: the `restyle weights` commands.
 """

@@ -2,7 +2,7 @@
 
 Nothing here reads tensor data: safetensors headers give names and shapes, and they are held
 against
-- the tables of `pipeline.models.architecture` for the single official files (BFL transformer
+- the tables of `pipeline.models.weight_tables` for the single official files (BFL transformer
   and VAE, USO dit_lora and projector, OmniConsistency LoRA), with the hyper-parameters of the
   preset (release, or tiny for a tiny build) and LoRA ranks read from the file itself (ranks
   are a free choice, not a corruption);
@@ -27,10 +27,14 @@ from pipeline.errors import WeightFileError
 from pipeline.models.architecture import (
     FLUX_AE,
     FLUX_DEV,
+    TINY,
     AutoEncoderParams,
     FluxParams,
-    TensorTable,
     USOProjectorParams,
+)
+from pipeline.models.flux.tensor_files import TensorFiles
+from pipeline.models.weight_tables import (
+    TensorTable,
     compare_tables,
     flux_transformer_tensors,
     flux_vae_tensors,
@@ -39,7 +43,6 @@ from pipeline.models.architecture import (
     uso_dit_lora_tensors,
     uso_projector_tensors,
 )
-from pipeline.models.flux.tensor_files import TensorFiles
 
 MAX_LISTED = 8
 
@@ -60,9 +63,7 @@ def preset_for(root: Path, tiny_marker: str) -> tuple[ArchitecturePreset, str | 
     its VAE against the parameters its own shapes imply. An unreadable config is the problem."""
     config = root / "flux1-dev" / "flux_config.json"
     if (root / tiny_marker).is_file():
-        from pipeline.weights.tiny import TINY_AE, TINY_FLUX
-
-        name, flux, ae = "tiny", TINY_FLUX, TINY_AE
+        name, flux, ae = "tiny", TINY.flux, TINY.vae
     elif config.is_file():
         name, flux, ae = "custom", FLUX_DEV, None
     else:

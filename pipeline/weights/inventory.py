@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.errors import WeightLayoutError, WeightsError
-from pipeline.models.weight_layout import OmniConsistencyFiles, USOFiles
+from pipeline.models.weight_layout import STYLE_LORA_DIR, OmniConsistencyFiles, USOFiles
 from pipeline.weights.registry import PER_ITEM_COMPONENTS, check_models
 
 
@@ -69,7 +69,7 @@ _COMPONENT_PREFIXES = (
     ("flux1-dev/text_encoder/", "clip"), ("flux1-dev/tokenizer/", "clip"),
     ("flux1-dev/", "flux_transformer"), ("t5/", "t5"), ("clip/", "clip"), ("siglip/", "siglip"),
     ("uso/dit_lora", "uso_dit_lora"), ("uso/projector", "uso_projector"),
-    ("omniconsistency/", "omniconsistency_lora"), ("style_loras/", "style_loras"),
+    ("omniconsistency/", "omniconsistency_lora"), (f"{STYLE_LORA_DIR}/", "style_loras"),
 )
 
 

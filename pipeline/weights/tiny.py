@@ -1,7 +1,8 @@
 """A complete tiny random-weight weights root, in the official on-disk formats.
 
 Tests and the demo run the real loaders on small files: `build_tiny_weights(root)` writes every
-file of the layout in `pipeline.models.weight_layout` with real architectures at tiny sizes:
+file of the layout in `pipeline.models.weight_layout` with the real architectures at the "tiny"
+size of `pipeline.models.architecture` (tensor names and shapes from `weight_tables`):
 
     flux1-dev/flux1-dev.safetensors    BFL transformer keys, bf16 (like the release)
     flux1-dev/flux_config.json         BFL FluxParams incl. axes_dim (shapes cannot tell it)
@@ -43,49 +44,24 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from pipeline.models.architecture import (
-    AutoEncoderParams,
-    FluxParams,
+from pipeline.models.architecture import FLUX_DEV_SCHEDULER, TINY, FluxParams
+from pipeline.models.flux import tiny_tokenizers
+from pipeline.models.omniconsistency.styles import SHIPPED_STYLES, shipped_file_name
+from pipeline.models.weight_layout import STYLE_LORA_DIR
+from pipeline.models.weight_tables import (
     TensorTable,
-    USOProjectorParams,
     flux_transformer_tensors,
     flux_vae_tensors,
     omniconsistency_lora_tensors,
     uso_dit_lora_tensors,
     uso_projector_tensors,
 )
-from pipeline.models.omniconsistency.styles import SHIPPED_STYLES
-from pipeline.weights import tiny_tokenizers
 from pipeline.weights.atomic_build import build_atomically
 
 BUILD_FORMAT = 2  # bump when the content of a tiny build changes, so old builds are replaced
 MARKER = "tiny_build.json"
 FLUX_LAYOUTS = ("bfl", "diffusers", "both")
 
-# FLUX: 2 heads x 32, RoPE axes (8, 12, 12); T5 width 48 != CLIP width 32 so a swap is caught.
-TINY_FLUX = FluxParams(in_channels=64, vec_in_dim=32, context_in_dim=48, hidden_size=64,
-                       mlp_ratio=4.0, num_heads=2, depth=2, depth_single_blocks=2,
-                       axes_dim=(8, 12, 12), theta=10_000, qkv_bias=True, guidance_embed=True)
-# VAE: 4 levels (x8), widths 32/32/64/64 (multiples of BFL's 32 GroupNorm groups; the width
-# change exercises the nin_shortcut convs the real 128/256/512/512 VAE has).
-TINY_AE = AutoEncoderParams(ch=32, ch_mult=(1, 1, 2, 2), num_res_blocks=1, z_channels=16)
-TINY_T5_CONFIG = dict(d_model=TINY_FLUX.context_in_dim, d_kv=12, d_ff=96, num_layers=2,
-                      num_heads=4, relative_attention_num_buckets=32,
-                      relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
-                      dropout_rate=0.0, layer_norm_epsilon=1e-6, is_encoder_decoder=False,
-                      use_cache=False, tie_word_embeddings=False)
-TINY_CLIP_TEXT_CONFIG = dict(hidden_size=TINY_FLUX.vec_in_dim, intermediate_size=64,
-                             num_hidden_layers=2, num_attention_heads=4,
-                             max_position_embeddings=77, hidden_act="quick_gelu",
-                             projection_dim=TINY_FLUX.vec_in_dim)
-TINY_SIGLIP_CONFIG = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=20,
-                          num_attention_heads=4, image_size=56, patch_size=14, num_channels=3,
-                          layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh")
-TINY_PROJECTOR = USOProjectorParams(siglip_tokens=(56 // 14) ** 2, style_tokens=4,
-                                    siglip_dim=32, hidden_size=TINY_FLUX.hidden_size)
-TINY_USO_LORA_RANK = 4
-TINY_OMNI_LORA_RANK = 4
-TINY_STYLE_LORA_RANK = 4
 TINY_STYLE_NAMES = SHIPPED_STYLES  # all 22, so every shipped style name works in the demo
 # kohya module -> alpha; alpha/rank differs per module (0.25 .. 2) so a lost alpha shows.
 KOHYA_DOUBLE_ALPHAS = {"img_attn_qkv": 2.0, "img_attn_proj": 4.0, "img_mlp_0": 8.0,
@@ -104,11 +80,8 @@ SIGLIP_PREPROCESSOR = {
     "image_std": [0.5, 0.5, 0.5], "processor_class": "SiglipProcessor",
     "resample": 3,  # PIL bicubic
     "rescale_factor": 1 / 255,
-    "size": {"height": TINY_SIGLIP_CONFIG["image_size"], "width": TINY_SIGLIP_CONFIG["image_size"]},
+    "size": {"height": TINY.siglip["image_size"], "width": TINY.siglip["image_size"]},
 }
-FLUX_DEV_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
-                          base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
-                          max_image_seq_len=4096)
 
 
 # ----------------------------------------------------------------------------- random values
@@ -160,10 +133,10 @@ def _text_models(seed: int):
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     t5_tok, clip_tok = tiny_tokenizers.build_t5_tokenizer(), tiny_tokenizers.build_clip_tokenizer()
-    t5 = T5EncoderModel(T5Config(**TINY_T5_CONFIG, vocab_size=len(t5_tok),
+    t5 = T5EncoderModel(T5Config(**TINY.t5, vocab_size=len(t5_tok),
                                  pad_token_id=t5_tok.pad_token_id, eos_token_id=t5_tok.eos_token_id,
                                  decoder_start_token_id=t5_tok.pad_token_id))
-    clip = CLIPTextModel(CLIPTextConfig(**TINY_CLIP_TEXT_CONFIG, vocab_size=len(clip_tok),
+    clip = CLIPTextModel(CLIPTextConfig(**TINY.clip_text, vocab_size=len(clip_tok),
                                         bos_token_id=clip_tok.bos_token_id,
                                         eos_token_id=clip_tok.eos_token_id,
                                         pad_token_id=clip_tok.pad_token_id))
@@ -181,7 +154,7 @@ def _save_hf(model, tokenizer, folder: Path) -> None:
 def write_siglip(folder: Path, seed: int) -> None:
     from transformers import SiglipVisionConfig, SiglipVisionModel
 
-    model = SiglipVisionModel(SiglipVisionConfig(**TINY_SIGLIP_CONFIG))
+    model = SiglipVisionModel(SiglipVisionConfig(**TINY.siglip))
     randomize_module(model, _generator(seed, "siglip"))
     model.save_pretrained(folder)
     (folder / "preprocessor_config.json").write_text(json.dumps(SIGLIP_PREPROCESSOR, indent=2) + "\n")
@@ -235,10 +208,10 @@ def _xlabs_style_lora(gen: torch.Generator, params: FluxParams, rank: int
     return random_tensors(table, gen, ADDON_DTYPE)
 
 
-def write_style_loras(folder: Path, seed: int, params: FluxParams = TINY_FLUX) -> None:
-    rank = TINY_STYLE_LORA_RANK
+def write_style_loras(folder: Path, seed: int, params: FluxParams = TINY.flux) -> None:
+    rank = TINY.style_lora_rank
     for name in TINY_STYLE_NAMES:
-        file = f"{name}_rank128_bf16.safetensors"
+        file = shipped_file_name(name)
         _save(_kohya_style_lora(_generator(seed, file), params, rank), folder / file,
               metadata=KOHYA_METADATA)
     examples = folder / "examples"
@@ -259,23 +232,25 @@ def _write_flux_diffusers_snapshot(folder: Path, flux: dict, ae: dict, text) -> 
 
     t5, t5_tok, clip, clip_tok = text
     pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_DEV_SCHEDULER),
-                        vae=build_diffusers_vae(ae, TINY_AE, VAE_DTYPE),
+                        vae=build_diffusers_vae(ae, TINY.vae, VAE_DTYPE),
                         text_encoder=clip, tokenizer=clip_tok,
                         text_encoder_2=t5, tokenizer_2=t5_tok,
-                        transformer=build_diffusers_transformer(flux, TINY_FLUX, FLUX_DTYPE))
+                        transformer=build_diffusers_transformer(flux, TINY.flux, FLUX_DTYPE))
     pipe.save_pretrained(folder)
     tiny_tokenizers.write_t5_sentencepiece(folder / "tokenizer_2")
 
 
 def _write_all(root: Path, seed: int, flux_layout: str) -> None:
     flux_dir = root / "flux1-dev"
-    flux = random_tensors(flux_transformer_tensors(TINY_FLUX), _generator(seed, "flux1-dev"), FLUX_DTYPE)
-    ae = random_tensors(flux_vae_tensors(TINY_AE), _generator(seed, "ae"), VAE_DTYPE)
+    flux = random_tensors(flux_transformer_tensors(TINY.flux), _generator(seed, "flux1-dev"),
+                          FLUX_DTYPE)
+    ae = random_tensors(flux_vae_tensors(TINY.vae), _generator(seed, "ae"), VAE_DTYPE)
     text = _text_models(seed)
     if flux_layout in ("bfl", "both"):
         _save(flux, flux_dir / "flux1-dev.safetensors")
         _save(ae, flux_dir / "ae.safetensors")
-        (flux_dir / "flux_config.json").write_text(json.dumps(TINY_FLUX.to_dict(), indent=2) + "\n")
+        (flux_dir / "flux_config.json").write_text(json.dumps(TINY.flux.to_dict(), indent=2)
+                                                   + "\n")
     if flux_layout == "bfl":
         t5, t5_tok, clip, clip_tok = text
         _save_hf(t5, t5_tok, root / "t5")
@@ -284,15 +259,17 @@ def _write_all(root: Path, seed: int, flux_layout: str) -> None:
     else:  # text encoders live in the snapshot's text_encoder(_2)/tokenizer(_2) folders
         _write_flux_diffusers_snapshot(flux_dir, flux, ae, text)
     write_siglip(root / "siglip", seed)
-    _save(random_tensors(uso_dit_lora_tensors(TINY_FLUX, TINY_USO_LORA_RANK),
-                         _generator(seed, "dit_lora"), ADDON_DTYPE), root / "uso" / "dit_lora.safetensors")
-    _save(random_tensors(uso_projector_tensors(TINY_PROJECTOR), _generator(seed, "projector"),
+    arch = TINY
+    _save(random_tensors(uso_dit_lora_tensors(arch.flux, arch.uso_lora_rank),
+                         _generator(seed, "dit_lora"), ADDON_DTYPE),
+          root / "uso" / "dit_lora.safetensors")
+    _save(random_tensors(uso_projector_tensors(arch.uso_projector), _generator(seed, "projector"),
                          ADDON_DTYPE), root / "uso" / "projector.safetensors")
-    _save(random_tensors(omniconsistency_lora_tensors(TINY_FLUX.depth, TINY_FLUX.depth_single_blocks,
-                                                      TINY_FLUX.hidden_size, TINY_OMNI_LORA_RANK),
-                         _generator(seed, "omniconsistency"), ADDON_DTYPE),
+    omni_table = omniconsistency_lora_tensors(arch.flux.depth, arch.flux.depth_single_blocks,
+                                              arch.flux.hidden_size, arch.omniconsistency_lora_rank)
+    _save(random_tensors(omni_table, _generator(seed, "omniconsistency"), ADDON_DTYPE),
           root / "omniconsistency" / "OmniConsistency.safetensors")
-    write_style_loras(root / "style_loras", seed)
+    write_style_loras(root / STYLE_LORA_DIR, seed)
 
 
 # ------------------------------------------------------------------------- build management

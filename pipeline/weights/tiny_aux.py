@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.weights import tiny_tokenizers
+from pipeline.models.flux import tiny_tokenizers
 from pipeline.weights.atomic_build import build_atomically
 from pipeline.weights.tiny import randomize_module
 

@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 import pipeline.weights.tiny as tiny
-from pipeline.models.architecture import (
+from pipeline.models.architecture import TINY
+from pipeline.models.weight_tables import (
     compare_tables,
     flux_transformer_tensors,
     flux_vae_tensors,
@@ -23,12 +24,7 @@ from pipeline.models.architecture import (
 from pipeline.models.weight_layout import FluxFiles, OmniConsistencyFiles, USOFiles
 from pipeline.weights.tiny import (
     MARKER,
-    TINY_AE,
-    TINY_FLUX,
-    TINY_OMNI_LORA_RANK,
-    TINY_PROJECTOR,
     TINY_STYLE_NAMES,
-    TINY_USO_LORA_RANK,
     build_tiny_weights,
     is_complete_build,
 )
@@ -65,12 +61,12 @@ def test_every_model_finds_all_its_files(root):
 
 
 @pytest.mark.parametrize("rel, table", [
-    ("flux1-dev/flux1-dev.safetensors", lambda: flux_transformer_tensors(TINY_FLUX)),
-    ("flux1-dev/ae.safetensors", lambda: flux_vae_tensors(TINY_AE)),
-    ("uso/dit_lora.safetensors", lambda: uso_dit_lora_tensors(TINY_FLUX, TINY_USO_LORA_RANK)),
-    ("uso/projector.safetensors", lambda: uso_projector_tensors(TINY_PROJECTOR)),
+    ("flux1-dev/flux1-dev.safetensors", lambda: flux_transformer_tensors(TINY.flux)),
+    ("flux1-dev/ae.safetensors", lambda: flux_vae_tensors(TINY.vae)),
+    ("uso/dit_lora.safetensors", lambda: uso_dit_lora_tensors(TINY.flux, TINY.uso_lora_rank)),
+    ("uso/projector.safetensors", lambda: uso_projector_tensors(TINY.uso_projector)),
     ("omniconsistency/OmniConsistency.safetensors", lambda: omniconsistency_lora_tensors(
-        TINY_FLUX.depth, TINY_FLUX.depth_single_blocks, TINY_FLUX.hidden_size, TINY_OMNI_LORA_RANK)),
+        TINY.flux.depth, TINY.flux.depth_single_blocks, TINY.flux.hidden_size, TINY.omniconsistency_lora_rank)),
 ])
 def test_files_follow_the_official_architecture_tables(root, rel, table):
     diff = compare_tables(read_safetensors_shapes(root / rel), table())
@@ -103,8 +99,8 @@ def test_flux_config_json_tells_what_shapes_cannot(root):
 def test_text_encoder_widths_feed_flux(root):
     from transformers import CLIPTextConfig, T5Config
 
-    assert T5Config.from_pretrained(root / "t5").d_model == TINY_FLUX.context_in_dim
-    assert CLIPTextConfig.from_pretrained(root / "clip").hidden_size == TINY_FLUX.vec_in_dim
+    assert T5Config.from_pretrained(root / "t5").d_model == TINY.flux.context_in_dim
+    assert CLIPTextConfig.from_pretrained(root / "clip").hidden_size == TINY.flux.vec_in_dim
 
 
 def test_tokenizers_load_with_transformers_from_the_folders(root):
@@ -139,7 +135,7 @@ def test_siglip_has_the_layers_the_projector_reads_and_a_pil_processor(root):
     with torch.no_grad():
         hidden = model(pixel_values=pixels, output_hidden_states=True).hidden_states
     assert len(hidden) >= 21  # hidden_states[-20] exists and is a transformer layer output
-    assert hidden[-20].shape == (1, TINY_PROJECTOR.siglip_tokens, TINY_PROJECTOR.siglip_dim)
+    assert hidden[-20].shape == (1, TINY.uso_projector.siglip_tokens, TINY.uso_projector.siglip_dim)
 
 
 # -------------------------------------------------------------- reproducible and idempotent
@@ -172,7 +168,7 @@ def test_missing_or_truncated_file_triggers_a_rebuild(tmp_path):
     flux.write_bytes(flux.read_bytes()[:1000])
     assert not is_complete_build(root)
     build_tiny_weights(root)
-    assert read_safetensors_shapes(flux) == flux_transformer_tensors(TINY_FLUX)
+    assert read_safetensors_shapes(flux) == flux_transformer_tensors(TINY.flux)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging leftovers
 
 
@@ -224,7 +220,7 @@ def test_both_layouts_hold_the_same_values(root, snapshot_root):
     bfl = load_file(root / "flux1-dev/flux1-dev.safetensors")
     assert load_file(snapshot_root / "flux1-dev/flux1-dev.safetensors").keys() == bfl.keys()
     diff = load_file(flux_dir / "transformer" / "diffusion_pytorch_model.safetensors")
-    h = TINY_FLUX.hidden_size
+    h = TINY.flux.hidden_size
     assert torch.equal(diff["x_embedder.weight"], bfl["img_in.weight"])
     qkv = bfl["double_blocks.1.img_attn.qkv.weight"]
     assert torch.equal(diff["transformer_blocks.1.attn.to_k.weight"], qkv[h:2 * h])

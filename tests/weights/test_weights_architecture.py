@@ -22,6 +22,8 @@ from pipeline.models.architecture import (
     AutoEncoderParams,
     FluxParams,
     USOProjectorParams,
+)
+from pipeline.models.weight_tables import (
     compare_tables,
     flux_transformer_tensors,
     flux_vae_tensors,
@@ -190,5 +192,5 @@ def test_truncated_and_missing_files_name_the_file(tmp_path):
     header_only.write_bytes(b"\x05\x00")
     with pytest.raises(WeightFileError, match="garbage.safetensors"):
         read_safetensors_shapes(header_only)
-    with pytest.raises(WeightFileError, match="absent.safetensors: file does not exist"):
+    with pytest.raises(WeightFileError, match="absent.safetensors: file not found"):
         read_safetensors_shapes(tmp_path / "absent.safetensors")

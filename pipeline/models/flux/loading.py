@@ -34,6 +34,7 @@ from diffusers import AutoencoderKL, FluxTransformer2DModel
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
 from pipeline.errors import WeightFileError
+from pipeline.models.architecture import FLUX_AE, FLUX_DEV
 from pipeline.models.flux.tensor_files import (
     TensorFiles,
     TensorSource,
@@ -41,10 +42,6 @@ from pipeline.models.flux.tensor_files import (
     materialize,
 )
 
-FLUX_DEV_AXES_DIM = (16, 56, 56)
-FLUX_ROPE_THETA = 10000  # diffusers' FluxTransformer2DModel hard-codes it
-BFL_VAE_NORM_GROUPS = 32  # the BFL AutoEncoder hard-codes GroupNorm(32)
-FLUX_VAE_SCALING, FLUX_VAE_SHIFT = 0.3611, 0.1159
 _BFL_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
 
 
@@ -63,8 +60,9 @@ def load_flux_transformer(path: Path, *, config: None | Mapping | Path = None,
         kwargs = _diffusers_config(path, FluxTransformer2DModel)
         if bfl_params and "axes_dim" in bfl_params and \
                 tuple(bfl_params["axes_dim"]) != tuple(kwargs.get("axes_dims_rope", ())):
-            raise WeightFileError(path / "config.json", f"axes_dims_rope {kwargs.get('axes_dims_rope')}"
-                                  f" disagrees with the given config's axes_dim {bfl_params['axes_dim']}")
+            raise WeightFileError(path / "config.json",
+                                  f"axes_dims_rope {kwargs.get('axes_dims_rope')} disagrees with "
+                                  f"the given config's axes_dim {bfl_params['axes_dim']}")
         with torch.device("meta"):
             model = FluxTransformer2DModel.from_config(kwargs)
         plan = identity_plan(model.state_dict().keys())
@@ -123,12 +121,13 @@ def flux_transformer_kwargs_from_bfl(files: TensorFiles, prefix: str = "",
         "single_blocks.0.norm.query_norm.scale"
     (head_dim,) = shape(norm_key)
     if hidden % head_dim:
-        raise WeightFileError(files.label, f"hidden size {hidden} is not a multiple of the head size "
-                              f"{head_dim}", [prefix + norm_key])
+        raise WeightFileError(files.label, f"hidden size {hidden} is not a multiple of the head "
+                              f"size {head_dim}", [prefix + norm_key])
     if depth:
         mlp_hidden = shape("double_blocks.0.img_mlp.0.weight")[0]
         if prefix + "double_blocks.0.img_attn.qkv.bias" not in keys:
-            raise WeightFileError(files.label, "qkv without bias is not supported by diffusers' FLUX",
+            raise WeightFileError(files.label,
+                                  "qkv without bias is not supported by diffusers' FLUX",
                                   [prefix + "double_blocks.0.img_attn.qkv.bias"])
     else:
         mlp_hidden = shape("single_blocks.0.linear1.weight")[0] - 3 * hidden
@@ -144,7 +143,8 @@ def flux_transformer_kwargs_from_bfl(files: TensorFiles, prefix: str = "",
             "context_in_dim": shape("txt_in.weight")[1],
             "vec_in_dim": shape("vector_in.in_layer.weight")[1],
             "guidance_embed": prefix + "guidance_in.in_layer.weight" in keys,
-            "theta": FLUX_ROPE_THETA, "mlp_ratio": 4.0, "qkv_bias": True})
+            "theta": FLUX_DEV.theta,  # diffusers hard-codes it
+            "mlp_ratio": 4.0, "qkv_bias": True})
     return {
         "patch_size": 1,
         "in_channels": in_channels,
@@ -191,9 +191,9 @@ def bfl_transformer_plan(kwargs: Mapping, prefix: str = "") -> dict[str, TensorS
         dst, src = f"transformer_blocks.{i}", f"double_blocks.{i}"
         linear(f"{dst}.norm1.linear", f"{src}.img_mod.lin")
         linear(f"{dst}.norm1_context.linear", f"{src}.txt_mod.lin")
-        for name, rows in zip(("to_q", "to_k", "to_v"), qkv_rows):
+        for name, rows in zip(("to_q", "to_k", "to_v"), qkv_rows, strict=True):
             linear(f"{dst}.attn.{name}", f"{src}.img_attn.qkv", rows)
-        for name, rows in zip(("add_q_proj", "add_k_proj", "add_v_proj"), qkv_rows):
+        for name, rows in zip(("add_q_proj", "add_k_proj", "add_v_proj"), qkv_rows, strict=True):
             linear(f"{dst}.attn.{name}", f"{src}.txt_attn.qkv", rows)
         norm(f"{dst}.attn.norm_q", f"{src}.img_attn.norm.query_norm")
         norm(f"{dst}.attn.norm_k", f"{src}.img_attn.norm.key_norm")
@@ -208,7 +208,7 @@ def bfl_transformer_plan(kwargs: Mapping, prefix: str = "") -> dict[str, TensorS
     for i in range(kwargs["num_single_layers"]):
         dst, src = f"single_transformer_blocks.{i}", f"single_blocks.{i}"
         linear(f"{dst}.norm.linear", f"{src}.modulation.lin")
-        for name, rows in zip(("to_q", "to_k", "to_v"), qkv_rows):
+        for name, rows in zip(("to_q", "to_k", "to_v"), qkv_rows, strict=True):
             linear(f"{dst}.attn.{name}", f"{src}.linear1", rows)
         linear(f"{dst}.proj_mlp", f"{src}.linear1", (3 * hidden, 7 * hidden))  # MLP ratio 4
         norm(f"{dst}.attn.norm_q", f"{src}.norm.query_norm")
@@ -220,7 +220,8 @@ def bfl_transformer_plan(kwargs: Mapping, prefix: str = "") -> dict[str, TensorS
 
 
 def _swap_halves(tensor: torch.Tensor) -> torch.Tensor:
-    """BFL's final adaLN emits (shift, scale); diffusers' AdaLayerNormContinuous wants (scale, shift)."""
+    """BFL's final adaLN emits (shift, scale); diffusers' AdaLayerNormContinuous wants
+    (scale, shift)."""
     shift, scale = tensor.chunk(2, dim=0)
     return torch.cat([scale, shift], dim=0)
 
@@ -241,11 +242,12 @@ def _uniform_prefix(keys: set[str]) -> str:
 def _axes_dim(label: str, head_dim: int, bfl_params: Mapping | None) -> tuple[int, ...]:
     if bfl_params and "axes_dim" in bfl_params:
         axes = tuple(int(a) for a in bfl_params["axes_dim"])
-    elif head_dim == sum(FLUX_DEV_AXES_DIM):
-        axes = FLUX_DEV_AXES_DIM
+    elif head_dim == sum(FLUX_DEV.axes_dim):
+        axes = FLUX_DEV.axes_dim
     else:
         raise WeightFileError(label, f"head size {head_dim} needs the RoPE axes_dim, which a "
-                              "checkpoint cannot tell: pass a BFL FluxParams config (flux_config.json)")
+                              "checkpoint cannot tell: pass a BFL FluxParams config "
+                              "(flux_config.json)")
     if sum(axes) != head_dim or any(a % 2 for a in axes):
         raise WeightFileError(label, f"axes_dim {list(axes)} must be even and sum to the head size "
                               f"{head_dim}")
@@ -308,7 +310,7 @@ def vae_kwargs_from_bfl(files: TensorFiles, overrides: Mapping | None = None) ->
         raise WeightFileError(files.label, "missing tensors (not a BFL VAE?)", ["encoder.down.0.*"])
     widths = [shape(f"encoder.down.{i}.block.0.conv2.weight")[0] for i in range(levels)]
     layers = _count_blocks(keys, "encoder.down.0.block.")
-    groups = int(overrides.get("norm_num_groups", BFL_VAE_NORM_GROUPS))
+    groups = int(overrides.get("norm_num_groups", FLUX_AE.norm_num_groups))
     bad = [w for w in widths if w % groups]
     if bad:
         raise WeightFileError(files.label, f"channel widths {widths} are not divisible by "
@@ -322,8 +324,8 @@ def vae_kwargs_from_bfl(files: TensorFiles, overrides: Mapping | None = None) ->
         "layers_per_block": layers,
         "latent_channels": shape("encoder.conv_out.weight")[0] // 2,
         "norm_num_groups": groups,
-        "scaling_factor": float(overrides.get("scale_factor", FLUX_VAE_SCALING)),
-        "shift_factor": float(overrides.get("shift_factor", FLUX_VAE_SHIFT)),
+        "scaling_factor": float(overrides.get("scale_factor", FLUX_AE.scale_factor)),
+        "shift_factor": float(overrides.get("shift_factor", FLUX_AE.shift_factor)),
         "use_quant_conv": "quant_conv.weight" in keys,
         "use_post_quant_conv": "post_quant_conv.weight" in keys,
         "mid_block_add_attention": "encoder.mid.attn_1.q.weight" in keys,

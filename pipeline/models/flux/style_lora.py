@@ -19,6 +19,10 @@ a LoRA load it once; a swap unloads the PEFT layers entirely (outputs then equal
 model bit for bit). With `fuse=True` the deltas are merged into the base weights (faster
 steps, different bf16 rounding) and the exact original weights, kept on the CPU, are copied
 back on unload: fuse/unfuse arithmetic in bf16 is lossy, a copy is not.
+
+Base Linears stored in fp8 (`pipeline.models.fp8`) are `nn.Linear` subclasses whose `weight` is
+the dequantised weight: PEFT wraps them like any Linear and creates the adapters in that
+(compute) dtype. Fusing into them is not possible (models refuse fp8 with fuse_lora).
 """
 
 from __future__ import annotations
@@ -76,11 +80,11 @@ def _split_kohya_linear1(tensors: dict[str, torch.Tensor], transformer: FluxTran
 
     Returns diffusers-format entries and removes the consumed keys from `tensors`.
     """
-    block = transformer.single_transformer_blocks[0] if len(transformer.single_transformer_blocks) else None
-    if block is None:
+    if not len(transformer.single_transformer_blocks):
         return {}
-    split = (block.attn.to_q.out_features, block.attn.to_k.out_features, block.attn.to_v.out_features,
-             block.proj_mlp.out_features)
+    block = transformer.single_transformer_blocks[0]
+    split = (block.attn.to_q.out_features, block.attn.to_k.out_features,
+             block.attn.to_v.out_features, block.proj_mlp.out_features)
     if split == _FLUX_DEV_LINEAR1_SPLIT:
         return {}  # diffusers handles it
     out: dict[str, torch.Tensor] = {}
@@ -96,11 +100,12 @@ def _split_kohya_linear1(tensors: dict[str, torch.Tensor], transformer: FluxTran
         while scale_down * 2 < scale_up:  # diffusers' balancing of alpha/rank between the factors
             scale_down, scale_up = scale_down * 2, scale_up / 2
         if up.shape[0] != sum(split):
-            raise ValueError(f"{name}.lora_up.weight has {up.shape[0]} rows, the transformer's fused "
-                             f"q/k/v/mlp projection has {sum(split)}")
+            raise ValueError(f"{name}.lora_up.weight has {up.shape[0]} rows, the transformer's "
+                             f"fused q/k/v/mlp projection has {sum(split)}")
         target = f"transformer.single_transformer_blocks.{i}"
-        modules = (f"{target}.attn.to_q", f"{target}.attn.to_k", f"{target}.attn.to_v", f"{target}.proj_mlp")
-        for module, up_part in zip(modules, torch.split(up, list(split), dim=0)):
+        modules = (f"{target}.attn.to_q", f"{target}.attn.to_k", f"{target}.attn.to_v",
+                   f"{target}.proj_mlp")
+        for module, up_part in zip(modules, torch.split(up, list(split), dim=0), strict=True):
             out[f"{module}.lora_A.weight"] = down * scale_down
             out[f"{module}.lora_B.weight"] = up_part.contiguous() * scale_up
     return out
@@ -136,7 +141,8 @@ def read_style_lora(path: Path, transformer: FluxTransformer2DModel) -> Converte
     return ConvertedStyleLora(path, source_format, state_dict, alphas, ignored)
 
 
-def _check_targets(path: Path, state_dict: dict[str, torch.Tensor], transformer: FluxTransformer2DModel) -> None:
+def _check_targets(path: Path, state_dict: dict[str, torch.Tensor],
+                   transformer: FluxTransformer2DModel) -> None:
     """Every LoRA pair must sit on a Linear of this transformer with matching widths."""
     modules = dict(transformer.named_modules())
     problems = []
@@ -148,11 +154,14 @@ def _check_targets(path: Path, state_dict: dict[str, torch.Tensor], transformer:
         if not isinstance(module, torch.nn.Linear):
             problems.append(f"{key} (no Linear {module_name!r} in the transformer)")
         elif ".lora_A." in key and tensor.ndim == 2 and tensor.shape[1] != module.in_features:
-            problems.append(f"{key} has {tensor.shape[1]} inputs, {module_name} takes {module.in_features}")
+            problems.append(f"{key} has {tensor.shape[1]} inputs, {module_name} takes "
+                            f"{module.in_features}")
         elif ".lora_B." in key and tensor.ndim == 2 and tensor.shape[0] != module.out_features:
-            problems.append(f"{key} has {tensor.shape[0]} outputs, {module_name} gives {module.out_features}")
+            problems.append(f"{key} has {tensor.shape[0]} outputs, {module_name} gives "
+                            f"{module.out_features}")
     if problems:
-        shown = "; ".join(problems[:10]) + (f" ... (+{len(problems) - 10} more)" if len(problems) > 10 else "")
+        more = f" ... (+{len(problems) - 10} more)" if len(problems) > 10 else ""
+        shown = "; ".join(problems[:10]) + more
         raise StyleLoraError(path, f"does not fit this FLUX transformer: {shown}")
 
 
@@ -164,13 +173,9 @@ def _file_identity(path: Path) -> tuple[str, int, int]:
 class StyleLoraSlot:
     """The (at most one) style LoRA mounted on a transformer; see the module docstring."""
 
-    def __init__(self, transformer: FluxTransformer2DModel, *, fuse: bool = False,
-                 compute_dtype: torch.dtype | None = None):
+    def __init__(self, transformer: FluxTransformer2DModel, *, fuse: bool = False):
         self.transformer = transformer
         self.fuse = fuse
-        # With float8-stored base weights PEFT would create the LoRA in float8 too; keep it in
-        # the compute dtype instead (diffusers layerwise casting upcasts only the base layers).
-        self.compute_dtype = compute_dtype
         self._identity: tuple | None = None
         self._scale: float | None = None
         self._originals: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
@@ -210,30 +215,13 @@ class StyleLoraSlot:
     def _mount(self, converted: ConvertedStyleLora, scale: float) -> None:
         with torch.no_grad():
             self.transformer.load_lora_adapter(
-                {f"transformer.{k}": v for k, v in converted.state_dict.items()}, prefix="transformer",
-                network_alphas=converted.network_alphas, adapter_name=ADAPTER_NAME)
+                {f"transformer.{k}": v for k, v in converted.state_dict.items()},
+                prefix="transformer", network_alphas=converted.network_alphas,
+                adapter_name=ADAPTER_NAME)
         self._identity = ("mounting",)  # so a failure below unloads the PEFT layers
-        self._restore_float8_adapter(converted)
         self.transformer.set_adapters([ADAPTER_NAME], weights=[scale])
         if self.fuse:
             self._fuse()
-
-    def _restore_float8_adapter(self, converted: ConvertedStyleLora) -> None:
-        """Re-create LoRA weights PEFT put in a float8 dtype, in the compute dtype, from the file."""
-        from peft.tuners.lora import LoraLayer
-
-        if self.compute_dtype is None:
-            return
-        with torch.no_grad():
-            for name, module in self.transformer.named_modules():
-                if not isinstance(module, LoraLayer) or ADAPTER_NAME not in module.lora_A:
-                    continue
-                for part, layers in (("lora_A", module.lora_A), ("lora_B", module.lora_B)):
-                    layer = layers[ADAPTER_NAME]
-                    if layer.weight.dtype.is_floating_point and layer.weight.dtype.itemsize == 1:
-                        source = converted.state_dict[f"{name}.{part}.weight"]
-                        layer.weight = torch.nn.Parameter(
-                            source.to(layer.weight.device, self.compute_dtype), requires_grad=False)
 
     def _fuse(self) -> None:
         """Merge into the base weights, drop the PEFT wrappers, keep exact originals on the CPU."""
@@ -245,8 +233,10 @@ class StyleLoraSlot:
                 base = module.get_base_layer()
                 weight = base.weight.detach().to("cpu", copy=True)
                 bias = None if base.bias is None else base.bias.detach().to("cpu", copy=True)
-                self._originals[name] = (weight.pin_memory() if pin else weight,
-                                         None if bias is None else (bias.pin_memory() if pin else bias))
+                if pin:
+                    weight = weight.pin_memory()
+                    bias = None if bias is None else bias.pin_memory()
+                self._originals[name] = (weight, bias)
         self.transformer.fuse_lora(lora_scale=1.0, adapter_names=[ADAPTER_NAME])
         self.transformer.unload_lora()  # keeps the merged weights, removes the wrappers
 

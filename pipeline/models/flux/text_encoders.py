@@ -42,22 +42,13 @@ from transformers import (
 )
 
 from pipeline.errors import WeightFileError
+from pipeline.models.architecture import architecture
+from pipeline.models.flux import tiny_tokenizers
+from pipeline.models.runtime import random_init, resident
 from pipeline.models.weight_layout import FluxFiles
 
 CLIP_MAX_LENGTH = 77  # CLIP-L's context, used by both references
 T5_MAX_LENGTH = 512  # FLUX.1-dev's max_sequence_length (the references' default and maximum)
-
-# The released architectures, for `FluxTextEncoders.random` (speed benchmarks without files).
-T5_XXL_CONFIG = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24,
-                     num_heads=64, relative_attention_num_buckets=32,
-                     relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
-                     dropout_rate=0.0, layer_norm_epsilon=1e-6, is_encoder_decoder=False,
-                     use_cache=False, tie_word_embeddings=False)
-CLIP_L_TEXT_CONFIG = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072,
-                          num_hidden_layers=12, num_attention_heads=12,
-                          max_position_embeddings=CLIP_MAX_LENGTH, hidden_act="quick_gelu",
-                          projection_dim=768, bos_token_id=49406, eos_token_id=49407,
-                          pad_token_id=1)
 
 _Loaded = TypeVar("_Loaded")
 
@@ -96,8 +87,8 @@ def _check_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, mod
                  tokenizer_dir: Path, what: str) -> None:
     """A tokenizer that emits ids past the embedding table would fail later, mid-batch."""
     if len(tokenizer) > model.config.vocab_size:
-        raise WeightFileError(tokenizer_dir, f"{what} tokenizer has {len(tokenizer)} tokens but the "
-                                             f"model in {model_dir} has vocab_size "
+        raise WeightFileError(tokenizer_dir, f"{what} tokenizer has {len(tokenizer)} tokens but "
+                                             f"the model in {model_dir} has vocab_size "
                                              f"{model.config.vocab_size}")
 
 
@@ -132,11 +123,9 @@ class FluxTextEncoders:
         self.clip_tokenizer = clip_tokenizer
         self._t5: T5EncoderModel | None = t5.eval().requires_grad_(False)
         self._clip: CLIPTextModel | None = clip.eval().requires_grad_(False)
-        self._home = torch.device("cpu") if offload else self.device
         # Models arrive in `dtype` from their loader; only the device changes here, so that
         # transformers' own dtype plan (e.g. T5's fp32 `wo` under fp16) is kept.
-        self._t5.to(self._home)
-        self._clip.to(self._home)
+        self._move(torch.device("cpu") if offload else self.device)
         self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.encoded_prompts = 0  # prompts actually run through the encoders (cache misses)
         self.cache_hits = 0
@@ -152,8 +141,9 @@ class FluxTextEncoders:
         read on the CPU in `dtype`, then moved to `device` (or kept on the CPU if `offload`).
         """
         t5 = _load_model_strictly(T5EncoderModel, files.t5, dtype, "T5 encoder")
-        t5_tokenizer = _load_local(files.t5_tokenizer, "T5 tokenizer", lambda: T5Tokenizer.from_pretrained(
-            files.t5_tokenizer, local_files_only=True))
+        t5_tokenizer = _load_local(files.t5_tokenizer, "T5 tokenizer",
+                                   lambda: T5Tokenizer.from_pretrained(files.t5_tokenizer,
+                                                                       local_files_only=True))
         clip = _load_model_strictly(CLIPTextModel, files.clip, dtype, "CLIP text encoder")
         clip_tokenizer = _load_local(files.clip_tokenizer, "CLIP tokenizer",
                                      lambda: CLIPTokenizer.from_pretrained(
@@ -166,40 +156,48 @@ class FluxTextEncoders:
     @classmethod
     def random(cls, size: str = "full", device: torch.device | str = "cpu",
                dtype: torch.dtype = torch.bfloat16, max_sequence_length: int = T5_MAX_LENGTH,
-               seed: int = 0, **kwargs) -> FluxTextEncoders:
-        """Random-weight encoders with the real architectures, built directly on `device`.
+               seed: int = 0, offload: bool = False, **kwargs) -> FluxTextEncoders:
+        """Random-weight encoders with the real architectures, built directly where they live
+        (`device`, or the CPU with `offload`).
 
-        For speed benchmarks only: `size="full"` is T5 v1.1 XXL + CLIP-L (~4.8B params);
-        `size="tiny"` is the tiny preset of `pipeline.weights.tiny`. The tokenizers are the
-        tiny preset's locally trained ones (nothing comes from the Hub); their vocabularies are
-        smaller than the real ones, so every id is valid for the full-size embedding tables.
-        Token counts differ from the real tokenizers', which does not change the cost: T5 always
-        runs on `max_sequence_length` tokens and CLIP on 77.
+        For speed benchmarks only: the T5/CLIP configs of `size` in
+        `pipeline.models.architecture` ("full" is T5 v1.1 XXL + CLIP-L, ~4.8B params; "small"
+        and "tiny" share the tiny encoders). The tokenizers are the locally trained ones of
+        `tiny_tokenizers` (nothing comes from the Hub); their vocabularies are smaller than the
+        real ones, so every id is valid for the full-size embedding tables. Token counts differ
+        from the real tokenizers', which does not change the cost: T5 always runs on
+        `max_sequence_length` tokens and CLIP on 77.
         """
-        from pipeline.weights import tiny_tokenizers
-        from pipeline.weights.tiny import TINY_CLIP_TEXT_CONFIG, TINY_T5_CONFIG
-
+        arch = architecture(size)
         clip_tokenizer = tiny_tokenizers.build_clip_tokenizer()
         t5_tokenizer = tiny_tokenizers.build_t5_tokenizer()
-        if size == "full":
-            t5_config, clip_config = dict(T5_XXL_CONFIG), dict(CLIP_L_TEXT_CONFIG)
-        elif size == "tiny":
-            t5_config, clip_config = dict(TINY_T5_CONFIG), dict(TINY_CLIP_TEXT_CONFIG)
-            t5_config["vocab_size"] = len(t5_tokenizer)
-            clip_config["vocab_size"] = len(clip_tokenizer)
-        else:
-            raise ValueError(f"size must be 'full' or 'tiny', got {size!r}")
-        clip_config.update(bos_token_id=clip_tokenizer.bos_token_id,
-                           eos_token_id=clip_tokenizer.eos_token_id,
-                           pad_token_id=clip_tokenizer.pad_token_id)
+        t5_config = {"vocab_size": len(t5_tokenizer), **arch.t5}
+        clip_config = {"vocab_size": len(clip_tokenizer), **arch.clip_text,
+                       "bos_token_id": clip_tokenizer.bos_token_id,
+                       "eos_token_id": clip_tokenizer.eos_token_id,
+                       "pad_token_id": clip_tokenizer.pad_token_id}
         device = torch.device(device)
-        with torch.random.fork_rng(devices=[]), torch.device(device):
-            torch.manual_seed(seed)
+        home = torch.device("cpu") if offload else device
+        with random_init(home, seed):
             # _from_config(dtype=...) initialises directly in `dtype`: no fp32 copy of T5-XXL
             t5 = T5EncoderModel._from_config(T5Config(**t5_config), dtype=dtype)
             clip = CLIPTextModel._from_config(CLIPTextConfig(**clip_config), dtype=dtype)
         return cls(t5, t5_tokenizer, clip, clip_tokenizer, device, dtype,
-                   max_sequence_length=max_sequence_length, **kwargs)
+                   max_sequence_length=max_sequence_length, offload=offload, **kwargs)
+
+    def check_widths(self, transformer_config, files: FluxFiles | None = None) -> None:
+        """T5/CLIP widths must be what the transformer's context/pooled embedders read. Found at
+        load time (by encoding the empty prompt, which also warms the cache), not mid-batch;
+        `WeightFileError` names the encoder's folder."""
+        t5, pooled = self.encode("")
+        checks = (("T5 width", t5.shape[-1], "context width",
+                   transformer_config.joint_attention_dim, files.t5 if files else None),
+                  ("CLIP pooled width", pooled.shape[-1], "pooled width",
+                   transformer_config.pooled_projection_dim, files.clip if files else None))
+        for what, width, reads, expected, folder in checks:
+            if width != expected:
+                raise WeightFileError(folder or "<random text encoders>",
+                                      f"{what} {width} != the transformer's {reads} {expected}")
 
     # ---------------------------------------------------------------------------- encoding
     def encode(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -266,8 +264,9 @@ class FluxTextEncoders:
             self._cache.popitem(last=False)
 
     # ------------------------------------------------------------------ memory management
-    def _on_device(self) -> _EncodersOnDevice:
-        return _EncodersOnDevice(self)
+    def _on_device(self):
+        """With offload, the encoders on the accelerator for the block (`runtime.resident`)."""
+        return resident(self.device, self.offload, self._t5, self._clip)
 
     def _move(self, device: torch.device) -> None:
         for model in (self._t5, self._clip):
@@ -278,7 +277,6 @@ class FluxTextEncoders:
         """Move the encoders (when not offloaded) and the cached embeddings to `device`."""
         self.device = torch.device(device)
         if not self.offload:
-            self._home = self.device
             self._move(self.device)
         for prompt, (t5, pooled) in self._cache.items():
             self._cache[prompt] = (t5.to(self.device), pooled.to(self.device))
@@ -302,18 +300,3 @@ class FluxTextEncoders:
     @property
     def is_freed(self) -> bool:
         return self._t5 is None
-
-
-class _EncodersOnDevice:
-    """Context: with offload, bring the encoders to the accelerator and send them back after."""
-
-    def __init__(self, encoders: FluxTextEncoders):
-        self.encoders = encoders
-
-    def __enter__(self) -> None:
-        if self.encoders.offload:
-            self.encoders._move(self.encoders.device)
-
-    def __exit__(self, *exc) -> None:
-        if self.encoders.offload:
-            self.encoders._move(torch.device("cpu"))

@@ -26,6 +26,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from pipeline.models.architecture import FLUX_DEV_SCHEDULER
 from pipeline.models.flux.packing import (
     LATENT_CHANNELS,
     grid_position_ids,
@@ -43,12 +44,8 @@ from pipeline.models.omniconsistency.attention import (
 )
 from pipeline.models.omniconsistency.lora import ConsistencyLora
 
-# FLUX.1-dev's scheduler_config.json; used when a weights root carries no scheduler folder.
-FLUX_DEV_SCHEDULER_CONFIG = {
-    "num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": True, "base_shift": 0.5,
-    "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096,
-}
 POSTERIOR_CHOICES = ("sample", "mean")
+NOISE_DESCRIPTION = "diffusers randn_tensor on a CPU generator seeded with seed, in the model dtype"
 MAX_SIDE = 4096  # pixels; beyond this a request is refused as an impossible size
 
 
@@ -72,7 +69,8 @@ class TokenLayout:
                                  f"[{self.latent_factor}, {MAX_SIDE}]")
         if not isinstance(self.cond_size, int) or self.cond_size < self.latent_factor \
                 or self.cond_size % self.latent_factor:
-            raise ValueError(f"cond_size {self.cond_size!r} must be a positive multiple of {self.latent_factor}")
+            raise ValueError(f"cond_size {self.cond_size!r} must be a positive multiple of "
+                             f"{self.latent_factor}")
 
     @property
     def latent_hw(self) -> tuple[int, int]:
@@ -101,7 +99,8 @@ class TokenLayout:
 
     @property
     def position_scale(self) -> tuple[float, float]:
-        """How far apart condition tokens sit on the noise grid (a Python double, as in the reference)."""
+        """How far apart condition tokens sit on the noise grid (a Python double, as in the
+        reference)."""
         h, w = self.latent_hw
         return h / self.cond_latent_side, w / self.cond_latent_side
 
@@ -127,11 +126,12 @@ class Schedule:
     mu: float
 
 
-def flux_dev_schedule(scheduler_config: dict, steps: int, n_noise: int, device: torch.device) -> Schedule:
+def flux_dev_schedule(scheduler_config: dict, steps: int, n_noise: int,
+                      device: torch.device) -> Schedule:
     """The reference's schedule: explicit sigmas linspace(1, 1/N, N), mu from noise tokens only."""
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler_config)
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(dict(scheduler_config))
     config = scheduler.config
     mu = linear_mu(n_noise, config.base_image_seq_len, config.max_image_seq_len, config.base_shift,
                    config.max_shift)
@@ -158,7 +158,8 @@ def euler_step(latents: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tenso
 
 
 def to_uint8(decoded: torch.Tensor) -> list[np.ndarray]:
-    """diffusers' postprocess: clamp(x/2 + 0.5) in the decode dtype, then round(x*255) -> HWC uint8."""
+    """diffusers' postprocess: clamp(x/2 + 0.5) in the decode dtype, then round(x*255) -> HWC
+    uint8."""
     images = (decoded / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).float().numpy()
     return list((images * 255).round().astype(np.uint8))
 
@@ -172,15 +173,16 @@ class OmniConsistencySampler:
     Holds no per-generation state: `warm_up` returns the generation's cache, `denoise` takes it.
     """
 
-    def __init__(self, transformer: FluxTransformer2DModel, vae: AutoencoderKL, consistency_lora: ConsistencyLora,
-                 scheduler_config: dict | None = None, *, dtype: torch.dtype, device: torch.device,
+    def __init__(self, transformer: FluxTransformer2DModel, vae: AutoencoderKL,
+                 consistency_lora: ConsistencyLora, scheduler_config: dict | None = None, *,
+                 dtype: torch.dtype, device: torch.device,
                  consistency_weight: float = 1.0, apply_proj_loras: bool = False):
         check_lora_matches(transformer, consistency_lora)
         install_processors(transformer)
         self.transformer = transformer
         self.vae = vae
         self.consistency_lora = consistency_lora
-        self.scheduler_config = dict(scheduler_config or FLUX_DEV_SCHEDULER_CONFIG)
+        self.scheduler_config = dict(scheduler_config or FLUX_DEV_SCHEDULER)
         self.dtype = dtype
         self.device = torch.device(device)
         self.consistency_weight = float(consistency_weight)
@@ -195,7 +197,8 @@ class OmniConsistencySampler:
         return flux_dev_schedule(self.scheduler_config, steps, layout.n_noise, self.device)
 
     # --- inputs -------------------------------------------------------------------------
-    def initial_noise(self, layout: TokenLayout, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    def initial_noise(self, layout: TokenLayout,
+                      generators: Sequence[torch.Generator]) -> torch.Tensor:
         """[B, 16, h, w] in the pipeline dtype, drawn on the CPU from each item's generator."""
         shape = (len(generators), LATENT_CHANNELS, *layout.latent_hw)
         return randn_tensor(shape, generator=list(generators), device=self.device, dtype=self.dtype)
@@ -228,8 +231,8 @@ class OmniConsistencySampler:
         """One pass over [text, condition] at t=0 with the consistency LoRA; returns the cache."""
         batch = cond_latent.shape[0]
         cache = CondKVCache(n_cond=layout.n_cond)
-        context = OmniAttentionContext(Phase.WARMUP, cache, self.consistency_lora, self.consistency_weight,
-                                       self.apply_proj_loras)
+        context = OmniAttentionContext(Phase.WARMUP, cache, self.consistency_lora,
+                                       self.consistency_weight, self.apply_proj_loras)
         self.transformer(
             hidden_states=pack_latents(cond_latent.to(self.device, self.dtype)),
             timestep=torch.zeros(batch, device=self.device, dtype=self.dtype),
@@ -243,16 +246,19 @@ class OmniConsistencySampler:
         )
         return cache
 
-    def denoise(self, noise: torch.Tensor, cache: CondKVCache, prompt_embeds: torch.Tensor, pooled: torch.Tensor,
-                guidance: Sequence[float], layout: TokenLayout, schedule: Schedule,
+    def denoise(self, noise: torch.Tensor, cache: CondKVCache, prompt_embeds: torch.Tensor,
+                pooled: torch.Tensor, guidance: Sequence[float], layout: TokenLayout,
+                schedule: Schedule,
                 on_step: StepObserver | None = None) -> torch.Tensor:
         """The FLUX-dev Euler loop reading the cache; returns the unpacked final latent."""
         if cache.n_cond != layout.n_cond:
-            raise ValueError(f"cache holds {cache.n_cond} condition tokens, layout expects {layout.n_cond}")
+            raise ValueError(f"cache holds {cache.n_cond} condition tokens, layout expects "
+                             f"{layout.n_cond}")
         batch = noise.shape[0]
         context = OmniAttentionContext(Phase.DENOISE, cache)
         latents = pack_latents(noise.to(self.device, self.dtype))
-        img_ids = torch.cat([layout.noise_ids(self.dtype), layout.cond_ids(self.dtype)]).to(self.device)
+        img_ids = torch.cat([layout.noise_ids(self.dtype),
+                             layout.cond_ids(self.dtype)]).to(self.device)
         prompt_embeds = prompt_embeds.to(self.device, self.dtype)
         pooled = pooled.to(self.device, self.dtype)
         guidance_tensor = self._guidance(guidance)
@@ -272,13 +278,16 @@ class OmniConsistencySampler:
         return unpack_latents(latents, *layout.latent_hw)
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        """Unpacked latent -> raw VAE output [B, 3, H, W] (before clamping), VAE in its own dtype."""
+        """Unpacked latent -> raw VAE output [B, 3, H, W] (before clamping), VAE in its own
+        dtype."""
         latent = latent / self.vae.config.scaling_factor + self.vae.config.shift_factor
         return self.vae.decode(latent.to(self.vae.dtype), return_dict=False)[0]
 
-    def generate_latent(self, cond_latent: torch.Tensor, noise: torch.Tensor, prompt_embeds: torch.Tensor,
-                        pooled: torch.Tensor, guidance: Sequence[float], layout: TokenLayout, steps: int,
-                        on_step: StepObserver | None = None) -> tuple[torch.Tensor, CondKVCache]:
+    def generate_latent(self, cond_latent: torch.Tensor, noise: torch.Tensor,
+                        prompt_embeds: torch.Tensor, pooled: torch.Tensor,
+                        guidance: Sequence[float], layout: TokenLayout, steps: int,
+                        on_step: StepObserver | None = None
+                        ) -> tuple[torch.Tensor, CondKVCache]:
         """Warm-up then denoise; returns (final latent, the generation's cache)."""
         cache = self.warm_up(cond_latent, prompt_embeds, pooled, guidance, layout)
         latent = self.denoise(noise, cache, prompt_embeds, pooled, guidance, layout,

@@ -1,5 +1,9 @@
 """The 22 style LoRAs OmniConsistency ships, and their trigger phrases.
 
+This module is the one place that decides whether a LoRA is one of them (by name or by its
+shipped file name) and what their files are called; the weights build and the style LoRA
+resolver of `pipeline.processing` ask it.
+
 The authors' demo (app.py `update_trigger_word`) puts "<Name with _ as spaces> style," in front
 of the prompt when one of these styles is chosen, after removing any other shipped style's
 trigger. We do the same when a request's style LoRA is one of them, named either by its name
@@ -16,7 +20,19 @@ SHIPPED_STYLES = (
     "Jojo", "LEGO", "Line", "Macaron", "Oil_Painting", "Origami", "Paper_Cutting", "Picasso",
     "Pixel", "Poly", "Pop_Art", "Rick_Morty", "Snoopy", "Van_Gogh", "Vector",
 )
-SHIPPED_FILE_SUFFIX = "_rank128_bf16"
+SHIPPED_FILE_SUFFIX = "_rank128_bf16.safetensors"  # LoRAs/<Name>_rank128_bf16.safetensors
+
+
+def shipped_file_name(style: str) -> str:
+    """"Ghibli" -> "Ghibli_rank128_bf16.safetensors", the name the authors ship the file under."""
+    return style + SHIPPED_FILE_SUFFIX
+
+
+def style_name_of(path: Path | str) -> str:
+    """The name a LoRA file goes by: without the shipped suffix when it has it, else its stem."""
+    name = Path(path).name
+    return name[: -len(SHIPPED_FILE_SUFFIX)] if name.endswith(SHIPPED_FILE_SUFFIX) \
+        else Path(path).stem
 
 
 def trigger_phrase(style: str) -> str:
@@ -29,14 +45,11 @@ def shipped_style(name: str | None, path: Path | str | None = None) -> str | Non
     candidates = []
     if name:
         candidates.append(name)
-    if path is not None:
-        stem = Path(path).stem
-        if stem.endswith(SHIPPED_FILE_SUFFIX):
-            candidates.append(stem[: -len(SHIPPED_FILE_SUFFIX)])
+    if path is not None and Path(path).name.endswith(SHIPPED_FILE_SUFFIX):
+        candidates.append(style_name_of(path))
     for candidate in candidates:
-        for style in SHIPPED_STYLES:
-            if candidate == style:
-                return style
+        if candidate in SHIPPED_STYLES:
+            return candidate
     return None
 
 

@@ -1,18 +1,19 @@
 """From a `GenerationRequest` to the tensors one USO generation needs, or an item error.
 
-Everything item-specific that can go wrong (unreadable or too-small images, impossible sizes,
-bad field values) is found here, before any batch runs, and becomes an `ItemError` of kind
-`bad_input` naming the item and the field. Preparation also does the per-item work outside the
-denoising loop: noise from the item's seed, the subject's VAE latent, the style tokens (through
-the cache) and the prompt embeddings (through the text encoders' cache).
+`USOSettings` are the USO-specific switches (`ModelOptions.extra`). Everything item-specific
+that can go wrong (unreadable or too-small images, impossible sizes, bad field values) is found
+by `prepare_request`, before any batch runs, and becomes an `ItemError` of kind `bad_input`
+naming the item and the field. Preparation also does the per-item work outside the denoising
+loop: the prompt embeddings (through the text encoders' cache; timed as `text_s`), then noise
+from the item's seed, the subject's VAE latent and the style tokens through their caches
+(`prepare_s`).
 """
 
 from __future__ import annotations
 
-import logging
 import math
-from collections.abc import Callable, Hashable, Mapping
-from contextlib import AbstractContextManager
+import time
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -20,6 +21,8 @@ from PIL import Image
 
 from pipeline.errors import ItemError, ItemStatus
 from pipeline.models.base import GenerationRequest
+from pipeline.models.flux.text_encoders import FluxTextEncoders
+from pipeline.models.runtime import DTYPES, Runtime, check_extra_keys
 from pipeline.models.uso.components import USOComponents
 from pipeline.models.uso.projector import ImageTensorCache, image_digest
 from pipeline.models.uso.sampling import (
@@ -33,9 +36,6 @@ from pipeline.models.uso.sampling import (
 )
 from pipeline.models.uso.transformer import PE_MODES
 
-log = logging.getLogger(__name__)
-
-_DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # PIL raises these for truncated, corrupt or hostile image data
 IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError)
 
@@ -61,21 +61,16 @@ class USOSettings:
 
     @classmethod
     def from_extra(cls, extra: Mapping) -> USOSettings:
-        """Validate `extra`; a bad value of a known key raises ValueError naming it. Unknown keys
-        are logged and ignored (one options object may carry several models' switches)."""
-        known = {f.name for f in fields(cls)}
-        values = {}
-        for key, value in extra.items():
-            if key not in known:
-                log.warning("USO ignores unknown option extra[%r]", key)
-                continue
-            values[key] = value
+        """Validate `extra`; an unknown key or a bad value of a known key raises ValueError
+        naming it."""
+        check_extra_keys("USO", extra, [f.name for f in fields(cls)])
+        values = dict(extra)
         for key in ("siglip_dtype", "vae_dtype"):
             if key in values and not isinstance(values[key], torch.dtype):
-                if values[key] not in _DTYPE_NAMES:
-                    raise ValueError(f"extra[{key!r}] must be one of {sorted(_DTYPE_NAMES)}, "
+                if values[key] not in DTYPES:
+                    raise ValueError(f"extra[{key!r}] must be one of {sorted(DTYPES)}, "
                                      f"got {values[key]!r}")
-                values[key] = _DTYPE_NAMES[values[key]]
+                values[key] = DTYPES[values[key]]
         settings = cls(**values)
         if settings.pe not in PE_MODES:
             raise ValueError(f"extra['pe'] must be one of {PE_MODES}, got {settings.pe!r}")
@@ -93,14 +88,16 @@ class USOSettings:
                                  f"{getattr(settings, key)!r}")
         backend = settings.attention_backend
         if backend is not None and (not isinstance(backend, str) or "hub" in backend):
-            raise ValueError("extra['attention_backend'] must name an installed diffusers attention "
-                             f"backend (Hub-downloaded kernels are not allowed), got {backend!r}")
+            raise ValueError("extra['attention_backend'] must name an installed diffusers "
+                             "attention backend (Hub-downloaded kernels are not allowed), got "
+                             f"{backend!r}")
         return settings
 
 
 @dataclass
 class PreparedItem:
-    """One request turned into tensors; `layout` groups items that can share a forward."""
+    """One request turned into tensors; `layout` groups items that can share a forward.
+    `parameters` and `timings` become the outcome's."""
 
     index: int
     request: GenerationRequest
@@ -136,6 +133,7 @@ def _is_int(value) -> bool:
 
 def _resolve_numbers(request: GenerationRequest, settings: USOSettings
                      ) -> tuple[int, int, int, float]:
+    """(requested width, requested height, steps, guidance), defaults filled in, all checked."""
     width = settings.default_size if request.width is None else request.width
     height = settings.default_size if request.height is None else request.height
     for name, value in (("width", width), ("height", height)):
@@ -155,7 +153,7 @@ def _resolve_numbers(request: GenerationRequest, settings: USOSettings
         raise _bad(request, f"prompt must be a string, got {type(request.prompt).__name__}")
     if request.style_lora is not None:
         raise _bad(request, "USO takes style images, not a style LoRA (style_lora is set)")
-    return width // 16 * 16, height // 16 * 16, steps, float(guidance)
+    return width, height, steps, float(guidance)
 
 
 def _decoded(request: GenerationRequest, image, what: str) -> Image.Image:
@@ -169,59 +167,64 @@ def _decoded(request: GenerationRequest, image, what: str) -> Image.Image:
         raise _bad(request, f"{what} is unreadable: {type(err).__name__}: {err}") from err
 
 
-def prepare_request(request: GenerationRequest, index: int, *, parts: USOComponents,
-                    text_encoders, settings: USOSettings, dtype: torch.dtype,
-                    resident: Callable[[torch.nn.Module], AbstractContextManager],
+def prepare_request(index: int, request: GenerationRequest, *, components: USOComponents,
+                    text_encoders: FluxTextEncoders, settings: USOSettings, runtime: Runtime,
                     subject_cache: ImageTensorCache) -> PreparedItem:
     """Validate and pre-compute one request. Raises ItemError (bad input) or whatever the
     model raised (the caller turns that into an out-of-memory or model error).
 
     Subject latents are cached per subject image in "mean" mode only (a sampled latent
     depends on the item's seed)."""
-    width, height, steps, guidance = _resolve_numbers(request, settings)
-    subject = None if request.subject is None else _decoded(request, request.subject, "subject image")
+    requested_width, requested_height, steps, guidance = _resolve_numbers(request, settings)
+    width, height = requested_width // 16 * 16, requested_height // 16 * 16
+    subject = None if request.subject is None else \
+        _decoded(request, request.subject, "subject image")
     if not isinstance(request.styles, (list, tuple)):
         raise _bad(request, f"styles must be a list of images, got {type(request.styles).__name__}")
     styles = [_decoded(request, im, f"style image {i}") for i, im in enumerate(request.styles)]
+    grid = None if subject is None else subject_grid(subject.size, settings.content_ref)
+    if grid is not None and min(grid) < 16:
+        raise _bad(request, f"subject image {subject.size[0]}x{subject.size[1]} is too small: "
+                            f"after resizing to content_ref {settings.content_ref} it is "
+                            f"{grid[0]}x{grid[1]}, below 16 pixels")
 
+    started = time.perf_counter()
+    t5_states, pooled = text_encoders.encode(request.prompt)
+    encoded = time.perf_counter()
     generator = torch.Generator().manual_seed(request.seed)
     noise = draw_noise(generator, width, height)  # first draw from the item's generator
     subject_latents = None
     if subject is not None:
-        grid = subject_grid(subject.size, settings.content_ref)
-        if min(grid) < 16:
-            raise _bad(request, f"subject image {subject.size[0]}x{subject.size[1]} is too small: "
-                                f"after resizing to content_ref {settings.content_ref} it is "
-                                f"{grid[0]}x{grid[1]}, below 16 pixels")
         key = None
         if settings.subject_latent == "mean":
             key = f"{image_digest(subject)}:{settings.content_ref}"
             subject_latents = subject_cache.get(key)
         if subject_latents is None:
             pixels = image_to_pixels(preprocess_subject(subject, settings.content_ref))
-            with resident(parts.vae):
-                subject_latents = encode_subject(parts.vae, pixels, settings.subject_latent,
+            with runtime.resident(components.vae):
+                subject_latents = encode_subject(components.vae, pixels, settings.subject_latent,
                                                  generator)
             if key is not None:
                 subject_cache.put(key, subject_latents)
     style_tokens = None
     if styles:
-        encoder = parts.style_encoder
-        with resident(encoder.siglip), resident(encoder.projector):
+        encoder = components.style_encoder
+        with runtime.resident(encoder.siglip, encoder.projector):
             style_tokens = encoder.tokens(styles)
-    t5_states, pooled = text_encoders.encode(request.prompt)
+    timings = {"text_s": encoded - started, "prepare_s": time.perf_counter() - encoded}
     sigmas = uso_sigmas(steps, width, height).tolist()
     layout = (width, height, steps,
               None if subject_latents is None else tuple(subject_latents.shape),
               0 if style_tokens is None else style_tokens.shape[1], tuple(t5_states.shape[1:]))
     parameters = {
-        "model": "uso", "width": width, "height": height, "steps": steps, "guidance": guidance,
-        "seed": request.seed, "pe": settings.pe, "content_ref": settings.content_ref,
+        "model": "uso", "prompt": request.prompt, "width": width, "height": height,
+        "requested_width": requested_width, "requested_height": requested_height,
+        "steps": steps, "guidance": guidance, "seed": request.seed, "pe": settings.pe,
+        "content_ref": settings.content_ref,
         "subject_latent": settings.subject_latent if subject is not None else None,
-        "subject_size": None if subject is None else list(subject_grid(subject.size,
-                                                                       settings.content_ref)),
-        "num_styles": len(styles), "mu": uso_mu(width, height), "dtype": str(dtype),
+        "subject_size": None if grid is None else list(grid),
+        "num_styles": len(styles), "mu": uso_mu(width, height),
         "noise": "torch.randn on a CPU generator seeded with seed, float32",
     }
     return PreparedItem(index, request, noise, t5_states, pooled, guidance, sigmas, style_tokens,
-                        subject_latents, layout, parameters)
+                        subject_latents, layout, parameters, timings)

@@ -12,10 +12,11 @@ from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokeniz
 from pipeline.errors import WeightFileError
 from pipeline.models.flux.text_encoders import CLIP_MAX_LENGTH, FluxTextEncoders
 from pipeline.models.weight_layout import FluxFiles
-from pipeline.weights.tiny import TINY_FLUX, build_tiny_weights
+from pipeline.models.architecture import TINY
+from pipeline.weights.tiny import build_tiny_weights
 
 CPU = torch.device("cpu")
-T5_WIDTH, CLIP_WIDTH = TINY_FLUX.context_in_dim, TINY_FLUX.vec_in_dim
+T5_WIDTH, CLIP_WIDTH = TINY.flux.context_in_dim, TINY.flux.vec_in_dim
 
 
 @pytest.fixture(scope="module")
@@ -258,10 +259,8 @@ def test_tokenizer_larger_than_the_embedding_table_is_refused(root, tmp_path):
     """A tokenizer emitting ids past the model's table would crash mid-batch: refused at load."""
     from transformers import T5Config
 
-    from pipeline.weights.tiny import TINY_T5_CONFIG
-
     folder = tmp_path / "t5-100-tokens"
-    T5EncoderModel(T5Config(**TINY_T5_CONFIG, vocab_size=100)).save_pretrained(folder)
+    T5EncoderModel(T5Config(**TINY.t5, vocab_size=100)).save_pretrained(folder)
     files = FluxFiles.from_root(root)
     with pytest.raises(WeightFileError, match="T5 tokenizer has 500 tokens but the model in .*t5-100-tokens"):
         FluxTextEncoders.load(FluxFiles(files.transformer, files.vae, folder, files.t5_tokenizer,

@@ -16,7 +16,7 @@ from support.paths import FIXTURES
 from pipeline.models.base import GenerationRequest, ModelOptions
 from pipeline.models.omniconsistency.attention import CondKVCache
 from pipeline.models.omniconsistency.model import OmniConsistencyModel
-from pipeline.parity.omniconsistency import _load_sampler
+from pipeline.parity.omniconsistency import load_case_sampler
 
 OMNI = FIXTURES / "parity" / "omniconsistency"
 CASE = OMNI / "a_64x64_cond32_3steps_style1"
@@ -29,7 +29,7 @@ def case():
 
 @pytest.fixture(scope="module")
 def sampler(case):
-    return _load_sampler(OMNI / "weights", case[0], torch.float32)
+    return load_case_sampler(OMNI / "weights", case[0], torch.float32)
 
 
 def _item(inputs, seed: int):

@@ -6,11 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.models.omniconsistency.sampling import (
-    FLUX_DEV_SCHEDULER_CONFIG,
-    TokenLayout,
-    flux_dev_schedule,
-)
+from pipeline.models.architecture import FLUX_DEV_SCHEDULER
+from pipeline.models.omniconsistency.sampling import TokenLayout, flux_dev_schedule
 
 
 def test_default_layout_has_4096_noise_and_1024_condition_tokens_at_scale_2():
@@ -40,12 +37,12 @@ def test_bf16_ids_round_the_stretched_positions_as_the_reference_does():
 
 
 def test_schedule_matches_the_reference_numbers():
-    schedule = flux_dev_schedule(FLUX_DEV_SCHEDULER_CONFIG, 25, TokenLayout(1024, 1024, 512).n_noise, torch.device("cpu"))
+    schedule = flux_dev_schedule(FLUX_DEV_SCHEDULER, 25, TokenLayout(1024, 1024, 512).n_noise, torch.device("cpu"))
     assert schedule.mu == pytest.approx(1.15)
     assert schedule.timesteps[:3].tolist() == pytest.approx([1000.0, 986.98, 973.20], abs=0.01)
     assert schedule.timesteps[-1].item() == pytest.approx(116.29, abs=0.01)
     assert schedule.sigmas[-1].item() == 0.0 and schedule.sigmas.shape == (26,)
-    short = flux_dev_schedule(FLUX_DEV_SCHEDULER_CONFIG, 25, TokenLayout(1024, 672, 512).n_noise, torch.device("cpu"))
+    short = flux_dev_schedule(FLUX_DEV_SCHEDULER, 25, TokenLayout(1024, 672, 512).n_noise, torch.device("cpu"))
     assert short.mu == pytest.approx(0.9117, abs=1e-4)
 
 

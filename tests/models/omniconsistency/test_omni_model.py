@@ -12,6 +12,7 @@ from PIL import Image
 
 from pipeline.errors import ItemStatus
 from pipeline.models.base import GenerationRequest, ModelOptions, StyleLora
+from pipeline.models.fp8 import Float8WeightLinear
 from pipeline.models.omniconsistency.model import OmniConsistencyModel
 from pipeline.models.omniconsistency.styles import SHIPPED_STYLES, shipped_style, with_trigger
 
@@ -53,7 +54,7 @@ def test_generates_an_image_floored_to_multiples_of_16_and_reports_parameters(mo
     assert (params["width"], params["height"], params["requested_width"]) == (64, 48, 70)
     assert params["style_lora"]["format"] == "kohya" and params["style_lora"]["shipped_style"] == "Ghibli"
     assert params["posterior"] == "sample" and params["apply_proj_loras"] is False
-    assert set(outcome.timings) >= {"text_s", "warmup_s", "denoise_s", "decode_s", "model_s"}
+    assert set(outcome.timings) == {"text_s", "prepare_s", "denoise_s", "decode_s", "model_s"}
     assert set(model.weight_files()) >= {"flux_transformer", "flux_vae", "omniconsistency_lora", "t5", "clip"}
 
 
@@ -165,7 +166,7 @@ def test_trigger_phrases_for_the_22_shipped_styles():
 def test_random_tiny_model_runs_and_says_it_is_random():
     model = OmniConsistencyModel.load_random(OPTIONS, size="tiny")
     [outcome] = model.generate([request("r")])
-    assert outcome.ok and outcome.parameters["weights"].startswith("random:tiny")
+    assert outcome.ok and outcome.parameters["random_weights"] is True
     assert model.weight_files() == {}
 
 
@@ -199,3 +200,39 @@ def test_fp8_storage_runs_with_a_style_lora_and_stays_close_to_bf16(root):
     assert 0 < difference.max() and difference.mean() < 32
     with pytest.raises(ValueError, match="fp8 and fuse_lora"):
         OmniConsistencyModel.load(root, ModelOptions(device="cpu", fp8=True, fuse_lora=True))
+
+
+def test_fp8_base_weights_take_peft_style_loras_in_the_compute_dtype_and_swaps_leave_no_residue(root):
+    """PEFT wraps the fp8 layers like any Linear: adapters in bf16 (never float8), outputs
+    finite, and a LoRA swapped out leaves the fp8 model exactly as it was."""
+    from peft.tuners.lora import LoraLayer
+
+    options = ModelOptions(device="cpu", dtype="bfloat16", fp8=True, extra={"cond_size": 32})
+    model, fresh = OmniConsistencyModel.load(root, options), OmniConsistencyModel.load(root, options)
+    transformer = model.components.transformer
+    fp8_layers = sum(isinstance(m, Float8WeightLinear) for m in transformer.modules())
+    watercolor = StyleLora(root / "style_loras" / "examples" / "Watercolor_diffusers_peft.safetensors",
+                           1.0, "Watercolor")
+    finite: list[bool] = []
+    handle = transformer.register_forward_hook(
+        lambda _module, _args, output: finite.append(bool(torch.isfinite(output[0]).all())))
+    try:
+        first, plain, other, again = model.generate([
+            request("a1", style=ghibli(root)), request("plain"), request("b", style=watercolor),
+            request("a2", style=ghibli(root))])
+    finally:
+        handle.remove()
+    assert all(o.ok for o in (first, plain, other, again)) and finite and all(finite)
+    layers = [m for m in transformer.modules() if isinstance(m, LoraLayer)]  # Ghibli mounted
+    assert layers and all(isinstance(layer.get_base_layer(), Float8WeightLinear) for layer in layers)
+    assert {layer.lora_A["style"].weight.dtype for layer in layers} == {torch.bfloat16}
+    assert {layer.lora_B["style"].weight.dtype for layer in layers} == {torch.bfloat16}
+
+    fresh_plain, fresh_other = fresh.generate([request("plain"), request("b", style=watercolor)])
+    assert np.array_equal(plain.image, fresh_plain.image)  # Ghibli left nothing behind
+    assert np.array_equal(other.image, fresh_other.image)
+    assert np.array_equal(first.image, again.image)  # nor did the Watercolor LoRA
+    assert not np.array_equal(first.image, plain.image)
+    model.style_slot.unload()
+    assert not any(isinstance(m, LoraLayer) for m in transformer.modules())
+    assert sum(isinstance(m, Float8WeightLinear) for m in transformer.modules()) == fp8_layers

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 from support.paths import FIXTURES, REPO
 
-from pipeline.parity.omniconsistency import _load_sampler, run_case
+from pipeline.parity.omniconsistency import load_case_sampler, run_case
 
 OMNI = FIXTURES / "parity" / "omniconsistency"
 CASES = sorted(p for p in OMNI.iterdir() if (p / "case.json").exists())
@@ -73,7 +73,7 @@ def test_proj_loras_are_ignored_by_default_and_applied_on_request():
     case = json.loads((case_dir / "case.json").read_text())
     inputs = load_file(str(case_dir / "inputs.safetensors"))
     expected = load_file(str(case_dir / "expected.safetensors"))
-    sampler = _load_sampler(OMNI / "weights", case, torch.float32)
+    sampler = load_case_sampler(OMNI / "weights", case, torch.float32)
     layout = sampler.layout(case["width"], case["height"], case["cond_size"])
     args = (inputs["cond_latent"], inputs["prompt_embeds"], inputs["pooled_prompt_embeds"], [case["guidance"]], layout)
     with torch.inference_mode():

@@ -9,7 +9,6 @@ caching style tokens and batching items never changes an image.
 from __future__ import annotations
 
 import io
-import logging
 import shutil
 from pathlib import Path
 
@@ -251,11 +250,10 @@ def test_missing_or_corrupt_weight_files_fail_the_load_with_their_name(weights_r
         USOModel.load(root, ModelOptions(device="cpu"))
 
 
-def test_settings_reject_bad_values_and_ignore_unknown_keys(caplog: pytest.LogCaptureFixture):
+def test_settings_reject_bad_values_and_unknown_keys():
     with pytest.raises(ValueError, match="pe"):
         USOSettings.from_extra({"pe": "x"})
     with pytest.raises(ValueError, match="content_ref"):
         USOSettings.from_extra({"content_ref": 8})
-    with caplog.at_level(logging.WARNING):
-        assert USOSettings.from_extra({"apply_proj_loras": True}) == USOSettings()
-    assert "apply_proj_loras" in caplog.text
+    with pytest.raises(ValueError, match=r"unknown USO option\(s\) \['apply_proj_loras'\]"):
+        USOSettings.from_extra({"apply_proj_loras": True})

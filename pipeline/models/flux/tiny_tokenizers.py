@@ -93,7 +93,7 @@ def learn_bpe_merges(words: Counter[str], max_merges: int, min_count: int = 2
     for _ in range(max_merges):
         pairs: Counter[tuple[str, str]] = Counter()
         for word, symbols in splits.items():
-            for pair in zip(symbols, symbols[1:]):
+            for pair in zip(symbols, symbols[1:], strict=False):  # neighbouring symbols
                 pairs[pair] += words[word]
         if not pairs:
             break
