@@ -201,9 +201,10 @@ def test_direct_construction_is_held_to_the_same_rules():
     pydantic's own report: only the doors word it for operators."""
     from pydantic import ValidationError
 
+    with pytest.raises(ValueError, match="max_batch_size must be an integer >= 1, got 0"):
+        ModelOptions(max_batch_size=0)  # the models' own options refuse it before any config
     with pytest.raises(ValidationError, match="must be at least 1"):
-        RunConfig(manifest=("m",), output="o", run="r", model="uso",
-                  options=ModelOptions(max_batch_size=0))
+        RunConfig(manifest=("m",), output="o", run="r", model="uso", prefetch_items=0)
     with pytest.raises(ValidationError, match="must be one of uso, omniconsistency, got 'flux'"):
         RunConfig(manifest=("m",), output="o", run="r", model="flux")
 
