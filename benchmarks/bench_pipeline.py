@@ -29,23 +29,30 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from run_helpers import parquet_bytes, write_images  # noqa: E402
+from run_helpers import parquet_bytes, write_images
 
-from pipeline.config import RunConfig, SamplingDefaults  # noqa: E402
-from pipeline.execution.driver import Runner  # noqa: E402
-from pipeline.models.base import GenerationRequest, ModelOptions  # noqa: E402
-from pipeline.models.registry import load_model  # noqa: E402
-from pipeline.storage import StorageSettings  # noqa: E402
-from pipeline.weights.tiny import build_tiny_weights  # noqa: E402
+from pipeline.config import RunConfig, SamplingDefaults
+from pipeline.execution.driver import Runner
+from pipeline.models.base import GenerationRequest, ModelOptions
+from pipeline.models.registry import load_model
+from pipeline.storage import StorageSettings
+from pipeline.weights.tiny import build_tiny_weights
 
 
-def make_manifest(folder: Path, items: int, shards: int, model: str, width: int, height: int,
-                  steps: int) -> tuple[list[Path], list[dict]]:
+def make_manifest(
+    folder: Path, items: int, shards: int, model: str, width: int, height: int, steps: int
+) -> tuple[list[Path], list[dict]]:
     images = write_images(folder / "images", 8)
     rows = []
     for i in range(items):
-        row = {"id": f"bench-{i:05d}", "prompt": f"benchmark item {i % 17}", "width": width,
-               "height": height, "steps": steps, "subject": str(images[i % 4])}
+        row = {
+            "id": f"bench-{i:05d}",
+            "prompt": f"benchmark item {i % 17}",
+            "width": width,
+            "height": height,
+            "steps": steps,
+            "subject": str(images[i % 4]),
+        }
         if model == "uso":
             row["styles"] = [str(images[4 + i % 4])]
         else:
@@ -55,7 +62,7 @@ def make_manifest(folder: Path, items: int, shards: int, model: str, width: int,
     paths = []
     for k in range(shards):
         path = folder / f"part-{k:03d}.parquet"
-        path.write_bytes(parquet_bytes(rows[k * per_shard:(k + 1) * per_shard]))
+        path.write_bytes(parquet_bytes(rows[k * per_shard : (k + 1) * per_shard]))
         paths.append(path)
     return paths, rows
 
@@ -67,14 +74,25 @@ def bare_loop(model_name: str, weights: Path, rows: list[dict], seed_of) -> floa
 
     model = load_model(model_name, weights, ModelOptions(device="cpu"))
     resolver = StyleLoraResolver(Storage(StorageSettings()), weights, Path(tempfile.mkdtemp()))
-    decoded = {p: Image.open(p).convert("RGB")
-               for r in rows for p in [r["subject"], *r.get("styles", [])]}
-    requests = [GenerationRequest(
-        item_id=r["id"], prompt=r["prompt"], seed=seed_of(r["id"]), subject=decoded[r["subject"]],
-        styles=[decoded[p] for p in r.get("styles", [])],
-        style_lora=(resolver.resolve(r["style_lora"], None, r["id"])
-                    if r.get("style_lora") else None),
-        width=r["width"], height=r["height"], steps=r["steps"]) for r in rows]
+    decoded = {
+        p: Image.open(p).convert("RGB") for r in rows for p in [r["subject"], *r.get("styles", [])]
+    }
+    requests = [
+        GenerationRequest(
+            item_id=r["id"],
+            prompt=r["prompt"],
+            seed=seed_of(r["id"]),
+            subject=decoded[r["subject"]],
+            styles=[decoded[p] for p in r.get("styles", [])],
+            style_lora=(
+                resolver.resolve(r["style_lora"], None, r["id"]) if r.get("style_lora") else None
+            ),
+            width=r["width"],
+            height=r["height"],
+            steps=r["steps"],
+        )
+        for r in rows
+    ]
     model.generate(requests[:1])  # warm-up, as the actor's first item also pays it
     t0 = time.perf_counter()
     for request in requests:
@@ -97,16 +115,18 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="restyle-bench-"))
     weights = build_tiny_weights(work / "weights")
-    manifests, rows = make_manifest(work / "manifest", args.items, args.shards, args.model,
-                                    args.width, args.height, args.steps)
+    manifests, rows = make_manifest(
+        work / "manifest", args.items, args.shards, args.model, args.width, args.height, args.steps
+    )
     from pipeline.config import derive_seed
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     from pipeline.execution.pool import CPU_ACTOR_CPUS
 
     remote_bare = ray.remote(num_cpus=CPU_ACTOR_CPUS)(bare_loop)
-    bare = ray.get(remote_bare.remote(args.model, weights, rows,
-                                      lambda item_id: derive_seed(0, item_id)))
+    bare = ray.get(
+        remote_bare.remote(args.model, weights, rows, lambda item_id: derive_seed(0, item_id))
+    )
 
     server = None
     out, settings = str(work / "out"), StorageSettings()
@@ -115,11 +135,16 @@ def main() -> None:
 
         server = SeaweedS3Server.start(work / "s3")
         out, settings = server.new_bucket("bench") + "/out", server.settings()
-    config = RunConfig(manifest=tuple(str(p) for p in manifests), output=out, run="bench",
-                       model=args.model, weights=str(weights),
-                       sampling=SamplingDefaults(width=args.width, height=args.height,
-                                                 steps=args.steps),
-                       options=ModelOptions(device="cpu"), actors=1)
+    config = RunConfig(
+        manifest=tuple(str(p) for p in manifests),
+        output=out,
+        run="bench",
+        model=args.model,
+        weights=str(weights),
+        sampling=SamplingDefaults(width=args.width, height=args.height, steps=args.steps),
+        options=ModelOptions(device="cpu"),
+        actors=1,
+    )
     try:
         runner = Runner(config, settings, show_progress=False)
         t0 = time.perf_counter()
@@ -135,8 +160,11 @@ def main() -> None:
             server.stop()
     assert summary.ok == args.items, summary
     figures = {
-        "model": args.model, "items": args.items, "shards": args.shards,
-        "size": f"{args.width}x{args.height}", "steps": args.steps,
+        "model": args.model,
+        "items": args.items,
+        "shards": args.shards,
+        "size": f"{args.width}x{args.height}",
+        "steps": args.steps,
         "output": "s3 (SeaweedFS, loopback)" if args.s3 else "local disk",
         "bare_loop_images_per_s": round(bare, 3),
         "pipeline_images_per_s_incl_startup": round(args.items / wall, 3),

@@ -30,19 +30,20 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.models.base import GenerationRequest, ModelOptions  # noqa: E402
-from pipeline.models.flux.packing import pack_latents  # noqa: E402
-from pipeline.models.uso.model import USOModel  # noqa: E402
-from pipeline.models.uso.prepare import subject_grid  # noqa: E402
-from pipeline.models.uso.sampling import DenoiseBatch, denoise, position_ids  # noqa: E402
+from pipeline.models.base import GenerationRequest, ModelOptions
+from pipeline.models.flux.packing import pack_latents
+from pipeline.models.uso.model import USOModel
+from pipeline.models.uso.prepare import subject_grid
+from pipeline.models.uso.sampling import DenoiseBatch, denoise, position_ids
 
 H100_BF16_PEAK_TFLOPS = 989.0  # dense, SXM datasheet
 # size (pipeline.models.architecture) -> (resolution, steps, content_ref)
 SIZE_DEFAULTS = {"full": (1024, 25, 512), "small": (256, 4, 256), "tiny": (64, 2, 64)}
 
 
-def step_flops(hidden: int, num_double: int, num_single: int, lora_rank: int, n_txt: int,
-               n_img: int) -> dict[str, float]:
+def step_flops(
+    hidden: int, num_double: int, num_single: int, lora_rank: int, n_txt: int, n_img: int
+) -> dict[str, float]:
     """FLOPs of one transformer call, batch 1, with n_txt text-side (style + T5) and n_img
     image-side (target + subject) tokens. Per token and block: 12 h^2 multiply-adds in the
     linears (qkv 3, out 1, MLP 8; a single block's linear1 7 + linear2 5); LoRA 6 h r per
@@ -52,8 +53,12 @@ def step_flops(hidden: int, num_double: int, num_single: int, lora_rank: int, n_
     linear = 2 * 12 * hidden * hidden * tokens * blocks
     lora = 2 * lora_rank * hidden * tokens * (6 * num_double + 10 * num_single)
     attention = 4 * tokens * tokens * hidden * blocks
-    return {"linear": linear, "lora": lora, "attention": attention,
-            "total": linear + lora + attention}
+    return {
+        "linear": linear,
+        "lora": lora,
+        "attention": attention,
+        "total": linear + lora + attention,
+    }
 
 
 def _lora_rank(model: USOModel) -> int:
@@ -134,9 +139,16 @@ def time_style_paths(model: USOModel, request: GenerationRequest, steps: int) ->
             fresh = encoder.tokens([style], use_cache=False)  # the reference's per-step SigLIP
             with transformer.style_tokens(fresh.to(dtype)):
                 t = torch.full((1,), sigma, device=device, dtype=dtype)
-                v = transformer.velocity(x, subj, t5.to(dtype), pooled.to(dtype), t,
-                                         torch.full((1,), 4.0, device=device, dtype=dtype),
-                                         img_ids, txt_ids)
+                v = transformer.velocity(
+                    x,
+                    subj,
+                    t5.to(dtype),
+                    pooled.to(dtype),
+                    t,
+                    torch.full((1,), 4.0, device=device, dtype=dtype),
+                    img_ids,
+                    txt_ids,
+                )
             x = x + (nxt - sigma) * v
         _sync(device)
         return time.perf_counter() - start
@@ -150,10 +162,12 @@ def time_style_paths(model: USOModel, request: GenerationRequest, steps: int) ->
 
     once(), every_step()  # warm-up
     one_call = min(style_tokens_only() for _ in range(3))
-    return {"style_once_s": min(once() for _ in range(2)),
-            "style_every_step_s": min(every_step() for _ in range(2)),
-            "siglip_projector_call_s": one_call,
-            "saved_by_caching_s": one_call * (steps - 1)}
+    return {
+        "style_once_s": min(once() for _ in range(2)),
+        "style_every_step_s": min(every_step() for _ in range(2)),
+        "siglip_projector_call_s": one_call,
+        "saved_by_caching_s": one_call * (steps - 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -167,8 +181,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--fp8", action="store_true")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--peak-tflops", type=float, default=H100_BF16_PEAK_TFLOPS,
-                        help="accelerator bf16 dense peak for the MFU figure (H100 SXM: 989)")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=H100_BF16_PEAK_TFLOPS,
+        help="accelerator bf16 dense peak for the MFU figure (H100 SXM: 989)",
+    )
     parser.add_argument("--skip-style-comparison", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
@@ -176,17 +194,30 @@ def main(argv: list[str] | None = None) -> dict:
     side, steps, content_ref = SIZE_DEFAULTS[args.size]
     side, steps = args.resolution or side, args.steps or steps
     content_ref = args.content_ref or content_ref
-    options = ModelOptions(device=args.device, dtype=args.dtype, compile=args.compile,
-                           fp8=args.fp8, extra={"content_ref": content_ref})
+    options = ModelOptions(
+        device=args.device,
+        dtype=args.dtype,
+        compile=args.compile,
+        fp8=args.fp8,
+        extra={"content_ref": content_ref},
+    )
     load_start = time.perf_counter()
     model = USOModel.load_random(options, size=args.size)
     _sync(model.device)
     load_s = time.perf_counter() - load_start
-    resident_gib = (torch.cuda.memory_allocated(model.device) / 2**30
-                    if model.device.type == "cuda" else None)
-    request = GenerationRequest("bench", "a portrait in the style of the reference", seed=0,
-                                subject=_picture(1, 768, 1024), styles=[_picture(2, 640, 640)],
-                                width=side, height=side, steps=steps)
+    resident_gib = (
+        torch.cuda.memory_allocated(model.device) / 2**30 if model.device.type == "cuda" else None
+    )
+    request = GenerationRequest(
+        "bench",
+        "a portrait in the style of the reference",
+        seed=0,
+        subject=_picture(1, 768, 1024),
+        styles=[_picture(2, 640, 640)],
+        width=side,
+        height=side,
+        steps=steps,
+    )
     time_images(model, request, 1)  # warm-up (and compile, if asked)
     if model.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(model.device)
@@ -198,14 +229,27 @@ def main(argv: list[str] | None = None) -> dict:
     n_style = model.components.style_encoder.projector.tokens_per_image
     n_txt = n_style + model.text_encoders.max_sequence_length
     cfg = model.components.transformer.flux.config
-    flops = step_flops(cfg.num_attention_heads * cfg.attention_head_dim, cfg.num_layers,
-                       cfg.num_single_layers, _lora_rank(model), n_txt, n_img)
+    flops = step_flops(
+        cfg.num_attention_heads * cfg.attention_head_dim,
+        cfg.num_layers,
+        cfg.num_single_layers,
+        _lora_rank(model),
+        n_txt,
+        n_img,
+    )
     achieved = flops["total"] * steps / best  # best run: the least disturbed by other load
     figures = {
-        "device": str(model.device), "dtype": str(model.dtype), "size": args.size,
-        "resolution": side, "steps": steps, "subject_tokens": n_img - (side // 16) ** 2,
-        "text_side_tokens": n_txt, "image_side_tokens": n_img, "load_s": round(load_s, 2),
-        "seconds_per_image": round(seconds, 3), "best_seconds_per_image": round(best, 3),
+        "device": str(model.device),
+        "dtype": str(model.dtype),
+        "size": args.size,
+        "resolution": side,
+        "steps": steps,
+        "subject_tokens": n_img - (side // 16) ** 2,
+        "text_side_tokens": n_txt,
+        "image_side_tokens": n_img,
+        "load_s": round(load_s, 2),
+        "seconds_per_image": round(seconds, 3),
+        "best_seconds_per_image": round(best, 3),
         "all_runs_s": [round(t, 3) for t in times],
         "peak_memory_gib": round(_peak_memory_gib(model.device), 3),
         "resident_after_load_gib": None if resident_gib is None else round(resident_gib, 3),
@@ -220,8 +264,10 @@ def main(argv: list[str] | None = None) -> dict:
     for key, value in figures.items():
         print(f"{key:>24}: {value}")
     if model.device.type == "cpu":
-        print("note: on a CPU, peak_memory_gib is the process's max RSS, and fraction_of_bf16_peak "
-              "is relative to an H100's bf16 peak (it only shows the scale of the gap)")
+        print(
+            "note: on a CPU, peak_memory_gib is the process's max RSS, and fraction_of_bf16_peak "
+            "is relative to an H100's bf16 peak (it only shows the scale of the gap)"
+        )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return figures

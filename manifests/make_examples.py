@@ -28,7 +28,9 @@ SIZE = 192
 
 
 # ---------------------------------------------------------------------- images
-def _gradient(top: tuple[int, int, int], bottom: tuple[int, int, int], size=(SIZE, SIZE)) -> Image.Image:
+def _gradient(
+    top: tuple[int, int, int], bottom: tuple[int, int, int], size=(SIZE, SIZE)
+) -> Image.Image:
     t = np.linspace(0.0, 1.0, size[1])[:, None, None]
     rows = (1 - t) * np.array(top) + t * np.array(bottom)
     return Image.fromarray(np.repeat(rows, size[0], axis=1).astype(np.uint8), "RGB")
@@ -79,7 +81,8 @@ def style_stripes() -> Image.Image:
     rgb = (wave[..., None] * palette[0] + (1 - wave[..., None]) * palette[1]) * 0.85
     rgb += (np.sin(x / 23.0)[..., None] * 0.15 + 0.15) * palette[2] * 0.3
     return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB").filter(
-        ImageFilter.GaussianBlur(1.2))
+        ImageFilter.GaussianBlur(1.2)
+    )
 
 
 def style_dots() -> Image.Image:
@@ -138,69 +141,143 @@ def write_parquet(path: Path, rows: list[dict], schema: pa.Schema) -> None:
     pq.write_table(table, path, compression="zstd", row_group_size=1000)
 
 
-USO_SCHEMA = pa.schema([
-    ("id", pa.string()), ("prompt", pa.string()), ("model", pa.string()),
-    ("subject", pa.string()), ("styles", pa.list_(pa.string())),
-    ("seed", pa.int64()), ("width", pa.int32()), ("height", pa.int32()),
-    ("steps", pa.int32()), ("guidance", pa.float64()), ("category", pa.string()),
-])
+USO_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("prompt", pa.string()),
+        ("model", pa.string()),
+        ("subject", pa.string()),
+        ("styles", pa.list_(pa.string())),
+        ("seed", pa.int64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("steps", pa.int32()),
+        ("guidance", pa.float64()),
+        ("category", pa.string()),
+    ]
+)
 
 USO_ROWS = [
-    {"id": "uso-figure-stripes", "prompt": "A person standing in a sunny garden.", "model": "uso",
-     "subject": "../samples/subject_figure.png", "styles": ["../samples/style_stripes.jpg"],
-     "category": "people"},
-    {"id": "uso-lighthouse-dots", "prompt": "A lighthouse on a rocky cliff at dusk.",
-     "model": "uso", "subject": None, "styles": ["../samples/style_dots.png"],
-     "category": "style-only"},
-    {"id": "uso-house-two-styles", "prompt": "A cosy house in the countryside.", "model": "uso",
-     "subject": "../samples/subject_house.jpg",
-     "styles": ["../samples/style_watercolor.jpg", "../samples/style_waves.png"],
-     "seed": 1234, "width": 768, "height": 512, "steps": 20, "guidance": 4.0,
-     "category": "multi-style"},
-    {"id": "uso-cup-subject-only", "prompt": "The mug on a marble kitchen counter.",
-     "model": "uso", "subject": "../samples/subject_cup.png", "styles": [],
-     "category": "subject-only"},
+    {
+        "id": "uso-figure-stripes",
+        "prompt": "A person standing in a sunny garden.",
+        "model": "uso",
+        "subject": "../samples/subject_figure.png",
+        "styles": ["../samples/style_stripes.jpg"],
+        "category": "people",
+    },
+    {
+        "id": "uso-lighthouse-dots",
+        "prompt": "A lighthouse on a rocky cliff at dusk.",
+        "model": "uso",
+        "subject": None,
+        "styles": ["../samples/style_dots.png"],
+        "category": "style-only",
+    },
+    {
+        "id": "uso-house-two-styles",
+        "prompt": "A cosy house in the countryside.",
+        "model": "uso",
+        "subject": "../samples/subject_house.jpg",
+        "styles": ["../samples/style_watercolor.jpg", "../samples/style_waves.png"],
+        "seed": 1234,
+        "width": 768,
+        "height": 512,
+        "steps": 20,
+        "guidance": 4.0,
+        "category": "multi-style",
+    },
+    {
+        "id": "uso-cup-subject-only",
+        "prompt": "The mug on a marble kitchen counter.",
+        "model": "uso",
+        "subject": "../samples/subject_cup.png",
+        "styles": [],
+        "category": "subject-only",
+    },
 ]
 
-OMNI_SCHEMA = pa.schema([
-    ("id", pa.string()), ("prompt", pa.string()), ("model", pa.string()),
-    ("subject", pa.string()), ("style_lora", pa.string()), ("style_lora_scale", pa.float64()),
-    ("seed", pa.int64()), ("width", pa.int32()), ("height", pa.int32()),
-])
+OMNI_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("prompt", pa.string()),
+        ("model", pa.string()),
+        ("subject", pa.string()),
+        ("style_lora", pa.string()),
+        ("style_lora_scale", pa.float64()),
+        ("seed", pa.int64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+    ]
+)
 
 OMNI_ROWS = [
-    {"id": "omni-figure-ghibli", "prompt": "Ghibli style, a person standing in a sunny garden",
-     "model": "omniconsistency", "subject": "../samples/subject_figure.png",
-     "style_lora": "Ghibli", "style_lora_scale": 1.0},
-    {"id": "omni-house-pixel", "prompt": "Pixel style, a house under the sun",
-     "model": "omniconsistency", "subject": "../samples/subject_house.jpg",
-     "style_lora": "Pixel", "style_lora_scale": 1.0, "seed": 42},
-    {"id": "omni-cup-van-gogh", "prompt": "Van Gogh style, a blue mug on a table",
-     "model": "omniconsistency", "subject": "../samples/subject_cup.png",
-     "style_lora": "Van_Gogh", "style_lora_scale": 0.8, "width": 512, "height": 704},
+    {
+        "id": "omni-figure-ghibli",
+        "prompt": "Ghibli style, a person standing in a sunny garden",
+        "model": "omniconsistency",
+        "subject": "../samples/subject_figure.png",
+        "style_lora": "Ghibli",
+        "style_lora_scale": 1.0,
+    },
+    {
+        "id": "omni-house-pixel",
+        "prompt": "Pixel style, a house under the sun",
+        "model": "omniconsistency",
+        "subject": "../samples/subject_house.jpg",
+        "style_lora": "Pixel",
+        "style_lora_scale": 1.0,
+        "seed": 42,
+    },
+    {
+        "id": "omni-cup-van-gogh",
+        "prompt": "Van Gogh style, a blue mug on a table",
+        "model": "omniconsistency",
+        "subject": "../samples/subject_cup.png",
+        "style_lora": "Van_Gogh",
+        "style_lora_scale": 0.8,
+        "width": 512,
+        "height": 704,
+    },
 ]
 
-INLINE_SCHEMA = pa.schema([
-    ("id", pa.string()), ("prompt", pa.string()), ("subject_bytes", pa.binary()),
-    ("style_bytes", pa.list_(pa.binary())),
-])
+INLINE_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("prompt", pa.string()),
+        ("subject_bytes", pa.binary()),
+        ("style_bytes", pa.list_(pa.binary())),
+    ]
+)
 
 INVALID_ROWS = [  # one mistake per row, for `restyle manifest validate`
     {"id": "ok-row", "prompt": "fine", "subject": "../samples/subject_cup.png", "width": 512},
     {"id": None, "prompt": "no id", "subject": "../samples/subject_cup.png", "width": 512},
-    {"id": "bad-width", "prompt": "width zero", "subject": "../samples/subject_cup.png",
-     "width": 0},
+    {
+        "id": "bad-width",
+        "prompt": "width zero",
+        "subject": "../samples/subject_cup.png",
+        "width": 0,
+    },
     {"id": "bad-model", "prompt": "unknown model", "model": "sdxl", "width": None},
     {"id": "bad-scheme", "prompt": "http is not a storage", "subject": "http://example.com/a.jpg"},
-    {"id": "missing-image", "prompt": "file does not exist",
-     "subject": "../samples/no_such_image.png"},
+    {
+        "id": "missing-image",
+        "prompt": "file does not exist",
+        "subject": "../samples/no_such_image.png",
+    },
     {"id": "ok-row", "prompt": "duplicate id", "subject": "../samples/subject_cup.png"},
 ]
 
-INVALID_SCHEMA = pa.schema([
-    ("id", pa.string()), ("prompt", pa.string()), ("model", pa.string()),
-    ("subject", pa.string()), ("width", pa.int32()),
-])
+INVALID_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("prompt", pa.string()),
+        ("model", pa.string()),
+        ("subject", pa.string()),
+        ("width", pa.int32()),
+    ]
+)
 
 
 def write_tar(path: Path, samples: list[dict]) -> None:
@@ -228,33 +305,68 @@ def main() -> None:
 
     write_parquet(EXAMPLES / "uso.parquet", USO_ROWS, USO_SCHEMA)
     write_parquet(EXAMPLES / "omniconsistency.parquet", OMNI_ROWS, OMNI_SCHEMA)
-    write_parquet(EXAMPLES / "uso-inline.parquet", [
-        {"id": "inline-figure-dots", "prompt": "A person dancing.",
-         "subject_bytes": blobs["subject_figure.png"], "style_bytes": [blobs["style_dots.png"]]},
-    ], INLINE_SCHEMA)
+    write_parquet(
+        EXAMPLES / "uso-inline.parquet",
+        [
+            {
+                "id": "inline-figure-dots",
+                "prompt": "A person dancing.",
+                "subject_bytes": blobs["subject_figure.png"],
+                "style_bytes": [blobs["style_dots.png"]],
+            },
+        ],
+        INLINE_SCHEMA,
+    )
     write_parquet(INVALID / "invalid.parquet", INVALID_ROWS, INVALID_SCHEMA)
 
     def fields(**values) -> bytes:
         return json.dumps(values, sort_keys=True).encode()
 
-    write_tar(EXAMPLES / "webdataset" / "uso-000000.tar", [
-        {"__key__": "wds-figure-stripes", "json": fields(model="uso", category="people"),
-         "txt": b"A person waving hello.", "subject.png": blobs["subject_figure.png"],
-         "style0.jpg": blobs["style_stripes.jpg"]},
-        {"__key__": "wds-house-two-styles", "json": fields(model="uso", seed=7, steps=20),
-         "txt": b"A house by a lake.", "subject.jpg": blobs["subject_house.jpg"],
-         "style0.jpg": blobs["style_watercolor.jpg"], "style1.png": blobs["style_waves.png"]},
-    ])
-    write_tar(EXAMPLES / "webdataset" / "uso-000001.tar", [
-        {"__key__": "wds-style-only", "txt": b"A sailing boat on calm water.",
-         "style0.png": blobs["style_dots.png"]},
-        {"__key__": "wds-by-uri", "json": fields(
-            id="wds-cup-by-uri", prompt="A mug on a wooden desk.", model="uso",
-            subject="../../samples/subject_cup.png", styles=["../../samples/style_stripes.jpg"])},
-    ])
+    write_tar(
+        EXAMPLES / "webdataset" / "uso-000000.tar",
+        [
+            {
+                "__key__": "wds-figure-stripes",
+                "json": fields(model="uso", category="people"),
+                "txt": b"A person waving hello.",
+                "subject.png": blobs["subject_figure.png"],
+                "style0.jpg": blobs["style_stripes.jpg"],
+            },
+            {
+                "__key__": "wds-house-two-styles",
+                "json": fields(model="uso", seed=7, steps=20),
+                "txt": b"A house by a lake.",
+                "subject.jpg": blobs["subject_house.jpg"],
+                "style0.jpg": blobs["style_watercolor.jpg"],
+                "style1.png": blobs["style_waves.png"],
+            },
+        ],
+    )
+    write_tar(
+        EXAMPLES / "webdataset" / "uso-000001.tar",
+        [
+            {
+                "__key__": "wds-style-only",
+                "txt": b"A sailing boat on calm water.",
+                "style0.png": blobs["style_dots.png"],
+            },
+            {
+                "__key__": "wds-by-uri",
+                "json": fields(
+                    id="wds-cup-by-uri",
+                    prompt="A mug on a wooden desk.",
+                    model="uso",
+                    subject="../../samples/subject_cup.png",
+                    styles=["../../samples/style_stripes.jpg"],
+                ),
+            },
+        ],
+    )
     total = sum(p.stat().st_size for p in HERE.rglob("*") if p.is_file() and p.suffix != ".py")
-    print(f"wrote {SAMPLES.relative_to(HERE.parent)}/ and {EXAMPLES.relative_to(HERE.parent)}/ "
-          f"({total / 1024:.0f} KiB)")
+    print(
+        f"wrote {SAMPLES.relative_to(HERE.parent)}/ and {EXAMPLES.relative_to(HERE.parent)}/ "
+        f"({total / 1024:.0f} KiB)"
+    )
 
 
 if __name__ == "__main__":

@@ -53,8 +53,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = outcome.get_result()
     server = getattr(item, "funcargs", {}).get("s3_server")
     if report.failed and isinstance(server, SeaweedS3Server):
-        report.sections.append(("SeaweedFS log tail (" + str(server.log_path) + ")",
-                                server.log_tail(40)))
+        report.sections.append(
+            ("SeaweedFS log tail (" + str(server.log_path) + ")", server.log_tail(40))
+        )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -17,22 +17,54 @@ HERE = Path(__file__).resolve().parent
 SAMPLES = "../../../manifests/samples"
 
 SUBJECTS = [
-    {"id": "cup", "subject": f"{SAMPLES}/subject_cup.png", "prompt": "A mug on a kitchen table.",
-     "category": "kitchen"},
-    {"id": "figure", "subject": f"{SAMPLES}/subject_figure.png",
-     "prompt": "A person standing in a garden.", "category": "people"},
-    {"id": "house", "subject": f"{SAMPLES}/subject_house.jpg",
-     "prompt": "A house in the countryside.", "category": "buildings"},
+    {
+        "id": "cup",
+        "subject": f"{SAMPLES}/subject_cup.png",
+        "prompt": "A mug on a kitchen table.",
+        "category": "kitchen",
+    },
+    {
+        "id": "figure",
+        "subject": f"{SAMPLES}/subject_figure.png",
+        "prompt": "A person standing in a garden.",
+        "category": "people",
+    },
+    {
+        "id": "house",
+        "subject": f"{SAMPLES}/subject_house.jpg",
+        "prompt": "A house in the countryside.",
+        "category": "buildings",
+    },
 ]
 STYLES = [
-    {"id": "dots", "name": "Dots", "styles": [f"{SAMPLES}/style_dots.png"], "style_lora": "Pop_Art",
-     "style_lora_scale": 1.0},
-    {"id": "stripes", "name": "Stripes", "styles": [f"{SAMPLES}/style_stripes.jpg"],
-     "style_lora": "Line", "style_lora_scale": 1.0},
-    {"id": "watercolor", "name": "Watercolor", "styles": [f"{SAMPLES}/style_watercolor.jpg"],
-     "style_lora": "Chinese_Ink", "style_lora_scale": 0.8},
-    {"id": "waves", "name": "Waves", "styles": [f"{SAMPLES}/style_waves.png"],
-     "style_lora": "Van_Gogh", "style_lora_scale": 1.0},
+    {
+        "id": "dots",
+        "name": "Dots",
+        "styles": [f"{SAMPLES}/style_dots.png"],
+        "style_lora": "Pop_Art",
+        "style_lora_scale": 1.0,
+    },
+    {
+        "id": "stripes",
+        "name": "Stripes",
+        "styles": [f"{SAMPLES}/style_stripes.jpg"],
+        "style_lora": "Line",
+        "style_lora_scale": 1.0,
+    },
+    {
+        "id": "watercolor",
+        "name": "Watercolor",
+        "styles": [f"{SAMPLES}/style_watercolor.jpg"],
+        "style_lora": "Chinese_Ink",
+        "style_lora_scale": 0.8,
+    },
+    {
+        "id": "waves",
+        "name": "Waves",
+        "styles": [f"{SAMPLES}/style_waves.png"],
+        "style_lora": "Van_Gogh",
+        "style_lora_scale": 1.0,
+    },
 ]
 
 

@@ -17,9 +17,9 @@ import glob
 import json
 
 import numpy as np
-from braceexpand import braceexpand
 import torch
 import webdataset as wds
+from braceexpand import braceexpand
 
 IMAGE_EXTS = ("png", "jpg", "webp")
 
@@ -47,11 +47,20 @@ def triplets(urls: list[str], minimums: dict[str, float]) -> wds.WebDataset:
     """(style, subject, result, caption, provenance) per sample that passes the filters."""
     if any(u.startswith("s3://") for u in urls):
         register_s3()
-    return (wds.WebDataset(urls, shardshuffle=False, empty_check=False)
-            .select(lambda sample: passes(sample, minimums))
-            .decode("pil")  # images -> PIL, .txt -> str, .json -> dict
-            .map(lambda s: (_first(s, "style"), _first(s, "subject"), _first(s, "result"),
-                            s["txt"], s["json"])))
+    return (
+        wds.WebDataset(urls, shardshuffle=False, empty_check=False)
+        .select(lambda sample: passes(sample, minimums))
+        .decode("pil")  # images -> PIL, .txt -> str, .json -> dict
+        .map(
+            lambda s: (
+                _first(s, "style"),
+                _first(s, "subject"),
+                _first(s, "result"),
+                s["txt"],
+                s["json"],
+            )
+        )
+    )
 
 
 def register_s3() -> None:
@@ -69,16 +78,24 @@ def main() -> None:
     parser.add_argument("--min-style", type=float, help="keep results with style >= this")
     parser.add_argument("--batch", type=int, default=4)
     args = parser.parse_args()
-    minimums = {k: v for k, v in (("clip_t", args.min_clip_t), ("style", args.min_style)) if v is not None}
-    urls = [u for arg in args.shards for pattern in braceexpand(arg)
-            for u in (sorted(glob.glob(pattern)) if "*" in pattern else [pattern])]
+    minimums = {
+        k: v for k, v in (("clip_t", args.min_clip_t), ("style", args.min_style)) if v is not None
+    }
+    urls = [
+        u
+        for arg in args.shards
+        for pattern in braceexpand(arg)
+        for u in (sorted(glob.glob(pattern)) if "*" in pattern else [pattern])
+    ]
 
     kept = 0
     for style, subject, result, caption, provenance in triplets(urls, minimums):
         if kept < args.batch:  # what a training step would see
-            print(f"{provenance['id']}: {caption!r} style {tuple(to_tensor(style).shape)} "
-                  f"subject {tuple(to_tensor(subject).shape)} result {tuple(to_tensor(result).shape)} "
-                  f"scores {provenance.get('scores')}")
+            print(
+                f"{provenance['id']}: {caption!r} style {tuple(to_tensor(style).shape)} "
+                f"subject {tuple(to_tensor(subject).shape)} result {tuple(to_tensor(result).shape)} "
+                f"scores {provenance.get('scores')}"
+            )
         kept += 1
     print(f"{kept} triplets passed the filters {minimums or '(none)'}")
 

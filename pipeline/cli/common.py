@@ -22,25 +22,47 @@ from pipeline.storage import StorageSettings
 
 console = Console(stderr=True)
 
-Manifest = Annotated[list[str], typer.Argument(help="Manifest files, folders, globs or brace "
-                                                "ranges; local paths or s3:// URIs.")]
+Manifest = Annotated[
+    list[str],
+    typer.Argument(
+        help="Manifest files, folders, globs or brace ranges; local paths or s3:// URIs."
+    ),
+]
 Out = Annotated[str, typer.Option("--out", "-o", help="Output root (local folder or s3:// URI).")]
-RunName = Annotated[str | None, typer.Option(
-    "--run", help="Run name; outputs go to <out>/<run>/. Default: <model>-<config fingerprint>, "
-                  "so the same command resumes and a changed config gets its own folder.")]
+RunName = Annotated[
+    str | None,
+    typer.Option(
+        "--run",
+        help="Run name; outputs go to <out>/<run>/. Default: <model>-<config fingerprint>, "
+        "so the same command resumes and a changed config gets its own folder.",
+    ),
+]
 Model = Annotated[str, typer.Option("--model", "-m", help="uso | omniconsistency")]
-Weights = Annotated[str, typer.Option(
-    "--weights", help="'tiny' (tiny random weights: pictures are noise), 'random-full' "
-                      "(speed benchmarks), 'hf' (Hugging Face Hub, HF_TOKEN), an s3:// mirror "
-                      "(restyle weights pull --to s3://...), or a local weights folder.")]
-Endpoint = Annotated[str | None, typer.Option(
-    "--endpoint-url",
-    help="S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL).")]
+Weights = Annotated[
+    str,
+    typer.Option(
+        "--weights",
+        help="'tiny' (tiny random weights: pictures are noise), 'random-full' "
+        "(speed benchmarks), 'hf' (Hugging Face Hub, HF_TOKEN), an s3:// mirror "
+        "(restyle weights pull --to s3://...), or a local weights folder.",
+    ),
+]
+Endpoint = Annotated[
+    str | None,
+    typer.Option(
+        "--endpoint-url",
+        help="S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL).",
+    ),
+]
 Region = Annotated[str | None, typer.Option("--region", help="S3 region.")]
 Profile = Annotated[str | None, typer.Option("--profile", help="AWS profile for credentials.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print a JSON object instead of a table.")]
-Address = Annotated[str | None, typer.Option(
-    help="Ray cluster address (default: $RAY_ADDRESS inside a Ray job, else a local Ray).")]
+Address = Annotated[
+    str | None,
+    typer.Option(
+        help="Ray cluster address (default: $RAY_ADDRESS inside a Ray job, else a local Ray)."
+    ),
+]
 Progress = Annotated[bool, typer.Option(help="Show a progress bar.")]
 
 
@@ -55,13 +77,17 @@ def emit(title: str, rows: list[tuple[str, str]], data: dict, as_json: bool) -> 
     Console().print(table)
 
 
-def storage_settings(endpoint: str | None, region: str | None, profile: str | None
-                     ) -> StorageSettings:
+def storage_settings(
+    endpoint: str | None, region: str | None, profile: str | None
+) -> StorageSettings:
     """The standard AWS environment, with the command line's overrides."""
     settings = StorageSettings.from_env()
-    return dataclasses.replace(settings, endpoint_url=endpoint or settings.endpoint_url,
-                               region=region or settings.region,
-                               profile=profile or settings.profile)
+    return dataclasses.replace(
+        settings,
+        endpoint_url=endpoint or settings.endpoint_url,
+        region=region or settings.region,
+        profile=profile or settings.profile,
+    )
 
 
 def fail(message: object, code: int = 2) -> NoReturn:
@@ -77,8 +103,14 @@ def operator_errors(*extra: type[BaseException]) -> Iterator[None]:
     from pipeline.errors import RunError, WeightsError
     from pipeline.storage import StorageError
 
-    handled: tuple[type[BaseException], ...] = (RunError, StorageError, WeightsError,
-                                                 FileNotFoundError, ValueError, *extra)
+    handled: tuple[type[BaseException], ...] = (
+        RunError,
+        StorageError,
+        WeightsError,
+        FileNotFoundError,
+        ValueError,
+        *extra,
+    )
     try:
         yield
     except handled as error:

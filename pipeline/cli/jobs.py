@@ -28,12 +28,20 @@ from pipeline.cli.common import (
     storage_settings,
 )
 
-SpecArg = Annotated[str | None, typer.Argument(
-    help="Job spec (local path or s3:// URI). Default: the spec in $RESTYLE_JOB_SPEC, which "
-         "`restyle submit` sets for the job it starts.")]
-Night = Annotated[str | None, typer.Option(
-    help="Night label, normally the date (default: today, UTC). Names the run folder and the "
-         "submission id.")]
+SpecArg = Annotated[
+    str | None,
+    typer.Argument(
+        help="Job spec (local path or s3:// URI). Default: the spec in $RESTYLE_JOB_SPEC, which "
+        "`restyle submit` sets for the job it starts."
+    ),
+]
+Night = Annotated[
+    str | None,
+    typer.Option(
+        help="Night label, normally the date (default: today, UTC). Names the run folder and the "
+        "submission id."
+    ),
+]
 
 
 def _load(spec: str | None, kind: str, settings):
@@ -42,8 +50,9 @@ def _load(spec: str | None, kind: str, settings):
 
     source = read_spec(spec, Storage(settings))
     if source.kind != kind:
-        raise SpecError(source.origin, None,
-                        f"is a {source.kind} spec; use `restyle {source.kind}`")
+        raise SpecError(
+            source.origin, None, f"is a {source.kind} spec; use `restyle {source.kind}`"
+        )
     return source
 
 
@@ -62,17 +71,26 @@ def triplets(
     logging.basicConfig(level=logging.WARNING)
     settings = storage_settings(endpoint_url, region, profile)
     with operator_errors(TripletError):
-        job = TripletJob(TripletSpec.parse(_load(spec, "triplets", settings)), settings, address,
-                         progress)
+        job = TripletJob(
+            TripletSpec.parse(_load(spec, "triplets", settings)), settings, address, progress
+        )
         summary = job.run()
-    rows = [("triplets", ", ".join(f"{m}: {n}" for m, n in summary.pairs.items())),
-            ("catalog rows left out", str(len(summary.rejected_rows)))]
+    rows = [
+        ("triplets", ", ".join(f"{m}: {n}" for m, n in summary.pairs.items())),
+        ("catalog rows left out", str(len(summary.rejected_rows))),
+    ]
     for model, run in summary.runs.items():
         rows.append((f"{model}", f"{run.ok} ok, {run.failed} failed; {run.run_uri}"))
-    data = {"name": summary.name, "pairs": summary.pairs, "rejected_rows": summary.rejected_rows,
-            "exit_code": summary.exit_code,
-            "runs": {m: {**dataclasses.asdict(r), "errors": dict(r.errors),
-                         "exit_code": r.exit_code} for m, r in summary.runs.items()}}
+    data = {
+        "name": summary.name,
+        "pairs": summary.pairs,
+        "rejected_rows": summary.rejected_rows,
+        "exit_code": summary.exit_code,
+        "runs": {
+            m: {**dataclasses.asdict(r), "errors": dict(r.errors), "exit_code": r.exit_code}
+            for m, r in summary.runs.items()
+        },
+    }
     emit(f"triplets {summary.name}", rows, data, as_json)
     raise typer.Exit(summary.exit_code)
 
@@ -93,37 +111,61 @@ def nightly(
     logging.basicConfig(level=logging.WARNING)
     settings = storage_settings(endpoint_url, region, profile)
     with operator_errors(NightlyError):
-        job = NightlyJob(NightlySpec.parse(_load(spec, "nightly", settings)), settings, night,
-                         address, progress)
+        job = NightlyJob(
+            NightlySpec.parse(_load(spec, "nightly", settings)), settings, night, address, progress
+        )
         summary = job.run()
-    rows = [("night", summary.night), ("fingerprint", summary.fingerprint),
-            ("catalog", f"{summary.catalog_rows} rows read, {summary.already_done} already done, "
-                        f"{summary.other_model} for another model, "
-                        f"{len(summary.rejected)} left out"),
-            ("this night", "nothing new: no-op" if summary.noop else
-             f"{summary.new} rows"
-             + (" (re-run: resumed the night's manifest)" if summary.resumed else ""))]
+    rows = [
+        ("night", summary.night),
+        ("fingerprint", summary.fingerprint),
+        (
+            "catalog",
+            f"{summary.catalog_rows} rows read, {summary.already_done} already done, "
+            f"{summary.other_model} for another model, "
+            f"{len(summary.rejected)} left out",
+        ),
+        (
+            "this night",
+            "nothing new: no-op"
+            if summary.noop
+            else f"{summary.new} rows"
+            + (" (re-run: resumed the night's manifest)" if summary.resumed else ""),
+        ),
+    ]
     if summary.run is not None:
-        rows += [("run", summary.run_uri),
-                 ("items", f"{summary.run.ok} ok, {summary.run.failed} failed"),
-                 ("indexed", f"{summary.indexed} ids added to the done index")]
+        rows += [
+            ("run", summary.run_uri),
+            ("items", f"{summary.run.ok} ok, {summary.run.failed} failed"),
+            ("indexed", f"{summary.indexed} ids added to the done index"),
+        ]
     emit(f"nightly {summary.name}", rows, summary.public_dict(), as_json)
     raise typer.Exit(summary.exit_code)
 
 
 def submit(
     spec: Annotated[str, typer.Argument(help="Job spec file (nightly or triplets).")],
-    address: Annotated[str | None, typer.Option(
-        help="Ray job API address, e.g. http://head:8265 (default: $RAY_ADDRESS).")] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray job API address, e.g. http://head:8265 (default: $RAY_ADDRESS)."),
+    ] = None,
     night: Night = None,
-    wait: Annotated[bool, typer.Option(
-        "--wait", help="Stream the job's logs until it ends.")] = False,
-    runtime_env: Annotated[str, typer.Option(
-        "--runtime-env", help="project (upload restyle + pip its dependencies, not torch) | "
-                              "source (upload restyle only) | cluster (the image has restyle)."
-    )] = "project",
-    submission_id: Annotated[str | None, typer.Option(
-        help="Override the deterministic id <name>-<night> (for a deliberate re-run).")] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Stream the job's logs until it ends.")
+    ] = False,
+    runtime_env: Annotated[
+        str,
+        typer.Option(
+            "--runtime-env",
+            help="project (upload restyle + pip its dependencies, not torch) | "
+            "source (upload restyle only) | cluster (the image has restyle).",
+        ),
+    ] = "project",
+    submission_id: Annotated[
+        str | None,
+        typer.Option(
+            help="Override the deterministic id <name>-<night> (for a deliberate re-run)."
+        ),
+    ] = None,
     endpoint_url: Endpoint = None,
     region: Region = None,
     profile: Profile = None,
@@ -151,8 +193,12 @@ def submit(
         fail(str(error), code=3)
     except (SubmissionError, ValueError) as error:
         fail(str(error))
-    emit("submitted", [("submission id", job_id), ("entrypoint", plan.entrypoint)],
-             {"submission_id": job_id, "entrypoint": plan.entrypoint}, as_json)
+    emit(
+        "submitted",
+        [("submission id", job_id), ("entrypoint", plan.entrypoint)],
+        {"submission_id": job_id, "entrypoint": plan.entrypoint},
+        as_json,
+    )
     if wait:
         status = follow(client, job_id)
         console.print(f"job {job_id}: {status}")
@@ -161,8 +207,10 @@ def submit(
 
 def caption(
     run_uri: Annotated[str, typer.Argument(help="A run folder: <out>/<run>.")],
-    model: Annotated[str, typer.Option(help="Captioning model: a transformers folder, an s3:// "
-                                            "folder, or 'tiny'.")],
+    model: Annotated[
+        str,
+        typer.Option(help="Captioning model: a transformers folder, an s3:// folder, or 'tiny'."),
+    ],
     actors: Annotated[int, typer.Option(help="Caption actors (0 = one per GPU, or 1).")] = 0,
     device: Annotated[str, typer.Option(help="auto | cuda | cpu")] = "auto",
     address: Address = None,
@@ -176,10 +224,17 @@ def caption(
 
     logging.basicConfig(level=logging.WARNING)
     with operator_errors():
-        summary = caption_run(run_uri, model, storage_settings(endpoint_url, region, profile),
-                              actors, device, address)
-    rows = [("shards", f"{summary.shards_captioned} captioned, {summary.shards_kept} kept, "
-                       f"{len(summary.failed)} failed"), ("captions", str(summary.captions))]
+        summary = caption_run(
+            run_uri, model, storage_settings(endpoint_url, region, profile), actors, device, address
+        )
+    rows = [
+        (
+            "shards",
+            f"{summary.shards_captioned} captioned, {summary.shards_kept} kept, "
+            f"{len(summary.failed)} failed",
+        ),
+        ("captions", str(summary.captions)),
+    ]
     rows += [(f"failed {uri}", reason) for uri, reason in summary.failed.items()]
     emit(f"captions of {run_uri}", rows, dataclasses.asdict(summary), as_json)
     raise typer.Exit(summary.exit_code)

@@ -11,8 +11,11 @@ import typer
 from pipeline.cli import jobs, run
 from pipeline.cli.weights import weights_app
 
-app = typer.Typer(help="Batch stylization of image catalogs with USO and OmniConsistency on Ray.",
-                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+app = typer.Typer(
+    help="Batch stylization of image catalogs with USO and OmniConsistency on Ray.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
 app.command()(run.run)
 app.command()(run.plan)
 app.command()(run.status)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -18,8 +18,9 @@ from rich.table import Table
 from pipeline.cli.common import Endpoint, Profile, Region, fail, storage_settings
 from pipeline.errors import WeightsError
 
-weights_app = typer.Typer(help="Weight registry, pulling/mirroring and verification.",
-                          no_args_is_help=True)
+weights_app = typer.Typer(
+    help="Weight registry, pulling/mirroring and verification.", no_args_is_help=True
+)
 Models = Annotated[list[str], typer.Argument(help="uso | omniconsistency | all")]
 
 
@@ -40,25 +41,50 @@ def list_files(models: Models = None) -> None:  # type: ignore[assignment]
     except WeightsError as error:
         fail(error)
     table = Table(title=f"weight registry ({registry.source})")
-    for column in ("component", "in the weights root", "Hub repo", "file in the repo", "size", "sha256"):
+    for column in (
+        "component",
+        "in the weights root",
+        "Hub repo",
+        "file in the repo",
+        "size",
+        "sha256",
+    ):
         table.add_column(column, overflow="fold")
     for entry in entries:
-        table.add_row(entry.component, entry.dest, entry.repo, entry.path, _size(entry.size),
-                      entry.sha256[:16] + "..." if entry.sha256 else "?")
+        table.add_row(
+            entry.component,
+            entry.dest,
+            entry.repo,
+            entry.path,
+            _size(entry.size),
+            entry.sha256[:16] + "..." if entry.sha256 else "?",
+        )
     known = sum(e.size or 0 for e in entries)
     unknown = sum(e.size is None for e in entries)
     Console(width=max(Console().width, 160)).print(table)
-    Console().print(f"{len(entries)} files; known sizes total {_size(known)}"
-                    + (f", {unknown} sizes not pinned (taken from the Hub at pull time)" if unknown else ""))
+    Console().print(
+        f"{len(entries)} files; known sizes total {_size(known)}"
+        + (f", {unknown} sizes not pinned (taken from the Hub at pull time)" if unknown else "")
+    )
 
 
 @weights_app.command()
 def pull(
     models: Models,
-    source: Annotated[str, typer.Option("--from", help="'hf' (Hugging Face Hub, token from "
-                                        "HF_TOKEN), an s3:// mirror, or a local weights folder.")] = "hf",
-    to: Annotated[Optional[str], typer.Option("--to", help="Local folder or s3:// mirror prefix "
-                                              "(default: this node's weight cache).")] = None,
+    source: Annotated[
+        str,
+        typer.Option(
+            "--from",
+            help="'hf' (Hugging Face Hub, token from "
+            "HF_TOKEN), an s3:// mirror, or a local weights folder.",
+        ),
+    ] = "hf",
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to", help="Local folder or s3:// mirror prefix (default: this node's weight cache)."
+        ),
+    ] = None,
     endpoint_url: Endpoint = None,
     region: Region = None,
     profile: Profile = None,
@@ -76,7 +102,9 @@ def pull(
         names = check_models(models)
         origin = open_source(source, storage)
         if to is None and isinstance(origin, LocalSource):
-            raise WeightsError(f"{source} is already a local folder: give --to (a folder or s3:// prefix)")
+            raise WeightsError(
+                f"{source} is already a local folder: give --to (a folder or s3:// prefix)"
+            )
         target = to or str(staged_root(origin))
         report = pull_files(origin, names, target, storage, weight_cache_dir() / "pull-scratch")
     except (WeightsError, OSError) as error:
@@ -84,8 +112,11 @@ def pull(
     table = Table(title=f"pulled {', '.join(names)}", show_header=False)
     table.add_row("from", report.source)
     table.add_row("to", report.target)
-    table.add_row("files", f"{report.files} ({len(report.copied)} copied, "
-                           f"{report.files - len(report.copied)} already there)")
+    table.add_row(
+        "files",
+        f"{report.files} ({len(report.copied)} copied, "
+        f"{report.files - len(report.copied)} already there)",
+    )
     table.add_row("copied", f"{_size(report.bytes_copied)} in {report.seconds:.1f} s")
     table.add_row("use it", f"--weights {report.target}")
     Console().print(table)
@@ -94,9 +125,13 @@ def pull(
 @weights_app.command()
 def verify(
     folder: Annotated[Path, typer.Argument(help="A local weights root.")],
-    model: Annotated[Optional[list[str]], typer.Option(
-        "--model", "-m", help="Model(s) to check (default: those the folder holds).")] = None,
-    hashes: Annotated[bool, typer.Option("--hash/--no-hash", help="Also check sha256 (cached per node).")] = True,
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", "-m", help="Model(s) to check (default: those the folder holds)."),
+    ] = None,
+    hashes: Annotated[
+        bool, typer.Option("--hash/--no-hash", help="Also check sha256 (cached per node).")
+    ] = True,
 ) -> None:
     """Check presence, sizes, tensor names/shapes and sha256 of every file; print a table."""
     from pipeline.weights.verify import verify_root
@@ -105,16 +140,27 @@ def verify(
         report = verify_root(folder, model or None, check_hashes=hashes)
     except WeightsError as error:
         fail(error)
-    table = Table(title=f"verify {report.root} ({', '.join(report.models)}, {report.preset} "
-                        "architecture)")
+    table = Table(
+        title=f"verify {report.root} ({', '.join(report.models)}, {report.preset} architecture)"
+    )
     for column in ("file", "component", "size", "header", "sha256", "problems"):
         table.add_column(column, overflow="fold")
     for row in report.rows:
         style = None if row.ok else "red"
-        table.add_row(row.path, row.component, _size(row.size) if row.size is not None else "-",
-                      row.header, row.sha256, "; ".join(row.problems) or "ok", style=style)
+        table.add_row(
+            row.path,
+            row.component,
+            _size(row.size) if row.size is not None else "-",
+            row.header,
+            row.sha256,
+            "; ".join(row.problems) or "ok",
+            style=style,
+        )
     Console(width=max(Console().width, 160)).print(table)
     bad = sum(not row.ok for row in report.rows)
-    Console().print(f"{len(report.rows)} checked, {bad} with problems" if bad else
-                    f"{len(report.rows)} checked, all ok")
+    Console().print(
+        f"{len(report.rows)} checked, {bad} with problems"
+        if bad
+        else f"{len(report.rows)} checked, all ok"
+    )
     raise typer.Exit(1 if bad else 0)

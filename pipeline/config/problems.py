@@ -26,12 +26,19 @@ ErrorType = Callable[[str | None, str, str | None], ConfigError]  # (where, what
 M = TypeVar("M", bound=BaseModel)
 
 TYPE_WORDS = {
-    "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
-    "float_type": "a number", "float_parsing": "a number",
-    "bool_type": "true/false", "bool_parsing": "true/false",
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true/false",
+    "bool_parsing": "true/false",
     "string_type": "a string",
-    "list_type": "a list", "tuple_type": "a list",
-    "dict_type": "a mapping", "model_type": "a mapping", "model_attributes_type": "a mapping",
+    "list_type": "a list",
+    "tuple_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
     "dataclass_type": "a mapping",
 }
 
@@ -71,9 +78,15 @@ def key_path(loc: Loc) -> str:
     return out
 
 
-def validate(model: type[M], data: Mapping[str, Any], *, paths: PathBase,
-             name: Namer = key_path, origin: str | None = None,
-             error: ErrorType = ConfigError) -> M:
+def validate(
+    model: type[M],
+    data: Mapping[str, Any],
+    *,
+    paths: PathBase,
+    name: Namer = key_path,
+    origin: str | None = None,
+    error: ErrorType = ConfigError,
+) -> M:
     """`data` validated as `model`, relative paths resolved against `paths`; any problem is
     raised as one `error` line (the first problem, and where the others are)."""
     try:
@@ -82,8 +95,9 @@ def validate(model: type[M], data: Mapping[str, Any], *, paths: PathBase,
         raise one_line(problems(report, model), name, origin, error) from None
 
 
-def one_line(found: list[Problem], name: Namer, origin: str | None = None,
-             error: ErrorType = ConfigError) -> ConfigError:
+def one_line(
+    found: list[Problem], name: Namer, origin: str | None = None, error: ErrorType = ConfigError
+) -> ConfigError:
     where, what = found[0].describe(name)
     others = [name(p.loc) or "the whole input" for p in found[1:]]
     if others:
@@ -104,8 +118,9 @@ def problems(report: ValidationError, model: type[BaseModel]) -> list[Problem]:
         if detail["type"] != "extra_forbidden":
             found.append(_problem(detail, loc))
         elif loc[:-1] in unknown:
-            found.append(Problem(loc[:-1], _unknown_keys(unknown.pop(loc[:-1]),
-                                                         _model_at(model, loc[:-1]))))
+            found.append(
+                Problem(loc[:-1], _unknown_keys(unknown.pop(loc[:-1]), _model_at(model, loc[:-1])))
+            )
     return found
 
 
@@ -119,8 +134,9 @@ def _problem(detail: ErrorDetails, loc: Loc) -> Problem:
         return Problem(loc, f"must be {context.get('expected')}, got {value!r}")
     cause = context.get("error")
     if isinstance(cause, ConfigProblem):
-        return Problem(loc + cause.field, cause.message,
-                       tuple((key, loc + (key,)) for key in cause.refs))
+        return Problem(
+            loc + cause.field, cause.message, tuple((key, loc + (key,)) for key in cause.refs)
+        )
     if cause is not None:
         return Problem(loc, str(cause))
     message = detail["msg"]

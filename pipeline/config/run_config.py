@@ -91,11 +91,16 @@ class OutputSettings(ConfigModel):
     @model_validator(mode="after")
     def _caption_source_is_complete(self) -> OutputSettings:
         if self.caption == CaptionSource.TEMPLATE and not self.caption_template:
-            raise ConfigProblem("caption_template", "is required when {caption} is template",
-                                refs=("caption",))
+            raise ConfigProblem(
+                "caption_template", "is required when {caption} is template", refs=("caption",)
+            )
         if self.caption == CaptionSource.MODEL and not self.caption_model:
-            raise ConfigProblem("caption_model", "is required when {caption} is model (a "
-                                "captioner folder, an s3:// folder or 'tiny')", refs=("caption",))
+            raise ConfigProblem(
+                "caption_model",
+                "is required when {caption} is model (a "
+                "captioner folder, an s3:// folder or 'tiny')",
+                refs=("caption",),
+            )
         return self
 
     @property
@@ -123,8 +128,11 @@ class ScoringOptions(ConfigModel):
     @model_validator(mode="after")
     def _metrics_have_a_model(self) -> ScoringOptions:
         if self.metrics and not self.model:
-            raise ConfigProblem("model", "is required when {metrics} is set (a CLIP folder, an "
-                                "s3:// folder or 'tiny')", refs=("metrics",))
+            raise ConfigProblem(
+                "model",
+                "is required when {metrics} is set (a CLIP folder, an s3:// folder or 'tiny')",
+                refs=("metrics",),
+            )
         return self
 
     @property
@@ -179,17 +187,32 @@ class RunSettings(ConfigModel):
     actors: Count = 0
     """Model actors (0 = one per GPU, or 1 without GPUs)."""
 
-    def run_config(self, *, manifest: Sequence[str], output: str, model: str, run: str = "",
-                   include_references: bool = False) -> RunConfig:
+    def run_config(
+        self,
+        *,
+        manifest: Sequence[str],
+        output: str,
+        model: str,
+        run: str = "",
+        include_references: bool = False,
+    ) -> RunConfig:
         """The one builder: these settings plus what the caller (a command, a job) supplies.
         An empty `run` is named later from the fingerprint (`RunConfig.named`)."""
         return RunConfig(
-            manifest=tuple(manifest), output=output, run=run, model=model,
+            manifest=tuple(manifest),
+            output=output,
+            run=run,
+            model=model,
             weights=self.weights,
-            seed=self.seed, sampling=self.sampling, options=self.options.model_options(),
-            outputs=OutputOptions(**self.outputs.model_dump(),
-                                  include_references=include_references),
-            scoring=self.scoring, actors=self.actors)
+            seed=self.seed,
+            sampling=self.sampling,
+            options=self.options.model_options(),
+            outputs=OutputOptions(
+                **self.outputs.model_dump(), include_references=include_references
+            ),
+            scoring=self.scoring,
+            actors=self.actors,
+        )
 
 
 def _at_least_one_manifest(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -208,8 +231,9 @@ class RunRequest(RunSettings):
     run: Text = ""
 
     def config(self) -> RunConfig:
-        return self.run_config(manifest=self.manifest, output=self.output, model=self.model,
-                               run=self.run)
+        return self.run_config(
+            manifest=self.manifest, output=self.output, model=self.model, run=self.run
+        )
 
 
 class RunConfig(ConfigModel):
@@ -259,8 +283,12 @@ class RunConfig(ConfigModel):
         }
 
     def fingerprint(self, weight_sha256: dict[str, str]) -> str:
-        canonical = json.dumps(self.fingerprint_fields(weight_sha256), sort_keys=True,
-                               separators=(",", ":"), default=str)
+        canonical = json.dumps(
+            self.fingerprint_fields(weight_sha256),
+            sort_keys=True,
+            separators=(",", ":"),
+            default=str,
+        )
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -272,4 +300,3 @@ def derive_seed(run_seed: int, item_id: str) -> int:
 
 def code_version() -> str:
     return f"restyle {__version__}"
-

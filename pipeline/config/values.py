@@ -84,12 +84,14 @@ class OneOf:
 
     choices: type[StrEnum]
 
-    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler
-                                     ) -> core_schema.CoreSchema:
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
         return core_schema.no_info_after_validator_function(self.check, handler(source))
 
-    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema,
-                                     handler: GetJsonSchemaHandler) -> dict[str, Any]:
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> dict[str, Any]:
         return {**handler(schema), "enum": [choice.value for choice in self.choices]}
 
     def check(self, value: str) -> str:
@@ -115,12 +117,14 @@ class Range:
     low: int | float
     high: int | float | None = None
 
-    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler
-                                     ) -> core_schema.CoreSchema:
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
         return core_schema.no_info_after_validator_function(self.check, handler(source))
 
-    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema,
-                                     handler: GetJsonSchemaHandler) -> dict[str, Any]:
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> dict[str, Any]:
         json_schema = handler(schema)
         json_schema["minimum"] = self.low
         if self.high is not None:
@@ -160,13 +164,19 @@ AtLeastOne = Annotated[int, Strict(), Range(1)]
 def _image_format(value: str) -> str:
     """Any case is accepted; the spelling is kept as given, because the fingerprint hashes it."""
     if value.lower() not in set(ImageFormat):
-        raise ValueError(f"unknown image format {value!r}; use one of "
-                         f"{sorted(format.value for format in ImageFormat)}")
+        raise ValueError(
+            f"unknown image format {value!r}; use one of "
+            f"{sorted(format.value for format in ImageFormat)}"
+        )
     return value
 
 
-ImageFormatName = Annotated[str, Strict(), AfterValidator(_image_format), WithJsonSchema(
-    {"type": "string", "enum": [format.value for format in ImageFormat]})]
+ImageFormatName = Annotated[
+    str,
+    Strict(),
+    AfterValidator(_image_format),
+    WithJsonSchema({"type": "string", "enum": [format.value for format in ImageFormat]}),
+]
 
 
 def _device(value: str) -> str:
@@ -175,8 +185,12 @@ def _device(value: str) -> str:
     return value
 
 
-DeviceName = Annotated[str, Strict(), AfterValidator(_device),
-                       WithJsonSchema({"type": "string", "pattern": DEVICE_PATTERN})]
+DeviceName = Annotated[
+    str,
+    Strict(),
+    AfterValidator(_device),
+    WithJsonSchema({"type": "string", "pattern": DEVICE_PATTERN}),
+]
 
 
 def check_template(template: str) -> str:
@@ -188,8 +202,10 @@ def check_template(template: str) -> str:
         raise ValueError(f"not a valid template: {error}") from None
     positional = [name for name in fields if not name or name.split(".")[0].split("[")[0].isdigit()]
     if positional:
-        raise ValueError(f"not a valid template: positional field {{{positional[0]}}}; name a "
-                         "field, e.g. {id} or {prompt}")
+        raise ValueError(
+            f"not a valid template: positional field {{{positional[0]}}}; name a "
+            "field, e.g. {id} or {prompt}"
+        )
     return template
 
 
@@ -201,13 +217,18 @@ def check_metrics(metrics: Iterable[str]) -> tuple[str, ...]:
     out = tuple(metrics)
     unknown = [m for m in out if m not in SCORE_METRICS]
     if unknown:
-        raise ValueError(f"unknown score metric(s) {unknown}; known: "
-                         + ", ".join(f"{k} ({v})" for k, v in SCORE_METRICS.items()))
+        raise ValueError(
+            f"unknown score metric(s) {unknown}; known: "
+            + ", ".join(f"{k} ({v})" for k, v in SCORE_METRICS.items())
+        )
     return out
 
 
-Metrics = Annotated[tuple[Text, ...], AfterValidator(check_metrics),
-                    WithJsonSchema({"type": "array", "items": {"enum": list(SCORE_METRICS)}})]
+Metrics = Annotated[
+    tuple[Text, ...],
+    AfterValidator(check_metrics),
+    WithJsonSchema({"type": "array", "items": {"enum": list(SCORE_METRICS)}}),
+]
 
 
 def _one_or_many(value: Any) -> Any:

@@ -31,11 +31,15 @@ class WeightsKind(StrEnum):
     LOCAL = "local"
 
 
-_NAMED = {WeightsKind.TINY.value: WeightsKind.TINY,
-          WeightsKind.RANDOM_FULL.value: WeightsKind.RANDOM_FULL,
-          WeightsKind.HUB.value: WeightsKind.HUB}
-DESCRIPTION = ("'tiny' (tiny random weights: pictures are noise), 'random-full' (speed "
-               "benchmarks), 'hf' (Hugging Face Hub), an s3:// mirror, or a local weights folder")
+_NAMED = {
+    WeightsKind.TINY.value: WeightsKind.TINY,
+    WeightsKind.RANDOM_FULL.value: WeightsKind.RANDOM_FULL,
+    WeightsKind.HUB.value: WeightsKind.HUB,
+}
+DESCRIPTION = (
+    "'tiny' (tiny random weights: pictures are noise), 'random-full' (speed "
+    "benchmarks), 'hf' (Hugging Face Hub), an s3:// mirror, or a local weights folder"
+)
 
 
 @dataclass(frozen=True)
@@ -71,14 +75,17 @@ class WeightsSpec:
 
     # -------------------------------------------------------------- as a pydantic field type
     @classmethod
-    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler
-                                     ) -> core_schema.CoreSchema:
+    def __get_pydantic_core_schema__(
+        cls, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
         return core_schema.with_info_plain_validator_function(
-            cls._validate, serialization=core_schema.plain_serializer_function_ser_schema(str))
+            cls._validate, serialization=core_schema.plain_serializer_function_ser_schema(str)
+        )
 
     @classmethod
-    def __get_pydantic_json_schema__(cls, schema: core_schema.CoreSchema,
-                                     handler: GetJsonSchemaHandler) -> dict[str, Any]:
+    def __get_pydantic_json_schema__(
+        cls, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> dict[str, Any]:
         return {"type": "string", "description": DESCRIPTION[0].upper() + DESCRIPTION[1:] + "."}
 
     @classmethod

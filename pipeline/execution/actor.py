@@ -44,12 +44,21 @@ class StylizeActor:
             options = replace(options, device=self.device)
         storage = Storage(storage_settings)
         root = local_root(config.weights, model=config.model, storage=storage)
-        model = load_random_model(config.model, options) if root is None else \
-            load_model(config.model, root, options)
+        model = (
+            load_random_model(config.model, options)
+            if root is None
+            else load_model(config.model, root, options)
+        )
         self.load_s = time.perf_counter() - t0
-        log.info("actor pid %d loaded %s from %s in %.1f s on %s (CUDA_VISIBLE_DEVICES=%s)",
-                 os.getpid(), config.model, config.weights, self.load_s, self.device,
-                 os.environ.get("CUDA_VISIBLE_DEVICES"))
+        log.info(
+            "actor pid %d loaded %s from %s in %.1f s on %s (CUDA_VISIBLE_DEVICES=%s)",
+            os.getpid(),
+            config.model,
+            config.weights,
+            self.load_s,
+            self.device,
+            os.environ.get("CUDA_VISIBLE_DEVICES"),
+        )
         scratch = Path(tempfile.gettempdir()) / "restyle-scratch"
         scratch.mkdir(exist_ok=True)
         scorer = None
@@ -58,14 +67,24 @@ class StylizeActor:
 
             scorer = make_scorer(config.scoring, self.device)
         self.processor = ShardProcessor(
-            config, model, storage, make_captioner(config.outputs, self.device),
+            config,
+            model,
+            storage,
+            make_captioner(config.outputs, self.device),
             StyleLoraResolver(storage, root, weight_cache_dir() / "downloads"),
-            device=self.device, scratch_dir=str(scratch), scorer=scorer)
+            device=self.device,
+            scratch_dir=str(scratch),
+            scorer=scorer,
+        )
 
     def info(self) -> dict:
-        return {"pid": os.getpid(), "device": self.device, "load_s": self.load_s,
-                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-                "node": ray.get_runtime_context().get_node_id()}
+        return {
+            "pid": os.getpid(),
+            "device": self.device,
+            "load_s": self.load_s,
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "node": ray.get_runtime_context().get_node_id(),
+        }
 
     def process(self, task: ShardTask):
         return self.processor.process(task)
@@ -82,12 +101,16 @@ class CaptionActor:
         from pipeline.processing.caption_shard import ShardCaptioner
 
         self.device = str(resolve_device(device))
-        self.shards = ShardCaptioner(ModelCaptioner(model_spec, device=self.device),
-                                     Storage(storage_settings), model_spec)
+        self.shards = ShardCaptioner(
+            ModelCaptioner(model_spec, device=self.device), Storage(storage_settings), model_spec
+        )
 
     def info(self) -> dict:
-        return {"pid": os.getpid(), "device": self.device,
-                "node": ray.get_runtime_context().get_node_id()}
+        return {
+            "pid": os.getpid(),
+            "device": self.device,
+            "node": ray.get_runtime_context().get_node_id(),
+        }
 
     def caption_shard(self, tar_uri: str, out_uri: str) -> int:
         return self.shards.caption_shard(tar_uri, out_uri)

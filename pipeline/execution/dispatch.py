@@ -32,13 +32,16 @@ class _InFlight(Generic[T]):
     attempt: int
 
 
-def dispatch(pool: ActorPool, tasks: Sequence[T],
-             submit: Callable[[Any, T, int], ray.ObjectRef],
-             on_result: Callable[[T, Any], None],
-             on_failure: Callable[[T, str], None],
-             max_attempts: int,
-             describe: Callable[[T], str] = str,
-             on_tick: Callable[[], None] | None = None) -> None:
+def dispatch(
+    pool: ActorPool,
+    tasks: Sequence[T],
+    submit: Callable[[Any, T, int], ray.ObjectRef],
+    on_result: Callable[[T, Any], None],
+    on_failure: Callable[[T, str], None],
+    max_attempts: int,
+    describe: Callable[[T], str] = str,
+    on_tick: Callable[[], None] | None = None,
+) -> None:
     """Run every task on `pool`.
 
     `submit(handle, task, seq)` starts a task on an actor (`seq` counts dispatches, so an actor
@@ -68,8 +71,12 @@ def dispatch(pool: ActorPool, tasks: Sequence[T],
             except ACTOR_LOST as error:
                 pool.replace_if_current(entry.slot, entry.handle)
                 if entry.attempt < max_attempts:
-                    log.warning("actor died on %s (attempt %d): %s; retrying on a fresh actor",
-                                describe(entry.task), entry.attempt, error)
+                    log.warning(
+                        "actor died on %s (attempt %d): %s; retrying on a fresh actor",
+                        describe(entry.task),
+                        entry.attempt,
+                        error,
+                    )
                     queue.append((entry.task, entry.attempt + 1))
                 else:
                     on_failure(entry.task, f"actor died {entry.attempt} times: {error}")

@@ -96,9 +96,14 @@ class Runner:
     """Plans and runs one `RunConfig`. `weights`: the run's weights when the caller resolved
     them already (to name the run, or for a job fingerprint), so they are resolved once per run."""
 
-    def __init__(self, config: RunConfig, storage_settings: StorageSettings,
-                 address: str | None = None, show_progress: bool = True,
-                 weights: ResolvedWeights | None = None):
+    def __init__(
+        self,
+        config: RunConfig,
+        storage_settings: StorageSettings,
+        address: str | None = None,
+        show_progress: bool = True,
+        weights: ResolvedWeights | None = None,
+    ):
         self.config = config
         self.settings = storage_settings
         self.storage = Storage(storage_settings)
@@ -112,8 +117,9 @@ class Runner:
     def plan(self) -> Plan:
         shards = list_shards(list(self.config.manifest), self.storage)
         if self.weights is None:
-            self.weights = resolve_weights(self.config.weights, self.config.model,
-                                           storage=self.storage)
+            self.weights = resolve_weights(
+                self.config.weights, self.config.model, storage=self.storage
+            )
         weights = self.weights
         fingerprint = self.config.fingerprint(weights.sha256)
         done = {}
@@ -128,12 +134,23 @@ class Runner:
         plan = self.plan()
         self.state.claim(plan.run_json(self.settings))
         only = None if self.config.only_ids is None else frozenset(self.config.only_ids)
-        tasks = [ShardTask(shard=s, folder=self.config.run_uri, fingerprint=plan.fingerprint,
-                           weights=plan.weights.sha256, random_weights=plan.weights.random,
-                           only_ids=only)
-                 for s in plan.todo]
-        summary = RunSummary(self.config.run_uri, plan.fingerprint, shards_total=len(plan.shards),
-                             shards_already_done=len(plan.done))
+        tasks = [
+            ShardTask(
+                shard=s,
+                folder=self.config.run_uri,
+                fingerprint=plan.fingerprint,
+                weights=plan.weights.sha256,
+                random_weights=plan.weights.random,
+                only_ids=only,
+            )
+            for s in plan.todo
+        ]
+        summary = RunSummary(
+            self.config.run_uri,
+            plan.fingerprint,
+            shards_total=len(plan.shards),
+            shards_already_done=len(plan.done),
+        )
         return self._execute(tasks, summary)
 
     def retry_failed(self) -> RunSummary:
@@ -147,15 +164,20 @@ class Runner:
         folder = f"{self.config.run_uri}/retry-{self.state.next_retry_number():02d}"
         tasks = []
         for shard in plan.shards:
-            failed = {i: r for i, r in latest.get(shard.index, {}).items()
-                      if r.failed}
+            failed = {i: r for i, r in latest.get(shard.index, {}).items() if r.failed}
             if failed:
-                tasks.append(ShardTask(
-                    shard=shard, folder=folder, fingerprint=plan.fingerprint,
-                    weights=plan.weights.sha256, random_weights=plan.weights.random,
-                    only_ids=frozenset(failed),
-                    prior_attempts={i: r.attempts for i, r in failed.items()},
-                    retry_of=(shard.index,)))
+                tasks.append(
+                    ShardTask(
+                        shard=shard,
+                        folder=folder,
+                        fingerprint=plan.fingerprint,
+                        weights=plan.weights.sha256,
+                        random_weights=plan.weights.random,
+                        only_ids=frozenset(failed),
+                        prior_attempts={i: r.attempts for i, r in failed.items()},
+                        retry_of=(shard.index,),
+                    )
+                )
         summary = RunSummary(self.config.run_uri, plan.fingerprint, shards_total=len(tasks))
         if not tasks:
             log.info("no failed items in %s", self.config.run_uri)
@@ -167,10 +189,13 @@ class Runner:
         t0 = time.perf_counter()
         if tasks:
             connect(self.address)
-            spec = ActorSpec(StylizeActor, (self.config, self.settings),
-                             tasks_per_actor=SHARDS_IN_FLIGHT_PER_ACTOR,
-                             what=f"model actors for {self.config.model!r} (weights "
-                                  f"{str(self.config.weights)!r})")
+            spec = ActorSpec(
+                StylizeActor,
+                (self.config, self.settings),
+                tasks_per_actor=SHARDS_IN_FLIGHT_PER_ACTOR,
+                what=f"model actors for {self.config.model!r} (weights "
+                f"{str(self.config.weights)!r})",
+            )
             self.pool = ActorPool(spec, pool_size(self.config.actors, len(tasks)))
             progress = RunProgress(self.show_progress, total_shards=len(tasks))
 
@@ -188,12 +213,18 @@ class Runner:
                 progress.update_live(live)
 
             try:
-                dispatch(self.pool, tasks,
-                         submit=lambda actor, task, seq: actor.process.remote(
-                             dataclasses.replace(task, seq=seq)),
-                         on_result=committed, on_failure=failed,
-                         max_attempts=self.config.max_shard_attempts,
-                         describe=lambda task: f"shard {task.shard.index}", on_tick=live_progress)
+                dispatch(
+                    self.pool,
+                    tasks,
+                    submit=lambda actor, task, seq: actor.process.remote(
+                        dataclasses.replace(task, seq=seq)
+                    ),
+                    on_result=committed,
+                    on_failure=failed,
+                    max_attempts=self.config.max_shard_attempts,
+                    describe=lambda task: f"shard {task.shard.index}",
+                    on_tick=live_progress,
+                )
             finally:
                 progress.close()
                 self.pool.shutdown()

@@ -26,14 +26,23 @@ def load_table(path: Path | None = None) -> dict[str, SecondsPerImage]:
         text = resources.files("pipeline.data").joinpath("seconds_per_image.toml").read_text()
     else:
         text = Path(path).read_text()
-    return {model: SecondsPerImage(float(v["seconds"]), int(v["pixels"]), int(v["steps"]))
-            for model, v in tomllib.loads(text).items()}
+    return {
+        model: SecondsPerImage(float(v["seconds"]), int(v["pixels"]), int(v["steps"]))
+        for model, v in tomllib.loads(text).items()
+    }
 
 
-def gpu_hours(model: str, items: int, width: int | None, height: int | None, steps: int | None,
-              table: dict[str, SecondsPerImage]) -> float:
+def gpu_hours(
+    model: str,
+    items: int,
+    width: int | None,
+    height: int | None,
+    steps: int | None,
+    table: dict[str, SecondsPerImage],
+) -> float:
     if model not in table:
         raise KeyError(f"no seconds-per-image entry for model {model!r} in the table")
-    per_image = table[model].estimate(width or DEFAULT_SIZE, height or DEFAULT_SIZE,
-                                      steps or DEFAULT_STEPS)
+    per_image = table[model].estimate(
+        width or DEFAULT_SIZE, height or DEFAULT_SIZE, steps or DEFAULT_STEPS
+    )
     return items * per_image / 3600.0

@@ -52,9 +52,12 @@ class ActorPool:
         self.size = size
         gpu = int(ray.cluster_resources().get("GPU", 0)) > 0
         options: dict[str, Any] = {  # actor options (Ray's type stubs know only task options)
-            "num_gpus": 1 if gpu else 0, "num_cpus": GPU_ACTOR_CPUS if gpu else CPU_ACTOR_CPUS,
-            "max_restarts": 0, "max_task_retries": 0,
-            "max_concurrency": spec.tasks_per_actor + 2}  # + progress polls and info calls
+            "num_gpus": 1 if gpu else 0,
+            "num_cpus": GPU_ACTOR_CPUS if gpu else CPU_ACTOR_CPUS,
+            "max_restarts": 0,
+            "max_task_retries": 0,
+            "max_concurrency": spec.tasks_per_actor + 2,
+        }  # + progress polls and info calls
         self._remote: Any = ray.remote(**options)(spec.cls)
         self.actors = [self._start() for _ in range(size)]
         self._check_loaded(self.actors)
@@ -72,8 +75,9 @@ class ActorPool:
 
     def free_slots(self, busy: Counter[int]) -> list[int]:
         """One entry per task an actor can still take (`busy`: slot -> tasks it holds)."""
-        return [slot for slot in range(self.size)
-                for _ in range(self.spec.tasks_per_actor - busy[slot])]
+        return [
+            slot for slot in range(self.size) for _ in range(self.spec.tasks_per_actor - busy[slot])
+        ]
 
     def replace_if_current(self, slot: int, handle: Any) -> None:
         """Start a fresh actor in `slot` unless that dead handle was already replaced."""

@@ -29,8 +29,15 @@ class RunProgress:
         self.committed_items = 0
         self.committed_failed = 0
         self.committed_shards = 0
-        self.bar = tqdm(total=total_items, unit="img", disable=not self.interactive,
-                        file=sys.stderr, dynamic_ncols=True, desc="restyle", mininterval=0.5)
+        self.bar = tqdm(
+            total=total_items,
+            unit="img",
+            disable=not self.interactive,
+            file=sys.stderr,
+            dynamic_ncols=True,
+            desc="restyle",
+            mininterval=0.5,
+        )
         self._live: dict[int, tuple[int, int]] = {}
         self._refresh()
 
@@ -48,8 +55,9 @@ class RunProgress:
         done = self.committed_items + sum(d for d, _ in self._live.values())
         failed = self.committed_failed + sum(f for _, f in self._live.values())
         self.bar.n = done
-        self.bar.set_postfix(failed=failed, shards=f"{self.committed_shards}/{self.total_shards}",
-                             refresh=False)
+        self.bar.set_postfix(
+            failed=failed, shards=f"{self.committed_shards}/{self.total_shards}", refresh=False
+        )
         self.bar.refresh()
         now = time.monotonic()
         if self.logging and now - self._last_log >= LOG_EVERY_S:
@@ -58,8 +66,14 @@ class RunProgress:
 
     def _log_line(self, done: int, failed: int, now: float) -> None:
         rate = done / (now - self._started) if now > self._started else 0.0
-        log.warning("progress: %d items (%d failed), %d/%d shards, %.3f items/s", done, failed,
-                    self.committed_shards, self.total_shards, rate)
+        log.warning(
+            "progress: %d items (%d failed), %d/%d shards, %.3f items/s",
+            done,
+            failed,
+            self.committed_shards,
+            self.total_shards,
+            rate,
+        )
 
     def close(self) -> None:
         self.bar.close()

@@ -39,8 +39,14 @@ class CaptionSummary:
         return 2 if self.failed else 0
 
 
-def caption_run(run_uri: str, model_spec: str, storage_settings: StorageSettings,
-                actors: int = 1, device: str = "auto", address: str | None = None) -> CaptionSummary:
+def caption_run(
+    run_uri: str,
+    model_spec: str,
+    storage_settings: StorageSettings,
+    actors: int = 1,
+    device: str = "auto",
+    address: str | None = None,
+) -> CaptionSummary:
     """Caption every committed shard of a run that lacks a sidecar from this model spec."""
     from pipeline.execution.actor import CaptionActor
     from pipeline.execution.cluster import connect
@@ -63,8 +69,11 @@ def caption_run(run_uri: str, model_spec: str, storage_settings: StorageSettings
     if not todo:
         return summary
     connect(address)
-    spec = ActorSpec(CaptionActor, (model_spec, device, storage_settings),
-                     what=f"caption actors for {model_spec!r}")
+    spec = ActorSpec(
+        CaptionActor,
+        (model_spec, device, storage_settings),
+        what=f"caption actors for {model_spec!r}",
+    )
     pool = ActorPool(spec, pool_size(actors, len(todo)))
 
     def captioned(task: tuple[str, str], rows: int) -> None:
@@ -75,9 +84,15 @@ def caption_run(run_uri: str, model_spec: str, storage_settings: StorageSettings
         summary.failed[task[0]] = reason
 
     try:
-        dispatch(pool, todo, submit=lambda actor, task, seq: actor.caption_shard.remote(*task),
-                 on_result=captioned, on_failure=failed, max_attempts=MAX_ATTEMPTS,
-                 describe=lambda task: f"captioning {task[0]}")
+        dispatch(
+            pool,
+            todo,
+            submit=lambda actor, task, seq: actor.caption_shard.remote(*task),
+            on_result=captioned,
+            on_failure=failed,
+            max_attempts=MAX_ATTEMPTS,
+            describe=lambda task: f"captioning {task[0]}",
+        )
     finally:
         pool.shutdown()
     return summary

@@ -115,17 +115,21 @@ class NightlySpec(JobSpec):
     @model_validator(mode="after")
     def _style_fits_the_model(self) -> NightlySpec:
         if self.style.images and self.model != "uso":
-            raise ConfigProblem(("style", "images"), "style images are USO's; this job's model "
-                                f"is {self.model}")
+            raise ConfigProblem(
+                ("style", "images"), f"style images are USO's; this job's model is {self.model}"
+            )
         if self.style.lora and self.model != "omniconsistency":
-            raise ConfigProblem(("style", "lora"), "style LoRAs are OmniConsistency's; this "
-                                f"job's model is {self.model}")
+            raise ConfigProblem(
+                ("style", "lora"),
+                f"style LoRAs are OmniConsistency's; this job's model is {self.model}",
+            )
         return self
 
     def night_config(self, manifest: list[str], night: str) -> RunConfig:
         """The run of one night: its manifest into `<output>/runs/<night>/`."""
-        return self.settings.run_config(manifest=manifest, output=f"{self.output.rstrip('/')}/runs",
-                                        run=night, model=self.model)
+        return self.settings.run_config(
+            manifest=manifest, output=f"{self.output.rstrip('/')}/runs", run=night, model=self.model
+        )
 
 
 def today() -> str:
@@ -134,8 +138,10 @@ def today() -> str:
 
 def check_night(night: str) -> str:
     if not NIGHT_PATTERN.match(night):
-        raise NightlyError(f"night label {night!r}: use a date (2026-09-14) or another short word "
-                           "of letters, digits, '.', '_' or '-'")
+        raise NightlyError(
+            f"night label {night!r}: use a date (2026-09-14) or another short word "
+            "of letters, digits, '.', '_' or '-'"
+        )
     return night
 
 
@@ -198,17 +204,28 @@ class NightSummary:
         data["exit_code"] = self.exit_code
         if self.run is not None:
             run = self.run
-            data["run"] = {"ok": run.ok, "failed": run.failed, "skipped": run.skipped,
-                           "shards_committed": run.shards_committed,
-                           "shards_already_done": run.shards_already_done,
-                           "shards_failed": run.shards_failed, "errors": dict(run.errors),
-                           "wall_s": run.wall_s}
+            data["run"] = {
+                "ok": run.ok,
+                "failed": run.failed,
+                "skipped": run.skipped,
+                "shards_committed": run.shards_committed,
+                "shards_already_done": run.shards_already_done,
+                "shards_failed": run.shards_failed,
+                "errors": dict(run.errors),
+                "wall_s": run.wall_s,
+            }
         return data
 
 
 class NightlyJob:
-    def __init__(self, spec: NightlySpec, storage_settings: StorageSettings,
-                 night: str | None = None, address: str | None = None, show_progress: bool = True):
+    def __init__(
+        self,
+        spec: NightlySpec,
+        storage_settings: StorageSettings,
+        night: str | None = None,
+        address: str | None = None,
+        show_progress: bool = True,
+    ):
         self.spec = spec
         self.night = check_night(night or today())
         self.settings = storage_settings
@@ -241,8 +258,9 @@ class NightlyJob:
         spec = self.spec
         weights = self.resolve_weights()  # once: the job fingerprint and the run both use them
         fingerprint = self.fingerprint(weights)
-        summary = NightSummary(spec.name, self.night, fingerprint,
-                               f"{spec.output.rstrip('/')}/runs/{self.night}")
+        summary = NightSummary(
+            spec.name, self.night, fingerprint, f"{spec.output.rstrip('/')}/runs/{self.night}"
+        )
         index = DoneIndex(self.storage, spec.output, fingerprint)
         marker = frozen_manifest(self.storage, self.manifest_folder, fingerprint)
         if marker is not None:
@@ -250,16 +268,24 @@ class NightlyJob:
         else:
             marker = self._derive(index.load(), fingerprint, summary)
             if marker is None:
-                log.info("night %s of %s: nothing new in %d catalog rows", self.night, spec.name,
-                         summary.catalog_rows)
+                log.info(
+                    "night %s of %s: nothing new in %d catalog rows",
+                    self.night,
+                    spec.name,
+                    summary.catalog_rows,
+                )
                 return summary
         config = spec.night_config(marker.shards, self.night)
-        summary.run = Runner(config, self.settings, self.address, self.show_progress,
-                             weights=weights).run()
+        summary.run = Runner(
+            config, self.settings, self.address, self.show_progress, weights=weights
+        ).run()
         latest = RunState(self.storage, config.run_uri).latest_records(summary.run.fingerprint)
         done: list[dict[str, str | None]] = [
-                {"id": r.id, "night": self.night, "output_key": r.output_key}
-                for shard in sorted(latest) for r in latest[shard].values() if r.ok]
+            {"id": r.id, "night": self.night, "output_key": r.output_key}
+            for shard in sorted(latest)
+            for r in latest[shard].values()
+            if r.ok
+        ]
         index.write(self.night, done)
         summary.indexed = len(done)
         return summary
@@ -282,8 +308,10 @@ class NightlyJob:
                     summary.already_done += 1
                     continue
                 if entry.id in seen:
-                    summary.rejected.append(f"{shard.uri}, row {entry.source[1]}: duplicate id "
-                                            f"{entry.id!r} (already in an earlier catalog shard)")
+                    summary.rejected.append(
+                        f"{shard.uri}, row {entry.source[1]}: duplicate id "
+                        f"{entry.id!r} (already in an earlier catalog shard)"
+                    )
                     continue
                 seen.add(entry.id)
                 try:
@@ -291,15 +319,22 @@ class NightlyJob:
                 except (KeyError, IndexError, ValueError) as error:
                     summary.rejected.append(
                         f"{shard.uri}, row {entry.source[1]}: prompt template {spec.prompt!r} "
-                        f"needs field {error} (item {entry.id!r})")
+                        f"needs field {error} (item {entry.id!r})"
+                    )
         for message in summary.rejected[:MAX_REPORTED]:
             log.warning("catalog row left out: %s", message)
         if writer.rows == 0:
             return None
         summary.new = writer.rows
-        return writer.finish(fingerprint, {"job": spec.name, "night": self.night,
-                                           "catalog": list(spec.catalog),
-                                           "already_done": summary.already_done})
+        return writer.finish(
+            fingerprint,
+            {
+                "job": spec.name,
+                "night": self.night,
+                "catalog": list(spec.catalog),
+                "already_done": summary.already_done,
+            },
+        )
 
     def night_row(self, item: ManifestItem) -> dict[str, Any]:
         """The catalog row with the style set applied (rows keep styles of their own)."""

@@ -40,8 +40,11 @@ def schema_file(kind: str) -> str:
 def spec_schema(kind: str) -> dict[str, Any]:
     model = spec_models()[kind]
     schema = model.model_json_schema(mode="validation")
-    return {"$schema": DIALECT, "title": f"restyle {kind} job spec", **{
-        key: value for key, value in schema.items() if key != "title"}}
+    return {
+        "$schema": DIALECT,
+        "title": f"restyle {kind} job spec",
+        **{key: value for key, value in schema.items() if key != "title"},
+    }
 
 
 def schema_text(kind: str) -> str:
@@ -81,8 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     stale = stale_schemas(args.check)
     for path in stale:
-        print(f"stale: {path} (run python -m pipeline.jobs.schemas --write {args.check})",
-              file=sys.stderr)
+        print(
+            f"stale: {path} (run python -m pipeline.jobs.schemas --write {args.check})",
+            file=sys.stderr,
+        )
     return 1 if stale else 0
 
 

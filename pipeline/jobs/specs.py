@@ -69,13 +69,19 @@ class SpecError(ConfigError):
 
 def _job_name(name: str) -> str:
     if not NAME_PATTERN.match(name):
-        raise ValueError("must be 1-63 letters, digits, '.', '_' or '-' (starting with a letter "
-                         f"or digit): it names folders and the submission id; got {name!r}")
+        raise ValueError(
+            "must be 1-63 letters, digits, '.', '_' or '-' (starting with a letter "
+            f"or digit): it names folders and the submission id; got {name!r}"
+        )
     return name
 
 
-JobName = Annotated[str, Strict(), AfterValidator(_job_name),
-                    WithJsonSchema({"type": "string", "pattern": NAME_PATTERN.pattern})]
+JobName = Annotated[
+    str,
+    Strict(),
+    AfterValidator(_job_name),
+    WithJsonSchema({"type": "string", "pattern": NAME_PATTERN.pattern}),
+]
 
 
 class SpecHeader(ConfigModel, extra="allow"):
@@ -132,8 +138,9 @@ def parse_spec_text(text: str, origin: str) -> SpecSource:
 
 def parse_spec(model: type[ConfigModel], source: SpecSource) -> Any:
     """`source` validated as `model`, paths resolved beside the spec, mistakes as `SpecError`."""
-    return validate(model, source.data, paths=PathBase(source.origin), origin=source.origin,
-                    error=_spec_error)
+    return validate(
+        model, source.data, paths=PathBase(source.origin), origin=source.origin, error=_spec_error
+    )
 
 
 def _spec_error(where: str | None, message: str, origin: str | None = None) -> SpecError:
@@ -156,6 +163,6 @@ class JobSpec(RunSettings):
     @property
     def settings(self) -> RunSettings:
         """The run settings part, as `restyle run` would have them."""
-        return RunSettings.model_construct(**{name: getattr(self, name)
-                                              for name in RunSettings.model_fields})
-
+        return RunSettings.model_construct(
+            **{name: getattr(self, name) for name in RunSettings.model_fields}
+        )

@@ -69,8 +69,10 @@ def project_requirements() -> list[str]:
     try:
         requires = importlib.metadata.requires(DISTRIBUTION) or []
     except importlib.metadata.PackageNotFoundError as error:
-        raise SubmissionError(f"restyle is not installed as a distribution here ({error}); "
-                              "use --runtime-env source or cluster") from error
+        raise SubmissionError(
+            f"restyle is not installed as a distribution here ({error}); "
+            "use --runtime-env source or cluster"
+        ) from error
     kept = []
     for requirement in requires:
         if "extra ==" in requirement:
@@ -87,12 +89,14 @@ def package_dir() -> str:
     return str(Path(pipeline.__file__).resolve().parent)
 
 
-def build_submission(spec: SpecSource, night: str, runtime: str = "project",
-                     submission: str | None = None) -> Submission:
+def build_submission(
+    spec: SpecSource, night: str, runtime: str = "project", submission: str | None = None
+) -> Submission:
     """Everything `submit_job` needs; nothing is contacted yet."""
     if runtime not in RUNTIME_ENVS:
-        raise SubmissionError(f"unknown runtime env {runtime!r}; "
-                              f"use one of {', '.join(RUNTIME_ENVS)}")
+        raise SubmissionError(
+            f"unknown runtime env {runtime!r}; use one of {', '.join(RUNTIME_ENVS)}"
+        )
     name, kind = spec.name, spec.kind
     command = ["restyle"] if runtime == "cluster" else ["python", "-m", "pipeline.cli"]
     command += [kind, "--no-progress"]
@@ -111,7 +115,8 @@ def build_submission(spec: SpecSource, night: str, runtime: str = "project",
         submission_id=submission or submission_id(name, night),
         entrypoint=shlex.join(command),
         runtime_env=runtime_env,
-        metadata={"restyle_job": name, "restyle_kind": kind, "restyle_night": night})
+        metadata={"restyle_job": name, "restyle_kind": kind, "restyle_night": night},
+    )
 
 
 def client_for(address: str | None):
@@ -120,17 +125,21 @@ def client_for(address: str | None):
 
     address = address or os.environ.get("RAY_ADDRESS")
     if not address:
-        raise SubmissionError("no Ray cluster address: pass --address http://<head>:8265 or "
-                              "set RAY_ADDRESS")
+        raise SubmissionError(
+            "no Ray cluster address: pass --address http://<head>:8265 or set RAY_ADDRESS"
+        )
     try:
         return JobSubmissionClient(address)
     except Exception as error:  # connection refused, wrong port, not a dashboard, no token
         hint = ""
         if "uthenticat" in str(error):
-            hint = (" (a cluster with token authentication needs RAY_AUTH_MODE=token and the "
-                    "cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token here)")
-        raise SubmissionError(f"cannot reach the Ray job API at {address}: "
-                              f"{str(error).splitlines()[0]}{hint}") from error
+            hint = (
+                " (a cluster with token authentication needs RAY_AUTH_MODE=token and the "
+                "cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token here)"
+            )
+        raise SubmissionError(
+            f"cannot reach the Ray job API at {address}: {str(error).splitlines()[0]}{hint}"
+        ) from error
 
 
 def submit(client, submission: Submission) -> str:
@@ -140,30 +149,36 @@ def submit(client, submission: Submission) -> str:
         raise DuplicateSubmissionError(
             f"submission {submission.submission_id!r} exists already (status {existing.status}); "
             "a job runs once per night. To run it again on purpose, pass --submission-id "
-            f"{submission.submission_id}-rerun1")
+            f"{submission.submission_id}-rerun1"
+        )
     job = submission.metadata["restyle_job"]
     for other in client.list_jobs():
         metadata = other.metadata or {}
         if metadata.get("restyle_job") == job and str(other.status) not in TERMINAL:
             raise SubmissionError(
                 f"job {job!r} is still {other.status} as {other.submission_id!r}; nights must not "
-                "overlap (wait for it, or stop it with `ray job stop`)")
+                "overlap (wait for it, or stop it with `ray job stop`)"
+            )
     deadline = time.monotonic() + AGENT_WAIT_S
     while True:
         try:
-            return client.submit_job(entrypoint=submission.entrypoint,
-                                     runtime_env=submission.runtime_env,
-                                     metadata=submission.metadata,
-                                     submission_id=submission.submission_id)
+            return client.submit_job(
+                entrypoint=submission.entrypoint,
+                runtime_env=submission.runtime_env,
+                metadata=submission.metadata,
+                submission_id=submission.submission_id,
+            )
         except RuntimeError as error:
             if "already exists" in str(error):
                 raise DuplicateSubmissionError(
-                    f"submission {submission.submission_id!r} exists already: {error}") from error
+                    f"submission {submission.submission_id!r} exists already: {error}"
+                ) from error
             if AGENT_NOT_READY in str(error) and time.monotonic() < deadline:
                 time.sleep(2)  # a cluster that just started: its job agent registers late
                 continue
-            raise SubmissionError(f"Ray refused submission {submission.submission_id!r}: "
-                                  f"{error}") from error
+            raise SubmissionError(
+                f"Ray refused submission {submission.submission_id!r}: {error}"
+            ) from error
 
 
 def _job_info(client, job_id: str):
@@ -177,6 +192,7 @@ def _job_info(client, job_id: str):
 
 def follow(client, job_id: str, out: TextIO = sys.stdout) -> str:
     """Stream the job's logs to `out` until it ends; return its final status."""
+
     async def tail() -> None:
         async for chunk in client.tail_job_logs(job_id):
             out.write(chunk)

@@ -109,16 +109,36 @@ def _pairs(value: Any, info: ValidationInfo) -> tuple[tuple[str, str], ...] | st
     if not isinstance(value, (list, tuple)) or not value:
         raise ValueError(PAIRS_NEEDED)
     for i, pair in enumerate(value):
-        if not (isinstance(pair, (list, tuple)) and len(pair) == 2
-                and all(isinstance(p, str) for p in pair)):
+        if not (
+            isinstance(pair, (list, tuple))
+            and len(pair) == 2
+            and all(isinstance(p, str) for p in pair)
+        ):
             raise ConfigProblem((i,), f"must be [subject_id, style_id], got {pair!r}")
     return tuple((subject, style) for subject, style in value)
 
 
-PairsInput = Annotated[tuple[tuple[str, str], ...] | str, PlainValidator(_pairs), WithJsonSchema({
-    "anyOf": [{"type": "string", "description": "a .parquet/.csv file with subject_id, style_id"},
-              {"type": "array", "minItems": 1, "items": {
-                  "type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 2}}]})]
+PairsInput = Annotated[
+    tuple[tuple[str, str], ...] | str,
+    PlainValidator(_pairs),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "description": "a .parquet/.csv file with subject_id, style_id"},
+                {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "minItems": 2,
+                        "maxItems": 2,
+                    },
+                },
+            ]
+        }
+    ),
+]
 
 
 class Pairing(ConfigModel):
@@ -168,8 +188,9 @@ class TripletSpec(JobSpec):
     styles: PathRefs
     """Style catalog manifest(s): rows with id, styles, optional style_lora (+ scale), name."""
     pairing: Pairing = Pairing()
-    models: Annotated[tuple[ModelChoice, ...], one_or_many(ModelName),
-                      AfterValidator(_distinct)] = ("uso",)
+    models: Annotated[
+        tuple[ModelChoice, ...], one_or_many(ModelName), AfterValidator(_distinct)
+    ] = ("uso",)
     """uso and/or omniconsistency: one run each."""
     prompt: FormatTemplate = "{subject_prompt}"
     """str.format template over subject_id, style_id, style_name, subject_prompt, style_prompt,
@@ -207,8 +228,9 @@ class Catalog:
             if reason is None:
                 kept[item_id] = item
             else:
-                unusable[item_id] = (f"{role} {item_id!r} ({item.source[0]}, "
-                                     f"row {item.source[1]}) {reason}")
+                unusable[item_id] = (
+                    f"{role} {item_id!r} ({item.source[0]}, row {item.source[1]}) {reason}"
+                )
         return Catalog(kept, self.rejected, unusable)
 
 
@@ -230,8 +252,10 @@ def load_catalog(spec: Iterable[str], storage: Storage) -> Catalog:
                 catalog.rejected.append(str(entry))
             elif entry.id in catalog.items:
                 first = catalog.items[entry.id].source
-                catalog.rejected.append(f"{shard.uri}, row {entry.source[1]}: duplicate id "
-                                        f"{entry.id!r} (first in {first[0]}, row {first[1]})")
+                catalog.rejected.append(
+                    f"{shard.uri}, row {entry.source[1]}: duplicate id "
+                    f"{entry.id!r} (first in {first[0]}, row {first[1]})"
+                )
             else:
                 catalog.items[entry.id] = entry
     return catalog
@@ -246,8 +270,9 @@ def _rank(seed: int, subject_id: str, style_id: str) -> bytes:
     return hashlib.sha256(f"{seed}\x00{subject_id}\x00{style_id}".encode()).digest()
 
 
-def pair_sample(subject_ids: list[str], style_ids: list[str], per_subject: int,
-                seed: int) -> list[tuple[str, str]]:
+def pair_sample(
+    subject_ids: list[str], style_ids: list[str], per_subject: int, seed: int
+) -> list[tuple[str, str]]:
     """Per subject, the `per_subject` styles of highest hash rank (all of them when fewer)."""
     pairs = []
     for subject in subject_ids:
@@ -269,14 +294,16 @@ def read_pairs_file(uri: str, storage: Storage) -> list[tuple[str, str]]:
     for i, row in enumerate(rows):
         subject, style = row.get("subject_id"), row.get("style_id")
         if not (isinstance(subject, str) and subject and isinstance(style, str) and style):
-            raise TripletError(f"{uri}, row {i}: needs non-empty subject_id and style_id, "
-                               f"got {row}")
+            raise TripletError(
+                f"{uri}, row {i}: needs non-empty subject_id and style_id, got {row}"
+            )
         pairs.append((subject, style))
     return pairs
 
 
-def make_pairs(pairing: Pairing, subjects: Catalog, styles: Catalog,
-               storage: Storage) -> list[tuple[str, str]]:
+def make_pairs(
+    pairing: Pairing, subjects: Catalog, styles: Catalog, storage: Storage
+) -> list[tuple[str, str]]:
     if pairing.mode == "all":
         return pair_all(subjects.ids, styles.ids)
     if pairing.mode == "sample":
@@ -287,8 +314,10 @@ def make_pairs(pairing: Pairing, subjects: Catalog, styles: Catalog,
     for i, (subject, style) in enumerate(pairs):
         for role, item_id, catalog in (("subject", subject, subjects), ("style", style, styles)):
             if item_id not in catalog.items:
-                reason = (catalog.unusable.get(item_id)
-                          or f"{role} id {item_id!r} is not in the {role} catalog")
+                reason = (
+                    catalog.unusable.get(item_id)
+                    or f"{role} id {item_id!r} is not in the {role} catalog"
+                )
                 raise TripletError(f"{where}[{i}]: cannot use this pair: {reason}")
         if (subject, style) in seen:
             raise TripletError(f"{where}[{i}]: pair ({subject!r}, {style!r}) is listed twice")
@@ -311,21 +340,29 @@ def triplet_fields(subject: ManifestItem, style: ManifestItem) -> dict[str, Any]
     fields.update({f"style_{k}": v for k, v in (style.extra or {}).items()})
     for clash in KNOWN_FIELDS:  # e.g. a style column "lora" must not become "style_lora"
         fields.pop(clash, None)
-    fields.update(subject_id=subject.id, style_id=style.id, style_name=style_name(style),
-                  subject_prompt=subject.prompt or "", style_prompt=style.prompt or "")
+    fields.update(
+        subject_id=subject.id,
+        style_id=style.id,
+        style_name=style_name(style),
+        subject_prompt=subject.prompt or "",
+        style_prompt=style.prompt or "",
+    )
     return fields
 
 
-def triplet_row(subject: ManifestItem, style: ManifestItem, model: str, prompt_template: str
-                ) -> dict[str, Any]:
+def triplet_row(
+    subject: ManifestItem, style: ManifestItem, model: str, prompt_template: str
+) -> dict[str, Any]:
     """The manifest row of one pair (both checked with `unusable_reason` beforehand)."""
     fields = triplet_fields(subject, style)
     try:
         prompt = prompt_template.format(**fields)
     except (KeyError, IndexError) as error:
-        raise TripletError(f"prompt template {prompt_template!r} names field {error} which pair "
-                           f"({subject.id!r}, {style.id!r}) does not have; "
-                           f"it has {sorted(fields)}") from None
+        raise TripletError(
+            f"prompt template {prompt_template!r} names field {error} which pair "
+            f"({subject.id!r}, {style.id!r}) does not have; "
+            f"it has {sorted(fields)}"
+        ) from None
     row = item_row(subject)
     for key in list(row):
         if key not in ("subject", "subject_bytes", "seed", "width", "height", "steps", "guidance"):
@@ -335,8 +372,13 @@ def triplet_row(subject: ManifestItem, style: ManifestItem, model: str, prompt_t
     if model == "omniconsistency":
         row.update(style_lora=style.style_lora, style_lora_scale=style.style_lora_scale)
     row.update(id=f"{subject.id}{ID_SEPARATOR}{style.id}", prompt=prompt, model=model)
-    row.update({k: v for k, v in fields.items()
-                if k not in KNOWN_FIELDS and not isinstance(v, (bytes, bytearray))})
+    row.update(
+        {
+            k: v
+            for k, v in fields.items()
+            if k not in KNOWN_FIELDS and not isinstance(v, (bytes, bytearray))
+        }
+    )
     return row
 
 
@@ -368,8 +410,13 @@ class TripletSummary:
 
 
 class TripletJob:
-    def __init__(self, spec: TripletSpec, storage_settings: StorageSettings,
-                 address: str | None = None, show_progress: bool = True):
+    def __init__(
+        self,
+        spec: TripletSpec,
+        storage_settings: StorageSettings,
+        address: str | None = None,
+        show_progress: bool = True,
+    ):
         self.spec = spec
         self.settings = storage_settings
         self.storage = Storage(storage_settings)
@@ -389,11 +436,15 @@ class TripletJob:
             self.rejected += list(usable_styles.unusable.values())
             if not subjects.items or not usable_styles.items:
                 which = "subject" if not subjects.items else f"style (for {model})"
-                raise TripletError(f"the {which} catalog has no usable rows; left out: "
-                                   f"{self.rejected[:3]}{' ...' if len(self.rejected) > 3 else ''}")
+                raise TripletError(
+                    f"the {which} catalog has no usable rows; left out: "
+                    f"{self.rejected[:3]}{' ...' if len(self.rejected) > 3 else ''}"
+                )
             pairs = make_pairs(spec.pairing, subjects, usable_styles, self.storage)
-            rows = [triplet_row(subjects.items[a], usable_styles.items[b], model, spec.prompt)
-                    for a, b in pairs]
+            rows = [
+                triplet_row(subjects.items[a], usable_styles.items[b], model, spec.prompt)
+                for a, b in pairs
+            ]
             self.pairs[model] = len(rows)
             shards[model] = self._frozen(model, rows)
         for message in self.rejected[:MAX_REPORTED]:
@@ -409,10 +460,16 @@ class TripletJob:
         if marker is None:
             writer = ManifestWriter(self.storage, folder, spec.rows_per_shard)
             writer.extend(rows)
-            marker = writer.finish(digest, {"job": spec.name, "model": model,
-                                            "pairing": spec.pairing.mode,
-                                            "subjects": list(spec.subjects),
-                                            "styles": list(spec.styles)})
+            marker = writer.finish(
+                digest,
+                {
+                    "job": spec.name,
+                    "model": model,
+                    "pairing": spec.pairing.mode,
+                    "subjects": list(spec.subjects),
+                    "styles": list(spec.styles),
+                },
+            )
         return marker.shards
 
     def run(self) -> TripletSummary:
@@ -421,7 +478,12 @@ class TripletJob:
         shards = self.derive()
         runs = {}
         for model in self.spec.models:
-            config = self.spec.settings.run_config(manifest=shards[model], output=self.spec.root,
-                                                   run=model, model=model, include_references=True)
+            config = self.spec.settings.run_config(
+                manifest=shards[model],
+                output=self.spec.root,
+                run=model,
+                model=model,
+                include_references=True,
+            )
             runs[model] = Runner(config, self.settings, self.address, self.show_progress).run()
         return TripletSummary(self.spec.name, self.pairs, self.rejected, runs)

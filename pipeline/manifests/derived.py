@@ -30,34 +30,44 @@ from pipeline.storage.parquet import table_to_bytes
 
 MARKER = "_manifest.json"
 
-KNOWN_COLUMNS = pa.schema([
-    ("id", pa.string()),
-    ("prompt", pa.string()),
-    ("model", pa.string()),
-    ("subject", pa.string()),
-    ("subject_bytes", pa.binary()),
-    ("styles", pa.list_(pa.string())),
-    ("style_bytes", pa.list_(pa.binary())),
-    ("style_lora", pa.string()),
-    ("style_lora_scale", pa.float64()),
-    ("seed", pa.int64()),
-    ("width", pa.int32()),
-    ("height", pa.int32()),
-    ("steps", pa.int32()),
-    ("guidance", pa.float64()),
-])
+KNOWN_COLUMNS = pa.schema(
+    [
+        ("id", pa.string()),
+        ("prompt", pa.string()),
+        ("model", pa.string()),
+        ("subject", pa.string()),
+        ("subject_bytes", pa.binary()),
+        ("styles", pa.list_(pa.string())),
+        ("style_bytes", pa.list_(pa.binary())),
+        ("style_lora", pa.string()),
+        ("style_lora_scale", pa.float64()),
+        ("seed", pa.int64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("steps", pa.int32()),
+        ("guidance", pa.float64()),
+    ]
+)
 
 
 def item_row(item: ManifestItem) -> dict[str, Any]:
     """A validated item back as a manifest row (URIs stay URIs, inline images stay inline)."""
     row: dict[str, Any] = {
-        "id": item.id, "prompt": item.prompt, "model": item.model,
-        "style_lora": item.style_lora, "style_lora_scale": item.style_lora_scale,
-        "seed": item.seed, "width": item.width, "height": item.height, "steps": item.steps,
+        "id": item.id,
+        "prompt": item.prompt,
+        "model": item.model,
+        "style_lora": item.style_lora,
+        "style_lora_scale": item.style_lora_scale,
+        "seed": item.seed,
+        "width": item.width,
+        "height": item.height,
+        "steps": item.steps,
         "guidance": item.guidance,
     }
     if item.subject is not None:
-        row["subject" if item.subject.uri else "subject_bytes"] = item.subject.uri or item.subject.data
+        row["subject" if item.subject.uri else "subject_bytes"] = (
+            item.subject.uri or item.subject.data
+        )
     if item.styles:
         if all(ref.uri for ref in item.styles):
             row["styles"] = [ref.uri for ref in item.styles]
@@ -72,7 +82,9 @@ def rows_table(rows: list[dict[str, Any]]) -> pa.Table:
     """Known fields with their manifest types; extra columns inferred, or as text when their
     values do not share one type."""
     columns: dict[str, pa.Array] = {}
-    names = list(KNOWN_COLUMNS.names) + sorted({k for r in rows for k in r} - set(KNOWN_COLUMNS.names))
+    names = list(KNOWN_COLUMNS.names) + sorted(
+        {k for r in rows for k in r} - set(KNOWN_COLUMNS.names)
+    )
     for name in names:
         values = [r.get(name) for r in rows]
         if name in KNOWN_COLUMNS.names:
@@ -102,8 +114,9 @@ def read_marker(storage: Storage, folder: str) -> ManifestMarker | None:
     if not storage.exists(uri):
         return None
     data = json.loads(storage.read_bytes(uri))
-    return ManifestMarker(data["digest"], data["shards"], data["rows"], data["created_at"],
-                          data.get("info", {}))
+    return ManifestMarker(
+        data["digest"], data["shards"], data["rows"], data["created_at"], data.get("info", {})
+    )
 
 
 def frozen_manifest(storage: Storage, folder: str, digest: str) -> ManifestMarker | None:
@@ -116,7 +129,8 @@ def frozen_manifest(storage: Storage, folder: str, digest: str) -> ManifestMarke
         raise DerivedManifestConflict(
             f"{folder} already holds a manifest derived from other inputs (digest {marker.digest}, "
             f"these inputs give {digest}); outputs of different inputs are never mixed: use "
-            "another job name (or night)")
+            "another job name (or night)"
+        )
     return marker
 
 

@@ -13,12 +13,17 @@ from pipeline.manifests.items import PARQUET, WEBDATASET, ManifestError, Manifes
 from pipeline.storage import Storage
 from pipeline.storage.uris import check_supported, has_wildcards
 
-EXTENSIONS = {".parquet": PARQUET, ".pq": PARQUET, ".tar": WEBDATASET, ".tar.gz": WEBDATASET,
-              ".tgz": WEBDATASET}
+EXTENSIONS = {
+    ".parquet": PARQUET,
+    ".pq": PARQUET,
+    ".tar": WEBDATASET,
+    ".tar.gz": WEBDATASET,
+    ".tgz": WEBDATASET,
+}
 
 
 def manifest_format(uri: str) -> str | None:
-    """"parquet", "webdataset", or None for other files."""
+    """ "parquet", "webdataset", or None for other files."""
     name = posixpath.basename(uri).lower()
     for extension, fmt in EXTENSIONS.items():
         if name.endswith(extension):
@@ -44,21 +49,31 @@ def _files_of(spec: str, storage: Storage) -> list[str]:
         files = [m for m in matches if manifest_format(m) and not _hidden(m)]
         if not files:
             shown = ", ".join(matches[:5]) + (" ..." if len(matches) > 5 else "")
-            raise ManifestError(spec, "no manifest file (.parquet, .tar) matches this pattern"
-                                + (f"; it matched only: {shown}" if matches else ""))
+            raise ManifestError(
+                spec,
+                "no manifest file (.parquet, .tar) matches this pattern"
+                + (f"; it matched only: {shown}" if matches else ""),
+            )
         return files
     # A spec ending in "/" names a folder, even where the store answers for the folder key
     # itself (SeaweedFS, or an S3 console "folder" marker object).
     if not spec.endswith("/") and storage.exists(spec):
         if manifest_format(spec) is None:
-            raise ManifestError(spec, "not a manifest file: expected .parquet/.pq (Parquet) or "
-                                      ".tar/.tar.gz/.tgz (WebDataset)")
+            raise ManifestError(
+                spec,
+                "not a manifest file: expected .parquet/.pq (Parquet) or "
+                ".tar/.tar.gz/.tgz (WebDataset)",
+            )
         return [spec]
     listed = storage.list(spec)
     files = [u for u in listed if manifest_format(u) and not _hidden(u)]
     if not files:
-        raise ManifestError(spec, "no such manifest file or folder" if not listed else
-                            "this folder holds no manifest file (.parquet, .tar)")
+        raise ManifestError(
+            spec,
+            "no such manifest file or folder"
+            if not listed
+            else "this folder holds no manifest file (.parquet, .tar)",
+        )
     return files
 
 

@@ -22,8 +22,22 @@ T = TypeVar("T")
 
 # Limits shared with the run configuration (`pipeline.config.values`): a row override and a
 # run default are held to the same ranges.
-KNOWN_FIELDS = ("id", "prompt", "model", "subject", "subject_bytes", "styles", "style_bytes",
-                "style_lora", "style_lora_scale", "seed", "width", "height", "steps", "guidance")
+KNOWN_FIELDS = (
+    "id",
+    "prompt",
+    "model",
+    "subject",
+    "subject_bytes",
+    "styles",
+    "style_bytes",
+    "style_lora",
+    "style_lora_scale",
+    "seed",
+    "width",
+    "height",
+    "steps",
+    "guidance",
+)
 
 
 class _FieldProblem(Exception):
@@ -117,10 +131,14 @@ def _styles(raw: Mapping[str, Any], manifest_uri: str) -> list[ImageRef]:
     if uris and blobs:
         raise _FieldProblem("styles", "give styles (URIs) or style_bytes, not both")
     if uris:
-        return [ImageRef(uri=_uri(u, f"styles[{i}]", manifest_uri), name=f"styles[{i}]")
-                for i, u in enumerate(uris)]
-    return [ImageRef(data=_blob(b, f"style_bytes[{i}]"), name=f"styles[{i}]")
-            for i, b in enumerate(blobs)]
+        return [
+            ImageRef(uri=_uri(u, f"styles[{i}]", manifest_uri), name=f"styles[{i}]")
+            for i, u in enumerate(uris)
+        ]
+    return [
+        ImageRef(data=_blob(b, f"style_bytes[{i}]"), name=f"styles[{i}]")
+        for i, b in enumerate(blobs)
+    ]
 
 
 def _model(raw: Mapping[str, Any]) -> str | None:
@@ -128,8 +146,11 @@ def _model(raw: Mapping[str, Any]) -> str | None:
     if name is None:
         return None
     if name.lower() not in MODEL_NAMES:
-        raise _FieldProblem("model", f"unknown model {name!r}; use one of {', '.join(MODEL_NAMES)} "
-                                     "(or leave it empty for the run's model)")
+        raise _FieldProblem(
+            "model",
+            f"unknown model {name!r}; use one of {', '.join(MODEL_NAMES)} "
+            "(or leave it empty for the run's model)",
+        )
     return name.lower()
 
 
@@ -141,9 +162,9 @@ def _item_id(raw: Mapping[str, Any]) -> str:
     return value
 
 
-def parse_row(raw: Mapping[str, Any], manifest_uri: str, row: int,
-              labels: Mapping[str, str] | None = None
-              ) -> tuple[ManifestItem | None, list[RowError]]:
+def parse_row(
+    raw: Mapping[str, Any], manifest_uri: str, row: int, labels: Mapping[str, str] | None = None
+) -> tuple[ManifestItem | None, list[RowError]]:
     """Check every field of one row; return the item, or None and every problem found.
 
     `labels` renames fields in messages where the format stores them differently (a
@@ -161,7 +182,8 @@ def parse_row(raw: Mapping[str, Any], manifest_uri: str, row: int,
             field = problem.field
             base = field.split("[")[0]
             label = labels.get(field) or (
-                labels[base] + field[len(base):] if base in labels else field)
+                labels[base] + field[len(base) :] if base in labels else field
+            )
             errors.append(RowError(manifest_uri, row, label, problem.message, item_id))
             return None
 
@@ -180,8 +202,15 @@ def parse_row(raw: Mapping[str, Any], manifest_uri: str, row: int,
         "guidance": check(_number, raw, "guidance"),
     }
     if values["guidance"] is not None and values["guidance"] < 0:
-        errors.append(RowError(manifest_uri, row, labels.get("guidance", "guidance"),
-                               f"must be >= 0, got {values['guidance']}", item_id))
+        errors.append(
+            RowError(
+                manifest_uri,
+                row,
+                labels.get("guidance", "guidance"),
+                f"must be >= 0, got {values['guidance']}",
+                item_id,
+            )
+        )
     if errors:
         return None, errors
     extra = {k: v for k, v in raw.items() if k not in KNOWN_FIELDS}

@@ -37,7 +37,11 @@ class ImageRef:
 
     def describe(self) -> str:
         """The URI, or "inline <name> (<n> bytes)", for messages and provenance."""
-        return self.uri if self.uri is not None else f"inline {self.name} ({len(self.data or b'')} bytes)"
+        return (
+            self.uri
+            if self.uri is not None
+            else f"inline {self.name} ({len(self.data or b'')} bytes)"
+        )
 
     def __repr__(self) -> str:
         return f"ImageRef({self.name}: {self.describe()})"
@@ -51,18 +55,24 @@ def load_image(ref: ImageRef, storage: Storage, item_id: str) -> Image.Image:
     try:
         data = storage.read_bytes(ref.uri)
     except StorageNotFoundError as error:
-        raise ItemError(item_id, ItemStatus.IO_ERROR,
-                        f"{ref.name} image {ref.uri} not found: {error.reason}") from error
+        raise ItemError(
+            item_id, ItemStatus.IO_ERROR, f"{ref.name} image {ref.uri} not found: {error.reason}"
+        ) from error
     except StorageError as error:
-        raise ItemError(item_id, ItemStatus.IO_ERROR,
-                        f"{ref.name} image {ref.uri} could not be read: {error.reason}") from error
+        raise ItemError(
+            item_id,
+            ItemStatus.IO_ERROR,
+            f"{ref.name} image {ref.uri} could not be read: {error.reason}",
+        ) from error
     return decode_image(data, ref, item_id)
 
 
 def decode_image(data: bytes, ref: ImageRef, item_id: str) -> Image.Image:
     """Decode fully (truncation shows here, not later in the model) and convert to RGB."""
     if not data:
-        raise ItemError(item_id, ItemStatus.BAD_INPUT, f"{ref.name} image {ref.describe()} is empty")
+        raise ItemError(
+            item_id, ItemStatus.BAD_INPUT, f"{ref.name} image {ref.describe()} is empty"
+        )
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
@@ -70,5 +80,8 @@ def decode_image(data: bytes, ref: ImageRef, item_id: str) -> Image.Image:
             return upright.convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         reason = str(error) or type(error).__name__
-        raise ItemError(item_id, ItemStatus.BAD_INPUT,
-                        f"{ref.name} image {ref.describe()} could not be decoded: {reason}") from error
+        raise ItemError(
+            item_id,
+            ItemStatus.BAD_INPUT,
+            f"{ref.name} image {ref.describe()} could not be decoded: {reason}",
+        ) from error

@@ -56,8 +56,14 @@ class RowError(ValueError):
     row when the id itself is what is missing.
     """
 
-    def __init__(self, file: str, row: int | None, field: str | None, message: str,
-                 item_id: str | None = None):
+    def __init__(
+        self,
+        file: str,
+        row: int | None,
+        field: str | None,
+        message: str,
+        item_id: str | None = None,
+    ):
         self.file = file
         self.row = row
         self.field = field

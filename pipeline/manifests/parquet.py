@@ -28,14 +28,20 @@ def _is_string(t: pa.DataType) -> bool:
 
 
 def _is_binary(t: pa.DataType) -> bool:
-    return (pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t)
-            or pa.types.is_fixed_size_binary(t))
+    return (
+        pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+        or pa.types.is_binary_view(t)
+        or pa.types.is_fixed_size_binary(t)
+    )
 
 
 def _list_of(check: Callable[[pa.DataType], bool]) -> Callable[[pa.DataType], bool]:
     def is_list(t: pa.DataType) -> bool:
-        return ((pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_list_view(t))
-                and check(t.value_type))
+        return (
+            pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_list_view(t)
+        ) and check(t.value_type)
+
     return is_list
 
 
@@ -65,8 +71,9 @@ COLUMN_TYPES: dict[str, tuple[Callable[[pa.DataType], bool], str]] = {
 def check_schema(schema: pa.Schema, uri: str) -> None:
     """Raise ManifestError for a missing id column or a known column of the wrong type."""
     if "id" not in schema.names:
-        raise ManifestError(uri, f"required column is missing (columns: {', '.join(schema.names)})",
-                            field="id")
+        raise ManifestError(
+            uri, f"required column is missing (columns: {', '.join(schema.names)})", field="id"
+        )
     for name in schema.names:
         if name in COLUMN_TYPES:
             check, wanted = COLUMN_TYPES[name]

@@ -24,8 +24,9 @@ from pipeline.manifests.webdataset import count_samples, read_webdataset_rows
 from pipeline.storage import Storage
 
 
-def parsed_rows(shard: ManifestShard, storage: Storage
-                ) -> Iterator[tuple[int, ManifestItem | None, list[RowError]]]:
+def parsed_rows(
+    shard: ManifestShard, storage: Storage
+) -> Iterator[tuple[int, ManifestItem | None, list[RowError]]]:
     """(row, item or None, every problem of the row) for each row: for validation, which
     wants all problems, and for `read_shard`, which wants the first."""
     rows: Iterator[tuple[int, dict[str, Any], dict[str, str], list[RowError]]]
@@ -49,14 +50,24 @@ def read_shard(shard: ManifestShard, storage: Storage) -> Iterator[ManifestItem 
             first = problems[0]
             if len(problems) > 1:
                 more = "; ".join(f"{p.field}: {p.message}" for p in problems[1:])
-                first = RowError(first.file, first.row, first.field,
-                                 f"{first.message} (also: {more})", first.item_id)
+                first = RowError(
+                    first.file,
+                    first.row,
+                    first.field,
+                    f"{first.message} (also: {more})",
+                    first.item_id,
+                )
             yield first
             continue
         assert item is not None
         if item.id in first_row:
-            yield RowError(shard.uri, row, "id", f"duplicate id {item.id!r} (first at row "
-                                                 f"{first_row[item.id]})", item.id)
+            yield RowError(
+                shard.uri,
+                row,
+                "id",
+                f"duplicate id {item.id!r} (first at row {first_row[item.id]})",
+                item.id,
+            )
             continue
         first_row[item.id] = row
         yield item

@@ -39,8 +39,10 @@ class ValidationReport:
 
     def format(self, limit: int = 50) -> str:
         """A human summary: counts, then up to `limit` problems, one per line."""
-        head = (f"{len(self.shards)} shard(s), {self.rows} row(s), {self.valid_items} valid, "
-                f"{len(self.errors)} problem(s)")
+        head = (
+            f"{len(self.shards)} shard(s), {self.rows} row(s), {self.valid_items} valid, "
+            f"{len(self.errors)} problem(s)"
+        )
         if self.images_checked:
             head += f", {self.images_checked} image(s) checked"
         lines = [head] + [f"  {error}" for error in self.errors[:limit]]
@@ -49,8 +51,9 @@ class ValidationReport:
         return "\n".join(lines)
 
 
-def validate_manifest(spec: str | list[str] | tuple[str, ...], storage: Storage,
-                      check_images: bool = False) -> ValidationReport:
+def validate_manifest(
+    spec: str | list[str] | tuple[str, ...], storage: Storage, check_images: bool = False
+) -> ValidationReport:
     """Check every shard named by `spec`; never raises for problems in the data.
 
     A spec that matches nothing is reported as an error in the report too.
@@ -73,9 +76,15 @@ def validate_manifest(spec: str | list[str] | tuple[str, ...], storage: Storage,
                 if item.id in seen:
                     file, first_row = seen[item.id]
                     where = f"row {first_row}" if file == shard.uri else f"{file} row {first_row}"
-                    report.errors.append(RowError(shard.uri, row, "id",
-                                                  f"duplicate id {item.id!r} (first at {where})",
-                                                  item.id))
+                    report.errors.append(
+                        RowError(
+                            shard.uri,
+                            row,
+                            "id",
+                            f"duplicate id {item.id!r} (first at {where})",
+                            item.id,
+                        )
+                    )
                     continue
                 seen[item.id] = (shard.uri, row)
                 report.valid_items += 1
@@ -120,4 +129,3 @@ def _check_images(images: list[tuple[ManifestItem, ImageRef]], storage: Storage)
             file, row = item.source
             errors.append(RowError(file, row, ref.name, problem, item.id))
     return errors
-

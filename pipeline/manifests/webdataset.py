@@ -30,8 +30,9 @@ STYLE_MEMBER = re.compile(r"^style(\d*)\.[^.]+$")
 SUBJECT_MEMBER = re.compile(r"^subject\.[^.]+$")
 
 
-def _sample_row(key: str, members: dict[str, bytes], uri: str,
-                row: int) -> tuple[dict[str, Any], dict[str, str], list[RowError]]:
+def _sample_row(
+    key: str, members: dict[str, bytes], uri: str, row: int
+) -> tuple[dict[str, Any], dict[str, str], list[RowError]]:
     """(raw row dict, field -> member label for messages, problems found in the members)."""
     problems: list[RowError] = []
     raw: dict[str, Any] = {}
@@ -39,11 +40,20 @@ def _sample_row(key: str, members: dict[str, bytes], uri: str,
         try:
             parsed = json.loads(members["json"].decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            problems.append(RowError(uri, row, f"{key}.json", f"not valid UTF-8 JSON: {error}", key))
+            problems.append(
+                RowError(uri, row, f"{key}.json", f"not valid UTF-8 JSON: {error}", key)
+            )
             parsed = {}
         if not isinstance(parsed, dict):
-            problems.append(RowError(uri, row, f"{key}.json",
-                                     f"must hold a JSON object, got {type(parsed).__name__}", key))
+            problems.append(
+                RowError(
+                    uri,
+                    row,
+                    f"{key}.json",
+                    f"must hold a JSON object, got {type(parsed).__name__}",
+                    key,
+                )
+            )
             parsed = {}
         raw.update(parsed)
     raw.setdefault("id", key)
@@ -59,16 +69,25 @@ def _sample_row(key: str, members: dict[str, bytes], uri: str,
     for suffix, data in members.items():
         if SUBJECT_MEMBER.match(suffix):
             if "subject_bytes" in raw:
-                problems.append(RowError(uri, row, f"{key}.{suffix}",
-                                         "more than one subject image member", item_id))
+                problems.append(
+                    RowError(
+                        uri, row, f"{key}.{suffix}", "more than one subject image member", item_id
+                    )
+                )
             raw["subject_bytes"] = data
             labels["subject_bytes"] = f"{key}.{suffix}"
         elif match := STYLE_MEMBER.match(suffix):
             index = int(match.group(1) or 0)
             if index in styles:
-                problems.append(RowError(uri, row, f"{key}.{suffix}",
-                                         f"style index {index} also given by "
-                                         f"{key}.{styles[index][0]}", item_id))
+                problems.append(
+                    RowError(
+                        uri,
+                        row,
+                        f"{key}.{suffix}",
+                        f"style index {index} also given by {key}.{styles[index][0]}",
+                        item_id,
+                    )
+                )
             styles[index] = (suffix, data)
     if styles:
         order = sorted(styles)
@@ -99,8 +118,9 @@ def _sample_members(archive: tarfile.TarFile) -> Iterator[tuple[str, str, tarfil
                 yield key, suffix, info
 
 
-def read_webdataset_rows(uri: str, storage: Storage
-                         ) -> Iterator[tuple[int, dict[str, Any], dict[str, str], list[RowError]]]:
+def read_webdataset_rows(
+    uri: str, storage: Storage
+) -> Iterator[tuple[int, dict[str, Any], dict[str, str], list[RowError]]]:
     """(sample index, raw row, labels, member problems) for every sample of one tar shard."""
     with storage.open_read(uri) as stream, _open_tar(stream, uri) as archive:
         row: int = 0
@@ -122,17 +142,27 @@ def read_webdataset_rows(uri: str, storage: Storage
                     duplicates.append(suffix)
                 members[suffix] = data
         except (tarfile.TarError, EOFError) as error:
-            raise ManifestError(uri, f"corrupt or truncated tar after sample {row}: {error}") from error
+            raise ManifestError(
+                uri, f"corrupt or truncated tar after sample {row}: {error}"
+            ) from error
         if key is not None:
             yield _finish(key, members, duplicates, uri, row)
 
 
-def _finish(key: str, members: dict[str, bytes], duplicates: list[str], uri: str,
-            row: int) -> tuple[int, dict[str, Any], dict[str, str], list[RowError]]:
+def _finish(
+    key: str, members: dict[str, bytes], duplicates: list[str], uri: str, row: int
+) -> tuple[int, dict[str, Any], dict[str, str], list[RowError]]:
     raw, labels, problems = _sample_row(key, members, uri, row)
     for suffix in duplicates:
-        problems.append(RowError(uri, row, f"{key}.{suffix}", "member appears twice in the sample",
-                                 raw["id"] if isinstance(raw.get("id"), str) else key))
+        problems.append(
+            RowError(
+                uri,
+                row,
+                f"{key}.{suffix}",
+                "member appears twice in the sample",
+                raw["id"] if isinstance(raw.get("id"), str) else key,
+            )
+        )
     return row, raw, labels, problems
 
 
@@ -145,6 +175,7 @@ def count_samples(uri: str, storage: Storage) -> int:
                 if member_key != key:
                     count, key = count + 1, member_key
         except (tarfile.TarError, EOFError) as error:
-            raise ManifestError(uri, f"corrupt or truncated tar after sample {count}: "
-                                     f"{error}") from error
+            raise ManifestError(
+                uri, f"corrupt or truncated tar after sample {count}: {error}"
+            ) from error
     return count

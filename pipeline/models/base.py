@@ -23,9 +23,15 @@ from PIL import Image
 from pipeline.errors import ItemError
 
 # ModelOptions.dtype names -> torch dtype attribute ("auto" aside); `runtime` maps them to dtypes.
-DTYPE_ALIASES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16",
-                 "fp16": "float16", "float32": "float32", "fp32": "float32",
-                 "float64": "float64"}
+DTYPE_ALIASES = {
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "float32": "float32",
+    "fp32": "float32",
+    "float64": "float64",
+}
 _DEVICE = re.compile(r"^(auto|cpu|mps|(cuda|xpu)(:\d+)?)$")
 
 # GenerationOutcome.timings keys, the same in every model (seconds):
@@ -42,10 +48,24 @@ TIMING_KEYS = ("text_s", "prepare_s", "denoise_s", "decode_s", "model_s")
 # GenerationOutcome.parameters keys both models report, with the same meaning. Others (USO's
 # "pe", OmniConsistency's "cond_size", ...) are model-specific.
 SHARED_PARAMETER_KEYS = (
-    "model", "prompt", "seed", "width", "height", "requested_width", "requested_height",
-    "steps", "guidance", "mu", "noise", "batch_size",
+    "model",
+    "prompt",
+    "seed",
+    "width",
+    "height",
+    "requested_width",
+    "requested_height",
+    "steps",
+    "guidance",
+    "mu",
+    "noise",
+    "batch_size",
     # execution choices (`runtime.Runtime.parameters`)
-    "dtype", "fp8", "compile", "fuse_lora", "random_weights",
+    "dtype",
+    "fp8",
+    "compile",
+    "fuse_lora",
+    "random_weights",
 )
 
 
@@ -121,13 +141,18 @@ class ModelOptions:
 
     def __post_init__(self) -> None:
         if not isinstance(self.device, str) or not _DEVICE.match(self.device):
-            raise ValueError(f"device must be auto, cpu, mps, cuda[:N] or xpu[:N], "
-                             f"got {self.device!r}")
+            raise ValueError(
+                f"device must be auto, cpu, mps, cuda[:N] or xpu[:N], got {self.device!r}"
+            )
         if self.dtype != "auto" and self.dtype not in DTYPE_ALIASES:
-            raise ValueError(f"unknown dtype {self.dtype!r}; use auto or one of "
-                             f"{sorted(DTYPE_ALIASES)}")
-        if isinstance(self.max_batch_size, bool) or not isinstance(self.max_batch_size, int) \
-                or self.max_batch_size < 1:
+            raise ValueError(
+                f"unknown dtype {self.dtype!r}; use auto or one of {sorted(DTYPE_ALIASES)}"
+            )
+        if (
+            isinstance(self.max_batch_size, bool)
+            or not isinstance(self.max_batch_size, int)
+            or self.max_batch_size < 1
+        ):
             raise ValueError(f"max_batch_size must be an integer >= 1, got {self.max_batch_size!r}")
 
     def fingerprint_fields(self) -> dict:

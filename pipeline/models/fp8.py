@@ -70,5 +70,7 @@ def store_linears_in_fp8(module: nn.Module) -> int:
 def store_blocks_in_fp8(transformer: nn.Module) -> int:
     """fp8 storage for the Linears of a FLUX transformer's double and single blocks (~all of its
     weights); embedders, final layer and norms stay in the model dtype."""
-    return sum(store_linears_in_fp8(blocks) for blocks in (transformer.transformer_blocks,
-                                                            transformer.single_transformer_blocks))
+    return sum(
+        store_linears_in_fp8(blocks)
+        for blocks in (transformer.transformer_blocks, transformer.single_transformer_blocks)
+    )

@@ -19,7 +19,9 @@ def model_class(name: str) -> type[StylizationModel]:
     try:
         module, cls = _MODELS[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}") from None
+        raise ValueError(
+            f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}"
+        ) from None
     return getattr(importlib.import_module(module), cls)
 
 

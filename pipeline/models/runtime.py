@@ -28,14 +28,14 @@ DTYPES = {name: getattr(torch, attribute) for name, attribute in DTYPE_ALIASES.i
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto": the GPU Ray pinned this process to (cuda:0 of CUDA_VISIBLE_DEVICES), else CPU."""
+    """ "auto": the GPU Ray pinned this process to (cuda:0 of CUDA_VISIBLE_DEVICES), else CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """"auto": bf16 on CUDA (the authors' dtype), fp32 elsewhere (exact parity on CPU)."""
+    """ "auto": bf16 on CUDA (the authors' dtype), fp32 elsewhere (exact parity on CPU)."""
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     try:
@@ -48,8 +48,10 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 def check_options(options: ModelOptions) -> None:
     """Option combinations no model supports."""
     if options.fp8 and options.fuse_lora:
-        raise ValueError("fp8 and fuse_lora cannot be combined: a LoRA cannot be merged into "
-                         "float8 weights without a second rounding; choose one of them")
+        raise ValueError(
+            "fp8 and fuse_lora cannot be combined: a LoRA cannot be merged into "
+            "float8 weights without a second rounding; choose one of them"
+        )
 
 
 def check_extra_keys(model: str, extra: Mapping, known: Iterable[str]) -> None:
@@ -120,9 +122,13 @@ class Runtime:
     def parameters(self, random_weights: bool) -> dict:
         """The execution choices every item's provenance records, the same keys in all models."""
         options = self.options
-        return {"dtype": str(self.dtype), "fp8": FP8_SCHEME if options.fp8 else False,
-                "compile": options.compile, "fuse_lora": options.fuse_lora,
-                "random_weights": random_weights}
+        return {
+            "dtype": str(self.dtype),
+            "fp8": FP8_SCHEME if options.fp8 else False,
+            "compile": options.compile,
+            "fuse_lora": options.fuse_lora,
+            "random_weights": random_weights,
+        }
 
 
 # -------------------------------------------------------------------------------- failures
@@ -132,8 +138,9 @@ def is_out_of_memory(error: BaseException) -> bool:
     if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
         return True
     text = str(error).lower()
-    return isinstance(error, RuntimeError) and ("out of memory" in text
-                                                or "can't allocate memory" in text)
+    return isinstance(error, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text
+    )
 
 
 def item_error(item_id: str, error: BaseException) -> ItemError:
@@ -141,8 +148,9 @@ def item_error(item_id: str, error: BaseException) -> ItemError:
     if isinstance(error, ItemError):
         return error
     if is_out_of_memory(error):
-        return ItemError(item_id, ItemStatus.OUT_OF_MEMORY,
-                         f"out of memory ({type(error).__name__}: {error})")
+        return ItemError(
+            item_id, ItemStatus.OUT_OF_MEMORY, f"out of memory ({type(error).__name__}: {error})"
+        )
     return ItemError(item_id, ItemStatus.MODEL_ERROR, f"{type(error).__name__}: {error}")
 
 
@@ -166,9 +174,12 @@ def _failure(item_id: str, error: BaseException, model: str) -> ItemError:
     return failure
 
 
-def prepare_all(requests: Sequence[GenerationRequest],
-                prepare: Callable[[int, GenerationRequest], Item], runtime: Runtime, model: str
-                ) -> tuple[list[Item], list[GenerationOutcome | None]]:
+def prepare_all(
+    requests: Sequence[GenerationRequest],
+    prepare: Callable[[int, GenerationRequest], Item],
+    runtime: Runtime,
+    model: str,
+) -> tuple[list[Item], list[GenerationOutcome | None]]:
     """`prepare(index, request)` for every request: (prepared items, outcomes) where outcomes
     holds the failed requests' outcomes at their index and None elsewhere."""
     outcomes: list[GenerationOutcome | None] = [None] * len(requests)
@@ -177,7 +188,7 @@ def prepare_all(requests: Sequence[GenerationRequest],
         try:
             prepared.append(prepare(index, request))
             continue
-        except Exception as error:  # noqa: BLE001 - every failure becomes this item's record
+        except Exception as error:
             failure = _failure(request.item_id, error, model)
         if failure.kind == ItemStatus.OUT_OF_MEMORY:
             runtime.free_memory()
@@ -185,15 +196,18 @@ def prepare_all(requests: Sequence[GenerationRequest],
     return prepared, outcomes
 
 
-def run_splitting_failures(group: Sequence[Item],
-                           run_batch: Callable[[Sequence[Item]], list[GenerationOutcome]],
-                           runtime: Runtime, model: str) -> list[GenerationOutcome]:
+def run_splitting_failures(
+    group: Sequence[Item],
+    run_batch: Callable[[Sequence[Item]], list[GenerationOutcome]],
+    runtime: Runtime,
+    model: str,
+) -> list[GenerationOutcome]:
     """`run_batch(group)`; if it raises, retry each item alone so one bad or too-large item
     cannot fail its neighbours (memory is freed first after an OOM). An item that fails alone
     gets an outcome with its `item_error`. One outcome per item, in order."""
     try:
         return run_batch(group)
-    except Exception as error:  # noqa: BLE001 - every failure becomes an item's record
+    except Exception as error:
         oom = is_out_of_memory(error)
         summary = f"{type(error).__name__}: {error}"
         failure = _failure(group[0].request.item_id, error, model) if len(group) == 1 else None
@@ -202,16 +216,23 @@ def run_splitting_failures(group: Sequence[Item],
         runtime.free_memory()
     if failure is None:
         log.warning("%s batch of %d failed (%s); retrying one by one", model, len(group), summary)
-        return [outcome for item in group
-                for outcome in run_splitting_failures([item], run_batch, runtime, model)]
+        return [
+            outcome
+            for item in group
+            for outcome in run_splitting_failures([item], run_batch, runtime, model)
+        ]
     item = group[0]
-    return [GenerationOutcome(item.request.item_id, error=failure, parameters=item.parameters,
-                              timings=item.timings)]
+    return [
+        GenerationOutcome(
+            item.request.item_id, error=failure, parameters=item.parameters, timings=item.timings
+        )
+    ]
 
 
 @contextmanager
-def random_init(device: torch.device, seed: int, dtype: torch.dtype | None = None
-                ) -> Iterator[None]:
+def random_init(
+    device: torch.device, seed: int, dtype: torch.dtype | None = None
+) -> Iterator[None]:
     """Build modules with random weights from `seed` directly on `device` (in `dtype` when
     given: no fp32 CPU copy of a 12B model), leaving the caller's RNG state untouched."""
     devices = [device] if device.type == "cuda" else []

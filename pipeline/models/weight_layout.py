@@ -39,14 +39,17 @@ def _first_existing(candidates: list[Path], what: str) -> Path:
     raise WeightLayoutError(f"{what} not found; looked for: {tried}")
 
 
-def _encoder_folders(own: Path, snapshot_model: Path, snapshot_tokenizer: Path,
-                     what: str) -> tuple[Path, Path]:
+def _encoder_folders(
+    own: Path, snapshot_model: Path, snapshot_tokenizer: Path, what: str
+) -> tuple[Path, Path]:
     """A text encoder's (model folder, tokenizer folder): our own folder holds both; a FLUX.1-dev
     snapshot keeps them in two sibling folders."""
     if own.exists():
         return own, own
-    return (_first_existing([own, snapshot_model], f"{what} encoder folder"),
-            _first_existing([snapshot_tokenizer], f"{what} tokenizer folder"))
+    return (
+        _first_existing([own, snapshot_model], f"{what} encoder folder"),
+        _first_existing([snapshot_tokenizer], f"{what} tokenizer folder"),
+    )
 
 
 @dataclass(frozen=True)
@@ -64,21 +67,29 @@ class FluxFiles:
     @classmethod
     def from_root(cls, root: Path) -> FluxFiles:
         flux = root / "flux1-dev"
-        transformer = _first_existing([flux / "flux1-dev.safetensors", flux / "transformer"],
-                                      "FLUX transformer")
+        transformer = _first_existing(
+            [flux / "flux1-dev.safetensors", flux / "transformer"], "FLUX transformer"
+        )
         vae = _first_existing([flux / "ae.safetensors", flux / "vae"], "FLUX VAE")
-        t5, t5_tok = _encoder_folders(root / "t5", flux / "text_encoder_2", flux / "tokenizer_2",
-                                      "T5")
-        clip, clip_tok = _encoder_folders(root / "clip", flux / "text_encoder", flux / "tokenizer",
-                                          "CLIP")
+        t5, t5_tok = _encoder_folders(
+            root / "t5", flux / "text_encoder_2", flux / "tokenizer_2", "T5"
+        )
+        clip, clip_tok = _encoder_folders(
+            root / "clip", flux / "text_encoder", flux / "tokenizer", "CLIP"
+        )
         config = flux / "flux_config.json"
-        return cls(transformer, vae, t5, t5_tok, clip, clip_tok,
-                   config if config.exists() else None)
+        return cls(
+            transformer, vae, t5, t5_tok, clip, clip_tok, config if config.exists() else None
+        )
 
     def named(self) -> dict[str, Path]:
         """Logical name -> path, for provenance."""
-        out = {"flux_transformer": self.transformer, "flux_vae": self.vae, "t5": self.t5,
-               "clip": self.clip}
+        out = {
+            "flux_transformer": self.transformer,
+            "flux_vae": self.vae,
+            "t5": self.t5,
+            "clip": self.clip,
+        }
         if self.flux_config is not None:
             out["flux_config"] = self.flux_config
         return out
@@ -101,8 +112,12 @@ class USOFiles:
         )
 
     def named(self) -> dict[str, Path]:
-        return {**self.flux.named(), "uso_dit_lora": self.dit_lora,
-                "uso_projector": self.projector, "siglip": self.siglip}
+        return {
+            **self.flux.named(),
+            "uso_dit_lora": self.dit_lora,
+            "uso_projector": self.projector,
+            "siglip": self.siglip,
+        }
 
 
 @dataclass(frozen=True)
@@ -120,8 +135,8 @@ class OmniConsistencyFiles:
         return cls(
             flux=flux,
             consistency_lora=_first_existing(
-                [root / "omniconsistency" / "OmniConsistency.safetensors"],
-                "OmniConsistency LoRA"),
+                [root / "omniconsistency" / "OmniConsistency.safetensors"], "OmniConsistency LoRA"
+            ),
             style_lora_dir=styles if styles.is_dir() else None,
             scheduler_config=scheduler if scheduler.is_file() else None,
         )

@@ -34,8 +34,9 @@ Shape = tuple[int, ...]
 TensorTable = dict[str, Shape]
 
 
-def _linear(table: TensorTable, name: str, in_features: int, out_features: int,
-            bias: bool = True) -> None:
+def _linear(
+    table: TensorTable, name: str, in_features: int, out_features: int, bias: bool = True
+) -> None:
     table[f"{name}.weight"] = (out_features, in_features)
     if bias:
         table[f"{name}.bias"] = (out_features,)
@@ -58,7 +59,8 @@ def flux_transformer_tensors(p: FluxParams) -> TensorTable:
     t: TensorTable = {}
     _linear(t, "img_in", p.in_channels, h)
     for name, in_dim in (("time_in", 256), ("vector_in", p.vec_in_dim)) + (
-            (("guidance_in", 256),) if p.guidance_embed else ()):
+        (("guidance_in", 256),) if p.guidance_embed else ()
+    ):
         _linear(t, f"{name}.in_layer", in_dim, h)
         _linear(t, f"{name}.out_layer", h, h)
     _linear(t, "txt_in", p.context_in_dim, h)
@@ -164,12 +166,15 @@ def uso_projector_tensors(p: USOProjectorParams) -> TensorTable:
 
 
 # ------------------------------------------------------------------------ OmniConsistency
-def omniconsistency_lora_tensors(num_double: int, num_single: int, inner_dim: int,
-                                 rank: int) -> TensorTable:
+def omniconsistency_lora_tensors(
+    num_double: int, num_single: int, inner_dim: int, rank: int
+) -> TensorTable:
     """OmniConsistency.safetensors: q/k/v/proj LoRAs per double block, q/k/v per single block."""
     t: TensorTable = {}
-    for prefix, count, paths in (("transformer_blocks", num_double, ("q", "k", "v", "proj")),
-                                 ("single_transformer_blocks", num_single, ("q", "k", "v"))):
+    for prefix, count, paths in (
+        ("transformer_blocks", num_double, ("q", "k", "v", "proj")),
+        ("single_transformer_blocks", num_single, ("q", "k", "v")),
+    ):
         for i in range(count):
             for path in paths:
                 name = f"{prefix}.{i}.attn.processor.{path}_loras.0"
@@ -190,8 +195,8 @@ def release_tables() -> dict[str, TensorTable]:
         "uso/dit_lora.safetensors": uso_dit_lora_tensors(flux, FULL.uso_lora_rank),
         "uso/projector.safetensors": uso_projector_tensors(FULL.uso_projector),
         "omniconsistency/OmniConsistency.safetensors": omniconsistency_lora_tensors(
-            flux.depth, flux.depth_single_blocks, flux.hidden_size,
-            FULL.omniconsistency_lora_rank),
+            flux.depth, flux.depth_single_blocks, flux.hidden_size, FULL.omniconsistency_lora_rank
+        ),
     }
 
 
@@ -218,12 +223,14 @@ class TableDifference:
 
 
 def compare_tables(found: Mapping[str, Shape], expected: Mapping[str, Shape]) -> TableDifference:
-    diff = TableDifference(missing=sorted(set(expected) - set(found)),
-                           unexpected=sorted(set(found) - set(expected)))
+    diff = TableDifference(
+        missing=sorted(set(expected) - set(found)), unexpected=sorted(set(found) - set(expected))
+    )
     for key in sorted(set(found) & set(expected)):
         if tuple(found[key]) != tuple(expected[key]):
-            diff.misshaped.append(f"{key}: file {tuple(found[key])} != expected "
-                                  f"{tuple(expected[key])}")
+            diff.misshaped.append(
+                f"{key}: file {tuple(found[key])} != expected {tuple(expected[key])}"
+            )
     return diff
 
 
@@ -231,8 +238,10 @@ def verify_safetensors(path: Path, expected: Mapping[str, Shape]) -> None:
     """Raise `WeightFileError` naming the file and the offending keys unless names and shapes
     of `path` equal `expected` exactly. Reads only the header."""
     diff = compare_tables(read_safetensors_shapes(path), expected)
-    for problem, keys in (("missing tensors", diff.missing),
-                          ("unexpected tensors", diff.unexpected),
-                          ("tensors with the wrong shape", diff.misshaped)):
+    for problem, keys in (
+        ("missing tensors", diff.missing),
+        ("unexpected tensors", diff.unexpected),
+        ("tensors with the wrong shape", diff.misshaped),
+    ):
         if keys:
             raise WeightFileError(path, problem, keys)

@@ -24,10 +24,13 @@ def sidecar_uri(paths: ShardPaths) -> str:
     return paths.stem + SIDECAR_SUFFIX
 
 
-def write_sidecar(storage: Storage, uri: str, rows: list[dict], model_spec: str, source: str) -> None:
+def write_sidecar(
+    storage: Storage, uri: str, rows: list[dict], model_spec: str, source: str
+) -> None:
     """Publish one shard's captions (`rows` of key, id, caption) in one write."""
     table = pa.Table.from_pylist(rows, schema=SIDECAR_SCHEMA).replace_schema_metadata(
-        {"caption_model": model_spec, "source": source})
+        {"caption_model": model_spec, "source": source}
+    )
     storage.write_bytes(uri, table_to_bytes(table))
 
 

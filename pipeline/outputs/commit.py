@@ -32,27 +32,32 @@ from pipeline.storage.parquet import table_from_bytes, table_to_bytes
 
 TAR_MTIME = 0.0  # fixed member mtime: the same items give byte-identical tars
 
-RECORD_SCHEMA = pa.schema([
-    ("id", pa.string()),
-    ("key", pa.string()),
-    ("status", pa.string()),  # "ok" or an ItemStatus
-    ("error", pa.string()),
-    ("attempts", pa.int32()),
-    ("seed", pa.int64()),
-    ("width", pa.int32()),
-    ("height", pa.int32()),
-    ("steps", pa.int32()),
-    ("guidance", pa.float64()),
-    ("prompt", pa.string()),
-    ("caption", pa.string()),
-    ("output_key", pa.string()),  # "<tar uri>#<key>" of the result image, or null
-    ("input_shard", pa.string()),
-    ("input_row", pa.int64()),
-    ("read_s", pa.float64()),
-    ("model_s", pa.float64()),
-    ("encode_s", pa.float64()),
-    ("scores", pa.map_(pa.string(), pa.float64())),  # optional quality scores (pipeline.processing.scoring)
-])
+RECORD_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("key", pa.string()),
+        ("status", pa.string()),  # "ok" or an ItemStatus
+        ("error", pa.string()),
+        ("attempts", pa.int32()),
+        ("seed", pa.int64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("steps", pa.int32()),
+        ("guidance", pa.float64()),
+        ("prompt", pa.string()),
+        ("caption", pa.string()),
+        ("output_key", pa.string()),  # "<tar uri>#<key>" of the result image, or null
+        ("input_shard", pa.string()),
+        ("input_row", pa.int64()),
+        ("read_s", pa.float64()),
+        ("model_s", pa.float64()),
+        ("encode_s", pa.float64()),
+        (
+            "scores",
+            pa.map_(pa.string(), pa.float64()),
+        ),  # optional quality scores (pipeline.processing.scoring)
+    ]
+)
 
 
 def sample_key(item_id: str) -> str:
@@ -168,14 +173,16 @@ class ShardWriter:
 
     MAX_MESSAGES = 1000
 
-    def __init__(self, storage: Storage, paths: ShardPaths, stats: ShardStats,
-                 scratch_dir: str | None = None):
+    def __init__(
+        self, storage: Storage, paths: ShardPaths, stats: ShardStats, scratch_dir: str | None = None
+    ):
         self.storage = storage
         self.paths = paths
         self.stats = stats
         self.records: list[ItemRecord] = []
-        self._tmp = tempfile.NamedTemporaryFile(prefix="restyle-shard-", suffix=".tar",
-                                                dir=scratch_dir, delete=False)
+        self._tmp = tempfile.NamedTemporaryFile(
+            prefix="restyle-shard-", suffix=".tar", dir=scratch_dir, delete=False
+        )
         self._tar = wds.TarWriter(self._tmp, encoder=False, mtime=TAR_MTIME)
 
     def add_sample(self, key: str, members: dict[str, bytes]) -> None:

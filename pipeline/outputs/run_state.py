@@ -46,16 +46,22 @@ class RunState:
         """Write run.json, or check that an existing one has the same fingerprint."""
         existing = self.read_run_json()
         if existing is None:
-            self.storage.write_bytes(f"{self.run_uri}/{RUN_JSON}",
-                                     json.dumps(run_json, indent=1, sort_keys=True, default=str).encode())
+            self.storage.write_bytes(
+                f"{self.run_uri}/{RUN_JSON}",
+                json.dumps(run_json, indent=1, sort_keys=True, default=str).encode(),
+            )
             return
         if existing.get("fingerprint") != run_json["fingerprint"]:
-            old, new = existing.get("fingerprint_fields", {}), run_json.get("fingerprint_fields", {})
+            old, new = (
+                existing.get("fingerprint_fields", {}),
+                run_json.get("fingerprint_fields", {}),
+            )
             changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise RunConflictError(
                 f"{self.run_uri} already holds a run with fingerprint {existing.get('fingerprint')}, "
                 f"this configuration is {run_json['fingerprint']} (changed: {', '.join(changed) or '?'}). "
-                "Outputs of different configurations are never mixed: use another --run name.")
+                "Outputs of different configurations are never mixed: use another --run name."
+            )
 
     # ------------------------------------------------------------- commits
     def main_commit(self, shard: int, input_uri: str, fingerprint: str) -> ShardStats | None:

@@ -44,8 +44,13 @@ def describe_image_ref(ref) -> str | None:
     return "inline:sha256:" + hashlib.sha256(ref.data).hexdigest()
 
 
-def sample_members(image_bytes: bytes, caption: str, provenance: dict, options: OutputOptions,
-                   references: dict[str, bytes] | None = None) -> dict[str, bytes]:
+def sample_members(
+    image_bytes: bytes,
+    caption: str,
+    provenance: dict,
+    options: OutputOptions,
+    references: dict[str, bytes] | None = None,
+) -> dict[str, bytes]:
     """The tar members of one sample (extension -> bytes); `references` adds triplet images."""
     ext = options.extension
     result_name = f"result.{ext}" if options.include_references else ext

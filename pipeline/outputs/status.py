@@ -36,8 +36,13 @@ def run_status(state: RunState) -> RunStatus:
     fingerprint = run_json["fingerprint"]
     commits = [c for c in state.commits() if c.stats.fingerprint == fingerprint]
     main = [c for c in commits if c.retry == 0]
-    status = RunStatus(state.run_uri, fingerprint, len(run_json.get("input_shards", [])),
-                       len(main), len(commits) - len(main))
+    status = RunStatus(
+        state.run_uri,
+        fingerprint,
+        len(run_json.get("input_shards", [])),
+        len(main),
+        len(commits) - len(main),
+    )
     for records in state.latest_records(fingerprint).values():
         for record in records.values():
             status.items += 1

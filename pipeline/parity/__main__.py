@@ -15,9 +15,11 @@ def detect_model(case_dir: Path) -> str:
         return "uso"
     if (weights / "omniconsistency_lora.safetensors").exists():
         return "omniconsistency"
-    raise SystemExit(f"{case_dir}: cannot tell the model: {weights} has neither USO "
-                     "(dit_lora.safetensors, projector.safetensors) nor OmniConsistency "
-                     "(omniconsistency_lora.safetensors) weights")
+    raise SystemExit(
+        f"{case_dir}: cannot tell the model: {weights} has neither USO "
+        "(dit_lora.safetensors, projector.safetensors) nor OmniConsistency "
+        "(omniconsistency_lora.safetensors) weights"
+    )
 
 
 def run_case(case_dir: Path) -> ParityReport:

@@ -32,14 +32,27 @@ class ParityReport:
     def passed(self) -> bool:
         return not self.missing and all(c.passed for c in self.checks)
 
-    def compare(self, name: str, ours: torch.Tensor, expected: torch.Tensor,
-                atol: float, rtol: float = 0.0, note: str = "") -> Check:
+    def compare(
+        self,
+        name: str,
+        ours: torch.Tensor,
+        expected: torch.Tensor,
+        atol: float,
+        rtol: float = 0.0,
+        note: str = "",
+    ) -> Check:
         """Compare in float64; a shape mismatch is a failed check, never an exception."""
         ours_f = ours.detach().to("cpu", torch.float64)
         exp_f = expected.detach().to("cpu", torch.float64)
         if ours_f.shape != exp_f.shape:
-            check = Check(name, float("inf"), atol, rtol, False,
-                          f"shape {tuple(ours_f.shape)} != expected {tuple(exp_f.shape)}")
+            check = Check(
+                name,
+                float("inf"),
+                atol,
+                rtol,
+                False,
+                f"shape {tuple(ours_f.shape)} != expected {tuple(exp_f.shape)}",
+            )
         else:
             diff = (ours_f - exp_f).abs()
             max_diff = float(diff.max()) if diff.numel() else 0.0

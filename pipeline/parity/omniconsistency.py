@@ -38,16 +38,28 @@ def load_case_sampler(weights: Path, case: dict, dtype: torch.dtype) -> OmniCons
     """The case's weight set through the product's loaders (diffusers folders, official LoRA
     files), on the CPU, with the case's style LoRA mounted when it names one."""
     scheduler = weights / "scheduler" / "scheduler_config.json"
-    parts = load_components(transformer=weights / "transformer", vae=weights / "vae",
-                            consistency_lora=weights / "omniconsistency_lora.safetensors",
-                            flux_config=None, scheduler_config=scheduler if scheduler.exists() else None,
-                            dtype=dtype, device=torch.device("cpu"))
-    sampler = OmniConsistencySampler(parts.transformer, parts.vae, parts.consistency_lora,
-                                     parts.scheduler_config, dtype=dtype, device=torch.device("cpu"),
-                                     consistency_weight=float(case.get("consistency_lora_weight", 1.0)))
+    parts = load_components(
+        transformer=weights / "transformer",
+        vae=weights / "vae",
+        consistency_lora=weights / "omniconsistency_lora.safetensors",
+        flux_config=None,
+        scheduler_config=scheduler if scheduler.exists() else None,
+        dtype=dtype,
+        device=torch.device("cpu"),
+    )
+    sampler = OmniConsistencySampler(
+        parts.transformer,
+        parts.vae,
+        parts.consistency_lora,
+        parts.scheduler_config,
+        dtype=dtype,
+        device=torch.device("cpu"),
+        consistency_weight=float(case.get("consistency_lora_weight", 1.0)),
+    )
     if case.get("style_lora"):
-        StyleLoraSlot(parts.transformer).activate(weights.parent / case["style_lora"],
-                                                  float(case.get("style_lora_scale", 1.0)))
+        StyleLoraSlot(parts.transformer).activate(
+            weights.parent / case["style_lora"], float(case.get("style_lora_scale", 1.0))
+        )
     return sampler
 
 
@@ -58,8 +70,15 @@ def _tolerance(tol: dict, *names: str, default: float) -> float:
     return default
 
 
-def _compare_generation(report: ParityReport, sampler: OmniConsistencySampler, case: dict, inputs: dict,
-                        expected: dict, cond_latent: torch.Tensor, label: str) -> None:
+def _compare_generation(
+    report: ParityReport,
+    sampler: OmniConsistencySampler,
+    case: dict,
+    inputs: dict,
+    expected: dict,
+    cond_latent: torch.Tensor,
+    label: str,
+) -> None:
     tol = case.get("tolerance_atol", {})
     layout = sampler.layout(int(case["width"]), int(case["height"]), int(case["cond_size"]))
     guidance = [float(case["guidance"])]
@@ -71,8 +90,16 @@ def _compare_generation(report: ParityReport, sampler: OmniConsistencySampler, c
         latents.append(unpack_latents(after.float(), *layout.latent_hw))
 
     with torch.inference_mode():
-        final, cache = sampler.generate_latent(cond_latent, inputs["noise_latent"], prompt, pooled, guidance,
-                                               layout, int(case["num_steps"]), on_step=observe)
+        final, cache = sampler.generate_latent(
+            cond_latent,
+            inputs["noise_latent"],
+            prompt,
+            pooled,
+            guidance,
+            layout,
+            int(case["num_steps"]),
+            on_step=observe,
+        )
         decoded = sampler.decode(final)
     kv_tol = _tolerance(tol, "bank_kv", default=1e-4)
     for block, (key, value) in cache.entries.items():
@@ -80,17 +107,30 @@ def _compare_generation(report: ParityReport, sampler: OmniConsistencySampler, c
             name = f"{block}_cond_{part}"
             if name in expected:
                 report.compare(f"{label}{name}", tensor, expected[name], kv_tol)
-    missing_blocks = {n.rsplit("_cond_", 1)[0] for n in expected if "_cond_" in n} - set(cache.entries)
+    missing_blocks = {n.rsplit("_cond_", 1)[0] for n in expected if "_cond_" in n} - set(
+        cache.entries
+    )
     report.missing += [f"{label}{b}_cond_k/v" for b in sorted(missing_blocks)]
-    vel_tol, lat_tol = _tolerance(tol, "velocity", default=1e-4), _tolerance(tol, "latents", default=1e-4)
+    vel_tol, lat_tol = (
+        _tolerance(tol, "velocity", default=1e-4),
+        _tolerance(tol, "latents", default=1e-4),
+    )
     report.compare(f"{label}velocity_step0", velocities[0], expected["velocity_step0"], vel_tol)
     report.compare(f"{label}velocities", torch.cat(velocities), expected["velocities"], vel_tol)
-    report.compare(f"{label}latents_after_step", torch.cat(latents), expected["latents_after_step"], lat_tol)
+    report.compare(
+        f"{label}latents_after_step", torch.cat(latents), expected["latents_after_step"], lat_tol
+    )
     report.compare(f"{label}final_latent", final, expected["final_latent"], lat_tol)
-    report.compare(f"{label}decoded", decoded, expected["decoded"], _tolerance(tol, "decoded", default=2e-4))
+    report.compare(
+        f"{label}decoded", decoded, expected["decoded"], _tolerance(tol, "decoded", default=2e-4)
+    )
     image = torch.from_numpy(to_uint8(decoded)[0].astype(np.int16))
-    report.compare(f"{label}image", image, expected["image"].to(torch.int16),
-                   _tolerance(tol, "image_uint8_max_abs", default=1))
+    report.compare(
+        f"{label}image",
+        image,
+        expected["image"].to(torch.int16),
+        _tolerance(tol, "image_uint8_max_abs", default=1),
+    )
 
 
 def run_case(case_dir: Path) -> ParityReport:
@@ -106,23 +146,40 @@ def run_case(case_dir: Path) -> ParityReport:
 
     layout = sampler.layout(int(case["width"]), int(case["height"]), int(case["cond_size"]))
     schedule = sampler.schedule(int(case["num_steps"]), layout)
-    report.compare("sigmas", schedule.sigmas, expected["sigmas"], _tolerance(tol, "sigmas", default=1e-6))
-    report.compare("timesteps", schedule.timesteps, expected["timesteps"],
-                   _tolerance(tol, "timesteps", default=1e-4))
+    report.compare(
+        "sigmas", schedule.sigmas, expected["sigmas"], _tolerance(tol, "sigmas", default=1e-6)
+    )
+    report.compare(
+        "timesteps",
+        schedule.timesteps,
+        expected["timesteps"],
+        _tolerance(tol, "timesteps", default=1e-4),
+    )
     img_ids = torch.cat([layout.noise_ids(dtype), layout.cond_ids(dtype)])
-    report.compare("img_ids", img_ids, expected["img_ids"], _tolerance(tol, "img_ids", default=1e-5))
+    report.compare(
+        "img_ids", img_ids, expected["img_ids"], _tolerance(tol, "img_ids", default=1e-5)
+    )
 
     # Route 1: from the raw source image, our own preprocessing and VAE encode (posterior mean).
     source = Image.fromarray(inputs["source_image"].numpy(), mode="RGB")
     pixels = condition_pixels(source, int(case["cond_size"]), sampler.latent_factor)
-    report.compare("in:debug_cond_pixels", pixels, inputs["debug_cond_pixels"],
-                   _tolerance(tol, "debug_cond_pixels", default=1e-6))
+    report.compare(
+        "in:debug_cond_pixels",
+        pixels,
+        inputs["debug_cond_pixels"],
+        _tolerance(tol, "debug_cond_pixels", default=1e-6),
+    )
     with torch.inference_mode():
         cond_latent = sampler.encode_condition(pixels.to(dtype), None, posterior="mean")
-    report.compare("in:cond_latent", cond_latent, inputs["cond_latent"],
-                   _tolerance(tol, "cond_latent", default=1e-5))
+    report.compare(
+        "in:cond_latent",
+        cond_latent,
+        inputs["cond_latent"],
+        _tolerance(tol, "cond_latent", default=1e-5),
+    )
     _compare_generation(report, sampler, case, inputs, expected, cond_latent, label="")
     # Route 2: the reference's own condition latent injected.
-    _compare_generation(report, sampler, case, inputs, expected, inputs["cond_latent"].to(dtype),
-                        label="injected:")
+    _compare_generation(
+        report, sampler, case, inputs, expected, inputs["cond_latent"].to(dtype), label="injected:"
+    )
     return report

@@ -40,18 +40,25 @@ DEFAULT_ATOL = 1e-4  # for an expected tensor the case gives no tolerance for
 def load_case_components(weights: Path) -> USOComponents:
     """The case's weight set, loaded through the real loaders in float32 on the CPU."""
     return load_components(
-        transformer=weights / "flux1-dev.safetensors", vae=weights / "ae.safetensors",
-        dit_lora=weights / "dit_lora.safetensors", projector=weights / "projector.safetensors",
-        siglip=weights / "siglip", flux_config=weights / "config.json",
-        dtype=torch.float32, device=torch.device("cpu"), style_cache_size=0)
+        transformer=weights / "flux1-dev.safetensors",
+        vae=weights / "ae.safetensors",
+        dit_lora=weights / "dit_lora.safetensors",
+        projector=weights / "projector.safetensors",
+        siglip=weights / "siglip",
+        flux_config=weights / "config.json",
+        dtype=torch.float32,
+        device=torch.device("cpu"),
+        style_cache_size=0,
+    )
 
 
 def _image(array: torch.Tensor) -> Image.Image:
     return Image.fromarray(array.numpy(), mode="RGB")
 
 
-def produce(case: dict, inputs: dict[str, torch.Tensor], parts: USOComponents
-            ) -> dict[str, torch.Tensor]:
+def produce(
+    case: dict, inputs: dict[str, torch.Tensor], parts: USOComponents
+) -> dict[str, torch.Tensor]:
     """Every tensor our code computes for the case, under the names of expected.safetensors
     (plus debug_* intermediates that inputs.safetensors also carries)."""
     width, height = case["width"] // 16 * 16, case["height"] // 16 * 16
@@ -63,37 +70,52 @@ def produce(case: dict, inputs: dict[str, torch.Tensor], parts: USOComponents
 
     subject_latents = None
     if "subject_image_uint8" in inputs:
-        subject = preprocess_subject(_image(inputs["subject_image_uint8"]), case.get("content_ref", 512))
-        out["debug_subject_preprocessed_uint8"] = torch.from_numpy(np.array(subject, dtype=np.uint8))
+        subject = preprocess_subject(
+            _image(inputs["subject_image_uint8"]), case.get("content_ref", 512)
+        )
+        out["debug_subject_preprocessed_uint8"] = torch.from_numpy(
+            np.array(subject, dtype=np.uint8)
+        )
         pixels = image_to_pixels(subject)
         out["debug_subject_pixels_m1p1"] = pixels
         subject_latents = encode_subject(parts.vae, pixels, mode=case.get("vae_posterior", "mean"))
         out["subject_latent"] = subject_latents
         out["subject_latent_packed_0"] = pack_latents(subject_latents)
 
-    style_images = [_image(inputs[f"style_image_{i}_uint8"])
-                    for i in range(len([k for k in inputs if k.startswith("style_image_")]))]
+    style_images = [
+        _image(inputs[f"style_image_{i}_uint8"])
+        for i in range(len([k for k in inputs if k.startswith("style_image_")]))
+    ]
     for i, image in enumerate(style_images):
         out[f"debug_style{i}_pixel_values"] = parts.style_encoder.pixel_values(image)
     style_tokens = parts.style_encoder.tokens(style_images, use_cache=False)
     if style_tokens is not None:
         out["style_tokens"] = style_tokens
 
-    batch = DenoiseBatch(noise=inputs["noise"], t5_states=inputs["t5_embeds"],
-                         pooled=inputs["pooled_clip"],
-                         guidance=torch.tensor([float(case["guidance"])]),
-                         sigmas=sigmas.tolist(), style_tokens=style_tokens,
-                         subject_latents=subject_latents, pe=pe)
+    batch = DenoiseBatch(
+        noise=inputs["noise"],
+        t5_states=inputs["t5_embeds"],
+        pooled=inputs["pooled_clip"],
+        guidance=torch.tensor([float(case["guidance"])]),
+        sigmas=sigmas.tolist(),
+        style_tokens=style_tokens,
+        subject_latents=subject_latents,
+        pe=pe,
+    )
     img_ids, txt_ids = position_ids(batch)
     n_target = (batch.latent_size[0] // 2) * (batch.latent_size[1] // 2)
     out["img_ids"] = img_ids[:n_target].unsqueeze(0)
     if subject_latents is not None:
         out["subject_img_ids_0"] = img_ids[n_target:].unsqueeze(0)
     n_style = 0 if style_tokens is None else style_tokens.shape[1]
-    out["txt_ids"] = txt_ids[n_style:].unsqueeze(0)  # the T5 tokens' ids, as the reference keeps them
+    out["txt_ids"] = txt_ids[n_style:].unsqueeze(
+        0
+    )  # the T5 tokens' ids, as the reference keeps them
 
     velocities: list[torch.Tensor] = []
-    packed = denoise(parts.transformer, batch, on_velocity=lambda _, v: velocities.append(v.clone()))
+    packed = denoise(
+        parts.transformer, batch, on_velocity=lambda _, v: velocities.append(v.clone())
+    )
     out["velocity_step0"] = velocities[0]
     out["velocities"] = torch.stack(velocities)
     out["final_latent_packed"] = packed
@@ -109,8 +131,11 @@ def tolerance_for(name: str, tolerances: dict) -> tuple[float, float, str]:
     """(atol, rtol, note) for an expected tensor, from case.json's "tolerance" table."""
     if name.endswith("_ids") or "_ids_" in name:
         return EXACT, 0.0, ""
-    aliases = {"sigmas_f64": "sigmas", "final_latent_packed": "final_latent",
-               "debug_subject_pixels_m1p1": "subject_latent"}
+    aliases = {
+        "sigmas_f64": "sigmas",
+        "final_latent_packed": "final_latent",
+        "debug_subject_pixels_m1p1": "subject_latent",
+    }
     key = aliases.get(name, name)
     if key.startswith("subject_latent"):
         key = "subject_latent"

@@ -33,8 +33,13 @@ TASK_PROMPTS = {"florence2": "<CAPTION>"}  # models that caption only when told 
 class ModelCaptioner:
     """`Captioner` (see `pipeline.processing.captions`) backed by an image-to-text model."""
 
-    def __init__(self, model_dir: str | Path, device: str = "cpu", prompt: str | None = None,
-                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        device: str = "cpu",
+        prompt: str | None = None,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    ):
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
         folder = model_folder(str(model_dir), CAPTIONER)
@@ -45,11 +50,14 @@ class ModelCaptioner:
         self.prompt = prompt if prompt is not None else TASK_PROMPTS.get(config.model_type)
         self.processor = AutoProcessor.from_pretrained(folder, backend="pil", local_files_only=True)
         try:
-            model = AutoModelForImageTextToText.from_pretrained(folder, local_files_only=True,
-                                                                dtype=torch.float32)
+            model = AutoModelForImageTextToText.from_pretrained(
+                folder, local_files_only=True, dtype=torch.float32
+            )
         except ValueError as error:
-            raise ValueError(f"captioning model {folder}: {config.model_type!r} is not an "
-                             f"image-to-text model transformers can load ({error})") from error
+            raise ValueError(
+                f"captioning model {folder}: {config.model_type!r} is not an "
+                f"image-to-text model transformers can load ({error})"
+            ) from error
         self.model = model.to(device).eval()  # type: ignore[arg-type]  # transformers wraps .to()
         self._lock = threading.Lock()
 
@@ -58,17 +66,19 @@ class ModelCaptioner:
 
     def caption_images(self, images: Sequence[np.ndarray | Image.Image]) -> list[str]:
         """Captions of several images in one generate call (the separate stage batches)."""
-        pil = [(i if isinstance(i, Image.Image) else Image.fromarray(i)).convert("RGB")
-               for i in images]
+        pil = [
+            (i if isinstance(i, Image.Image) else Image.fromarray(i)).convert("RGB") for i in images
+        ]
         kwargs = {"images": pil, "return_tensors": "pt"}
         if self.prompt:
             kwargs["text"] = [self.prompt] * len(pil)
         inputs = self.processor(**kwargs)
         inputs = {k: v.to(self.device) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
         with self._lock, torch.inference_mode():
-            tokens = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens,
-                                         do_sample=False, num_beams=1)
+            tokens = self.model.generate(
+                **inputs, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1
+            )
         if self.prompt and "input_ids" in inputs and not self.model.config.is_encoder_decoder:
-            tokens = tokens[:, inputs["input_ids"].shape[1]:]  # decoder-only: drop the prompt
+            tokens = tokens[:, inputs["input_ids"].shape[1] :]  # decoder-only: drop the prompt
         texts = self.processor.batch_decode(tokens, skip_special_tokens=True)
         return [" ".join(t.split()) for t in texts]

@@ -39,8 +39,10 @@ class TemplateCaptioner:
     def caption(self, fields: dict, image: np.ndarray) -> str:
         missing = self.fields - fields.keys()
         if missing:
-            raise KeyError(f"caption template needs field(s) {sorted(missing)} "
-                           f"that the item does not have (it has {sorted(fields)})")
+            raise KeyError(
+                f"caption template needs field(s) {sorted(missing)} "
+                f"that the item does not have (it has {sorted(fields)})"
+            )
         values = {k: ("" if v is None else v) for k, v in fields.items()}
         return self.template.format(**values)
 

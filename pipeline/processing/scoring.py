@@ -69,15 +69,18 @@ class ClipScorer:
         self.processor = AutoProcessor.from_pretrained(folder, backend="pil", local_files_only=True)
         model = AutoModel.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
         if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
-            raise ValueError(f"scoring model {folder}: {type(model).__name__} is not a "
-                             "CLIP-family model (needs get_image_features and get_text_features)")
+            raise ValueError(
+                f"scoring model {folder}: {type(model).__name__} is not a "
+                "CLIP-family model (needs get_image_features and get_text_features)"
+            )
         self.model = model.to(device).eval()
         self._lock = threading.Lock()
         self._texts = _Lru(CACHE_ENTRIES)
         self._styles = _Lru(CACHE_ENTRIES)
 
-    def score(self, fields: dict, request: GenerationRequest, image: np.ndarray
-              ) -> dict[str, float]:
+    def score(
+        self, fields: dict, request: GenerationRequest, image: np.ndarray
+    ) -> dict[str, float]:
         scores: dict[str, float] = {}
         wanted_t = "clip_t" in self.metrics and bool((request.prompt or "").strip())
         wanted_style = "style" in self.metrics and bool(request.styles)
@@ -103,8 +106,9 @@ class ClipScorer:
             return cached
         padding = "max_length" if self.model_type in SIGMOID_TEXT_MODELS else True
         inputs = self.processor(text=[text], return_tensors="pt", padding=padding, truncation=True)
-        inputs = {k: v.to(self.device) for k, v in inputs.items()
-                  if k in ("input_ids", "attention_mask")}
+        inputs = {
+            k: v.to(self.device) for k, v in inputs.items() if k in ("input_ids", "attention_mask")
+        }
         with self._lock, torch.inference_mode():
             out = self.model.get_text_features(**inputs)
         return self._texts.remember(text, _normalised(out))

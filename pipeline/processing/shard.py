@@ -74,27 +74,48 @@ def group_key(entry: ManifestItem | RowError) -> tuple:
     if isinstance(entry, RowError):
         return (0,)
     scale = 1.0 if entry.style_lora_scale is None else entry.style_lora_scale
-    return (1, entry.style_lora or "", scale, entry.width or 0, entry.height or 0,
-            entry.subject is None, len(entry.styles))
+    return (
+        1,
+        entry.style_lora or "",
+        scale,
+        entry.width or 0,
+        entry.height or 0,
+        entry.subject is None,
+        len(entry.styles),
+    )
 
 
 def worker_identity(device: str) -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "device": device,
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "device": device,
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }
 
 
 class Scorer(Protocol):
-    def score(self, fields: dict, request: GenerationRequest, image: np.ndarray) -> dict[str, float]:
+    def score(
+        self, fields: dict, request: GenerationRequest, image: np.ndarray
+    ) -> dict[str, float]:
         """Quality scores of one result (e.g. {"clip_t": 0.31, "style": 0.72})."""
 
 
 class ShardProcessor:
     """Runs shards through one loaded model and commits them."""
 
-    def __init__(self, config: RunConfig, model: StylizationModel, storage: Storage,
-                 captioner: Captioner, style_loras: StyleLoraResolver, device: str = "cpu",
-                 io_threads: int = 4, scratch_dir: str | None = None,
-                 scorer: Scorer | None = None):
+    def __init__(
+        self,
+        config: RunConfig,
+        model: StylizationModel,
+        storage: Storage,
+        captioner: Captioner,
+        style_loras: StyleLoraResolver,
+        device: str = "cpu",
+        io_threads: int = 4,
+        scratch_dir: str | None = None,
+        scorer: Scorer | None = None,
+    ):
         self.config = config
         self.scorer = scorer
         self.model = model
@@ -124,12 +145,18 @@ class ShardProcessor:
     def _prepare(self, entry: ManifestItem | RowError) -> ReadItem:
         t0 = time.perf_counter()
         if isinstance(entry, RowError):
-            return ReadItem(None, entry.item_id, entry.row,
-                            error=ItemError(entry.item_id, ItemStatus.BAD_INPUT, str(entry)))
+            return ReadItem(
+                None,
+                entry.item_id,
+                entry.row,
+                error=ItemError(entry.item_id, ItemStatus.BAD_INPUT, str(entry)),
+            )
         item = entry
         prepared = ReadItem(item, item.id, item.source[1])
         if item.model and item.model != self.config.model:
-            prepared.skipped = f"row is for model {item.model!r}; this run uses {self.config.model!r}"
+            prepared.skipped = (
+                f"row is for model {item.model!r}; this run uses {self.config.model!r}"
+            )
             return prepared
         try:
             subject = load_image(item.subject, self.storage, item.id) if item.subject else None
@@ -153,7 +180,9 @@ class ShardProcessor:
         except ItemError as error:
             prepared.error = error
         except Exception as error:  # an unexpected reader failure is still this item's failure
-            prepared.error = ItemError(item.id, ItemStatus.BAD_INPUT, f"{type(error).__name__}: {error}")
+            prepared.error = ItemError(
+                item.id, ItemStatus.BAD_INPUT, f"{type(error).__name__}: {error}"
+            )
         prepared.read_s = time.perf_counter() - t0
         return prepared
 
@@ -171,16 +200,28 @@ class ShardProcessor:
     # ---------------------------------------------------------------- main loop
     def process(self, task: ShardTask) -> ShardStats:
         """Process one shard end to end and commit it; raise only if the shard cannot commit."""
-        stats = ShardStats(shard=task.shard.index, input_shard=task.shard.uri, run=self.config.run,
-                           fingerprint=task.fingerprint, started_at=time.time(),
-                           weights=dict(task.weights), code_version=code_version(),
-                           worker=worker_identity(self.device), retry_of=list(task.retry_of))
-        writer = ShardWriter(self.storage, ShardPaths(task.folder, task.shard.index), stats,
-                             self.scratch_dir)
+        stats = ShardStats(
+            shard=task.shard.index,
+            input_shard=task.shard.uri,
+            run=self.config.run,
+            fingerprint=task.fingerprint,
+            started_at=time.time(),
+            weights=dict(task.weights),
+            code_version=code_version(),
+            worker=worker_identity(self.device),
+            retry_of=list(task.retry_of),
+        )
+        writer = ShardWriter(
+            self.storage, ShardPaths(task.folder, task.shard.index), stats, self.scratch_dir
+        )
         inbox: queue.Queue = queue.Queue(maxsize=max(1, self.config.prefetch_items))
         stop = threading.Event()
-        reader = threading.Thread(target=self._prefetch, args=(task, inbox, stop), daemon=True,
-                                  name=f"restyle-read-{task.shard.index}")
+        reader = threading.Thread(
+            target=self._prefetch,
+            args=(task, inbox, stop),
+            daemon=True,
+            name=f"restyle-read-{task.shard.index}",
+        )
         reader.start()
         try:
             pending: deque[Future] = deque()
@@ -226,8 +267,9 @@ class ShardProcessor:
         if batch:
             yield batch
 
-    def _run_batch(self, task: ShardTask, batch: list[ReadItem], pending: deque,
-                   writer: ShardWriter) -> None:
+    def _run_batch(
+        self, task: ShardTask, batch: list[ReadItem], pending: deque, writer: ShardWriter
+    ) -> None:
         runnable = [p for p in batch if p.request is not None]
         requests = [p.request for p in batch if p.request is not None]
         outcomes: list[GenerationOutcome] = []
@@ -244,15 +286,23 @@ class ShardProcessor:
                 log.exception("model crashed on items %s", [p.item_id for p in runnable])
                 if self._crashes >= MAX_CONSECUTIVE_MODEL_CRASHES:
                     raise
-                outcomes = [GenerationOutcome(p.item_id, error=ItemError(
-                    p.item_id, ItemStatus.MODEL_ERROR, f"{type(error).__name__}: {error}"))
-                    for p in runnable]
+                outcomes = [
+                    GenerationOutcome(
+                        p.item_id,
+                        error=ItemError(
+                            p.item_id, ItemStatus.MODEL_ERROR, f"{type(error).__name__}: {error}"
+                        ),
+                    )
+                    for p in runnable
+                ]
             per_item = (time.perf_counter() - t0) / len(runnable)
             for done in outcomes:
                 done.timings.setdefault("model_s", per_item)
         by_id = iter(outcomes)
         for prepared in batch:
-            outcome: GenerationOutcome | None = next(by_id) if prepared.request is not None else None
+            outcome: GenerationOutcome | None = (
+                next(by_id) if prepared.request is not None else None
+            )
             pending.append(self.pool.submit(self._finish_item, task, prepared, outcome))
 
     def _drain(self, seq: int, pending: deque, writer: ShardWriter, block: bool) -> None:
@@ -266,17 +316,22 @@ class ShardProcessor:
                 self.progress.add(seq, record.ok)
 
     # ---------------------------------------------------------------- one item
-    def _finish_item(self, task: ShardTask, prepared: ReadItem,
-                     outcome: GenerationOutcome | None) -> tuple[ItemRecord, dict | None]:
+    def _finish_item(
+        self, task: ShardTask, prepared: ReadItem, outcome: GenerationOutcome | None
+    ) -> tuple[ItemRecord, dict | None]:
         """Encode + caption + provenance for one item (runs in the I/O pool)."""
         item = prepared.item
         request = prepared.request
         key = sample_key(prepared.item_id)
         record = ItemRecord(
-            id=prepared.item_id, key=key, status=ItemStatus.OK,
+            id=prepared.item_id,
+            key=key,
+            status=ItemStatus.OK,
             attempts=task.prior_attempts.get(prepared.item_id, 0) + 1,
-            prompt=item.prompt if item else None, input_shard=task.shard.uri,
-            input_row=prepared.row, read_s=prepared.read_s,
+            prompt=item.prompt if item else None,
+            input_shard=task.shard.uri,
+            input_row=prepared.row,
+            read_s=prepared.read_s,
         )
         if request is not None:
             record.seed = request.seed
@@ -295,8 +350,13 @@ class ShardProcessor:
         record.steps, record.guidance = params.get("steps"), params.get("guidance")
         t0 = time.perf_counter()
         try:
-            fields = {"id": item.id, "prompt": item.prompt or "", "model": self.config.model,
-                      "style_lora": item.style_lora or "", **(item.extra or {})}
+            fields = {
+                "id": item.id,
+                "prompt": item.prompt or "",
+                "model": self.config.model,
+                "style_lora": item.style_lora or "",
+                **(item.extra or {}),
+            }
             caption = self.captioner.caption(fields, outcome.image)
             if self.scorer is not None:
                 record.scores = self.scorer.score(fields, request, outcome.image)
@@ -321,9 +381,15 @@ class ShardProcessor:
             refs["style" if i == 0 else f"style{i}"] = encode_image(style, self.config.outputs)
         return refs
 
-    def _provenance(self, task: ShardTask, item: ManifestItem, request: GenerationRequest,
-                    outcome: GenerationOutcome, caption: str,
-                    scores: dict[str, float] | None) -> dict:
+    def _provenance(
+        self,
+        task: ShardTask,
+        item: ManifestItem,
+        request: GenerationRequest,
+        outcome: GenerationOutcome,
+        caption: str,
+        scores: dict[str, float] | None,
+    ) -> dict:
         lora = request.style_lora
         return {
             "scores": scores,
@@ -338,9 +404,14 @@ class ShardProcessor:
             "caption": caption,
             "subject": describe_image_ref(item.subject),
             "styles": [describe_image_ref(ref) for ref in item.styles],
-            "style_lora": None if lora is None else {
-                "name": lora.name, "source": item.style_lora, "scale": lora.scale,
-                "sha256": self.style_loras.sha256(lora.path)},
+            "style_lora": None
+            if lora is None
+            else {
+                "name": lora.name,
+                "source": item.style_lora,
+                "scale": lora.scale,
+                "sha256": self.style_loras.sha256(lora.path),
+            },
             "source": {"manifest": task.shard.uri, "row": item.source[1]},
             "extra": item.extra or {},  # the row's other columns (README: "copied to provenance")
             "code_version": code_version(),

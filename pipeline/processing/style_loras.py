@@ -43,10 +43,15 @@ class StyleLoraResolver:
             try:
                 path, name = self._locate(reference)
             except Exception as error:
-                raise ItemError(item_id, ItemStatus.LORA_ERROR,
-                                f"style LoRA {reference!r}: {type(error).__name__}: {error}") from error
+                raise ItemError(
+                    item_id,
+                    ItemStatus.LORA_ERROR,
+                    f"style LoRA {reference!r}: {type(error).__name__}: {error}",
+                ) from error
         if not path.is_file():
-            raise ItemError(item_id, ItemStatus.LORA_ERROR, f"style LoRA {reference!r}: {path} not found")
+            raise ItemError(
+                item_id, ItemStatus.LORA_ERROR, f"style LoRA {reference!r}: {path} not found"
+            )
         return StyleLora(path=path, scale=scale, name=name)
 
     def sha256(self, path: Path) -> str:
@@ -78,19 +83,26 @@ class StyleLoraResolver:
 
     def _shipped(self, name: str) -> Path:
         if self.styles_dir is None or not self.styles_dir.is_dir():
-            raise FileNotFoundError(f"no shipped style LoRAs are staged (expected a "
-                                    f"{STYLE_LORA_DIR}/ folder in the weights root) for style "
-                                    f"{name!r}")
+            raise FileNotFoundError(
+                f"no shipped style LoRAs are staged (expected a "
+                f"{STYLE_LORA_DIR}/ folder in the weights root) for style "
+                f"{name!r}"
+            )
         wanted = name.lower().replace(" ", "_")
         for file in sorted(self.styles_dir.glob("*.safetensors")):
             if style_name_of(file).lower() == wanted:
                 return file
         known = sorted(f.name for f in self.styles_dir.glob("*.safetensors"))
-        raise FileNotFoundError(f"unknown style {name!r}; staged styles: {', '.join(known) or 'none'}")
+        raise FileNotFoundError(
+            f"unknown style {name!r}; staged styles: {', '.join(known) or 'none'}"
+        )
 
     def _download_s3(self, uri: str) -> Path:
-        target = self.cache_dir / "style_loras" / (hashlib.sha256(uri.encode()).hexdigest()[:16]
-                                                    + "-" + Path(uri).name)
+        target = (
+            self.cache_dir
+            / "style_loras"
+            / (hashlib.sha256(uri.encode()).hexdigest()[:16] + "-" + Path(uri).name)
+        )
         if target.exists():
             return target
         target.parent.mkdir(parents=True, exist_ok=True)

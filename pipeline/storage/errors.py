@@ -13,8 +13,9 @@ from __future__ import annotations
 class StorageError(OSError):
     """`operation` on `uri` failed: `reason` says why and, where it can, what to check."""
 
-    def __init__(self, uri: str, operation: str, reason: str, *, transient: bool = False,
-                 attempts: int = 1):
+    def __init__(
+        self, uri: str, operation: str, reason: str, *, transient: bool = False, attempts: int = 1
+    ):
         message = f"storage {operation} {uri}: {reason}"
         if transient:
             message += f" (gave up after {attempts} attempt{'s' if attempts != 1 else ''})"
@@ -29,8 +30,10 @@ class StorageError(OSError):
         return self.args[0]
 
     def __reduce__(self):  # keep keyword fields across pickling (Ray ships errors to the driver)
-        return (_rebuild, (type(self), self.uri, self.operation, self.reason, self.transient,
-                           self.attempts))
+        return (
+            _rebuild,
+            (type(self), self.uri, self.operation, self.reason, self.transient, self.attempts),
+        )
 
 
 class StorageNotFoundError(StorageError, FileNotFoundError):
@@ -41,6 +44,7 @@ class StorageAuthError(StorageError, PermissionError):
     """The service refused the credentials, or they may not do this."""
 
 
-def _rebuild(cls: type[StorageError], uri: str, operation: str, reason: str, transient: bool,
-             attempts: int) -> StorageError:
+def _rebuild(
+    cls: type[StorageError], uri: str, operation: str, reason: str, transient: bool, attempts: int
+) -> StorageError:
     return cls(uri, operation, reason, transient=transient, attempts=attempts)

@@ -32,8 +32,14 @@ from pipeline.storage.uris import (
 )
 
 # How pyarrow's S3 filesystem words refused credentials (it raises plain OSErrors).
-ARROW_AUTH_MARKERS = ("ACCESS_DENIED", "AccessDenied", "InvalidAccessKeyId",
-                      "SignatureDoesNotMatch", "INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH")
+ARROW_AUTH_MARKERS = (
+    "ACCESS_DENIED",
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "INVALID_ACCESS_KEY_ID",
+    "SIGNATURE_DOES_NOT_MATCH",
+)
 
 
 class Storage:
@@ -138,7 +144,7 @@ class Storage:
         for p in patterns:
             bucket, key = split_s3(p)
             folder = listing_prefix(key) if has_wildcards(key) else key[: key.rfind("/") + 1]
-            rest = key[len(folder):]
+            rest = key[len(folder) :]
             deep = "/" in rest or "**" in rest
             by_folder.setdefault((bucket, folder, deep), []).append(key)
         found: set[str] = set()
@@ -190,10 +196,15 @@ class Storage:
         if isinstance(error, FileNotFoundError):
             return StorageNotFoundError(uri, operation, "no such object or file")
         if isinstance(error, PermissionError) or any(
-                marker in reason for marker in ARROW_AUTH_MARKERS):
-            return StorageAuthError(uri, operation, f"access denied: check the credentials "
-                                    f"(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the profile) "
-                                    f"and their permissions [{reason}]")
+            marker in reason for marker in ARROW_AUTH_MARKERS
+        ):
+            return StorageAuthError(
+                uri,
+                operation,
+                f"access denied: check the credentials "
+                f"(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the profile) "
+                f"and their permissions [{reason}]",
+            )
         return StorageError(uri, operation, reason)
 
     def _remote(self, uri: str | os.PathLike[str]) -> bool:

@@ -28,8 +28,9 @@ def _translate(uri: str, operation: str, error: OSError) -> StorageError:
     if isinstance(error, FileNotFoundError) or error.errno == errno.ENOENT:
         return StorageNotFoundError(uri, operation, "no such file")
     if isinstance(error, PermissionError) or error.errno in (errno.EACCES, errno.EPERM):
-        return StorageAuthError(uri, operation, f"permission denied ({reason}); check the "
-                                                "file's owner and mode")
+        return StorageAuthError(
+            uri, operation, f"permission denied ({reason}); check the file's owner and mode"
+        )
     if isinstance(error, IsADirectoryError):
         return StorageError(uri, operation, "is a directory, not a file")
     return StorageError(uri, operation, f"{type(error).__name__}: {reason}")
@@ -67,6 +68,7 @@ def read_bytes(uri: str) -> bytes:
     def read() -> bytes:
         with open(local_path(uri), "rb") as f:
             return f.read()
+
     return _guarded(uri, "read", read)
 
 
@@ -74,17 +76,20 @@ def write_bytes(uri: str, data: bytes) -> None:
     def write() -> None:
         with _publishing(uri) as out:
             out.write(data)
+
     _guarded(uri, "write", write)
 
 
 def upload_file(uri: str, source: str) -> None:
     if not os.path.isfile(source):
-        raise StorageNotFoundError(source, "upload", f"local source file to upload to {uri} "
-                                   "does not exist")
+        raise StorageNotFoundError(
+            source, "upload", f"local source file to upload to {uri} does not exist"
+        )
 
     def copy() -> None:
         with open(source, "rb") as src, _publishing(uri) as out:
             shutil.copyfileobj(src, out, length=8 * 1024 * 1024)
+
     _guarded(uri, "upload", copy)
 
 
@@ -102,14 +107,17 @@ def size(uri: str) -> int:
         if os.path.isdir(path):
             raise IsADirectoryError(errno.EISDIR, "is a directory", path)
         return os.path.getsize(path)
+
     return _guarded(uri, "size", stat)
 
 
 def delete(uri: str) -> None:
     """Remove a file; a missing file is not an error (as on S3)."""
+
     def remove() -> None:
         with suppress(FileNotFoundError):
             os.unlink(local_path(uri))
+
     _guarded(uri, "delete", remove)
 
 

@@ -45,6 +45,7 @@ DEFAULT_REGION = "us-east-1"
 READ_CHUNK = 8 * 1024 * 1024
 MAX_BREAKS_PER_ATTEMPT = 10  # a stream may break 10 x max_attempts times if each retry progresses
 
+
 class S3Backend:
     """boto3/pyarrow access for one `StorageSettings`; safe to share between threads."""
 
@@ -68,8 +69,12 @@ class S3Backend:
                 region_name=self.settings.region,
             )
         except bce.ProfileNotFound:
-            raise StorageError(S3_PREFIX, "connect", f"AWS profile {self.settings.profile!r} not "
-                               "found in the AWS config/credentials files") from None
+            raise StorageError(
+                S3_PREFIX,
+                "connect",
+                f"AWS profile {self.settings.profile!r} not "
+                "found in the AWS config/credentials files",
+            ) from None
 
     def _fresh_process(self) -> bool:
         return self._pid != os.getpid()
@@ -108,9 +113,12 @@ class S3Backend:
 
     def transfer_config(self) -> TransferConfig:
         s = self.settings
-        return TransferConfig(multipart_threshold=s.multipart_threshold_bytes,
-                              multipart_chunksize=s.multipart_chunk_bytes,
-                              max_concurrency=s.max_concurrency, use_threads=True)
+        return TransferConfig(
+            multipart_threshold=s.multipart_threshold_bytes,
+            multipart_chunksize=s.multipart_chunk_bytes,
+            max_concurrency=s.max_concurrency,
+            use_threads=True,
+        )
 
     def pyarrow_filesystem(self) -> Any:
         """A pyarrow S3FileSystem with the same endpoint (scheme included), region, addressing,
@@ -133,17 +141,25 @@ class S3Backend:
                 creds = session.get_credentials()
                 # Static keys are handed over; refreshable ones (instance roles, web identity)
                 # are left to pyarrow's own default chain, which refreshes them itself.
-                if creds is not None and creds.method in {"explicit", "env", "shared-credentials-file",
-                                                          "config-file"}:
+                if creds is not None and creds.method in {
+                    "explicit",
+                    "env",
+                    "shared-credentials-file",
+                    "config-file",
+                }:
                     frozen = creds.get_frozen_credentials()
-                    kwargs.update(access_key=frozen.access_key, secret_key=frozen.secret_key,
-                                  session_token=frozen.token)
+                    kwargs.update(
+                        access_key=frozen.access_key,
+                        secret_key=frozen.secret_key,
+                        session_token=frozen.token,
+                    )
                 self._arrow_fs = pafs.S3FileSystem(**kwargs)
             return self._arrow_fs
 
     # ------------------------------------------------------------------ errors
-    def translate(self, error: BaseException, uri: str, operation: str,
-                  attempts: int = 1) -> StorageError:
+    def translate(
+        self, error: BaseException, uri: str, operation: str, attempts: int = 1
+    ) -> StorageError:
         """A boto/botocore exception as a StorageError with a hint and no secrets."""
         return translate(error, uri, operation, self.settings, attempts)
 
@@ -180,16 +196,31 @@ class S3Backend:
         if len(data) <= self.settings.multipart_threshold_bytes:
             self.call(uri, "write", client.put_object, Bucket=bucket, Key=key, Body=data)
         else:
-            self.call(uri, "write", client.upload_fileobj, io.BytesIO(data), bucket, key,
-                      Config=self.transfer_config())
+            self.call(
+                uri,
+                "write",
+                client.upload_fileobj,
+                io.BytesIO(data),
+                bucket,
+                key,
+                Config=self.transfer_config(),
+            )
 
     def upload_file(self, uri: str, source: str) -> None:
         bucket, key = split_s3(uri)
         if not os.path.isfile(source):
-            raise StorageNotFoundError(source, "upload", f"local source file to upload to {uri} "
-                                       "does not exist")
-        self.call(uri, "upload", self.client().upload_file, source, bucket, key,
-                  Config=self.transfer_config())
+            raise StorageNotFoundError(
+                source, "upload", f"local source file to upload to {uri} does not exist"
+            )
+        self.call(
+            uri,
+            "upload",
+            self.client().upload_file,
+            source,
+            bucket,
+            key,
+            Config=self.transfer_config(),
+        )
 
     def head(self, uri: str, operation: str) -> dict:
         bucket, key = split_s3(uri)
@@ -262,7 +293,9 @@ class S3ObjectReader(io.RawIOBase):
         kwargs: dict[str, Any] = {"Bucket": self._bucket, "Key": self._key}
         if self._etag is not None:
             kwargs.update(Range=f"bytes={self._pos}-", IfMatch=self._etag)
-        response = self._backend.call(self._uri, "read", self._backend.client().get_object, **kwargs)
+        response = self._backend.call(
+            self._uri, "read", self._backend.client().get_object, **kwargs
+        )
         if self._etag is None:
             self._etag = response.get("ETag")
             self._size = int(response["ContentLength"])
@@ -282,8 +315,7 @@ class S3ObjectReader(io.RawIOBase):
                     self._open()
                 data = self._body.read(amount)
                 if not data:
-                    raise bce.IncompleteReadError(actual_bytes=self._pos,
-                                                  expected_bytes=self._size)
+                    raise bce.IncompleteReadError(actual_bytes=self._pos, expected_bytes=self._size)
                 self._pos += len(data)
                 return data
             except STREAM_ERRORS as error:
@@ -294,10 +326,17 @@ class S3ObjectReader(io.RawIOBase):
                 if failures >= limit or self._breaks >= limit * MAX_BREAKS_PER_ATTEMPT:
                     raise self._backend.translate(error, self._uri, "read", failures) from error
                 delay = backoff_delay(failures, self._backend.settings.retry_base_delay_s)
-                log.warning("storage read %s: stream broke at byte %d of %d (%s); retrying in "
-                            "%.2fs (attempt %d/%d)", self._uri, self._pos, self._size,
-                            type(error).__name__, delay, failures + 1,
-                            self._backend.settings.max_attempts)
+                log.warning(
+                    "storage read %s: stream broke at byte %d of %d (%s); retrying in "
+                    "%.2fs (attempt %d/%d)",
+                    self._uri,
+                    self._pos,
+                    self._size,
+                    type(error).__name__,
+                    delay,
+                    failures + 1,
+                    self._backend.settings.max_attempts,
+                )
                 time.sleep(delay)
         return b""
 

@@ -27,9 +27,13 @@ class StaticCredentials:
 
     __slots__ = ("access_key_id", "secret_access_key", "session_token")
 
-    def __init__(self, access_key_id: str, secret_access_key: str, session_token: str | None = None):
+    def __init__(
+        self, access_key_id: str, secret_access_key: str, session_token: str | None = None
+    ):
         if not access_key_id or not secret_access_key:
-            raise ValueError("StaticCredentials needs both an access key id and a secret access key")
+            raise ValueError(
+                "StaticCredentials needs both an access key id and a secret access key"
+            )
         self.access_key_id = access_key_id
         self.secret_access_key = secret_access_key
         self.session_token = session_token or None
@@ -47,7 +51,10 @@ class StaticCredentials:
         if not isinstance(other, StaticCredentials):
             return NotImplemented
         return (self.access_key_id, self.secret_access_key, self.session_token) == (
-            other.access_key_id, other.secret_access_key, other.session_token)
+            other.access_key_id,
+            other.secret_access_key,
+            other.session_token,
+        )
 
     def __hash__(self) -> int:
         return hash((self.access_key_id, self.secret_access_key, self.session_token))
@@ -95,25 +102,35 @@ class StorageSettings:
         if self.endpoint_url is not None:
             parts = urlsplit(self.endpoint_url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"storage endpoint_url must look like http(s)://host[:port], "
-                                 f"got {_without_userinfo(self.endpoint_url)!r}")
+                raise ValueError(
+                    f"storage endpoint_url must look like http(s)://host[:port], "
+                    f"got {_without_userinfo(self.endpoint_url)!r}"
+                )
             if parts.username or parts.password:
-                raise ValueError("storage endpoint_url must not carry credentials; use "
-                                 "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile")
+                raise ValueError(
+                    "storage endpoint_url must not carry credentials; use "
+                    "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile"
+                )
         if self.max_attempts < 1:
             raise ValueError(f"storage max_attempts must be >= 1, got {self.max_attempts}")
         for name in ("connect_timeout_s", "read_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"storage {name} must be > 0, got {getattr(self, name)}")
         if self.retry_base_delay_s < 0:
-            raise ValueError(f"storage retry_base_delay_s must be >= 0, got {self.retry_base_delay_s}")
+            raise ValueError(
+                f"storage retry_base_delay_s must be >= 0, got {self.retry_base_delay_s}"
+            )
         if self.multipart_chunk_bytes < 5 * MiB:
-            raise ValueError("storage multipart_chunk_bytes must be >= 5 MiB (the S3 minimum part size)")
+            raise ValueError(
+                "storage multipart_chunk_bytes must be >= 5 MiB (the S3 minimum part size)"
+            )
         if self.multipart_threshold_bytes < 1 or self.max_concurrency < 1:
             raise ValueError("storage multipart_threshold_bytes and max_concurrency must be >= 1")
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> StorageSettings:
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> StorageSettings:
         """Settings from the standard AWS environment variables, then `overrides` (non-None).
 
         Reads AWS_ENDPOINT_URL_S3 (else AWS_ENDPOINT_URL), AWS_REGION (else AWS_DEFAULT_REGION),
@@ -129,8 +146,11 @@ class StorageSettings:
         }
         key_id, secret = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
         if bool(key_id) != bool(secret):
-            present, missing = (("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if key_id
-                                else ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID"))
+            present, missing = (
+                ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+                if key_id
+                else ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID")
+            )
             raise ValueError(f"{present} is set but {missing} is not; set both or neither")
         if key_id and secret:
             values["credentials"] = StaticCredentials(key_id, secret, env.get("AWS_SESSION_TOKEN"))
@@ -141,10 +161,12 @@ class StorageSettings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
-    def with_credentials(self, access_key_id: str, secret_access_key: str,
-                         session_token: str | None = None) -> StorageSettings:
-        return replace(self, credentials=StaticCredentials(access_key_id, secret_access_key,
-                                                           session_token))
+    def with_credentials(
+        self, access_key_id: str, secret_access_key: str, session_token: str | None = None
+    ) -> StorageSettings:
+        return replace(
+            self, credentials=StaticCredentials(access_key_id, secret_access_key, session_token)
+        )
 
     @property
     def credentials_source(self) -> str:

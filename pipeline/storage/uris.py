@@ -40,7 +40,7 @@ def split_s3(uri: str) -> tuple[str, str]:
     """("bucket", "key/with/slashes") of an s3:// URI; the key may be empty."""
     if not is_s3(uri):
         raise ValueError(f"not an s3:// URI: {uri!r}")
-    bucket, _, key = uri[len(S3_PREFIX):].partition("/")
+    bucket, _, key = uri[len(S3_PREFIX) :].partition("/")
     if not bucket:
         raise ValueError(f"s3 URI without a bucket: {uri!r}")
     return bucket, key
@@ -50,7 +50,7 @@ def local_path(uri: str | os.PathLike[str]) -> str:
     """The filesystem path of a local URI ("file://" stripped, "~" expanded)."""
     uri = os.fspath(uri)
     if uri.startswith(FILE_PREFIX):
-        uri = uri[len(FILE_PREFIX):]
+        uri = uri[len(FILE_PREFIX) :]
     return os.path.expanduser(uri)
 
 
@@ -73,7 +73,7 @@ def parent(uri: str) -> str:
         folder = posixpath.dirname(key.rstrip("/"))
         return f"{S3_PREFIX}{bucket}/{folder}".rstrip("/") if folder else f"{S3_PREFIX}{bucket}"
     if uri.startswith(FILE_PREFIX):
-        return FILE_PREFIX + os.path.dirname(uri[len(FILE_PREFIX):])
+        return FILE_PREFIX + os.path.dirname(uri[len(FILE_PREFIX) :])
     return os.path.dirname(uri)
 
 
@@ -91,7 +91,7 @@ def resolve(ref: str, relative_to: str) -> str:
             raise ValueError(f"relative URI {ref!r} climbs above the bucket of {relative_to!r}")
         return f"{S3_PREFIX}{bucket}/{joined}"
     scheme = FILE_PREFIX if folder.startswith(FILE_PREFIX) else ""
-    return scheme + os.path.normpath(os.path.join(folder[len(scheme):], ref))
+    return scheme + os.path.normpath(os.path.join(folder[len(scheme) :], ref))
 
 
 def expand_braces(pattern: str) -> list[str]:
@@ -133,7 +133,7 @@ def wildcard_regex(pattern: str) -> re.Pattern[str]:
                 out.append(re.escape(ch))
                 i += 1
                 continue
-            body = pattern[i + 1:end]
+            body = pattern[i + 1 : end]
             negate = body.startswith(("!", "^"))
             body = body[1:] if negate else body
             out.append("[" + ("^" if negate else "") + body.replace("\\", "\\\\") + "]")

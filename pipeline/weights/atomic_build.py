@@ -12,8 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def build_atomically(folder: Path, marker_name: str, is_complete: Callable[[Path], bool],
-                     write: Callable[[Path], dict], what: str) -> Path:
+def build_atomically(
+    folder: Path,
+    marker_name: str,
+    is_complete: Callable[[Path], bool],
+    write: Callable[[Path], dict],
+    what: str,
+) -> Path:
     """Return `folder`, building it first unless `is_complete(folder)`.
 
     `write(staging)` fills the staging folder and returns the marker's content, written last.
@@ -24,8 +29,10 @@ def build_atomically(folder: Path, marker_name: str, is_complete: Callable[[Path
     if is_complete(folder):
         return folder
     if folder.exists() and any(folder.iterdir()) and not (folder / marker_name).exists():
-        raise ValueError(f"{folder}: exists and is not a {what} build (no {marker_name}); "
-                         "refusing to overwrite it")
+        raise ValueError(
+            f"{folder}: exists and is not a {what} build (no {marker_name}); "
+            "refusing to overwrite it"
+        )
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = folder.parent / f".{folder.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:

@@ -45,16 +45,22 @@ class Checkpoint:
 # `hf download <repo> --local-dir <folder>`, optionally mirror the folder to S3).
 KNOWN_CHECKPOINTS: dict[str, tuple[Checkpoint, ...]] = {
     SCORER: (
-        Checkpoint("openai/clip-vit-large-patch14",
-                   "CLIP ViT-L/14 (the usual CLIP-score model; 224 px, 77 text tokens)"),
-        Checkpoint("google/siglip-so400m-patch14-384",
-                   "SigLIP so400m (the image encoder USO itself uses; sigmoid-trained)"),
+        Checkpoint(
+            "openai/clip-vit-large-patch14",
+            "CLIP ViT-L/14 (the usual CLIP-score model; 224 px, 77 text tokens)",
+        ),
+        Checkpoint(
+            "google/siglip-so400m-patch14-384",
+            "SigLIP so400m (the image encoder USO itself uses; sigmoid-trained)",
+        ),
     ),
     CAPTIONER: (
         Checkpoint("Salesforce/blip-image-captioning-base", "BLIP base, short captions"),
         Checkpoint("Salesforce/blip-image-captioning-large", "BLIP large"),
-        Checkpoint("microsoft/Florence-2-base",
-                   "Florence-2 base; task prompt '<CAPTION>' or '<DETAILED_CAPTION>'"),
+        Checkpoint(
+            "microsoft/Florence-2-base",
+            "Florence-2 base; task prompt '<CAPTION>' or '<DETAILED_CAPTION>'",
+        ),
     ),
 }
 
@@ -66,17 +72,21 @@ class AuxModelError(ValueError):
 def model_folder(spec: str, kind: str, storage: Storage | None = None) -> Path:
     """A local folder holding the `kind` model named by `spec` (see the module doc)."""
     if not spec:
-        raise AuxModelError(f"no {kind} model given: set a local folder, an s3:// folder or "
-                            f"'tiny' (real checkpoints: {known_ids(kind)})")
+        raise AuxModelError(
+            f"no {kind} model given: set a local folder, an s3:// folder or "
+            f"'tiny' (real checkpoints: {known_ids(kind)})"
+        )
     if spec == TINY:
         return _tiny(kind)
     if is_s3(spec):
         return _stage_s3(spec, storage or Storage())
     folder = Path(spec).expanduser()
     if not (folder / "config.json").is_file():
-        raise AuxModelError(f"{kind} model {spec!r}: not a transformers model folder (no "
-                            f"config.json there); download one with `hf download <repo> "
-                            f"--local-dir {spec}` ({known_ids(kind)})")
+        raise AuxModelError(
+            f"{kind} model {spec!r}: not a transformers model folder (no "
+            f"config.json there); download one with `hf download <repo> "
+            f"--local-dir {spec}` ({known_ids(kind)})"
+        )
     return folder
 
 
@@ -105,14 +115,17 @@ def _stage_s3(uri: str, storage: Storage) -> Path:
     target = _cache() / "s3" / hashlib.sha256(prefix.encode()).hexdigest()[:16]
     target.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
-        listing = {u[len(prefix):]: storage.size(u) for u in storage.list(prefix)
-                   if not u.endswith("/")}  # not folder-marker objects
+        listing = {
+            u[len(prefix) :]: storage.size(u) for u in storage.list(prefix) if not u.endswith("/")
+        }  # not folder-marker objects
         marker = target / STAGED_MARKER
         if marker.is_file() and json.loads(marker.read_text()) == listing:
             return target
         if "config.json" not in listing:
-            raise AuxModelError(f"{uri}: not a transformers model folder (no config.json below it; "
-                                f"found {sorted(listing)[:5]})")
+            raise AuxModelError(
+                f"{uri}: not a transformers model folder (no config.json below it; "
+                f"found {sorted(listing)[:5]})"
+            )
         marker.unlink(missing_ok=True)
         for name in sorted(listing):
             path = target / name

@@ -83,4 +83,3 @@ def file_sha256(path: Path) -> str:
 def remember_sha256(path: Path, value: str) -> None:
     """Record a digest just verified for `path` (as it is now: same size and mtime)."""
     _store(_key(path), value)
-

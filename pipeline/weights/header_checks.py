@@ -84,13 +84,20 @@ def infer_ae_params(found: TensorTable) -> AutoEncoderParams | None:
     try:
         out_ch, in_ch = found["encoder.conv_in.weight"][:2]
         levels = 1 + max(int(k.split(".")[2]) for k in found if k.startswith("encoder.down."))
-        blocks = 1 + max(int(k.split(".")[4]) for k in found if k.startswith("encoder.down.0.block."))
+        blocks = 1 + max(
+            int(k.split(".")[4]) for k in found if k.startswith("encoder.down.0.block.")
+        )
         widths = [found[f"encoder.down.{i}.block.0.conv1.weight"][0] for i in range(levels)]
         z_channels = found["decoder.conv_in.weight"][1]
         image_out = found["decoder.conv_out.weight"][0]
-        return AutoEncoderParams(in_channels=in_ch, ch=out_ch, out_ch=image_out,
-                                 ch_mult=tuple(w // out_ch for w in widths),
-                                 num_res_blocks=blocks, z_channels=z_channels)
+        return AutoEncoderParams(
+            in_channels=in_ch,
+            ch=out_ch,
+            out_ch=image_out,
+            ch_mult=tuple(w // out_ch for w in widths),
+            num_res_blocks=blocks,
+            z_channels=z_channels,
+        )
     except (KeyError, ValueError, IndexError, ZeroDivisionError):
         return None
 
@@ -113,8 +120,9 @@ def _siglip_dims(root: Path, found: TensorTable) -> tuple[int, int]:
     return shape[1], width[0]
 
 
-def expected_table(component: str, found: TensorTable, preset: ArchitecturePreset,
-                   root: Path) -> TensorTable | None:
+def expected_table(
+    component: str, found: TensorTable, preset: ArchitecturePreset, root: Path
+) -> TensorTable | None:
     """The tensors a single file of `component` must hold, or None (no table: header only)."""
     flux = preset.flux
     if component == "flux_transformer":
@@ -131,13 +139,19 @@ def expected_table(component: str, found: TensorTable, preset: ArchitecturePrese
         return uso_projector_tensors(USOProjectorParams(tokens, style, width, flux.hidden_size))
     if component == "omniconsistency_lora":
         rank = _rank(found, ".down.weight")
-        return omniconsistency_lora_tensors(flux.depth, flux.depth_single_blocks,
-                                            flux.hidden_size, rank) if rank else {}
+        return (
+            omniconsistency_lora_tensors(
+                flux.depth, flux.depth_single_blocks, flux.hidden_size, rank
+            )
+            if rank
+            else {}
+        )
     return None
 
 
-def check_single_file(path: Path, component: str, preset: ArchitecturePreset,
-                      root: Path) -> list[str]:
+def check_single_file(
+    path: Path, component: str, preset: ArchitecturePreset, root: Path
+) -> list[str]:
     """Problems of one safetensors file: unreadable header, or names/shapes off the table."""
     try:
         found = read_safetensors_shapes(path)
@@ -147,12 +161,20 @@ def check_single_file(path: Path, component: str, preset: ArchitecturePreset,
     if expected is None:
         return []
     if not expected:
-        return ["the file lacks the tensors its sizes are read from (LoRA '.down.weight', VAE "
-                "conv_in/conv_out)"]
+        return [
+            "the file lacks the tensors its sizes are read from (LoRA '.down.weight', VAE "
+            "conv_in/conv_out)"
+        ]
     diff = compare_tables(found, expected)
-    return [f"{label}: {_listed(keys)}" for label, keys in (
-        ("missing tensors", diff.missing), ("unexpected tensors", diff.unexpected),
-        ("wrong shapes", diff.misshaped)) if keys]
+    return [
+        f"{label}: {_listed(keys)}"
+        for label, keys in (
+            ("missing tensors", diff.missing),
+            ("unexpected tensors", diff.unexpected),
+            ("wrong shapes", diff.misshaped),
+        )
+        if keys
+    ]
 
 
 # -------------------------------------------------------------------------- folders
@@ -160,8 +182,10 @@ def _transformers_builder(component: str) -> Callable[[Path], torch.nn.Module]:
     import transformers as tf
 
     classes: dict[str, tuple[Any, Any]] = {
-        "t5": (tf.T5Config, tf.T5EncoderModel), "clip": (tf.CLIPTextConfig, tf.CLIPTextModel),
-               "siglip": (tf.SiglipVisionConfig, tf.SiglipVisionModel)}
+        "t5": (tf.T5Config, tf.T5EncoderModel),
+        "clip": (tf.CLIPTextConfig, tf.CLIPTextModel),
+        "siglip": (tf.SiglipVisionConfig, tf.SiglipVisionModel),
+    }
     config_class, model_class = classes[component]
     return lambda folder: model_class(config_class.from_pretrained(folder))
 
@@ -190,7 +214,9 @@ def check_model_folder(folder: Path, component: str) -> list[str]:
         with torch.device("meta"):
             model = build(folder)
     except Exception as error:  # a config that does not build is the finding, whatever raised
-        return [f"config.json does not describe a {component} model ({type(error).__name__}: {error})"]
+        return [
+            f"config.json does not describe a {component} model ({type(error).__name__}: {error})"
+        ]
     found = {key: info.shape for key, info in files.infos.items()}
     tied = dict(getattr(model, "all_tied_weights_keys", None) or {})
     missing, misshaped = [], []
@@ -200,8 +226,14 @@ def check_model_folder(folder: Path, component: str) -> list[str]:
                 missing.append(name)
         elif tuple(found[name]) != tuple(param.shape):
             misshaped.append(f"{name}: file {tuple(found[name])} != config {tuple(param.shape)}")
-    return [f"{label}: {_listed(keys)}" for label, keys in (
-        ("parameters missing from the files", missing), ("wrong shapes", misshaped)) if keys]
+    return [
+        f"{label}: {_listed(keys)}"
+        for label, keys in (
+            ("parameters missing from the files", missing),
+            ("wrong shapes", misshaped),
+        )
+        if keys
+    ]
 
 
 def _listed(keys: list[str]) -> str:

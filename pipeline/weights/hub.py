@@ -33,14 +33,22 @@ logging.getLogger("httpx2").setLevel(logging.WARNING)
 class HubSource:
     """Registry files fetched from the Hub (or a Hub-compatible endpoint)."""
 
-    def __init__(self, registry: Registry | None = None, endpoint: str | None = None,
-                 token: str | None = None):
+    def __init__(
+        self,
+        registry: Registry | None = None,
+        endpoint: str | None = None,
+        token: str | None = None,
+    ):
         self.registry = registry if registry is not None else load_registry()
         self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
         self.token = token if token is not None else (os.environ.get("HF_TOKEN") or None)
         self.description = f"hf ({self.endpoint})"
-        self.cache_key = "hf" if self.endpoint == DEFAULT_ENDPOINT else \
-            "hf-" + "".join(ch if ch.isalnum() else "-" for ch in self.endpoint.split("://")[-1])
+        self.cache_key = (
+            "hf"
+            if self.endpoint == DEFAULT_ENDPOINT
+            else "hf-"
+            + "".join(ch if ch.isalnum() else "-" for ch in self.endpoint.split("://")[-1])
+        )
 
     # ------------------------------------------------------------------ metadata
     def manifest(self, models: list[str]) -> WeightManifest:
@@ -61,25 +69,36 @@ class HubSource:
         repo = self.registry.repo(repo_id)
         with self._errors(repo_id, f"list files of {repo_id}"):
             infos = HfApi(endpoint=self.endpoint, token=self.token).get_paths_info(
-                repo_id, paths, revision=repo.revision, token=self.token)
+                repo_id, paths, revision=repo.revision, token=self.token
+            )
         return {info.path: info for info in infos}
 
     def _facts(self, entry: RegistryFile, remote) -> FileFacts:
         repo = self.registry.repo(entry.repo)
         if remote is None or not hasattr(remote, "size"):
-            raise WeightsError(f"{entry.repo} has no file {entry.path} at revision {repo.revision} "
-                               f"(needed for {entry.dest}); the registry {self.registry.source} "
-                               "may be out of date")
+            raise WeightsError(
+                f"{entry.repo} has no file {entry.path} at revision {repo.revision} "
+                f"(needed for {entry.dest}); the registry {self.registry.source} "
+                "may be out of date"
+            )
         lfs = getattr(remote, "lfs", None)
         sha256 = lfs.sha256 if lfs is not None else None
-        for what, pinned, found in (("size", entry.size, remote.size), ("sha256", entry.sha256, sha256)):
+        for what, pinned, found in (
+            ("size", entry.size, remote.size),
+            ("sha256", entry.sha256, sha256),
+        ):
             if pinned is not None and found is not None and pinned != found:
                 raise WeightIntegrityError(
                     f"{entry.repo}/{entry.path}: the Hub reports {what} {found}, the registry "
                     f"{self.registry.source} pins {pinned}; the file changed upstream or the "
-                    "registry is wrong: check before using it")
-        return FileFacts(size=remote.size, sha256=sha256 or entry.sha256, component=entry.component,
-                         git_sha1=None if lfs is not None else remote.blob_id)
+                    "registry is wrong: check before using it"
+                )
+        return FileFacts(
+            size=remote.size,
+            sha256=sha256 or entry.sha256,
+            component=entry.component,
+            git_sha1=None if lfs is not None else remote.blob_id,
+        )
 
     # ------------------------------------------------------------------ download
     def fetch(self, path: str, target: Path) -> None:
@@ -88,14 +107,21 @@ class HubSource:
 
         entry = self.registry.by_dest().get(path)
         if entry is None:
-            raise WeightsError(f"{path} is not a file of the weight registry {self.registry.source}")
+            raise WeightsError(
+                f"{path} is not a file of the weight registry {self.registry.source}"
+            )
         repo = self.registry.repo(entry.repo)
         scratch = target.with_name(target.name + ".hub")
         try:
             with self._errors(entry.repo, f"download {entry.path} from {entry.repo}"):
-                downloaded = hf_hub_download(entry.repo, entry.path, revision=repo.revision,
-                                             local_dir=scratch, endpoint=self.endpoint,
-                                             token=self.token)
+                downloaded = hf_hub_download(
+                    entry.repo,
+                    entry.path,
+                    revision=repo.revision,
+                    local_dir=scratch,
+                    endpoint=self.endpoint,
+                    token=self.token,
+                )
             os.replace(downloaded, target)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -108,32 +134,44 @@ class HubSource:
 
         repo = self.registry.repo(repo_id)
         page = repo.licence_url or f"{DEFAULT_ENDPOINT}/{repo_id}"
-        token_state = ("no Hugging Face token is set (HF_TOKEN, or `hf auth login`)"
-                       if not self._has_token() else "the token in use has no access to it")
+        token_state = (
+            "no Hugging Face token is set (HF_TOKEN, or `hf auth login`)"
+            if not self._has_token()
+            else "the token in use has no access to it"
+        )
         try:
             yield
         except hf.GatedRepoError as error:
             raise HubAccessError(
                 f"{repo_id} is gated and {token_state}: accept the licence at {page} while logged "
                 f"in to Hugging Face, then set HF_TOKEN to a token of that account "
-                f"(could not {action}; HTTP {_status(error)})") from error
+                f"(could not {action}; HTTP {_status(error)})"
+            ) from error
         except hf.RepositoryNotFoundError as error:
             raise HubAccessError(
                 f"{repo_id} was not found on {self.endpoint}, or it is private or gated and "
                 f"{token_state}: check the repo id in the registry and set HF_TOKEN to a token "
-                f"with access (could not {action}; HTTP {_status(error)})") from error
+                f"with access (could not {action}; HTTP {_status(error)})"
+            ) from error
         except hf.RevisionNotFoundError as error:
-            raise HubAccessError(f"{repo_id} has no revision {repo.revision!r} (could not "
-                                 f"{action}): fix the registry's revision") from error
+            raise HubAccessError(
+                f"{repo_id} has no revision {repo.revision!r} (could not "
+                f"{action}): fix the registry's revision"
+            ) from error
         except (hf.LocalEntryNotFoundError, hf.OfflineModeIsEnabled) as error:
             raise self._unreachable(action, error) from error
         except hf.EntryNotFoundError as error:  # the remote file is missing
-            raise WeightsError(f"could not {action}: no such file at revision {repo.revision} "
-                               f"(the registry may be out of date)") from error
+            raise WeightsError(
+                f"could not {action}: no such file at revision {repo.revision} "
+                f"(the registry may be out of date)"
+            ) from error
         except hf.HfHubHTTPError as error:
             status = _status(error)
-            hint = (f"{token_state}, or the token lacks read permission" if status in (401, 403)
-                    else "the Hub may be unavailable; retry later")
+            hint = (
+                f"{token_state}, or the token lacks read permission"
+                if status in (401, 403)
+                else "the Hub may be unavailable; retry later"
+            )
             raise HubAccessError(f"the Hub refused to {action} (HTTP {status}): {hint}") from error
         except hf.HTTPError as error:  # transport errors: refused, reset, timeout, DNS
             raise self._unreachable(action, error) from error
@@ -143,7 +181,8 @@ class HubSource:
             f"cannot reach the Hugging Face Hub at {self.endpoint} to {action} "
             f"({type(error).__name__}: {error}); check the network, proxy or HF_ENDPOINT, "
             "or stage from a local folder or an s3:// mirror instead (`restyle weights pull "
-            "<model> --to s3://...` on a machine that can reach the Hub)")
+            "<model> --to s3://...` on a machine that can reach the Hub)"
+        )
 
     def _has_token(self) -> bool:
         if self.token:

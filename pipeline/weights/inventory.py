@@ -18,8 +18,11 @@ from pipeline.weights.registry import PER_ITEM_COMPONENTS, check_models
 def _files_under(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
-    return sorted(p for p in path.rglob("*")
-                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    return sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )
 
 
 def _component_paths(root: Path, model: str) -> list[tuple[str, Path | None]]:
@@ -27,16 +30,28 @@ def _component_paths(root: Path, model: str) -> list[tuple[str, Path | None]]:
     if model == "uso":
         uso = USOFiles.from_root(root)
         flux = uso.flux
-        extra: list[tuple[str, Path | None]] = [("siglip", uso.siglip), ("uso_dit_lora", uso.dit_lora),
-                 ("uso_projector", uso.projector)]
+        extra: list[tuple[str, Path | None]] = [
+            ("siglip", uso.siglip),
+            ("uso_dit_lora", uso.dit_lora),
+            ("uso_projector", uso.projector),
+        ]
     else:
         omni = OmniConsistencyFiles.from_root(root)
         flux = omni.flux
-        extra = [("omniconsistency_lora", omni.consistency_lora),
-                 ("style_loras", omni.style_lora_dir)]
-    return [("flux_transformer", flux.transformer), ("flux_transformer", flux.flux_config),
-            ("flux_vae", flux.vae), ("t5", flux.t5), ("t5", flux.t5_tokenizer),
-            ("clip", flux.clip), ("clip", flux.clip_tokenizer), *extra]
+        extra = [
+            ("omniconsistency_lora", omni.consistency_lora),
+            ("style_loras", omni.style_lora_dir),
+        ]
+    return [
+        ("flux_transformer", flux.transformer),
+        ("flux_transformer", flux.flux_config),
+        ("flux_vae", flux.vae),
+        ("t5", flux.t5),
+        ("t5", flux.t5_tokenizer),
+        ("clip", flux.clip),
+        ("clip", flux.clip_tokenizer),
+        *extra,
+    ]
 
 
 def model_files(root: Path, models: list[str] | str, *, per_item: bool = True) -> dict[str, str]:
@@ -64,16 +79,30 @@ def model_files(root: Path, models: list[str] | str, *, per_item: bool = True) -
 # Where each component's files sit in a weights root (BFL layout, our folders, and the FLUX.1-dev
 # diffusers snapshot folders), most specific first.
 _COMPONENT_PREFIXES = (
-    ("flux1-dev/ae.safetensors", "flux_vae"), ("flux1-dev/vae/", "flux_vae"),
-    ("flux1-dev/text_encoder_2/", "t5"), ("flux1-dev/tokenizer_2/", "t5"),
-    ("flux1-dev/text_encoder/", "clip"), ("flux1-dev/tokenizer/", "clip"),
-    ("flux1-dev/", "flux_transformer"), ("t5/", "t5"), ("clip/", "clip"), ("siglip/", "siglip"),
-    ("uso/dit_lora", "uso_dit_lora"), ("uso/projector", "uso_projector"),
-    ("omniconsistency/", "omniconsistency_lora"), (f"{STYLE_LORA_DIR}/", "style_loras"),
+    ("flux1-dev/ae.safetensors", "flux_vae"),
+    ("flux1-dev/vae/", "flux_vae"),
+    ("flux1-dev/text_encoder_2/", "t5"),
+    ("flux1-dev/tokenizer_2/", "t5"),
+    ("flux1-dev/text_encoder/", "clip"),
+    ("flux1-dev/tokenizer/", "clip"),
+    ("flux1-dev/", "flux_transformer"),
+    ("t5/", "t5"),
+    ("clip/", "clip"),
+    ("siglip/", "siglip"),
+    ("uso/dit_lora", "uso_dit_lora"),
+    ("uso/projector", "uso_projector"),
+    ("omniconsistency/", "omniconsistency_lora"),
+    (f"{STYLE_LORA_DIR}/", "style_loras"),
 )
 
 
 def component_of(path: str) -> str | None:
     """The component a file at `path` (posix, inside a weights root) belongs to, if any."""
-    return next((component for prefix, component in _COMPONENT_PREFIXES
-                 if path == prefix or path.startswith(prefix)), None)
+    return next(
+        (
+            component
+            for prefix, component in _COMPONENT_PREFIXES
+            if path == prefix or path.startswith(prefix)
+        ),
+        None,
+    )

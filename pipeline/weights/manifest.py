@@ -49,32 +49,51 @@ class WeightManifest:
         """Paths `model` loads; a model the manifest does not cover is an error naming it."""
         if model not in self.models:
             have = ", ".join(sorted(self.models)) or "none"
-            raise WeightsError(f"weights from {self.source or 'this source'} do not include model "
-                               f"{model!r} (they hold: {have})")
+            raise WeightsError(
+                f"weights from {self.source or 'this source'} do not include model "
+                f"{model!r} (they hold: {have})"
+            )
         return list(self.models[model])
 
     def subset(self, models: Iterable[str]) -> WeightManifest:
         """The part of the manifest that `models` need."""
         models = list(models)
         paths = {p for m in models for p in self.files_of(m)}
-        return WeightManifest({p: f for p, f in self.files.items() if p in paths},
-                              {m: self.files_of(m) for m in models}, self.source, self.created_at)
+        return WeightManifest(
+            {p: f for p, f in self.files.items() if p in paths},
+            {m: self.files_of(m) for m in models},
+            self.source,
+            self.created_at,
+        )
 
     def merged_with(self, newer: WeightManifest) -> WeightManifest:
         """This manifest updated by `newer` (its files and models win)."""
-        return WeightManifest({**self.files, **newer.files}, {**self.models, **newer.models},
-                              newer.source or self.source, newer.created_at)
+        return WeightManifest(
+            {**self.files, **newer.files},
+            {**self.models, **newer.models},
+            newer.source or self.source,
+            newer.created_at,
+        )
 
     def without_files(self, paths: Iterable[str]) -> WeightManifest:
         gone = set(paths)
-        return replace(self, files={p: f for p, f in self.files.items() if p not in gone},
-                       models={m: ps for m, ps in self.models.items() if not gone & set(ps)})
+        return replace(
+            self,
+            files={p: f for p, f in self.files.items() if p not in gone},
+            models={m: ps for m, ps in self.models.items() if not gone & set(ps)},
+        )
 
     def to_json(self) -> str:
-        data = {"format": MANIFEST_FORMAT, "source": self.source, "created_at": self.created_at,
-                "files": {p: {k: v for k, v in asdict(f).items() if v is not None}
-                          for p, f in sorted(self.files.items())},
-                "models": {m: sorted(ps) for m, ps in sorted(self.models.items())}}
+        data = {
+            "format": MANIFEST_FORMAT,
+            "source": self.source,
+            "created_at": self.created_at,
+            "files": {
+                p: {k: v for k, v in asdict(f).items() if v is not None}
+                for p, f in sorted(self.files.items())
+            },
+            "models": {m: sorted(ps) for m, ps in sorted(self.models.items())},
+        }
         return json.dumps(data, indent=1, sort_keys=True) + "\n"
 
     @classmethod
@@ -89,7 +108,9 @@ class WeightManifest:
             raise WeightsError(f"{where}: not a valid {MANIFEST_NAME} ({error})") from error
         unlisted = sorted({p for ps in models.values() for p in ps} - set(files))
         if unlisted:
-            raise WeightsError(f"{where}: models name files the manifest does not list: {unlisted[:5]}")
+            raise WeightsError(
+                f"{where}: models name files the manifest does not list: {unlisted[:5]}"
+            )
         return cls(files, models, str(data.get("source", "")), float(data.get("created_at", 0)))
 
 

@@ -36,14 +36,21 @@ class PullReport:
     seconds: float = 0.0
 
 
-def pull(source: WeightSource, models: list[str], target: str, storage: Storage,
-         scratch: Path) -> PullReport:
+def pull(
+    source: WeightSource, models: list[str], target: str, storage: Storage, scratch: Path
+) -> PullReport:
     """Copy the files `models` need from `source` to `target` (folder or s3:// prefix)."""
     started = time.monotonic()
     if not is_s3(target):
         staged: StageReport = stage(source, models, Path(target).expanduser())
-        return PullReport(str(staged.root), source.description, staged.files, staged.fetched,
-                          staged.bytes_fetched, time.monotonic() - started)
+        return PullReport(
+            str(staged.root),
+            source.description,
+            staged.files,
+            staged.fetched,
+            staged.bytes_fetched,
+            time.monotonic() - started,
+        )
     target = target.rstrip("/")
     offered = source.manifest(models)
     existing = read_manifest(storage, target) or WeightManifest()
@@ -51,22 +58,35 @@ def pull(source: WeightSource, models: list[str], target: str, storage: Storage,
     done: dict[str, FileFacts] = {}
     for path, wanted in sorted(offered.files.items()):
         have = existing.files.get(path)
-        if have is not None and _same(have, wanted) and _object_size(storage, join(target, path)) == have.size:
+        if (
+            have is not None
+            and _same(have, wanted)
+            and _object_size(storage, join(target, path)) == have.size
+        ):
             done[path] = have
             continue
         done[path] = _upload_one(source, path, wanted, join(target, path), storage, scratch)
         report.copied.append(path)
         report.bytes_copied += done[path].size or 0
         log.info("mirrored %s to %s", path, target)
-    write_manifest(storage, target, existing.merged_with(
-        WeightManifest(done, offered.models, source.description)))
+    write_manifest(
+        storage,
+        target,
+        existing.merged_with(WeightManifest(done, offered.models, source.description)),
+    )
     report.seconds = time.monotonic() - started
     return report
 
 
 def _same(have: FileFacts, wanted: FileFacts) -> bool:
-    return all(expected is None or expected == found for expected, found in (
-        (wanted.size, have.size), (wanted.sha256, have.sha256), (wanted.git_sha1, have.git_sha1)))
+    return all(
+        expected is None or expected == found
+        for expected, found in (
+            (wanted.size, have.size),
+            (wanted.sha256, have.sha256),
+            (wanted.git_sha1, have.git_sha1),
+        )
+    )
 
 
 def _object_size(storage: Storage, uri: str) -> int | None:
@@ -76,8 +96,9 @@ def _object_size(storage: Storage, uri: str) -> int | None:
         return None
 
 
-def _upload_one(source: WeightSource, path: str, wanted: FileFacts, uri: str, storage: Storage,
-                scratch: Path) -> FileFacts:
+def _upload_one(
+    source: WeightSource, path: str, wanted: FileFacts, uri: str, storage: Storage, scratch: Path
+) -> FileFacts:
     """Verified local bytes of `path` -> `uri`; returns the facts recorded in the mirror."""
     if isinstance(source, LocalSource):  # already local and hashed: upload in place
         local, facts, cleanup = source.root / path, wanted, None
@@ -96,6 +117,7 @@ def _upload_one(source: WeightSource, path: str, wanted: FileFacts, uri: str, st
         if cleanup is not None:
             shutil.rmtree(cleanup, ignore_errors=True)
     if facts.size is not None and uploaded != facts.size:
-        raise WeightIntegrityError(f"{uri}: the mirror holds {uploaded} bytes after upload, "
-                                   f"expected {facts.size}")
+        raise WeightIntegrityError(
+            f"{uri}: the mirror holds {uploaded} bytes after upload, expected {facts.size}"
+        )
     return facts

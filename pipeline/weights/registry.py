@@ -28,8 +28,17 @@ REGISTRY_FORMAT = 1
 MODELS = ("uso", "omniconsistency")
 # Every component a model can name; `style_loras` are recorded per item (the worker records the
 # style LoRA each item used), so they are not part of a run's base-weight provenance.
-COMPONENTS = ("flux_transformer", "flux_vae", "t5", "clip", "siglip", "uso_dit_lora",
-              "uso_projector", "omniconsistency_lora", "style_loras")
+COMPONENTS = (
+    "flux_transformer",
+    "flux_vae",
+    "t5",
+    "clip",
+    "siglip",
+    "uso_dit_lora",
+    "uso_projector",
+    "omniconsistency_lora",
+    "style_loras",
+)
 PER_ITEM_COMPONENTS = frozenset({"style_loras"})
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _FILE_KEYS = {"component", "repo", "path", "dest", "size", "sha256", "each"}
@@ -89,7 +98,9 @@ def check_models(models: Iterable[str]) -> list[str]:
         names = MODELS if model == "all" else (model,)
         for name in names:
             if name not in MODELS:
-                raise WeightsError(f"unknown model {name!r}; choose from {', '.join(MODELS)} or all")
+                raise WeightsError(
+                    f"unknown model {name!r}; choose from {', '.join(MODELS)} or all"
+                )
             if name not in out:
                 out.append(name)
     if not out:
@@ -127,14 +138,21 @@ def _load(path: Path, version: int) -> Registry:
 
 def parse_registry(data: Mapping[str, Any], source: str) -> Registry:
     """Build a `Registry` from parsed TOML; any inconsistency names `source` and the entry."""
+
     def fail(message: str) -> WeightsError:
         return WeightsError(f"weight registry {source}: {message}")
 
     if data.get("format") != REGISTRY_FORMAT:
         raise fail(f"format must be {REGISTRY_FORMAT}, got {data.get('format')!r}")
-    repos = {repo_id: HubRepo(repo_id, str(spec.get("revision", "main")), bool(spec.get("gated", False)),
-                              spec.get("licence_url"))
-             for repo_id, spec in (data.get("repos") or {}).items()}
+    repos = {
+        repo_id: HubRepo(
+            repo_id,
+            str(spec.get("revision", "main")),
+            bool(spec.get("gated", False)),
+            spec.get("licence_url"),
+        )
+        for repo_id, spec in (data.get("repos") or {}).items()
+    }
     files: list[RegistryFile] = []
     for index, entry in enumerate(data.get("files") or []):
         files += _expand_entry(entry, f"files[{index}]", fail)
@@ -167,7 +185,9 @@ def _expand_entry(entry: Mapping[str, Any], where: str, fail) -> list[RegistryFi
         if not isinstance(entry.get(key), str) or not entry[key]:
             raise fail(f"{where}: {key!r} must be a non-empty string")
     if entry["component"] not in COMPONENTS:
-        raise fail(f"{where}: unknown component {entry['component']!r}; known: {', '.join(COMPONENTS)}")
+        raise fail(
+            f"{where}: unknown component {entry['component']!r}; known: {', '.join(COMPONENTS)}"
+        )
     size, sha256 = entry.get("size"), entry.get("sha256")
     if size is not None and (not isinstance(size, int) or size <= 0):
         raise fail(f"{where}: size must be a positive number of bytes, got {size!r}")
@@ -181,12 +201,15 @@ def _expand_entry(entry: Mapping[str, Any], where: str, fail) -> list[RegistryFi
         names_and_fields = [(entry["path"], entry["dest"])]
     else:
         if size is not None or sha256 is not None:
-            raise fail(f"{where}: an 'each' entry stands for several files; give size/sha256 "
-                       "in separate entries")
+            raise fail(
+                f"{where}: an 'each' entry stands for several files; give size/sha256 "
+                "in separate entries"
+            )
         if not names or not all(isinstance(n, str) and n for n in names):
             raise fail(f"{where}: 'each' must be a non-empty list of names")
-        names_and_fields = [(entry["path"].replace("{name}", n), entry["dest"].replace("{name}", n))
-                            for n in names]
+        names_and_fields = [
+            (entry["path"].replace("{name}", n), entry["dest"].replace("{name}", n)) for n in names
+        ]
     out = []
     for path, dest in names_and_fields:
         if dest.startswith("/") or ".." in dest.split("/"):

@@ -57,8 +57,9 @@ class ResolvedWeights:
     sha256: dict[str, str] = field(default_factory=dict)  # file path in the root -> sha256
 
 
-def local_root(spec: WeightsSpec | str, *, model: str | None = None,
-               storage: Storage | None = None) -> Path | None:
+def local_root(
+    spec: WeightsSpec | str, *, model: str | None = None, storage: Storage | None = None
+) -> Path | None:
     """The local weights root a spec names on this node, staging or building it if needed.
 
     `model` limits staging from "hf" or a mirror to that model's files (default: every model
@@ -76,8 +77,9 @@ def local_root(spec: WeightsSpec | str, *, model: str | None = None,
     return stage_spec(spec, model=model, storage=storage).root
 
 
-def stage_spec(spec: WeightsSpec | str, *, model: str | None = None,
-               storage: Storage | None = None) -> StageReport:
+def stage_spec(
+    spec: WeightsSpec | str, *, model: str | None = None, storage: Storage | None = None
+) -> StageReport:
     """Stage a remote spec ("hf" or an s3:// mirror) into this node's cache (see `local_root`);
     the report says what this process fetched and how long it waited for another one."""
     spec = WeightsSpec.of(spec)
@@ -88,8 +90,9 @@ def stage_spec(spec: WeightsSpec | str, *, model: str | None = None,
     return stage(source, models, staged_root(source))
 
 
-def resolve_weights(spec: WeightsSpec | str, model: str, *, storage: Storage | None = None
-                    ) -> ResolvedWeights:
+def resolve_weights(
+    spec: WeightsSpec | str, model: str, *, storage: Storage | None = None
+) -> ResolvedWeights:
     """Root (when local) and per-file sha256 of the files `model` loads from `spec`."""
     spec = WeightsSpec.of(spec)
     check_models([model])
@@ -109,11 +112,18 @@ def resolve_weights(spec: WeightsSpec | str, model: str, *, storage: Storage | N
         staged = read_manifest(Storage(StorageSettings()), str(root))
         if staged is None:
             raise WeightsError(f"{root}: staging the Hub's small files wrote no manifest")
-        offered.files.update({p: staged.files[p] for p, f in offered.files.items()
-                              if f.sha256 is None})
-    return ResolvedWeights(spec, None, sha256={
-        path: offered.files[path].sha256 for path in sorted(offered.files_of(model))
-        if offered.files[path].component not in PER_ITEM_COMPONENTS})
+        offered.files.update(
+            {p: staged.files[p] for p, f in offered.files.items() if f.sha256 is None}
+        )
+    return ResolvedWeights(
+        spec,
+        None,
+        sha256={
+            path: offered.files[path].sha256
+            for path in sorted(offered.files_of(model))
+            if offered.files[path].component not in PER_ITEM_COMPONENTS
+        },
+    )
 
 
 def _offered_models(source: WeightSource) -> list[str]:

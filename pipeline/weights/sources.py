@@ -55,9 +55,11 @@ class LocalSource:
     def __init__(self, root: Path):
         self.root = Path(local_path(str(root))).expanduser()
         if not self.root.is_dir():
-            raise WeightsError(f"weights folder {str(root)!r} does not exist (give 'tiny', "
-                               "'random-full', 'hf', an s3:// mirror or a folder laid out as in "
-                               "weights/README.md)")
+            raise WeightsError(
+                f"weights folder {str(root)!r} does not exist (give 'tiny', "
+                "'random-full', 'hf', an s3:// mirror or a folder laid out as in "
+                "weights/README.md)"
+            )
         self.description = str(self.root)
         self.cache_key = _readable_key("local", self.root.name, str(self.root.resolve()))
 
@@ -69,8 +71,9 @@ class LocalSource:
         for path, component in components.items():
             file = self.root / path
             facts[path] = FileFacts(file.stat().st_size, file_sha256(file), component)
-        return WeightManifest(facts, {m: sorted(files) for m, files in per_model.items()},
-                              source=self.description)
+        return WeightManifest(
+            facts, {m: sorted(files) for m, files in per_model.items()}, source=self.description
+        )
 
     def fetch(self, path: str, target: Path) -> None:
         shutil.copyfile(self.root / path, target)
@@ -84,7 +87,7 @@ class S3MirrorSource:
         self.storage = storage
         self.description = self.uri
         identity = f"{storage.settings.endpoint_url or 'aws'}|{self.uri}"
-        self.cache_key = _readable_key("s3", self.uri[len("s3://"):], identity)
+        self.cache_key = _readable_key("s3", self.uri[len("s3://") :], identity)
         self._manifest: WeightManifest | None = None
 
     def full_manifest(self) -> WeightManifest:
@@ -94,7 +97,8 @@ class S3MirrorSource:
                 raise WeightsError(
                     f"{self.uri} is not a restyle weights mirror: it has no {MANIFEST_NAME} "
                     f"(create one with `restyle weights pull <model> --to {self.uri}`; a mirror "
-                    "whose pull was interrupted has none either)")
+                    "whose pull was interrupted has none either)"
+                )
             self._manifest = found
         return self._manifest
 
@@ -123,5 +127,7 @@ def open_source(spec: WeightsSpec | str, storage: Storage | None = None) -> Weig
         return S3MirrorSource(spec.value, storage if storage is not None else Storage())
     if spec.kind == WeightsKind.LOCAL:
         return LocalSource(Path(spec.value))
-    raise WeightsError(f"{spec.value!r} weights are built on each node, not read from a source; "
-                       "give 'hf', an s3:// mirror or a local weights folder")
+    raise WeightsError(
+        f"{spec.value!r} weights are built on each node, not read from a source; "
+        "give 'hf', an s3:// mirror or a local weights folder"
+    )

@@ -53,9 +53,11 @@ class StageReport:
     seconds: float = 0.0
 
     def summary(self) -> str:
-        return (f"staged {self.files} weight files from {self.source} into {self.root} in "
-                f"{self.seconds:.1f} s: fetched {len(self.fetched)} ({self.bytes_fetched / 1e6:.1f} MB), "
-                f"waited {self.waited_s:.1f} s for another process of this node")
+        return (
+            f"staged {self.files} weight files from {self.source} into {self.root} in "
+            f"{self.seconds:.1f} s: fetched {len(self.fetched)} ({self.bytes_fetched / 1e6:.1f} MB), "
+            f"waited {self.waited_s:.1f} s for another process of this node"
+        )
 
 
 def partial_dir(root: Path) -> Path:
@@ -81,8 +83,12 @@ def node_lock(root: Path) -> Iterator[Callable[[], float]]:
         lock.release()
 
 
-def stage(source: WeightSource, models: list[str], root: Path,
-          only: Callable[[str, FileFacts], bool] | None = None) -> StageReport:
+def stage(
+    source: WeightSource,
+    models: list[str],
+    root: Path,
+    only: Callable[[str, FileFacts], bool] | None = None,
+) -> StageReport:
     """Make `root` hold verified copies of the files `models` need from `source`.
 
     `only` restricts staging to some files (e.g. the Hub's small files whose sha256 the driver
@@ -110,8 +116,11 @@ def stage(source: WeightSource, models: list[str], root: Path,
                 report.fetched.append(path)
                 report.bytes_fetched += facts.size or 0
         if only is None:
-            marker = marker.merged_with(WeightManifest(
-                {p: marker.files[p] for p in paths}, offered.models, source.description))
+            marker = marker.merged_with(
+                WeightManifest(
+                    {p: marker.files[p] for p in paths}, offered.models, source.description
+                )
+            )
         write_manifest(storage, str(root), marker)
     report.seconds = time.monotonic() - started
     log.info("%s", report.summary())
@@ -123,8 +132,14 @@ def _is_staged(root: Path, marker: WeightManifest, path: str, wanted: FileFacts)
     file = root / path
     if have is None or not file.is_file() or file.stat().st_size != have.size:
         return False
-    return all(expected is None or expected == found for expected, found in (
-        (wanted.size, have.size), (wanted.sha256, have.sha256), (wanted.git_sha1, have.git_sha1)))
+    return all(
+        expected is None or expected == found
+        for expected, found in (
+            (wanted.size, have.size),
+            (wanted.sha256, have.sha256),
+            (wanted.git_sha1, have.git_sha1),
+        )
+    )
 
 
 def check_space(source: WeightSource, root: Path, todo: list[str], offered: WeightManifest) -> None:
@@ -138,7 +153,8 @@ def check_space(source: WeightSource, root: Path, todo: list[str], offered: Weig
             f"not enough disk space to stage {len(todo)} weight files from {source.description} "
             f"into {root}: they need {needed / GiB:.2f} GiB (largest: {', '.join(biggest)}), "
             f"{free / GiB:.2f} GiB is free; free some space or point RESTYLE_WEIGHTS_CACHE at a "
-            "larger local disk")
+            "larger local disk"
+        )
 
 
 def fetch_verified(source: WeightSource, path: str, wanted: FileFacts, root: Path) -> FileFacts:
@@ -154,26 +170,33 @@ def fetch_verified(source: WeightSource, path: str, wanted: FileFacts, root: Pat
         if wanted.size is not None and size != wanted.size:
             raise WeightIntegrityError(
                 f"{path} from {source.description}: got {size} bytes, expected {wanted.size} "
-                "(truncated or changed at the source); the download was discarded")
+                "(truncated or changed at the source); the download was discarded"
+            )
         sha256, git_sha1 = digest_file(partial, git_blob=wanted.git_sha1 is not None)
-        for what, expected, found in (("sha256", wanted.sha256, sha256),
-                                      ("git blob sha1", wanted.git_sha1, git_sha1)):
+        for what, expected, found in (
+            ("sha256", wanted.sha256, sha256),
+            ("git blob sha1", wanted.git_sha1, git_sha1),
+        ):
             if expected is not None and expected != found:
                 raise WeightIntegrityError(
                     f"{path} from {source.description}: {what} is {found}, expected {expected} "
-                    "(corrupt or changed at the source); the download was discarded")
+                    "(corrupt or changed at the source); the download was discarded"
+                )
         final = root / path
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(partial, final)
     except OSError as error:
         partial.unlink(missing_ok=True)
         if error.errno == errno.ENOSPC:
-            raise WeightSpaceError(f"no space left on device while downloading {path} from "
-                                   f"{source.description} into {partial.parent}; the partial file "
-                                   "was removed: free space or point RESTYLE_WEIGHTS_CACHE at a "
-                                   "larger local disk") from error
-        raise WeightsError(f"cannot stage {path} from {source.description}: "
-                           f"{type(error).__name__}: {error}") from error
+            raise WeightSpaceError(
+                f"no space left on device while downloading {path} from "
+                f"{source.description} into {partial.parent}; the partial file "
+                "was removed: free space or point RESTYLE_WEIGHTS_CACHE at a "
+                "larger local disk"
+            ) from error
+        raise WeightsError(
+            f"cannot stage {path} from {source.description}: {type(error).__name__}: {error}"
+        ) from error
     except BaseException:
         partial.unlink(missing_ok=True)
         raise

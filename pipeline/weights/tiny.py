@@ -64,20 +64,36 @@ FLUX_LAYOUTS = ("bfl", "diffusers", "both")
 
 TINY_STYLE_NAMES = SHIPPED_STYLES  # all 22, so every shipped style name works in the demo
 # kohya module -> alpha; alpha/rank differs per module (0.25 .. 2) so a lost alpha shows.
-KOHYA_DOUBLE_ALPHAS = {"img_attn_qkv": 2.0, "img_attn_proj": 4.0, "img_mlp_0": 8.0,
-                       "img_mlp_2": 4.0, "txt_attn_qkv": 1.0, "txt_attn_proj": 4.0,
-                       "txt_mlp_0": 2.0, "txt_mlp_2": 4.0}
+KOHYA_DOUBLE_ALPHAS = {
+    "img_attn_qkv": 2.0,
+    "img_attn_proj": 4.0,
+    "img_mlp_0": 8.0,
+    "img_mlp_2": 4.0,
+    "txt_attn_qkv": 1.0,
+    "txt_attn_proj": 4.0,
+    "txt_mlp_0": 2.0,
+    "txt_mlp_2": 4.0,
+}
 KOHYA_SINGLE_ALPHAS = {"linear2": 2.0}
 # One key only: safetensors writes metadata in hash order, so several keys break byte-identity.
 KOHYA_METADATA = {"ss_network_module": "networks.lora_flux"}
 
 # Release dtypes: flux1-dev is bf16, ae fp32; the USO/OmniConsistency/style files are bf16.
-FLUX_DTYPE, VAE_DTYPE, ADDON_DTYPE, TEXT_DTYPE = torch.bfloat16, torch.float32, torch.bfloat16, torch.float32
+FLUX_DTYPE, VAE_DTYPE, ADDON_DTYPE, TEXT_DTYPE = (
+    torch.bfloat16,
+    torch.float32,
+    torch.bfloat16,
+    torch.float32,
+)
 
 SIGLIP_PREPROCESSOR = {
-    "do_normalize": True, "do_rescale": True, "do_resize": True,
-    "image_mean": [0.5, 0.5, 0.5], "image_processor_type": "SiglipImageProcessor",
-    "image_std": [0.5, 0.5, 0.5], "processor_class": "SiglipProcessor",
+    "do_normalize": True,
+    "do_rescale": True,
+    "do_resize": True,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_processor_type": "SiglipImageProcessor",
+    "image_std": [0.5, 0.5, 0.5],
+    "processor_class": "SiglipProcessor",
     "resample": 3,  # PIL bicubic
     "rescale_factor": 1 / 255,
     "size": {"height": TINY.siglip["image_size"], "width": TINY.siglip["image_size"]},
@@ -104,11 +120,12 @@ def _random_value(name: str, shape: tuple[int, ...], gen: torch.Generator) -> to
     fan_in = 1
     for size in shape[1:]:
         fan_in *= size
-    return noise * min(0.1, max(0.02, fan_in ** -0.5))
+    return noise * min(0.1, max(0.02, fan_in**-0.5))
 
 
-def random_tensors(table: TensorTable, gen: torch.Generator, dtype: torch.dtype
-                   ) -> dict[str, torch.Tensor]:
+def random_tensors(
+    table: TensorTable, gen: torch.Generator, dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
     """One random tensor per table entry, in table order (deterministic for a generator)."""
     return {name: _random_value(name, shape, gen).to(dtype) for name, shape in table.items()}
 
@@ -122,10 +139,15 @@ def randomize_module(module: torch.nn.Module, gen: torch.Generator) -> torch.nn.
 
 
 # ----------------------------------------------------------------------------- file writers
-def _save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+def _save(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path),
-              metadata=metadata or {"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in tensors.items()},
+        str(path),
+        metadata=metadata or {"format": "pt"},
+    )
 
 
 def _text_models(seed: int):
@@ -133,13 +155,24 @@ def _text_models(seed: int):
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     t5_tok, clip_tok = tiny_tokenizers.build_t5_tokenizer(), tiny_tokenizers.build_clip_tokenizer()
-    t5 = T5EncoderModel(T5Config(**TINY.t5, vocab_size=len(t5_tok),
-                                 pad_token_id=t5_tok.pad_token_id, eos_token_id=t5_tok.eos_token_id,
-                                 decoder_start_token_id=t5_tok.pad_token_id))
-    clip = CLIPTextModel(CLIPTextConfig(**TINY.clip_text, vocab_size=len(clip_tok),
-                                        bos_token_id=clip_tok.bos_token_id,
-                                        eos_token_id=clip_tok.eos_token_id,
-                                        pad_token_id=clip_tok.pad_token_id))
+    t5 = T5EncoderModel(
+        T5Config(
+            **TINY.t5,
+            vocab_size=len(t5_tok),
+            pad_token_id=t5_tok.pad_token_id,
+            eos_token_id=t5_tok.eos_token_id,
+            decoder_start_token_id=t5_tok.pad_token_id,
+        )
+    )
+    clip = CLIPTextModel(
+        CLIPTextConfig(
+            **TINY.clip_text,
+            vocab_size=len(clip_tok),
+            bos_token_id=clip_tok.bos_token_id,
+            eos_token_id=clip_tok.eos_token_id,
+            pad_token_id=clip_tok.pad_token_id,
+        )
+    )
     randomize_module(t5, _generator(seed, "t5"))
     randomize_module(clip, _generator(seed, "clip"))
     return t5.to(TEXT_DTYPE).eval(), t5_tok, clip.to(TEXT_DTYPE).eval(), clip_tok
@@ -157,19 +190,32 @@ def write_siglip(folder: Path, seed: int) -> None:
     model = SiglipVisionModel(SiglipVisionConfig(**TINY.siglip))
     randomize_module(model, _generator(seed, "siglip"))
     model.save_pretrained(folder)
-    (folder / "preprocessor_config.json").write_text(json.dumps(SIGLIP_PREPROCESSOR, indent=2) + "\n")
+    (folder / "preprocessor_config.json").write_text(
+        json.dumps(SIGLIP_PREPROCESSOR, indent=2) + "\n"
+    )
 
 
-def _kohya_style_lora(gen: torch.Generator, params: FluxParams, rank: int
-                      ) -> dict[str, torch.Tensor]:
+def _kohya_style_lora(
+    gen: torch.Generator, params: FluxParams, rank: int
+) -> dict[str, torch.Tensor]:
     h, mlp = params.hidden_size, params.mlp_hidden
-    shapes = {"img_attn_qkv": (h, 3 * h), "img_attn_proj": (h, h), "img_mlp_0": (h, mlp),
-              "img_mlp_2": (mlp, h)}
+    shapes = {
+        "img_attn_qkv": (h, 3 * h),
+        "img_attn_proj": (h, h),
+        "img_mlp_0": (h, mlp),
+        "img_mlp_2": (mlp, h),
+    }
     shapes.update({k.replace("img", "txt"): v for k, v in shapes.items()})
-    modules = [(f"lora_unet_double_blocks_{i}_{m}", shapes[m], a)
-               for i in range(params.depth) for m, a in KOHYA_DOUBLE_ALPHAS.items()]
-    modules += [(f"lora_unet_single_blocks_{i}_linear2", (h + mlp, h), a)
-                for i in range(params.depth_single_blocks) for a in KOHYA_SINGLE_ALPHAS.values()]
+    modules = [
+        (f"lora_unet_double_blocks_{i}_{m}", shapes[m], a)
+        for i in range(params.depth)
+        for m, a in KOHYA_DOUBLE_ALPHAS.items()
+    ]
+    modules += [
+        (f"lora_unet_single_blocks_{i}_linear2", (h + mlp, h), a)
+        for i in range(params.depth_single_blocks)
+        for a in KOHYA_SINGLE_ALPHAS.values()
+    ]
     out: dict[str, torch.Tensor] = {}
     for name, (in_f, out_f), alpha in modules:
         table = {f"{name}.lora_down.weight": (rank, in_f), f"{name}.lora_up.weight": (out_f, rank)}
@@ -178,16 +224,27 @@ def _kohya_style_lora(gen: torch.Generator, params: FluxParams, rank: int
     return out
 
 
-def _diffusers_style_lora(gen: torch.Generator, params: FluxParams, rank: int
-                          ) -> dict[str, torch.Tensor]:
+def _diffusers_style_lora(
+    gen: torch.Generator, params: FluxParams, rank: int
+) -> dict[str, torch.Tensor]:
     """diffusers/PEFT format, as `FluxPipeline.save_lora_weights` writes it (no alphas)."""
     h, mlp = params.hidden_size, params.mlp_hidden
     targets = []
     for i in range(params.depth):
         b = f"transformer.transformer_blocks.{i}"
-        targets += [(f"{b}.attn.{m}", h, h) for m in ("to_q", "to_k", "to_v", "to_out.0",
-                                                      "add_q_proj", "add_k_proj", "add_v_proj",
-                                                      "to_add_out")]
+        targets += [
+            (f"{b}.attn.{m}", h, h)
+            for m in (
+                "to_q",
+                "to_k",
+                "to_v",
+                "to_out.0",
+                "add_q_proj",
+                "add_k_proj",
+                "add_v_proj",
+                "to_add_out",
+            )
+        ]
         targets += [(f"{b}.ff.net.0.proj", h, mlp), (f"{b}.ff.net.2", mlp, h)]
     for i in range(params.depth_single_blocks):
         b = f"transformer.single_transformer_blocks.{i}"
@@ -200,11 +257,15 @@ def _diffusers_style_lora(gen: torch.Generator, params: FluxParams, rank: int
     return random_tensors(table, gen, ADDON_DTYPE)
 
 
-def _xlabs_style_lora(gen: torch.Generator, params: FluxParams, rank: int
-                      ) -> dict[str, torch.Tensor]:
+def _xlabs_style_lora(
+    gen: torch.Generator, params: FluxParams, rank: int
+) -> dict[str, torch.Tensor]:
     """XLabs format (x-flux): processor LoRAs on the double blocks only, as XLabs ships them."""
-    table = {k: v for k, v in uso_dit_lora_tensors(params, rank).items()
-             if k.startswith("double_blocks.")}
+    table = {
+        k: v
+        for k, v in uso_dit_lora_tensors(params, rank).items()
+        if k.startswith("double_blocks.")
+    }
     return random_tensors(table, gen, ADDON_DTYPE)
 
 
@@ -212,16 +273,25 @@ def write_style_loras(folder: Path, seed: int, params: FluxParams = TINY.flux) -
     rank = TINY.style_lora_rank
     for name in TINY_STYLE_NAMES:
         file = shipped_file_name(name)
-        _save(_kohya_style_lora(_generator(seed, file), params, rank), folder / file,
-              metadata=KOHYA_METADATA)
+        _save(
+            _kohya_style_lora(_generator(seed, file), params, rank),
+            folder / file,
+            metadata=KOHYA_METADATA,
+        )
     examples = folder / "examples"
-    _save(_diffusers_style_lora(_generator(seed, "diffusers"), params, rank),
-          examples / "Watercolor_diffusers_peft.safetensors")
-    _save(_xlabs_style_lora(_generator(seed, "xlabs"), params, rank),
-          examples / "Sketch_xlabs.safetensors")
-    _save(_kohya_style_lora(_generator(seed, "kohya"), params, rank),
-          examples / "Comic_kohya.safetensors",
-          metadata=KOHYA_METADATA)
+    _save(
+        _diffusers_style_lora(_generator(seed, "diffusers"), params, rank),
+        examples / "Watercolor_diffusers_peft.safetensors",
+    )
+    _save(
+        _xlabs_style_lora(_generator(seed, "xlabs"), params, rank),
+        examples / "Sketch_xlabs.safetensors",
+    )
+    _save(
+        _kohya_style_lora(_generator(seed, "kohya"), params, rank),
+        examples / "Comic_kohya.safetensors",
+        metadata=KOHYA_METADATA,
+    )
 
 
 def _write_flux_diffusers_snapshot(folder: Path, flux: dict, ae: dict, text) -> None:
@@ -231,26 +301,30 @@ def _write_flux_diffusers_snapshot(folder: Path, flux: dict, ae: dict, text) -> 
     from pipeline.weights.tiny_diffusers import build_diffusers_transformer, build_diffusers_vae
 
     t5, t5_tok, clip, clip_tok = text
-    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_DEV_SCHEDULER),
-                        vae=build_diffusers_vae(ae, TINY.vae, VAE_DTYPE),
-                        text_encoder=clip, tokenizer=clip_tok,
-                        text_encoder_2=t5, tokenizer_2=t5_tok,
-                        transformer=build_diffusers_transformer(flux, TINY.flux, FLUX_DTYPE))
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_DEV_SCHEDULER),
+        vae=build_diffusers_vae(ae, TINY.vae, VAE_DTYPE),
+        text_encoder=clip,
+        tokenizer=clip_tok,
+        text_encoder_2=t5,
+        tokenizer_2=t5_tok,
+        transformer=build_diffusers_transformer(flux, TINY.flux, FLUX_DTYPE),
+    )
     pipe.save_pretrained(folder)
     tiny_tokenizers.write_t5_sentencepiece(folder / "tokenizer_2")
 
 
 def _write_all(root: Path, seed: int, flux_layout: str) -> None:
     flux_dir = root / "flux1-dev"
-    flux = random_tensors(flux_transformer_tensors(TINY.flux), _generator(seed, "flux1-dev"),
-                          FLUX_DTYPE)
+    flux = random_tensors(
+        flux_transformer_tensors(TINY.flux), _generator(seed, "flux1-dev"), FLUX_DTYPE
+    )
     ae = random_tensors(flux_vae_tensors(TINY.vae), _generator(seed, "ae"), VAE_DTYPE)
     text = _text_models(seed)
     if flux_layout in ("bfl", "both"):
         _save(flux, flux_dir / "flux1-dev.safetensors")
         _save(ae, flux_dir / "ae.safetensors")
-        (flux_dir / "flux_config.json").write_text(json.dumps(TINY.flux.to_dict(), indent=2)
-                                                   + "\n")
+        (flux_dir / "flux_config.json").write_text(json.dumps(TINY.flux.to_dict(), indent=2) + "\n")
     if flux_layout == "bfl":
         t5, t5_tok, clip, clip_tok = text
         _save_hf(t5, t5_tok, root / "t5")
@@ -260,15 +334,30 @@ def _write_all(root: Path, seed: int, flux_layout: str) -> None:
         _write_flux_diffusers_snapshot(flux_dir, flux, ae, text)
     write_siglip(root / "siglip", seed)
     arch = TINY
-    _save(random_tensors(uso_dit_lora_tensors(arch.flux, arch.uso_lora_rank),
-                         _generator(seed, "dit_lora"), ADDON_DTYPE),
-          root / "uso" / "dit_lora.safetensors")
-    _save(random_tensors(uso_projector_tensors(arch.uso_projector), _generator(seed, "projector"),
-                         ADDON_DTYPE), root / "uso" / "projector.safetensors")
-    omni_table = omniconsistency_lora_tensors(arch.flux.depth, arch.flux.depth_single_blocks,
-                                              arch.flux.hidden_size, arch.omniconsistency_lora_rank)
-    _save(random_tensors(omni_table, _generator(seed, "omniconsistency"), ADDON_DTYPE),
-          root / "omniconsistency" / "OmniConsistency.safetensors")
+    _save(
+        random_tensors(
+            uso_dit_lora_tensors(arch.flux, arch.uso_lora_rank),
+            _generator(seed, "dit_lora"),
+            ADDON_DTYPE,
+        ),
+        root / "uso" / "dit_lora.safetensors",
+    )
+    _save(
+        random_tensors(
+            uso_projector_tensors(arch.uso_projector), _generator(seed, "projector"), ADDON_DTYPE
+        ),
+        root / "uso" / "projector.safetensors",
+    )
+    omni_table = omniconsistency_lora_tensors(
+        arch.flux.depth,
+        arch.flux.depth_single_blocks,
+        arch.flux.hidden_size,
+        arch.omniconsistency_lora_rank,
+    )
+    _save(
+        random_tensors(omni_table, _generator(seed, "omniconsistency"), ADDON_DTYPE),
+        root / "omniconsistency" / "OmniConsistency.safetensors",
+    )
     write_style_loras(root / STYLE_LORA_DIR, seed)
 
 
@@ -282,8 +371,11 @@ def _sha256(path: Path) -> str:
 
 
 def _inventory(root: Path) -> dict[str, dict]:
-    return {path.relative_to(root).as_posix(): {"size": path.stat().st_size, "sha256": _sha256(path)}
-            for path in sorted(root.rglob("*")) if path.is_file() and path.name != MARKER}
+    return {
+        path.relative_to(root).as_posix(): {"size": path.stat().st_size, "sha256": _sha256(path)}
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.name != MARKER
+    }
 
 
 def _marker_header(seed: int, flux_layout: str) -> dict:
@@ -297,7 +389,9 @@ def is_complete_build(root: Path, seed: int = 0, flux_layout: str = "bfl") -> bo
         marker = json.loads((root / MARKER).read_text())
     except (OSError, ValueError):
         return False
-    if {k: marker.get(k) for k in ("format", "seed", "flux_layout")} != _marker_header(seed, flux_layout):
+    if {k: marker.get(k) for k in ("format", "seed", "flux_layout")} != _marker_header(
+        seed, flux_layout
+    ):
         return False
     files = marker.get("files") or {}
     for rel, info in files.items():
@@ -322,5 +416,6 @@ def build_tiny_weights(root: Path, seed: int = 0, flux_layout: str = "bfl") -> P
         _write_all(staging, seed, flux_layout)
         return {**_marker_header(seed, flux_layout), "files": _inventory(staging)}
 
-    return build_atomically(Path(root), MARKER, lambda f: is_complete_build(f, seed, flux_layout),
-                            write, "tiny weights")
+    return build_atomically(
+        Path(root), MARKER, lambda f: is_complete_build(f, seed, flux_layout), write, "tiny weights"
+    )

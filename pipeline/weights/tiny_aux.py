@@ -32,17 +32,41 @@ MARKER = "tiny_aux.json"
 BUILD_FORMAT = 1
 IMAGE_SIZE = 32  # both vision towers: 32x32 pixels, 8x8 patches -> 16 patch tokens
 
-TINY_CLIP_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu")
-TINY_CLIP_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                        num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=8,
-                        hidden_act="quick_gelu")
+TINY_CLIP_TEXT = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+)
+TINY_CLIP_VISION = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    image_size=IMAGE_SIZE,
+    patch_size=8,
+    hidden_act="quick_gelu",
+)
 TINY_CLIP_PROJECTION = 16
 
-TINY_BLIP_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, max_position_embeddings=64, encoder_hidden_size=32)
-TINY_BLIP_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                        num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=8)
+TINY_BLIP_TEXT = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=64,
+    encoder_hidden_size=32,
+)
+TINY_BLIP_VISION = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    image_size=IMAGE_SIZE,
+    patch_size=8,
+)
 
 BLIP_MATRIX_STD = 0.5
 BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -69,15 +93,24 @@ def _write_clip(folder: Path, seed: int) -> None:
 
     tokenizer = tiny_tokenizers.build_clip_tokenizer()
     config = CLIPConfig(
-        text_config=dict(**TINY_CLIP_TEXT, vocab_size=len(tokenizer),
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id),
-        vision_config=TINY_CLIP_VISION, projection_dim=TINY_CLIP_PROJECTION)
+        text_config=dict(
+            **TINY_CLIP_TEXT,
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        vision_config=TINY_CLIP_VISION,
+        projection_dim=TINY_CLIP_PROJECTION,
+    )
     model = randomize_module(CLIPModel(config), _generator(seed, "clip")).eval()
     processor = CLIPProcessor(
-        image_processor=CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE},
-                                              crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
-        tokenizer=tokenizer)
+        image_processor=CLIPImageProcessorPil(
+            size={"shortest_edge": IMAGE_SIZE},
+            crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        ),
+        tokenizer=tokenizer,
+    )
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
 
@@ -89,8 +122,13 @@ def bert_vocab() -> list[str]:
     for line in tiny_tokenizers.CORPUS:
         words.update(re.findall(r"\w+|[^\w\s]", line.lower()))
     chars = sorted({c for w in words for c in w})
-    return [*BERT_SPECIALS, BLIP_BOS, *chars, *(f"##{c}" for c in chars),
-            *sorted(w for w in words if len(w) > 1)]
+    return [
+        *BERT_SPECIALS,
+        BLIP_BOS,
+        *chars,
+        *(f"##{c}" for c in chars),
+        *sorted(w for w in words if len(w) > 1),
+    ]
 
 
 def _write_blip(folder: Path, seed: int) -> None:
@@ -103,19 +141,28 @@ def _write_blip(folder: Path, seed: int) -> None:
     )
 
     vocab = bert_vocab()
-    tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(vocab)},
-                              bos_token=BLIP_BOS, model_max_length=64)
+    tokenizer = BertTokenizer(
+        vocab={token: i for i, token in enumerate(vocab)}, bos_token=BLIP_BOS, model_max_length=64
+    )
     config = BlipConfig(
-        text_config=dict(**TINY_BLIP_TEXT, vocab_size=len(vocab),
-                         bos_token_id=vocab.index(BLIP_BOS), pad_token_id=vocab.index("[PAD]"),
-                         sep_token_id=vocab.index("[SEP]"), eos_token_id=vocab.index("[SEP]")),
-        vision_config=TINY_BLIP_VISION, projection_dim=TINY_CLIP_PROJECTION)
+        text_config=dict(
+            **TINY_BLIP_TEXT,
+            vocab_size=len(vocab),
+            bos_token_id=vocab.index(BLIP_BOS),
+            pad_token_id=vocab.index("[PAD]"),
+            sep_token_id=vocab.index("[SEP]"),
+            eos_token_id=vocab.index("[SEP]"),
+        ),
+        vision_config=TINY_BLIP_VISION,
+        projection_dim=TINY_CLIP_PROJECTION,
+    )
     model = BlipForConditionalGeneration(config)
     randomize_module(model, _generator(seed, "blip"))
     _widen(model, _generator(seed, "blip-decoder"), BLIP_MATRIX_STD)
     processor = BlipProcessor(
         image_processor=BlipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
-        tokenizer=tokenizer)
+        tokenizer=tokenizer,
+    )
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
 
@@ -142,10 +189,12 @@ def is_complete(folder: Path, kind: str, seed: int = 0) -> bool:
 
 def _build(folder: Path, kind: str, seed: int, write) -> Path:
     """Build `folder` once, crash- and concurrency-safe (see `build_atomically`)."""
+
     def fill(staging: Path) -> dict:
         torch.manual_seed(seed)  # module constructors draw before randomize_module overwrites
         write(staging, seed)
         return _marker(kind, seed)
 
-    return build_atomically(Path(folder), MARKER, lambda f: is_complete(f, kind, seed), fill,
-                            f"tiny {kind}")
+    return build_atomically(
+        Path(folder), MARKER, lambda f: is_complete(f, kind, seed), fill, f"tiny {kind}"
+    )

@@ -21,8 +21,9 @@ def _swap_halves(weight: torch.Tensor) -> torch.Tensor:
     return torch.cat([scale, shift], dim=0)
 
 
-def bfl_to_diffusers_transformer(bfl: dict[str, torch.Tensor], params: FluxParams
-                                 ) -> dict[str, torch.Tensor]:
+def bfl_to_diffusers_transformer(
+    bfl: dict[str, torch.Tensor], params: FluxParams
+) -> dict[str, torch.Tensor]:
     """BFL flux1-dev state dict -> `FluxTransformer2DModel` state dict (any width)."""
     src = dict(bfl)
     out: dict[str, torch.Tensor] = {}
@@ -45,8 +46,11 @@ def bfl_to_diffusers_transformer(bfl: dict[str, torch.Tensor], params: FluxParam
 
     move("x_embedder", "img_in")
     move("context_embedder", "txt_in")
-    for dst, name in (("timestep_embedder", "time_in"), ("text_embedder", "vector_in"),
-                      ("guidance_embedder", "guidance_in")):
+    for dst, name in (
+        ("timestep_embedder", "time_in"),
+        ("text_embedder", "vector_in"),
+        ("guidance_embedder", "guidance_in"),
+    ):
         move(f"time_text_embed.{dst}.linear_1", f"{name}.in_layer")
         move(f"time_text_embed.{dst}.linear_2", f"{name}.out_layer")
     for i in range(params.depth):
@@ -54,8 +58,11 @@ def bfl_to_diffusers_transformer(bfl: dict[str, torch.Tensor], params: FluxParam
         move(f"{d}.norm1.linear", f"{b}.img_mod.lin")
         move(f"{d}.norm1_context.linear", f"{b}.txt_mod.lin")
         split([f"{d}.attn.to_q", f"{d}.attn.to_k", f"{d}.attn.to_v"], f"{b}.img_attn.qkv", [h] * 3)
-        split([f"{d}.attn.add_q_proj", f"{d}.attn.add_k_proj", f"{d}.attn.add_v_proj"],
-              f"{b}.txt_attn.qkv", [h] * 3)
+        split(
+            [f"{d}.attn.add_q_proj", f"{d}.attn.add_k_proj", f"{d}.attn.add_v_proj"],
+            f"{b}.txt_attn.qkv",
+            [h] * 3,
+        )
         norm(f"{d}.attn.norm_q", f"{b}.img_attn.norm.query_norm")
         norm(f"{d}.attn.norm_k", f"{b}.img_attn.norm.key_norm")
         norm(f"{d}.attn.norm_added_q", f"{b}.txt_attn.norm.query_norm")
@@ -69,8 +76,11 @@ def bfl_to_diffusers_transformer(bfl: dict[str, torch.Tensor], params: FluxParam
     for i in range(params.depth_single_blocks):
         b, d = f"single_blocks.{i}", f"single_transformer_blocks.{i}"
         move(f"{d}.norm.linear", f"{b}.modulation.lin")
-        split([f"{d}.attn.to_q", f"{d}.attn.to_k", f"{d}.attn.to_v", f"{d}.proj_mlp"],
-              f"{b}.linear1", [h, h, h, params.mlp_hidden])
+        split(
+            [f"{d}.attn.to_q", f"{d}.attn.to_k", f"{d}.attn.to_v", f"{d}.proj_mlp"],
+            f"{b}.linear1",
+            [h, h, h, params.mlp_hidden],
+        )
         norm(f"{d}.attn.norm_q", f"{b}.norm.query_norm")
         norm(f"{d}.attn.norm_k", f"{b}.norm.key_norm")
         move(f"{d}.proj_out", f"{b}.linear2")
@@ -82,8 +92,9 @@ def bfl_to_diffusers_transformer(bfl: dict[str, torch.Tensor], params: FluxParam
     return out
 
 
-def build_diffusers_transformer(bfl: dict[str, torch.Tensor], params: FluxParams,
-                                dtype: torch.dtype):
+def build_diffusers_transformer(
+    bfl: dict[str, torch.Tensor], params: FluxParams, dtype: torch.dtype
+):
     """A `FluxTransformer2DModel` holding exactly the BFL tensors (strict load)."""
     from diffusers import FluxTransformer2DModel
 
@@ -94,8 +105,7 @@ def build_diffusers_transformer(bfl: dict[str, torch.Tensor], params: FluxParams
     return model
 
 
-def build_diffusers_vae(ae: dict[str, torch.Tensor], params: AutoEncoderParams,
-                        dtype: torch.dtype):
+def build_diffusers_vae(ae: dict[str, torch.Tensor], params: AutoEncoderParams, dtype: torch.dtype):
     """An `AutoencoderKL` holding exactly the BFL ae tensors, via diffusers' LDM converter."""
     from diffusers import AutoencoderKL
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint

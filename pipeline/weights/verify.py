@@ -34,9 +34,13 @@ from pipeline.weights.registry import MODELS, Registry, check_models, load_regis
 from pipeline.weights.tiny import MARKER as TINY_MARKER
 
 # Files checked against an architecture table (the rest: header must parse).
-SINGLE_FILES = {"flux1-dev/flux1-dev.safetensors", "flux1-dev/ae.safetensors",
-                "uso/dit_lora.safetensors", "uso/projector.safetensors",
-                "omniconsistency/OmniConsistency.safetensors"}
+SINGLE_FILES = {
+    "flux1-dev/flux1-dev.safetensors",
+    "flux1-dev/ae.safetensors",
+    "uso/dit_lora.safetensors",
+    "uso/projector.safetensors",
+    "omniconsistency/OmniConsistency.safetensors",
+}
 MODEL_MARKERS = {"uso": "uso", "omniconsistency": "omniconsistency"}  # folder that says "holds it"
 
 
@@ -76,7 +80,9 @@ def held_models(root: Path) -> list[str]:
     return found or list(MODELS)
 
 
-def _references(root: Path, preset: str, registry: Registry) -> list[tuple[str, dict[str, FileFacts]]]:
+def _references(
+    root: Path, preset: str, registry: Registry
+) -> list[tuple[str, dict[str, FileFacts]]]:
     refs: list[tuple[str, dict[str, FileFacts]]] = []
     manifest = read_manifest(Storage(StorageSettings()), str(root))
     if manifest is not None:
@@ -84,42 +90,67 @@ def _references(root: Path, preset: str, registry: Registry) -> list[tuple[str, 
     if preset == "tiny":
         try:
             marker = json.loads((root / TINY_MARKER).read_text())
-            refs.append((TINY_MARKER, {p: FileFacts(f.get("size"), f.get("sha256"))
-                                       for p, f in marker.get("files", {}).items()}))
+            refs.append(
+                (
+                    TINY_MARKER,
+                    {
+                        p: FileFacts(f.get("size"), f.get("sha256"))
+                        for p, f in marker.get("files", {}).items()
+                    },
+                )
+            )
         except (OSError, ValueError, AttributeError) as error:
             raise WeightsError(f"{root / TINY_MARKER}: unreadable ({error})") from error
     elif preset == "release":  # the registry describes the real files only
-        refs.append(("registry", {f.dest: FileFacts(f.size, f.sha256, f.component)
-                                  for f in registry.files}))
+        refs.append(
+            ("registry", {f.dest: FileFacts(f.size, f.sha256, f.component) for f in registry.files})
+        )
     return refs
 
 
-def verify_root(root: Path, models: list[str] | None = None, *, check_hashes: bool = True,
-                registry: Registry | None = None) -> VerifyReport:
+def verify_root(
+    root: Path,
+    models: list[str] | None = None,
+    *,
+    check_hashes: bool = True,
+    registry: Registry | None = None,
+) -> VerifyReport:
     root = Path(root)
     if not root.is_dir():
-        raise WeightsError(f"{root} is not a folder (verify checks a local weights root; stage "
-                           "a mirror first with `restyle weights pull <model> --from s3://...`)")
+        raise WeightsError(
+            f"{root} is not a folder (verify checks a local weights root; stage "
+            "a mirror first with `restyle weights pull <model> --from s3://...`)"
+        )
     registry = registry if registry is not None else load_registry()
     models = check_models(models) if models else held_models(root)
     rows: list[FileCheck] = []
     preset, config_problem = preset_for(root, TINY_MARKER)
     if config_problem:
-        rows.append(FileCheck("flux1-dev/flux_config.json", "flux_transformer", header="FAIL",
-                              problems=[config_problem]))
+        rows.append(
+            FileCheck(
+                "flux1-dev/flux_config.json",
+                "flux_transformer",
+                header="FAIL",
+                problems=[config_problem],
+            )
+        )
     refs = _references(root, preset.name, registry)
     expected = _expected_paths(root, models, preset.name, refs, registry, rows)
     for path, component in sorted(expected.items()):
         rows.append(_check_file(root, path, component, preset, refs, check_hashes))
     for folder, component in _model_folders(expected):
         problems = check_model_folder(root / folder, component)
-        rows.append(FileCheck(folder + "/", component, header="FAIL" if problems else "ok",
-                              problems=problems))
+        rows.append(
+            FileCheck(
+                folder + "/", component, header="FAIL" if problems else "ok", problems=problems
+            )
+        )
     return VerifyReport(root, models, preset.name, rows)
 
 
-def _expected_paths(root: Path, models: list[str], preset: str, refs, registry: Registry,
-                    rows: list[FileCheck]) -> dict[str, str]:
+def _expected_paths(
+    root: Path, models: list[str], preset: str, refs, registry: Registry, rows: list[FileCheck]
+) -> dict[str, str]:
     wanted = set(registry.components_for(models))
     expected: dict[str, str] = {}
     for model in models:
@@ -137,8 +168,9 @@ def _expected_paths(root: Path, models: list[str], preset: str, refs, registry: 
     return expected
 
 
-def _check_file(root: Path, path: str, component: str, preset: ArchitecturePreset, refs,
-                check_hashes: bool) -> FileCheck:
+def _check_file(
+    root: Path, path: str, component: str, preset: ArchitecturePreset, refs, check_hashes: bool
+) -> FileCheck:
     row = FileCheck(path, component)
     file = root / path
     known = [(label, files[path]) for label, files in refs if path in files]
@@ -149,8 +181,9 @@ def _check_file(root: Path, path: str, component: str, preset: ArchitecturePrese
     row.size = file.stat().st_size
     for label, facts in known:
         if facts.size is not None and facts.size != row.size:
-            row.problems.append(f"{row.size} bytes, {label} says {facts.size} (truncated or "
-                                "a different file)")
+            row.problems.append(
+                f"{row.size} bytes, {label} says {facts.size} (truncated or a different file)"
+            )
     if path.endswith(".safetensors"):
         header = check_single_file(file, component if path in SINGLE_FILES else "", preset, root)
         row.header = "FAIL" if header else "ok"
@@ -158,8 +191,11 @@ def _check_file(root: Path, path: str, component: str, preset: ArchitecturePrese
     if check_hashes:
         row.digest = file_sha256(file)
         references = [(label, facts.sha256) for label, facts in known if facts.sha256]
-        bad = [f"sha256 {row.digest[:12]}..., {label} says {sha[:12]}..." for label, sha in references
-               if sha != row.digest]
+        bad = [
+            f"sha256 {row.digest[:12]}..., {label} says {sha[:12]}..."
+            for label, sha in references
+            if sha != row.digest
+        ]
         row.sha256 = "FAIL" if bad else ("ok" if references else "unknown")
         row.problems += bad
     else:

@@ -25,20 +25,42 @@ def three_shards(tmp_path: Path) -> Path:
     folder = tmp_path / "manifest"
     folder.mkdir()
     for k in range(3):
-        (folder / f"part-{k}.parquet").write_bytes(parquet_bytes(
-            uso_rows(f"s{k}", 2, str(images[0]), str(images[1]))))
+        (folder / f"part-{k}.parquet").write_bytes(
+            parquet_bytes(uso_rows(f"s{k}", 2, str(images[0]), str(images[1])))
+        )
     return folder
 
 
-def restyle(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([*RESTYLE, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+def restyle(
+    *args: str, env: dict | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*RESTYLE, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def run_args(manifest: Path, out: Path | str, weights: Path) -> list[str]:
-    return ["run", str(manifest), "--out", str(out), "--weights", str(weights), "--actors", "1",
-            "--width", str(SMALL["width"]), "--height", str(SMALL["height"]),
-            "--steps", str(SMALL["steps"]), "--no-progress"]
+    return [
+        "run",
+        str(manifest),
+        "--out",
+        str(out),
+        "--weights",
+        str(weights),
+        "--actors",
+        "1",
+        "--width",
+        str(SMALL["width"]),
+        "--height",
+        str(SMALL["height"]),
+        "--steps",
+        str(SMALL["steps"]),
+        "--no-progress",
+    ]
 
 
 def kill_process_tree(pid: int) -> None:
@@ -59,8 +81,21 @@ def committed(run: Path) -> dict[str, bytes]:
 
 
 def test_killed_run_resumes_to_byte_identical_outputs(three_shards, tiny_weights, tmp_path):
-    plan = restyle("plan", str(three_shards), "--out", str(tmp_path / "ref"), "--weights",
-                   str(tiny_weights), "--width", "64", "--height", "48", "--steps", "2", "--json")
+    plan = restyle(
+        "plan",
+        str(three_shards),
+        "--out",
+        str(tmp_path / "ref"),
+        "--weights",
+        str(tiny_weights),
+        "--width",
+        "64",
+        "--height",
+        "48",
+        "--steps",
+        "2",
+        "--json",
+    )
     assert plan.returncode == 0, plan.stderr
     plan = json.loads(plan.stdout)
     assert (plan["shards_total"], plan["shards_done"], plan["items_todo"]) == (3, 0, 6)
@@ -73,9 +108,12 @@ def test_killed_run_resumes_to_byte_identical_outputs(three_shards, tiny_weights
 
     # Interrupt a second run (the driver and every Ray process it started) after its first commit.
     out = tmp_path / "resumed"
-    process = subprocess.Popen([*RESTYLE, *run_args(three_shards, out, tiny_weights)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        [*RESTYLE, *run_args(three_shards, out, tiny_weights)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     run = out / ref_run.name
     deadline = time.monotonic() + 300
     while not list(run.glob("*.stats.json")) and time.monotonic() < deadline:
@@ -88,7 +126,10 @@ def test_killed_run_resumes_to_byte_identical_outputs(three_shards, tiny_weights
     resumed = restyle(*run_args(three_shards, out, tiny_weights), "--json")
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads(resumed.stdout)
-    assert summary["shards_already_done"] == done_before, (resumed.stdout, [p.read_text()[:300] for p in run.glob("*.stats.json")])
+    assert summary["shards_already_done"] == done_before, (
+        resumed.stdout,
+        [p.read_text()[:300] for p in run.glob("*.stats.json")],
+    )
     assert summary["shards_committed"] == 3 - done_before
     assert committed(run) == committed(ref_run)  # no duplicates, identical bytes
 
@@ -97,18 +138,36 @@ def test_killed_run_resumes_to_byte_identical_outputs(three_shards, tiny_weights
     status = json.loads(status.stdout)
     assert (status["ok"], status["failed"], status["shards_committed"]) == (6, 0, 3)
 
-    plan = restyle("plan", str(three_shards), "--out", str(out), "--weights", str(tiny_weights),
-                   "--width", "64", "--height", "48", "--steps", "2", "--json")
+    plan = restyle(
+        "plan",
+        str(three_shards),
+        "--out",
+        str(out),
+        "--weights",
+        str(tiny_weights),
+        "--width",
+        "64",
+        "--height",
+        "48",
+        "--steps",
+        "2",
+        "--json",
+    )
     assert json.loads(plan.stdout)["shards_todo"] == 0
 
 
-def test_wrong_credentials_give_a_clear_error_without_the_secret(three_shards, tiny_weights,
-                                                                 s3_server, s3_bucket):
+def test_wrong_credentials_give_a_clear_error_without_the_secret(
+    three_shards, tiny_weights, s3_server, s3_bucket
+):
     secret = "wrong-secret-value-1234567890"
-    result = restyle(*run_args(three_shards, f"{s3_bucket}/out", tiny_weights),
-                     env={"AWS_ACCESS_KEY_ID": s3_server.access_key,
-                          "AWS_SECRET_ACCESS_KEY": secret,
-                          "AWS_ENDPOINT_URL": s3_server.endpoint_url})
+    result = restyle(
+        *run_args(three_shards, f"{s3_bucket}/out", tiny_weights),
+        env={
+            "AWS_ACCESS_KEY_ID": s3_server.access_key,
+            "AWS_SECRET_ACCESS_KEY": secret,
+            "AWS_ENDPOINT_URL": s3_server.endpoint_url,
+        },
+    )
     assert result.returncode == 2
     output = result.stdout + result.stderr
     assert "error:" in output and s3_bucket.removeprefix("s3://") in output

@@ -41,14 +41,30 @@ REFUSALS = [
     ("--seed", "seed", -1, "must be between 0 and 9223372036854775807, got -1"),
     ("--actors", "actors", -1, "must be at least 0, got -1"),
     ("--quality", "outputs.quality", 101, "must be between 1 and 100, got 101"),
-    ("--image-format", "outputs.image_format", "gif",
-     "unknown image format 'gif'; use one of ['jpeg', 'jpg', 'png', 'webp']"),
-    ("--caption", "outputs.caption", "bogus",
-     "must be one of prompt, template, model, got 'bogus'"),
-    ("--caption-template", "outputs.caption_template", "{prompt",
-     "not a valid template: expected '}' before end of string"),
-    ("--dtype", "options.dtype", "int8", "must be one of auto, bf16, bfloat16, fp16, float16, "
-     "fp32, float32, float64, got 'int8'"),
+    (
+        "--image-format",
+        "outputs.image_format",
+        "gif",
+        "unknown image format 'gif'; use one of ['jpeg', 'jpg', 'png', 'webp']",
+    ),
+    (
+        "--caption",
+        "outputs.caption",
+        "bogus",
+        "must be one of prompt, template, model, got 'bogus'",
+    ),
+    (
+        "--caption-template",
+        "outputs.caption_template",
+        "{prompt",
+        "not a valid template: expected '}' before end of string",
+    ),
+    (
+        "--dtype",
+        "options.dtype",
+        "int8",
+        "must be one of auto, bf16, bfloat16, fp16, float16, fp32, float32, float64, got 'int8'",
+    ),
     ("--device", "options.device", "gpu", "must be auto, cpu, cuda or cuda:N, got 'gpu'"),
     ("--max-batch-size", "options.max_batch_size", 0, "must be at least 1, got 0"),
 ]
@@ -61,8 +77,9 @@ def spec_with(path: str, value) -> str:
     return SPEC + (f"{section}: {{{key}: {shown}}}\n" if section else f"{key}: {shown}\n")
 
 
-@pytest.mark.parametrize(("option", "path", "value", "message"), REFUSALS,
-                         ids=[f"{r[0]}={r[2]}" for r in REFUSALS])
+@pytest.mark.parametrize(
+    ("option", "path", "value", "message"), REFUSALS, ids=[f"{r[0]}={r[2]}" for r in REFUSALS]
+)
 def test_both_doors_refuse_a_value_with_the_same_words(option, path, value, message):
     with pytest.raises(ConfigError) as cli:
         run_request({**REQUIRED, option: value})
@@ -73,32 +90,45 @@ def test_both_doors_refuse_a_value_with_the_same_words(option, path, value, mess
 
 
 def test_rules_between_settings_name_both_places_the_door_s_way():
-    with pytest.raises(ConfigError, match=r"^--caption-template: is required when --caption is "
-                                          r"template$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^--caption-template: is required when --caption is "
+        r"template$",
+    ):
         run_request({**REQUIRED, "--caption": "template"})
     with pytest.raises(ConfigError, match=r"^--caption-model: is required when --caption is model"):
         run_request({**REQUIRED, "--caption": "model"})
-    with pytest.raises(SpecError, match=r"^jobs/t.yaml: outputs.caption_template: is required when "
-                                        r"outputs.caption is template$"):
+    with pytest.raises(
+        SpecError,
+        match=r"^jobs/t.yaml: outputs.caption_template: is required when "
+        r"outputs.caption is template$",
+    ):
         TripletSpec.parse(parse_spec_text(SPEC + "outputs: {caption: template}", "jobs/t.yaml"))
     with pytest.raises(SpecError, match=r"scoring.model: is required when scoring.metrics is set"):
         TripletSpec.parse(parse_spec_text(SPEC + "scoring: {metrics: [style]}", "jobs/t.yaml"))
-    with pytest.raises(ConfigError, match=r"^--model: must be one of uso, omniconsistency, "
-                                          r"got 'flux'$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^--model: must be one of uso, omniconsistency, "
+        r"got 'flux'$",
+    ):
         run_request({**REQUIRED, "--model": "flux"})
 
 
 def test_several_mistakes_are_still_one_line_naming_each_place():
     with pytest.raises(ConfigError) as error:
         run_request({**REQUIRED, "--width": 0, "--steps": 0, "--caption": "bogus"})
-    assert str(error.value) == ("--width: must be between 16 and 4096, got 0 "
-                                "(and 2 more: --steps, --caption)")
+    assert str(error.value) == (
+        "--width: must be between 16 and 4096, got 0 (and 2 more: --steps, --caption)"
+    )
     with pytest.raises(SpecError) as error:
-        TripletSpec.parse(parse_spec_text(SPEC + "colour: blue\nflavour: x\nsampling: {bogus: 1}",
-                                          "jobs/t.yaml"))
+        TripletSpec.parse(
+            parse_spec_text(SPEC + "colour: blue\nflavour: x\nsampling: {bogus: 1}", "jobs/t.yaml")
+        )
     message = str(error.value)
-    assert message.startswith("jobs/t.yaml: sampling: unknown key(s) ['bogus']; known: width, "
-                              "height, steps, guidance (and 1 more: the whole input)")
+    assert message.startswith(
+        "jobs/t.yaml: sampling: unknown key(s) ['bogus']; known: width, "
+        "height, steps, guidance (and 1 more: the whole input)"
+    )
     assert "\n" not in message and "pydantic" not in message.lower()
 
 
@@ -115,30 +145,57 @@ def test_yaml_is_held_to_its_types_not_coerced():
         with pytest.raises(SpecError) as error:
             TripletSpec.parse(parse_spec_text(SPEC + extra, "jobs/t.yaml"))
         assert message in str(error.value), extra
-    spec = TripletSpec.parse(parse_spec_text(SPEC + "sampling: {guidance: 4, steps: null}",
-                                             "t.yaml"))
+    spec = TripletSpec.parse(
+        parse_spec_text(SPEC + "sampling: {guidance: 4, steps: null}", "t.yaml")
+    )
     assert spec.sampling.guidance == 4.0 and isinstance(spec.sampling.guidance, float)
     assert spec.sampling.steps is None  # null means the default
 
 
 def test_the_same_choices_through_either_door_make_the_same_run():
-    cli = run_request({
-        "MANIFEST": ["m.parquet"], "--out": "out", "--run": "r", "--model": "omniconsistency",
-        "--weights": "hf", "--seed": 42, "--actors": 2, "--width": 512, "--height": 768,
-        "--steps": 30, "--guidance": 3.5, "--image-format": "jpeg", "--quality": 90,
-        "--caption": "template", "--caption-template": "{id}: {prompt}", "--device": "cpu",
-        "--dtype": "bf16", "--compile": True, "--fp8": True, "--offload": False,
-        "--fuse-lora": False, "--max-batch-size": 2}).config()
-    spec = TripletSpec.parse(parse_spec_text(SPEC + """
+    cli = run_request(
+        {
+            "MANIFEST": ["m.parquet"],
+            "--out": "out",
+            "--run": "r",
+            "--model": "omniconsistency",
+            "--weights": "hf",
+            "--seed": 42,
+            "--actors": 2,
+            "--width": 512,
+            "--height": 768,
+            "--steps": 30,
+            "--guidance": 3.5,
+            "--image-format": "jpeg",
+            "--quality": 90,
+            "--caption": "template",
+            "--caption-template": "{id}: {prompt}",
+            "--device": "cpu",
+            "--dtype": "bf16",
+            "--compile": True,
+            "--fp8": True,
+            "--offload": False,
+            "--fuse-lora": False,
+            "--max-batch-size": 2,
+        }
+    ).config()
+    spec = TripletSpec.parse(
+        parse_spec_text(
+            SPEC
+            + """
 weights: hf
 seed: 42
 actors: 2
 sampling: {width: 512, height: 768, steps: 30, guidance: 3.5}
 outputs: {image_format: jpeg, quality: 90, caption: template, caption_template: "{id}: {prompt}"}
 options: {device: cpu, dtype: bf16, compile: true, fp8: true, max_batch_size: 2}
-""", "jobs/t.yaml"))
-    from_spec = spec.settings.run_config(manifest=["m.parquet"], output="out", run="r",
-                                         model="omniconsistency")
+""",
+            "jobs/t.yaml",
+        )
+    )
+    from_spec = spec.settings.run_config(
+        manifest=["m.parquet"], output="out", run="r", model="omniconsistency"
+    )
     assert from_spec == cli
     assert from_spec.fingerprint({"f": "0" * 64}) == cli.fingerprint({"f": "0" * 64})
 
@@ -156,8 +213,11 @@ def test_the_command_line_defaults_are_todays_defaults():
 
 def test_every_option_fills_a_setting_that_exists():
     for option, path in OPTION_FIELDS.items():
-        model = RunConfig if path.split(".")[0] in ("manifest", "output", "run", "model") else \
-            RunSettings
+        model = (
+            RunConfig
+            if path.split(".")[0] in ("manifest", "output", "run", "model")
+            else RunSettings
+        )
         node = model
         for part in path.split("."):
             assert part in node.model_fields, (option, path)
@@ -188,8 +248,9 @@ def test_weights_spec_is_parsed_once_into_its_kind(tmp_path, monkeypatch):
 
 
 def test_a_run_config_travels_to_ray_actors_intact():
-    config = run_request({**REQUIRED, "--run": "r", "--weights": "s3://b/w",
-                          "--width": 64}).config()
+    config = run_request(
+        {**REQUIRED, "--run": "r", "--weights": "s3://b/w", "--width": 64}
+    ).config()
     copy = pickle.loads(pickle.dumps(config))
     assert copy == config and copy.weights.kind == WeightsKind.S3_MIRROR
     assert isinstance(copy.options, ModelOptions) and copy.model == "uso"
@@ -216,7 +277,8 @@ def test_choices_follow_the_code_that_uses_them():
     assert {d.value for d in Dtype} == {"auto", *DTYPES}
     defaults = ModelOptions()
     assert set(ExecutionOptions.model_fields) == {
-        f for f in defaults.__dataclass_fields__ if f != "extra"}
+        f for f in defaults.__dataclass_fields__ if f != "extra"
+    }
     assert ExecutionOptions().model_options() == defaults
 
 
@@ -224,7 +286,9 @@ def test_the_config_imports_neither_torch_nor_ray():
     import subprocess
     import sys
 
-    code = ("import sys, pipeline.config, pipeline.jobs.specs, pipeline.cli.run; "
-            "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))")
+    code = (
+        "import sys, pipeline.config, pipeline.jobs.specs, pipeline.cli.run; "
+        "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

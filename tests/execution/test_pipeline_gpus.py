@@ -26,18 +26,24 @@ def ray_two_gpus():
     ray.shutdown()
 
 
-def test_one_actor_per_gpu_each_pinned_to_its_own_device(ray_two_gpus, tiny_weights, tmp_path: Path):
+def test_one_actor_per_gpu_each_pinned_to_its_own_device(
+    ray_two_gpus, tiny_weights, tmp_path: Path
+):
     weights = tiny_weights
     images = write_images(tmp_path / "images", 2)
     for k in range(4):
-        (tmp_path / f"part-{k}.parquet").write_bytes(parquet_bytes(
-            uso_rows(f"g{k}", 1, str(images[0]), str(images[1]))))
+        (tmp_path / f"part-{k}.parquet").write_bytes(
+            parquet_bytes(uso_rows(f"g{k}", 1, str(images[0]), str(images[1])))
+        )
     config = run_config(str(tmp_path / "part-*.parquet"), str(tmp_path / "out"), weights, actors=0)
     runner = Runner(config, StorageSettings(), show_progress=False)
     summary = runner.run()
 
     assert summary.ok == 4 and summary.shards_committed == 4
-    workers = [json.loads(p.read_text())["worker"] for p in (tmp_path / "out" / "test").glob("*.stats.json")]
+    workers = [
+        json.loads(p.read_text())["worker"]
+        for p in (tmp_path / "out" / "test").glob("*.stats.json")
+    ]
     devices = {w["pid"]: w["cuda_visible_devices"] for w in workers}
     assert len(devices) == 2  # one actor per declared GPU (actors=0 means "one per GPU")
     assert sorted(devices.values()) == ["0", "1"]  # each pinned to a distinct GPU

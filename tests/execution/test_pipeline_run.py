@@ -51,8 +51,9 @@ def local_manifest(tmp_path: Path) -> list[str]:
     (tmp_path / "images" / "corrupt.png").write_bytes(b"\x89PNG not really an image")
     folder = tmp_path / "manifest"
     folder.mkdir()
-    (folder / "part-0.parquet").write_bytes(parquet_bytes(
-        uso_rows("a", 3, "../images/img0.png", "../images/img1.png")))
+    (folder / "part-0.parquet").write_bytes(
+        parquet_bytes(uso_rows("a", 3, "../images/img0.png", "../images/img1.png"))
+    )
     rows = uso_rows("b", 3, "../images/img0.png", "../images/img1.png")
     rows[1]["styles"] = ["../images/corrupt.png"]
     rows[2]["subject"] = "../images/does-not-exist.png"
@@ -70,10 +71,12 @@ def tar_members(data: bytes) -> dict[str, bytes]:
 
 
 def test_parquet_run_writes_committed_shards_with_records_for_every_item(
-        ray_cpu, tiny_weights, local_manifest, tmp_path):
+    ray_cpu, tiny_weights, local_manifest, tmp_path
+):
     out = tmp_path / "out"
-    runner = Runner(run_config(local_manifest, str(out), tiny_weights), StorageSettings(),
-                    show_progress=False)
+    runner = Runner(
+        run_config(local_manifest, str(out), tiny_weights), StorageSettings(), show_progress=False
+    )
     summary = runner.run()
 
     assert summary.shards_committed == 2 and not summary.shards_failed
@@ -82,22 +85,35 @@ def test_parquet_run_writes_committed_shards_with_records_for_every_item(
     assert summary.exit_code == 1  # items failed: a non-zero exit with a summary
     run = out / "test"
     assert sorted(p.name for p in run.iterdir()) == [
-        "part-000000.parquet", "part-000000.stats.json", "part-000000.tar",
-        "part-000001.parquet", "part-000001.stats.json", "part-000001.tar", "run.json"]
+        "part-000000.parquet",
+        "part-000000.stats.json",
+        "part-000000.tar",
+        "part-000001.parquet",
+        "part-000001.stats.json",
+        "part-000001.tar",
+        "run.json",
+    ]
 
     members = tar_members((run / "part-000000.tar").read_bytes())
-    assert sorted(members) == sorted(f"a-{i}.{ext}" for i in range(3) for ext in ("png", "txt", "json"))
+    assert sorted(members) == sorted(
+        f"a-{i}.{ext}" for i in range(3) for ext in ("png", "txt", "json")
+    )
     assert members["a-1.txt"] == b"item 1"  # default caption: the prompt
     provenance = json.loads(members["a-1.json"])
     assert provenance["model"] == "uso" and provenance["parameters"]["width"] == 64
-    assert set(provenance["weights"]) >= {"flux1-dev/flux1-dev.safetensors", "uso/dit_lora.safetensors",
-                                          "uso/projector.safetensors"}
+    assert set(provenance["weights"]) >= {
+        "flux1-dev/flux1-dev.safetensors",
+        "uso/dit_lora.safetensors",
+        "uso/projector.safetensors",
+    }
     assert provenance["styles"][0].endswith("images/img1.png")
 
     records = pq.read_table(run / "part-000001.parquet").to_pylist()
     by_id = {r["id"]: r for r in records}
     assert [r["id"] for r in records] == ["b-0", "b-1", "b-2"]
-    assert by_id["b-0"]["status"] == "ok" and by_id["b-0"]["output_key"].endswith("part-000001.tar#b-0")
+    assert by_id["b-0"]["status"] == "ok" and by_id["b-0"]["output_key"].endswith(
+        "part-000001.tar#b-0"
+    )
     assert by_id["b-1"]["status"] == "bad_input" and "corrupt.png" in by_id["b-1"]["error"]
     assert by_id["b-2"]["status"] == "io_error" and "does-not-exist.png" in by_id["b-2"]["error"]
     assert "'b-2'" in by_id["b-2"]["error"]  # the message names the item
@@ -115,18 +131,23 @@ def test_parquet_run_writes_committed_shards_with_records_for_every_item(
     assert (status.ok, status.failed, status.shards_committed) == (4, 2, 2)
 
     # Same config again: both shards are committed, so nothing is redone.
-    again = Runner(run_config(local_manifest, str(out), tiny_weights), StorageSettings(),
-                   show_progress=False).run()
+    again = Runner(
+        run_config(local_manifest, str(out), tiny_weights), StorageSettings(), show_progress=False
+    ).run()
     assert (again.shards_already_done, again.shards_committed) == (2, 0)
 
     # A changed config (another run seed) is a new fingerprint: never mixed into this folder.
     with pytest.raises(RunConflictError, match="fingerprint"):
-        Runner(run_config(local_manifest, str(out), tiny_weights, seed=1), StorageSettings(),
-               show_progress=False).run()
+        Runner(
+            run_config(local_manifest, str(out), tiny_weights, seed=1),
+            StorageSettings(),
+            show_progress=False,
+        ).run()
 
 
 def test_retry_failed_reruns_only_failed_items_into_a_separate_commit(
-        ray_cpu, tiny_weights, local_manifest, tmp_path):
+    ray_cpu, tiny_weights, local_manifest, tmp_path
+):
     out = tmp_path / "out"
     config = run_config(local_manifest, str(out), tiny_weights)
     Runner(config, StorageSettings(), show_progress=False).run()
@@ -141,9 +162,14 @@ def test_retry_failed_reruns_only_failed_items_into_a_separate_commit(
     retry = run / "retry-01"
     records = pq.read_table(retry / "part-000001.parquet").to_pylist()
     assert {r["id"]: (r["status"], r["attempts"]) for r in records} == {
-        "b-1": ("bad_input", 2), "b-2": ("ok", 2)}
+        "b-1": ("bad_input", 2),
+        "b-2": ("ok", 2),
+    }
     assert sorted(tar_members((retry / "part-000001.tar").read_bytes())) == [
-        "b-2.json", "b-2.png", "b-2.txt"]
+        "b-2.json",
+        "b-2.png",
+        "b-2.txt",
+    ]
     assert not (retry / "part-000000.tar").exists()  # shard 0 had no failures
     # The good outputs were not touched.
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == committed
@@ -152,17 +178,24 @@ def test_retry_failed_reruns_only_failed_items_into_a_separate_commit(
 
 
 def test_actor_killed_mid_shard_is_redone_on_a_fresh_actor_with_identical_bytes(
-        ray_cpu, tiny_weights, tmp_path):
+    ray_cpu, tiny_weights, tmp_path
+):
     images = write_images(tmp_path / "images", 2)
     manifest = tmp_path / "m.parquet"
     manifest.write_bytes(parquet_bytes(uso_rows("k", 6, str(images[0]), str(images[1]))))
 
-    reference = Runner(run_config(str(manifest), str(tmp_path / "ref"), tiny_weights),
-                       StorageSettings(), show_progress=False).run()
+    reference = Runner(
+        run_config(str(manifest), str(tmp_path / "ref"), tiny_weights),
+        StorageSettings(),
+        show_progress=False,
+    ).run()
     assert reference.ok == 6
 
-    runner = Runner(run_config(str(manifest), str(tmp_path / "killed"), tiny_weights),
-                    StorageSettings(), show_progress=False)
+    runner = Runner(
+        run_config(str(manifest), str(tmp_path / "killed"), tiny_weights),
+        StorageSettings(),
+        show_progress=False,
+    )
     result: dict = {}
     thread = threading.Thread(target=lambda: result.setdefault("summary", runner.run()))
     thread.start()
@@ -174,7 +207,9 @@ def test_actor_killed_mid_shard_is_redone_on_a_fresh_actor_with_identical_bytes(
     assert summary.shards_committed == 1 and summary.ok == 6 and not summary.shards_failed
     ref_run, killed_run = tmp_path / "ref" / "test", tmp_path / "killed" / "test"
     # No duplicates and byte-identical results: the redone shard equals an uninterrupted one.
-    assert (killed_run / "part-000000.tar").read_bytes() == (ref_run / "part-000000.tar").read_bytes()
+    assert (killed_run / "part-000000.tar").read_bytes() == (
+        ref_run / "part-000000.tar"
+    ).read_bytes()
     records = pq.read_table(killed_run / "part-000000.parquet").to_pylist()
     assert [r["id"] for r in records] == [f"k-{i}" for i in range(6)]
     stats = json.loads((killed_run / "part-000000.stats.json").read_text())
@@ -204,19 +239,28 @@ def test_webdataset_manifest_on_s3_to_s3_output(ray_cpu, tiny_weights, s3_server
     storage = s3_server.storage()
     subject, style = png_bytes(1), png_bytes(2)
     samples = [
-        {"id": "w0", "fields": {"prompt": "a tar item", "width": 64, "height": 48, "steps": 2},
-         "images": {"subject.png": subject, "style0.png": style}},
-        {"id": "w1", "fields": {"prompt": "style only", "width": 48, "height": 48, "steps": 2},
-         "images": {"style0.png": style, "style1.png": subject}},
+        {
+            "id": "w0",
+            "fields": {"prompt": "a tar item", "width": 64, "height": 48, "steps": 2},
+            "images": {"subject.png": subject, "style0.png": style},
+        },
+        {
+            "id": "w1",
+            "fields": {"prompt": "style only", "width": 48, "height": 48, "steps": 2},
+            "images": {"style0.png": style, "style1.png": subject},
+        },
     ]
     storage.write_bytes(f"{s3_bucket}/in/shard-000000.tar", webdataset_tar(samples))
-    config = run_config(f"{s3_bucket}/in/shard-{{000000..000001}}.tar", f"{s3_bucket}/out",
-                        tiny_weights)
+    config = run_config(
+        f"{s3_bucket}/in/shard-{{000000..000001}}.tar", f"{s3_bucket}/out", tiny_weights
+    )
     summary = Runner(config, s3_server.settings(), show_progress=False).run()
 
     assert (summary.ok, summary.failed, summary.shards_committed) == (2, 0, 1)
     members = tar_members(storage.read_bytes(f"{s3_bucket}/out/test/part-000000.tar"))
-    assert sorted(members) == sorted(f"{k}.{e}" for k in ("w0", "w1") for e in ("png", "txt", "json"))
+    assert sorted(members) == sorted(
+        f"{k}.{e}" for k in ("w0", "w1") for e in ("png", "txt", "json")
+    )
     assert json.loads(members["w1.json"])["parameters"]["num_styles"] == 2
     assert storage.exists(f"{s3_bucket}/out/test/part-000000.stats.json")
     run_json = storage.read_bytes(f"{s3_bucket}/out/test/run.json").decode()
@@ -224,7 +268,8 @@ def test_webdataset_manifest_on_s3_to_s3_output(ray_cpu, tiny_weights, s3_server
 
 
 def test_storage_errors_fail_only_that_shard_and_a_rerun_completes_it(
-        ray_cpu, tiny_weights, s3_server, s3_bucket, tmp_path):
+    ray_cpu, tiny_weights, s3_server, s3_bucket, tmp_path
+):
     """Parquet manifest and images on S3, outputs on S3 through a proxy that fails shard 1."""
     from dataclasses import replace
 
@@ -234,8 +279,10 @@ def test_storage_errors_fail_only_that_shard_and_a_rerun_completes_it(
     for i in range(2):
         storage.write_bytes(f"{s3_bucket}/images/img{i}.png", png_bytes(i))
     for k in range(2):
-        storage.write_bytes(f"{s3_bucket}/in/part-{k}.parquet", parquet_bytes(
-            uso_rows(f"f{k}", 1, "../images/img0.png", "../images/img1.png")))
+        storage.write_bytes(
+            f"{s3_bucket}/in/part-{k}.parquet",
+            parquet_bytes(uso_rows(f"f{k}", 1, "../images/img0.png", "../images/img1.png")),
+        )
     manifest = f"{s3_bucket}/in/part-*.parquet"
     with FaultProxy(s3_server.endpoint_url) as proxy:
         settings = replace(s3_server.settings(max_attempts=2), endpoint_url=proxy.endpoint_url)
@@ -258,9 +305,18 @@ def test_storage_errors_fail_only_that_shard_and_a_rerun_completes_it(
 def test_omniconsistency_items_are_grouped_by_style_lora(ray_cpu, tiny_weights, tmp_path):
     images = write_images(tmp_path / "images", 1)
     styles = ["Ghibli", "Van_Gogh", "Ghibli", None, "Van_Gogh"]
-    rows = [{"id": f"o{i}", "prompt": "a small house", "subject": str(images[0]),
-             "style_lora": style, "width": 64, "height": 48, "steps": 2}
-            for i, style in enumerate(styles)]
+    rows = [
+        {
+            "id": f"o{i}",
+            "prompt": "a small house",
+            "subject": str(images[0]),
+            "style_lora": style,
+            "width": 64,
+            "height": 48,
+            "steps": 2,
+        }
+        for i, style in enumerate(styles)
+    ]
     manifest = tmp_path / "omni.parquet"
     manifest.write_bytes(parquet_bytes(rows))
     config = run_config(str(manifest), str(tmp_path / "out"), tiny_weights, model="omniconsistency")

@@ -58,7 +58,9 @@ def index_ids(storage, output: str) -> dict[str, list[str]]:
     found = {}
     for uri in storage.list(f"{output}/index/"):
         table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
-        found[uri.rsplit("/", 1)[-1].removesuffix(".parquet")] = sorted(table.column("id").to_pylist())
+        found[uri.rsplit("/", 1)[-1].removesuffix(".parquet")] = sorted(
+            table.column("id").to_pylist()
+        )
     return found
 
 
@@ -67,9 +69,13 @@ def test_each_night_processes_only_rows_not_yet_produced(tmp_path, s3_server, s3
     storage = s3_server.storage()
     storage.write_bytes(f"{s3_bucket}/images/item.png", png_bytes(1))
     storage.write_bytes(f"{s3_bucket}/styles/watercolor.png", png_bytes(2))
-    storage.write_bytes(f"{s3_bucket}/catalog/part-000.parquet", parquet_bytes(rows(["a1", "a2", "a3", "a4"])))
+    storage.write_bytes(
+        f"{s3_bucket}/catalog/part-000.parquet", parquet_bytes(rows(["a1", "a2", "a3", "a4"]))
+    )
     weights = build_tiny_weights(tmp_path / "weights")
-    spec = NightlySpec.parse(parse_spec_text(spec_text(s3_bucket, weights), str(tmp_path / "n.yaml")))
+    spec = NightlySpec.parse(
+        parse_spec_text(spec_text(s3_bucket, weights), str(tmp_path / "n.yaml"))
+    )
     output = f"{s3_bucket}/restyled"
     settings = s3_server.settings()
 
@@ -83,8 +89,10 @@ def test_each_night_processes_only_rows_not_yet_produced(tmp_path, s3_server, s3
         assert processed_ids(storage, first.run_uri) == ["a1", "a2", "a3", "a4"]
 
         # Three rows arrive; one names a picture that is not there (yet).
-        storage.write_bytes(f"{s3_bucket}/catalog/part-001.parquet", parquet_bytes(
-            rows(["b1", "b2"]) + rows(["b3"], picture="../images/late.png")))
+        storage.write_bytes(
+            f"{s3_bucket}/catalog/part-001.parquet",
+            parquet_bytes(rows(["b1", "b2"]) + rows(["b3"], picture="../images/late.png")),
+        )
         second = night("2026-09-02")
         assert (second.catalog_rows, second.already_done, second.new) == (7, 4, 3)
         assert processed_ids(storage, second.run_uri) == ["b1", "b2", "b3"]  # exactly the new ones
@@ -92,11 +100,21 @@ def test_each_night_processes_only_rows_not_yet_produced(tmp_path, s3_server, s3
         assert second.run.errors == {"io_error": 1}
 
         # Re-running the night: the frozen manifest is resumed, nothing is redone or duplicated.
-        tars = {u: storage.read_bytes(u) for u in storage.list(second.run_uri + "/") if u.endswith(".tar")}
+        tars = {
+            u: storage.read_bytes(u)
+            for u in storage.list(second.run_uri + "/")
+            if u.endswith(".tar")
+        }
         again = night("2026-09-02")
-        assert again.resumed and (again.run.shards_committed, again.run.shards_already_done) == (0, 2)
-        assert {u: storage.read_bytes(u) for u in storage.list(second.run_uri + "/")
-                if u.endswith(".tar")} == tars
+        assert again.resumed and (again.run.shards_committed, again.run.shards_already_done) == (
+            0,
+            2,
+        )
+        assert {
+            u: storage.read_bytes(u)
+            for u in storage.list(second.run_uri + "/")
+            if u.endswith(".tar")
+        } == tars
 
         # The picture arrives; the next night retries only the row that failed.
         storage.write_bytes(f"{s3_bucket}/images/late.png", png_bytes(3))
@@ -111,7 +129,9 @@ def test_each_night_processes_only_rows_not_yet_produced(tmp_path, s3_server, s3
         assert not storage.list(f"{output}/manifests/2026-09-04/")
 
         # A changed config under a night label that already ran is refused, not mixed in.
-        changed = NightlySpec.parse(parse_spec_text(spec_text(s3_bucket, weights, seed=1), "n.yaml"))
+        changed = NightlySpec.parse(
+            parse_spec_text(spec_text(s3_bucket, weights, seed=1), "n.yaml")
+        )
         with pytest.raises(DerivedManifestConflict, match="2026-09-02"):
             night("2026-09-02", changed)
     finally:
@@ -119,13 +139,17 @@ def test_each_night_processes_only_rows_not_yet_produced(tmp_path, s3_server, s3
 
     fingerprint = first.fingerprint
     assert {second.fingerprint, third.fingerprint, quiet.fingerprint} == {fingerprint}
-    assert index_ids(storage, output) == {"2026-09-01": ["a1", "a2", "a3", "a4"],
-                                          "2026-09-02": ["b1", "b2"], "2026-09-03": ["b3"]}
+    assert index_ids(storage, output) == {
+        "2026-09-01": ["a1", "a2", "a3", "a4"],
+        "2026-09-02": ["b1", "b2"],
+        "2026-09-03": ["b3"],
+    }
     assert all(f"/index/{fingerprint}/" in u for u in storage.list(f"{output}/index/"))
 
     # What a consumer sees: the style set was applied, the prompt templated, captions written.
     tar = storage.read_bytes(f"{second.run_uri}/part-000000.tar")
     import tarfile
+
     with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
         members = {m.name: archive.extractfile(m).read() for m in archive.getmembers()}
     provenance = json.loads(members["b1.json"])

@@ -22,10 +22,12 @@ def shipped_specs():
 
 
 def test_committed_schemas_are_what_the_models_generate():
-    assert not stale_schemas(SCHEMAS), ("regenerate with: python -m pipeline.jobs.schemas "
-                                        "--write jobs/schema")
+    assert not stale_schemas(SCHEMAS), (
+        "regenerate with: python -m pipeline.jobs.schemas --write jobs/schema"
+    )
     assert sorted(p.name for p in SCHEMAS.glob("*.json")) == sorted(
-        schema_file(kind) for kind in spec_models())
+        schema_file(kind) for kind in spec_models()
+    )
 
 
 def test_the_check_command_notices_a_stale_schema(tmp_path, capsys):
@@ -52,11 +54,23 @@ def test_shipped_specs_validate_against_their_schema_and_name_it(path):
 def test_schemas_refuse_what_the_specs_refuse():
     schema = json.loads((SCHEMAS / "triplets.schema.json").read_text())
     validator = jsonschema.Draft202012Validator(schema)
-    good = {"kind": "triplets", "name": "t", "subjects": "s.parquet", "styles": ["t.parquet"],
-            "output": "out"}
+    good = {
+        "kind": "triplets",
+        "name": "t",
+        "subjects": "s.parquet",
+        "styles": ["t.parquet"],
+        "output": "out",
+    }
     assert not list(validator.iter_errors(good))
-    for bad in ({"sampling": {"steps": "ten"}}, {"sampling": {"width": 8192}},
-                {"models": ["flux"]}, {"outputs": {"image_format": "gif"}},
-                {"options": {"dtype": "int8"}}, {"colour": "blue"}, {"kind": "nightly"},
-                {"scoring": {"metrics": ["beauty"]}}, {"pairing": {"mode": "random"}}):
+    for bad in (
+        {"sampling": {"steps": "ten"}},
+        {"sampling": {"width": 8192}},
+        {"models": ["flux"]},
+        {"outputs": {"image_format": "gif"}},
+        {"options": {"dtype": "int8"}},
+        {"colour": "blue"},
+        {"kind": "nightly"},
+        {"scoring": {"metrics": ["beauty"]}},
+        {"pairing": {"mode": "random"}},
+    ):
         assert list(validator.iter_errors({**good, **bad})), bad

@@ -66,8 +66,11 @@ def test_submission_id_entrypoint_and_runtime_envs(tmp_path):
     assert pip == project_requirements()
     assert "diffusers==0.42.1" in pip and not any(p.startswith("torch") for p in pip)
     assert not any("pytest" in p for p in pip)  # extras are not installed on the cluster
-    assert project.metadata == {"restyle_job": "shop", "restyle_kind": "nightly",
-                                "restyle_night": "2026-09-01"}
+    assert project.metadata == {
+        "restyle_job": "shop",
+        "restyle_kind": "nightly",
+        "restyle_night": "2026-09-01",
+    }
 
     cluster = build_submission(spec, "2026-09-01", runtime="cluster", submission="shop-rerun")
     assert cluster.entrypoint == "restyle nightly --no-progress --night 2026-09-01"
@@ -76,8 +79,10 @@ def test_submission_id_entrypoint_and_runtime_envs(tmp_path):
     assert "pip" not in source.runtime_env and source.runtime_env["py_modules"]
 
     triplets = parse_spec_text("kind: triplets\nname: tri\n", "t.yaml")
-    assert build_submission(triplets, "2026-09-01").entrypoint == \
-        "python -m pipeline.cli triplets --no-progress"
+    assert (
+        build_submission(triplets, "2026-09-01").entrypoint
+        == "python -m pipeline.cli triplets --no-progress"
+    )
     with pytest.raises(SubmissionError, match="unknown runtime env 'conda'"):
         build_submission(spec, "2026-09-01", runtime="conda")
 
@@ -87,7 +92,9 @@ def test_no_address_is_a_clear_error(monkeypatch):
     with pytest.raises(SubmissionError, match="no Ray cluster address"):
         client_for(None)
     port = _free_ports(1)[0]
-    with pytest.raises(SubmissionError, match=f"cannot reach the Ray job API at http://127.0.0.1:{port}"):
+    with pytest.raises(
+        SubmissionError, match=f"cannot reach the Ray job API at http://127.0.0.1:{port}"
+    ):
         client_for(f"http://127.0.0.1:{port}")
 
 
@@ -110,42 +117,76 @@ class RayHead:
     to any of its descendants still alive)."""
 
     def __init__(self, workdir: Path, env: dict[str, str]):
-        (gcs, dashboard, agent_http, agent_grpc, metrics, runtime_env, node_manager,
-         object_manager, client) = _free_ports(9)
+        (
+            gcs,
+            dashboard,
+            agent_http,
+            agent_grpc,
+            metrics,
+            runtime_env,
+            node_manager,
+            object_manager,
+            client,
+        ) = _free_ports(9)
         self.address = f"http://127.0.0.1:{dashboard}"
         self.env = env
         # Ray's socket paths must stay under 108 bytes: a short folder, not pytest's tmp_path.
         self.temp_dir = tempfile.mkdtemp(prefix="rayhead-")
         self.log_path = workdir / "ray-head.log"
-        command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
-                   "--node-ip-address=127.0.0.1", f"--port={gcs}", "--include-dashboard=true",
-                   "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-                   f"--dashboard-agent-listen-port={agent_http}",
-                   f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
-                   f"--runtime-env-agent-port={runtime_env}", f"--node-manager-port={node_manager}",
-                   f"--object-manager-port={object_manager}", f"--ray-client-server-port={client}",
-                   "--num-cpus=2", "--num-gpus=0", "--disable-usage-stats",
-                   f"--temp-dir={self.temp_dir}"]
-        self.process = subprocess.Popen(command, stdout=self.log_path.open("w"),
-                                        stderr=subprocess.STDOUT, env=env)
+        command = [
+            sys.executable,
+            "-m",
+            "ray.scripts.scripts",
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={gcs}",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            f"--dashboard-agent-listen-port={agent_http}",
+            f"--dashboard-agent-grpc-port={agent_grpc}",
+            f"--metrics-export-port={metrics}",
+            f"--runtime-env-agent-port={runtime_env}",
+            f"--node-manager-port={node_manager}",
+            f"--object-manager-port={object_manager}",
+            f"--ray-client-server-port={client}",
+            "--num-cpus=2",
+            "--num-gpus=0",
+            "--disable-usage-stats",
+            f"--temp-dir={self.temp_dir}",
+        ]
+        self.process = subprocess.Popen(
+            command, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT, env=env
+        )
         self._wait_ready()
 
     def _wait_ready(self) -> None:
         """Ready = the job API answers with this token (probed from a fresh process: Ray reads
         RAY_AUTH_MODE once per process)."""
-        probe = ("import sys; from ray.job_submission import JobSubmissionClient; "
-                 "JobSubmissionClient(sys.argv[1]).list_jobs()")
+        probe = (
+            "import sys; from ray.job_submission import JobSubmissionClient; "
+            "JobSubmissionClient(sys.argv[1]).list_jobs()"
+        )
         deadline = time.monotonic() + HEAD_START_S
         last = ""
         while time.monotonic() < deadline and self.process.poll() is None:
-            result = subprocess.run([sys.executable, "-c", probe, self.address], env=self.env,
-                                    capture_output=True, text=True, timeout=60)
+            result = subprocess.run(
+                [sys.executable, "-c", probe, self.address],
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             if result.returncode == 0:
                 return
             last = result.stderr[-500:]
             time.sleep(1)
         self.stop()
-        raise RuntimeError(f"Ray head did not become ready: {last}\n{self.log_path.read_text()[-3000:]}")
+        raise RuntimeError(
+            f"Ray head did not become ready: {last}\n{self.log_path.read_text()[-3000:]}"
+        )
 
     def stop(self) -> None:
         try:
@@ -169,22 +210,49 @@ class RayHead:
 def test_submitted_nightly_job_runs_once_per_night(tmp_path, s3_server, s3_bucket):
     storage = s3_server.storage()
     storage.write_bytes(f"{s3_bucket}/images/item.png", png_bytes(1))
-    storage.write_bytes(f"{s3_bucket}/catalog/part-0.parquet", parquet_bytes(
-        [{"id": f"sku-{i}", "subject": "../images/item.png", "prompt": f"item {i}"} for i in range(2)]))
+    storage.write_bytes(
+        f"{s3_bucket}/catalog/part-0.parquet",
+        parquet_bytes(
+            [
+                {"id": f"sku-{i}", "subject": "../images/item.png", "prompt": f"item {i}"}
+                for i in range(2)
+            ]
+        ),
+    )
     spec = tmp_path / "nightly.yaml"
     spec.write_text(nightly_spec(s3_bucket, build_tiny_weights(tmp_path / "weights")))
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
-    cluster_env = {**os.environ, **auth, "AWS_ACCESS_KEY_ID": s3_server.access_key,
-                   "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
-                   "AWS_ENDPOINT_URL": s3_server.endpoint_url, "AWS_REGION": "us-east-1"}
+    cluster_env = {
+        **os.environ,
+        **auth,
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+        "AWS_ENDPOINT_URL": s3_server.endpoint_url,
+        "AWS_REGION": "us-east-1",
+    }
     cluster_env.pop("RAY_ADDRESS", None)
     head = RayHead(tmp_path, cluster_env)
     try:
+
         def submit(*extra: str) -> subprocess.CompletedProcess:
             return subprocess.run(
-                [*RESTYLE, "submit", str(spec), "--address", head.address, "--night", "2026-09-01",
-                 "--runtime-env", "source", *extra],
-                capture_output=True, text=True, timeout=400, env={**os.environ, **auth})
+                [
+                    *RESTYLE,
+                    "submit",
+                    str(spec),
+                    "--address",
+                    head.address,
+                    "--night",
+                    "2026-09-01",
+                    "--runtime-env",
+                    "source",
+                    *extra,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=400,
+                env={**os.environ, **auth},
+            )
 
         first = submit("--wait")
         assert first.returncode == 0, first.stdout + first.stderr
@@ -194,12 +262,17 @@ def test_submitted_nightly_job_runs_once_per_night(tmp_path, s3_server, s3_bucke
 
         second = submit()
         assert second.returncode == 3, second.stdout + second.stderr
-        assert "'shop-2026-09-01' exists already (status SUCCEEDED)" in " ".join(second.stderr.split())
+        assert "'shop-2026-09-01' exists already (status SUCCEEDED)" in " ".join(
+            second.stderr.split()
+        )
 
         wrong_token = subprocess.run(
             [*RESTYLE, "submit", str(spec), "--address", head.address, "--night", "2026-09-02"],
-            capture_output=True, text=True, timeout=120,
-            env={**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "not-the-token"})
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "not-the-token"},
+        )
         assert wrong_token.returncode == 2 and "RAY_AUTH_TOKEN" in wrong_token.stderr
         assert "not-the-token" not in wrong_token.stderr
     finally:
@@ -209,5 +282,7 @@ def test_submitted_nightly_job_runs_once_per_night(tmp_path, s3_server, s3_bucke
     assert storage.exists(f"{run}/part-000000.stats.json")
     stats = json.loads(storage.read_bytes(f"{run}/part-000000.stats.json"))
     assert (stats["ok"], stats["failed"]) == (2, 0)
-    index = [u for u in storage.list(f"{s3_bucket}/restyled/index/") if u.endswith("/2026-09-01.parquet")]
+    index = [
+        u for u in storage.list(f"{s3_bucket}/restyled/index/") if u.endswith("/2026-09-01.parquet")
+    ]
     assert len(index) == 1

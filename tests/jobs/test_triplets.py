@@ -61,43 +61,78 @@ def test_sampled_pairs_are_seeded_and_stable_when_styles_are_added():
 
 
 def item(item_id: str, **fields) -> ManifestItem:
-    return ManifestItem(id=item_id, prompt=fields.pop("prompt", ""), source=("cat.parquet", 3), **fields)
+    return ManifestItem(
+        id=item_id, prompt=fields.pop("prompt", ""), source=("cat.parquet", 3), **fields
+    )
 
 
 def test_explicit_pairs_name_the_pair_and_the_reason_when_they_cannot_be_made():
-    subjects = Catalog({"cup": item("cup", subject=ImageRef(uri="cup.png"))}
-                       ).usable_for("subject", "")
-    styles = Catalog({"ink": item("ink", styles=[ImageRef(uri="ink.png")]),
-                      "ghibli": item("ghibli", style_lora="Ghibli")})
+    subjects = Catalog({"cup": item("cup", subject=ImageRef(uri="cup.png"))}).usable_for(
+        "subject", ""
+    )
+    styles = Catalog(
+        {
+            "ink": item("ink", styles=[ImageRef(uri="ink.png")]),
+            "ghibli": item("ghibli", style_lora="Ghibli"),
+        }
+    )
     uso_styles = styles.usable_for("style", "uso")
-    assert make_pairs(Pairing(mode="pairs", pairs=(("cup", "ink"),)), subjects, uso_styles,
-                      None) == [("cup", "ink")]
+    assert make_pairs(
+        Pairing(mode="pairs", pairs=(("cup", "ink"),)), subjects, uso_styles, None
+    ) == [("cup", "ink")]
     with pytest.raises(TripletError, match=r"pairing.pairs\[1\].*'ghibli'.*no style image"):
-        make_pairs(Pairing(mode="pairs", pairs=(("cup", "ink"), ("cup", "ghibli"))), subjects,
-                   uso_styles, None)
-    with pytest.raises(TripletError,
-                       match=r"\[0\].*subject id 'mug' is not in the subject catalog"):
+        make_pairs(
+            Pairing(mode="pairs", pairs=(("cup", "ink"), ("cup", "ghibli"))),
+            subjects,
+            uso_styles,
+            None,
+        )
+    with pytest.raises(
+        TripletError, match=r"\[0\].*subject id 'mug' is not in the subject catalog"
+    ):
         make_pairs(Pairing(mode="pairs", pairs=(("mug", "ink"),)), subjects, uso_styles, None)
     with pytest.raises(TripletError, match="listed twice"):
-        make_pairs(Pairing(mode="pairs", pairs=(("cup", "ink"), ("cup", "ink"))), subjects,
-                   uso_styles, None)
+        make_pairs(
+            Pairing(mode="pairs", pairs=(("cup", "ink"), ("cup", "ink"))),
+            subjects,
+            uso_styles,
+            None,
+        )
     omni_styles = styles.usable_for("style", "omniconsistency")
     assert sorted(omni_styles.items) == ["ghibli"]
     assert "no style_lora" in omni_styles.unusable["ink"]
 
 
 def test_a_triplet_row_carries_both_sides_and_the_template_fields():
-    subject = item("cup", subject=ImageRef(uri="s3://b/cup.png"), prompt="A mug.", width=64,
-                   extra={"category": "kitchen", "bytes": 3})
-    style = item("ink", styles=[ImageRef(uri="s3://b/ink.png")], style_lora="Chinese_Ink",
-                 style_lora_scale=0.8, extra={"name": "Ink wash", "lora": "x"})
-    row = triplet_row(subject, style, "omniconsistency", "{subject_prompt} {style_name} ({subject_category})")
+    subject = item(
+        "cup",
+        subject=ImageRef(uri="s3://b/cup.png"),
+        prompt="A mug.",
+        width=64,
+        extra={"category": "kitchen", "bytes": 3},
+    )
+    style = item(
+        "ink",
+        styles=[ImageRef(uri="s3://b/ink.png")],
+        style_lora="Chinese_Ink",
+        style_lora_scale=0.8,
+        extra={"name": "Ink wash", "lora": "x"},
+    )
+    row = triplet_row(
+        subject, style, "omniconsistency", "{subject_prompt} {style_name} ({subject_category})"
+    )
     assert row["id"] == "cup__ink" and row["model"] == "omniconsistency"
     assert row["prompt"] == "A mug. Ink wash (kitchen)"
-    assert (row["subject"], row["styles"], row["width"]) == ("s3://b/cup.png", ["s3://b/ink.png"], 64)
+    assert (row["subject"], row["styles"], row["width"]) == (
+        "s3://b/cup.png",
+        ["s3://b/ink.png"],
+        64,
+    )
     assert (row["style_lora"], row["style_lora_scale"]) == ("Chinese_Ink", 0.8)
     assert (row["subject_id"], row["style_id"], row["style_name"]) == ("cup", "ink", "Ink wash")
-    assert "subject_bytes" not in row or row["subject_bytes"] is None  # a column called "bytes" cannot clash
+    assert (
+        "subject_bytes" not in row or row["subject_bytes"] is None
+    )  # a column called "bytes" cannot clash
     uso_row = triplet_row(subject, style, "uso", "{subject_prompt}")
     assert uso_row.get("style_lora") is None  # USO does not take style LoRAs
     with pytest.raises(TripletError, match=r"names field 'colour'"):
@@ -148,20 +183,47 @@ def aux_models(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.slow
 def test_triplet_job_on_s3_writes_shards_a_trainer_reads_with_webdataset(
-        tmp_path, s3_server, s3_bucket, aux_models):
+    tmp_path, s3_server, s3_bucket, aux_models
+):
     storage = s3_server.storage()
     images = {name: png_bytes(seed) for seed, name in enumerate(["cup", "house", "ink", "waves"])}
     for name, data in images.items():
         storage.write_bytes(f"{s3_bucket}/images/{name}.png", data)
-    storage.write_bytes(f"{s3_bucket}/catalog/subjects.parquet", parquet_bytes([
-        {"id": "cup", "subject": "../images/cup.png", "prompt": "A mug.", "category": "kitchen", **SMALL},
-        {"id": "house", "subject": "../images/house.png", "prompt": "A house.", "category": "home", **SMALL},
-        {"id": "no-picture", "prompt": "Left out: no subject image."}]))
-    storage.write_bytes(f"{s3_bucket}/catalog/styles.parquet", parquet_bytes([
-        {"id": "ink", "styles": ["../images/ink.png"], "name": "Ink"},
-        {"id": "waves", "styles": ["../images/waves.png"], "name": "Waves"}]))
+    storage.write_bytes(
+        f"{s3_bucket}/catalog/subjects.parquet",
+        parquet_bytes(
+            [
+                {
+                    "id": "cup",
+                    "subject": "../images/cup.png",
+                    "prompt": "A mug.",
+                    "category": "kitchen",
+                    **SMALL,
+                },
+                {
+                    "id": "house",
+                    "subject": "../images/house.png",
+                    "prompt": "A house.",
+                    "category": "home",
+                    **SMALL,
+                },
+                {"id": "no-picture", "prompt": "Left out: no subject image."},
+            ]
+        ),
+    )
+    storage.write_bytes(
+        f"{s3_bucket}/catalog/styles.parquet",
+        parquet_bytes(
+            [
+                {"id": "ink", "styles": ["../images/ink.png"], "name": "Ink"},
+                {"id": "waves", "styles": ["../images/waves.png"], "name": "Waves"},
+            ]
+        ),
+    )
     spec_uri = f"{s3_bucket}/jobs/triplets.yaml"  # a spec on S3: catalogs resolve beside it
-    storage.write_bytes(spec_uri, f"""
+    storage.write_bytes(
+        spec_uri,
+        f"""
 kind: triplets
 name: tri
 subjects: ../catalog/subjects.parquet
@@ -176,7 +238,8 @@ outputs: {{caption: model, caption_model: {aux_models["blip"]}}}
 scoring: {{metrics: [clip_t, style], model: {aux_models["clip"]}}}
 actors: 1
 rows_per_shard: 3
-""".encode())
+""".encode(),
+    )
     spec = TripletSpec.parse(read_spec(spec_uri, storage))
     ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
     try:
@@ -197,9 +260,15 @@ rows_per_shard: 3
     local.mkdir()
     for k in (0, 1):
         (local / f"part-{k:06d}.tar").write_bytes(
-            storage.read_bytes(f"{s3_bucket}/out/tri/uso/part-{k:06d}.tar"))
+            storage.read_bytes(f"{s3_bucket}/out/tri/uso/part-{k:06d}.tar")
+        )
     samples = list(wds.WebDataset(str(local / "part-{000000..000001}.tar"), shardshuffle=False))
-    assert [s["__key__"] for s in samples] == ["cup__ink", "cup__waves", "house__ink", "house__waves"]
+    assert [s["__key__"] for s in samples] == [
+        "cup__ink",
+        "cup__waves",
+        "house__ink",
+        "house__waves",
+    ]
     clip = ClipScorer(aux_models["clip"], ("clip_t", "style"))
     captioner = ModelCaptioner(aux_models["blip"])
     for sample in samples:
@@ -211,25 +280,38 @@ rows_per_shard: 3
         assert result.shape == (SMALL["height"], SMALL["width"], 3)
         provenance = json.loads(sample["json"])
         assert provenance["extra"]["subject_id"] == subject_id
-        assert provenance["prompt"] == f"A {'mug' if subject_id == 'cup' else 'house'}. " \
-                                       f"In {style_id.capitalize()} style."
+        assert (
+            provenance["prompt"] == f"A {'mug' if subject_id == 'cup' else 'house'}. "
+            f"In {style_id.capitalize()} style."
+        )
         assert sample["txt"].decode() == captioner.caption({}, result)  # captioned in the actor
         style_image = Image.open(io.BytesIO(images[style_id])).convert("RGB")
-        expected = clip.score({}, GenerationRequest("x", provenance["prompt"], 0, styles=[style_image]),
-                              result)
+        expected = clip.score(
+            {}, GenerationRequest("x", provenance["prompt"], 0, styles=[style_image]), result
+        )
         assert provenance["scores"] == pytest.approx(expected, abs=1e-5)
         assert all(-1.0 <= v <= 1.0 for v in expected.values())
 
-    records = pq.read_table(io.BytesIO(storage.read_bytes(f"{s3_bucket}/out/tri/uso/part-000000.parquet")))
+    records = pq.read_table(
+        io.BytesIO(storage.read_bytes(f"{s3_bucket}/out/tri/uso/part-000000.parquet"))
+    )
     rows = records.to_pylist()
     assert [dict(r["scores"]).keys() == {"clip_t", "style"} for r in rows] == [True] * 3
 
     # The shipped reader filters on the scores.
     threshold = sorted(json.loads(s["json"])["scores"]["style"] for s in samples)[2]
     reader = subprocess.run(
-        [sys.executable, str(REPO / "jobs" / "examples" / "read_triplets.py"),
-         str(local / "part-{000000..000001}.tar"), "--min-style", str(threshold)],
-        capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            str(REPO / "jobs" / "examples" / "read_triplets.py"),
+            str(local / "part-{000000..000001}.tar"),
+            "--min-style",
+            str(threshold),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert reader.returncode == 0, reader.stderr
     assert reader.stdout.strip().endswith(f"2 triplets passed the filters {{'style': {threshold}}}")
 

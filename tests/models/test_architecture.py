@@ -26,8 +26,11 @@ def test_every_size_name_has_one_architecture():
 def test_full_is_the_release_and_small_keeps_the_cost_shape_of_flux():
     assert FULL.flux == FLUX_DEV and FULL.t5["d_model"] == 4096
     assert FULL.uso_projector.siglip_tokens == 729 and FULL.uso_projector.hidden_size == 3072
-    assert (SMALL.flux.head_dim, SMALL.flux.axes_dim, SMALL.flux.mlp_ratio) == \
-        (FLUX_DEV.head_dim, FLUX_DEV.axes_dim, FLUX_DEV.mlp_ratio)
+    assert (SMALL.flux.head_dim, SMALL.flux.axes_dim, SMALL.flux.mlp_ratio) == (
+        FLUX_DEV.head_dim,
+        FLUX_DEV.axes_dim,
+        FLUX_DEV.mlp_ratio,
+    )
     assert SMALL.flux.depth_single_blocks == 2 * SMALL.flux.depth
 
 

@@ -46,13 +46,19 @@ def test_row_scaling_is_closer_to_fp32_through_a_whole_flux_transformer():
             return FluxTransformer2DModel(**arch.flux.diffusers_config()).eval()
 
     gen = torch.Generator().manual_seed(1)
-    grid = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(8.0), torch.arange(8.0),
-                                      indexing="ij"), dim=-1).reshape(-1, 3)
-    inputs = dict(hidden_states=torch.randn(1, 64, 64, generator=gen),
-                  encoder_hidden_states=torch.randn(1, 32, arch.flux.context_in_dim, generator=gen),
-                  pooled_projections=torch.randn(1, arch.flux.vec_in_dim, generator=gen),
-                  timestep=torch.tensor([0.7]), guidance=torch.tensor([3.5]), img_ids=grid,
-                  txt_ids=torch.zeros(32, 3), return_dict=False)
+    grid = torch.stack(
+        torch.meshgrid(torch.zeros(1), torch.arange(8.0), torch.arange(8.0), indexing="ij"), dim=-1
+    ).reshape(-1, 3)
+    inputs = dict(
+        hidden_states=torch.randn(1, 64, 64, generator=gen),
+        encoder_hidden_states=torch.randn(1, 32, arch.flux.context_in_dim, generator=gen),
+        pooled_projections=torch.randn(1, arch.flux.vec_in_dim, generator=gen),
+        timestep=torch.tensor([0.7]),
+        guidance=torch.tensor([3.5]),
+        img_ids=grid,
+        txt_ids=torch.zeros(32, 3),
+        return_dict=False,
+    )
     exact, row_scaled, raw_cast = build(), build(), build()
     # every Linear of 2 double blocks (14 each: 2 modulations, 8 attention, 4 MLP) and 4 single
     # blocks (6 each: modulation, q, k, v, proj_mlp, proj_out)

@@ -22,8 +22,10 @@ from pipeline.models.omniconsistency.model import OmniConsistencyModel
 from pipeline.models.uso.model import USOModel
 
 # model class, its extra options for tiny inputs, its name in messages
-MODELS = {"uso": (USOModel, {}, "USO"),
-          "omniconsistency": (OmniConsistencyModel, {"cond_size": 32}, "OmniConsistency")}
+MODELS = {
+    "uso": (USOModel, {}, "USO"),
+    "omniconsistency": (OmniConsistencyModel, {"cond_size": 32}, "OmniConsistency"),
+}
 
 # fp8 (row-scaled e4m3 storage, fp32 compute) vs fp32 on the tiny weights, 64x48, 3 steps, three
 # items each: measured per-item mean |diff| 0.48..0.56 (USO) and 0.75..0.84 (OmniConsistency) of
@@ -37,8 +39,15 @@ def picture(seed: int, width: int, height: int) -> Image.Image:
 
 
 def request(item_id: str, seed: int = 3, **overrides) -> GenerationRequest:
-    fields = dict(prompt="a red house by a lake", seed=seed, subject=picture(seed, 40, 32),
-                  styles=[picture(seed + 100, 60, 44)], width=64, height=48, steps=3)
+    fields = dict(
+        prompt="a red house by a lake",
+        seed=seed,
+        subject=picture(seed, 40, 32),
+        styles=[picture(seed + 100, 60, 44)],
+        width=64,
+        height=48,
+        steps=3,
+    )
     fields.update(overrides)
     return GenerationRequest(item_id, **fields)
 
@@ -86,9 +95,17 @@ def test_both_models_report_the_same_timing_keys_and_shared_parameters(loaded):
         assert (outcome.parameters["width"], outcome.parameters["height"]) == (64, 48)
     uso, omni = outcomes["uso"].parameters, outcomes["omniconsistency"].parameters
     execution = ("dtype", "fp8", "compile", "fuse_lora", "random_weights")
-    assert {k: uso[k] for k in execution} == {k: omni[k] for k in execution} == {
-        "dtype": "torch.float32", "fp8": False, "compile": False, "fuse_lora": False,
-        "random_weights": False}
+    assert (
+        {k: uso[k] for k in execution}
+        == {k: omni[k] for k in execution}
+        == {
+            "dtype": "torch.float32",
+            "fp8": False,
+            "compile": False,
+            "fuse_lora": False,
+            "random_weights": False,
+        }
+    )
     for key in ("seed", "steps", "requested_width", "requested_height", "prompt"):
         assert uso[key] == omni[key], key
     assert isinstance(uso["mu"], float) and isinstance(omni["mu"], float)
@@ -100,8 +117,12 @@ def test_fp8_stays_within_the_stated_bound_of_the_unquantised_output(tiny_weight
     requests = [request(f"q{seed}", seed=seed) for seed in (3, 4, 5)]
     reference = loaded[name].generate(requests)
     quantized = fp8.generate(requests)
-    difference = np.stack([np.abs(a.image.astype(int) - b.image.astype(int))
-                           for a, b in zip(reference, quantized, strict=True)])
+    difference = np.stack(
+        [
+            np.abs(a.image.astype(int) - b.image.astype(int))
+            for a, b in zip(reference, quantized, strict=True)
+        ]
+    )
     assert all(o.ok and o.parameters["fp8"] == "e4m3fn-rowwise" for o in quantized)
     assert difference.max() > 0  # the weights really are stored in fp8
     assert difference.mean() < FP8_MEAN_BOUND and difference.max() <= FP8_MAX_BOUND
@@ -127,21 +148,21 @@ def test_random_tiny_models_have_the_tiny_weights_shapes(loaded):
     uso, omni = loaded["uso"], loaded["omniconsistency"]
     random_uso = USOModel.load_random(options("uso"), size="tiny")
     random_omni = OmniConsistencyModel.load_random(options("omniconsistency"), size="tiny")
-    for files, random in ((uso.components.transformer, random_uso.components.transformer),
-                          (uso.components.vae, random_uso.components.vae),
-                          (uso.components.style_encoder.projector,
-                           random_uso.components.style_encoder.projector),
-                          (uso.components.style_encoder.siglip,
-                           random_uso.components.style_encoder.siglip),
-                          (omni.components.transformer, random_omni.components.transformer),
-                          (omni.components.vae, random_omni.components.vae),
-                          (omni.components.consistency_lora,
-                           random_omni.components.consistency_lora)):
+    for files, random in (
+        (uso.components.transformer, random_uso.components.transformer),
+        (uso.components.vae, random_uso.components.vae),
+        (uso.components.style_encoder.projector, random_uso.components.style_encoder.projector),
+        (uso.components.style_encoder.siglip, random_uso.components.style_encoder.siglip),
+        (omni.components.transformer, random_omni.components.transformer),
+        (omni.components.vae, random_omni.components.vae),
+        (omni.components.consistency_lora, random_omni.components.consistency_lora),
+    ):
         assert _shapes(random) == _shapes(files), type(files).__name__
     for model, random in ((uso, random_uso), (omni, random_omni)):
         for encoder in ("_t5", "_clip"):
-            assert _shapes(getattr(random.text_encoders, encoder)) == \
-                _shapes(getattr(model.text_encoders, encoder))
+            assert _shapes(getattr(random.text_encoders, encoder)) == _shapes(
+                getattr(model.text_encoders, encoder)
+            )
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -157,8 +178,10 @@ def test_both_models_classify_a_host_allocation_failure_as_out_of_memory(loaded,
 
     def refuse(_module, args):
         if args[0].shape[1] == (64 // 16) * (64 // 16):
-            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to "
-                               "allocate 85899345920 bytes.")
+            raise RuntimeError(
+                "DefaultCPUAllocator: can't allocate memory: you tried to "
+                "allocate 85899345920 bytes."
+            )
 
     handle = embedder.register_forward_pre_hook(refuse)
     try:

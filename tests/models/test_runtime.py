@@ -22,19 +22,24 @@ from pipeline.models.runtime import (
     run_splitting_failures,
 )
 
-CPU_ALLOCATOR = ("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate "
-                 "memory: you tried to allocate 85899345920 bytes. Error code 12")
+CPU_ALLOCATOR = (
+    "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate "
+    "memory: you tried to allocate 85899345920 bytes. Error code 12"
+)
 
 
-@pytest.mark.parametrize("error, oom", [
-    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"), True),
-    (MemoryError(), True),
-    (RuntimeError(CPU_ALLOCATOR), True),
-    (RuntimeError("CUDA error: out of memory"), True),
-    (RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x8 and 9x4)"), False),
-    (ValueError("the option says out of memory"), False),  # not an allocator's error type
-    (KeyError("x"), False),
-])
+@pytest.mark.parametrize(
+    "error, oom",
+    [
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"), True),
+        (MemoryError(), True),
+        (RuntimeError(CPU_ALLOCATOR), True),
+        (RuntimeError("CUDA error: out of memory"), True),
+        (RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x8 and 9x4)"), False),
+        (ValueError("the option says out of memory"), False),  # not an allocator's error type
+        (KeyError("x"), False),
+    ],
+)
 def test_the_one_out_of_memory_test_classifies_the_cases(error, oom):
     assert is_out_of_memory(error) is oom
     kind = item_error("item-1", error).kind
@@ -44,8 +49,9 @@ def test_the_one_out_of_memory_test_classifies_the_cases(error, oom):
 def test_an_item_error_keeps_its_kind_and_messages_name_the_exception():
     bad = ItemError("a", ItemStatus.BAD_INPUT, "unreadable")
     assert item_error("a", bad) is bad
-    assert str(item_error("b", MemoryError("host"))) == \
-        "item 'b': out of memory (MemoryError: host)"
+    assert (
+        str(item_error("b", MemoryError("host"))) == "item 'b': out of memory (MemoryError: host)"
+    )
     assert str(item_error("c", KeyError("k"))) == "item 'c': KeyError: 'k'"
 
 
@@ -56,12 +62,15 @@ def test_unknown_extra_keys_are_named_with_the_known_ones():
     assert str(error.value) == "unknown Model option(s) ['c', 'zz']; known: ['a', 'b']"
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(dtype="fp9"), "unknown dtype 'fp9'"),
-    (dict(device="gpu"), "device must be"),
-    (dict(max_batch_size=0), "max_batch_size must be an integer >= 1"),
-    (dict(max_batch_size=True), "max_batch_size must be an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(dtype="fp9"), "unknown dtype 'fp9'"),
+        (dict(device="gpu"), "device must be"),
+        (dict(max_batch_size=0), "max_batch_size must be an integer >= 1"),
+        (dict(max_batch_size=True), "max_batch_size must be an integer >= 1"),
+    ],
+)
 def test_model_options_refuse_impossible_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ModelOptions(**kwargs)
@@ -70,7 +79,12 @@ def test_model_options_refuse_impossible_values(kwargs, message):
 def test_model_options_keep_their_fields_and_fingerprint():
     """Existing runs' fingerprints depend on this exact dict."""
     assert ModelOptions().fingerprint_fields() == {
-        "dtype": "auto", "compile": False, "fp8": False, "fuse_lora": False, "extra": {}}
+        "dtype": "auto",
+        "compile": False,
+        "fp8": False,
+        "fuse_lora": False,
+        "extra": {},
+    }
     assert ModelOptions(device="cuda:1", dtype="bf16", max_batch_size=4).device == "cuda:1"
 
 
@@ -82,8 +96,12 @@ def test_fp8_with_fuse_lora_is_refused_before_anything_loads():
 def test_runtime_reports_the_execution_parameters():
     runtime = Runtime.from_options(ModelOptions(device="cpu", fp8=True, compile=True))
     assert runtime.parameters(random_weights=False) == {
-        "dtype": "torch.float32", "fp8": "e4m3fn-rowwise", "compile": True, "fuse_lora": False,
-        "random_weights": False}
+        "dtype": "torch.float32",
+        "fp8": "e4m3fn-rowwise",
+        "compile": True,
+        "fuse_lora": False,
+        "random_weights": False,
+    }
     assert Runtime.from_options(ModelOptions(device="cpu")).parameters(True)["fp8"] is False
 
 

@@ -60,7 +60,11 @@ def test_marker_is_published_last(tmp_path):
     assert (stats.count, stats.ok, stats.failed, stats.errors) == (3, 2, 1, {"bad_input": 1})
     marker = read_marker(storage, str(tmp_path / "part-000003.stats.json"))
     assert marker == stats
-    assert [r.id for r in read_records(storage, str(tmp_path / "part-000003.parquet"))] == ["a", "b", "bad"]
+    assert [r.id for r in read_records(storage, str(tmp_path / "part-000003.parquet"))] == [
+        "a",
+        "b",
+        "bad",
+    ]
 
 
 def test_a_failed_commit_publishes_no_marker_and_a_redo_overwrites(tmp_path):
@@ -70,7 +74,10 @@ def test_a_failed_commit_publishes_no_marker_and_a_redo_overwrites(tmp_path):
 
     write_shard(RecordingStorage(), str(tmp_path), ["a", "b"])
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "part-000003.parquet", "part-000003.stats.json", "part-000003.tar"]
+        "part-000003.parquet",
+        "part-000003.stats.json",
+        "part-000003.tar",
+    ]
     with tarfile.open(fileobj=io.BytesIO((tmp_path / "part-000003.tar").read_bytes())) as tar:
         assert tar.getnames() == ["a.json", "a.png", "a.txt", "b.json", "b.png", "b.txt"]
 

@@ -70,15 +70,17 @@ def test_bad_captioner_folders_are_named_in_the_error(tmp_path, blip):
         ModelCaptioner(clip)
 
 
-def test_captioner_folder_on_s3_is_staged_once_per_node(blip, s3_server, s3_bucket, tmp_path,
-                                                        monkeypatch):
+def test_captioner_folder_on_s3_is_staged_once_per_node(
+    blip, s3_server, s3_bucket, tmp_path, monkeypatch
+):
     monkeypatch.setenv("RESTYLE_WEIGHTS_CACHE", str(tmp_path / "cache"))
     storage = s3_server.storage()
     for path in blip.iterdir():
         storage.write_bytes(f"{s3_bucket}/models/blip/{path.name}", path.read_bytes())
     staged = model_folder(f"{s3_bucket}/models/blip/", CAPTIONER, storage)
-    assert {p.name: p.read_bytes() for p in staged.iterdir() if not p.name.startswith(".")} == \
-        {p.name: p.read_bytes() for p in blip.iterdir()}
+    assert {p.name: p.read_bytes() for p in staged.iterdir() if not p.name.startswith(".")} == {
+        p.name: p.read_bytes() for p in blip.iterdir()
+    }
     before = {p.name: p.stat().st_mtime_ns for p in staged.iterdir()}
     assert model_folder(f"{s3_bucket}/models/blip", CAPTIONER, storage) == staged
     assert {p.name: p.stat().st_mtime_ns for p in staged.iterdir()} == before
@@ -87,8 +89,9 @@ def test_captioner_folder_on_s3_is_staged_once_per_node(blip, s3_server, s3_buck
 
 
 # ------------------------------------------------------------------ the separate stage
-def write_committed_run(storage, run_uri: str, shards: dict[int, list[str]],
-                        options: OutputOptions) -> dict[str, np.ndarray]:
+def write_committed_run(
+    storage, run_uri: str, shards: dict[int, list[str]], options: OutputOptions
+) -> dict[str, np.ndarray]:
     """A finished run as the runner commits it (ShardWriter, marker last), with noise images."""
     storage.write_bytes(f"{run_uri}/run.json", b'{"fingerprint": "f00d"}')
     images = {}
@@ -98,9 +101,12 @@ def write_committed_run(storage, run_uri: str, shards: dict[int, list[str]],
         for n, item_id in enumerate(ids):
             images[item_id] = noise(100 + shard * 10 + n)
             key = sample_key(item_id)
-            members = {f"result.{options.extension}": encode_image(images[item_id], options),
-                       "subject.png": encode_image(noise(7), options),
-                       "txt": b"prompt", "json": f'{{"id": "{item_id}"}}'.encode()}
+            members = {
+                f"result.{options.extension}": encode_image(images[item_id], options),
+                "subject.png": encode_image(noise(7), options),
+                "txt": b"prompt",
+                "json": f'{{"id": "{item_id}"}}'.encode(),
+            }
             writer.add_sample(key, members)
             writer.add_record(ItemRecord(id=item_id, key=key, status="ok"))
         writer.commit()
@@ -108,14 +114,19 @@ def write_committed_run(storage, run_uri: str, shards: dict[int, list[str]],
 
 
 @pytest.mark.slow
-def test_caption_stage_writes_sidecars_beside_committed_shards_on_s3(blip, s3_server, s3_bucket,
-                                                                      tmp_path):
+def test_caption_stage_writes_sidecars_beside_committed_shards_on_s3(
+    blip, s3_server, s3_bucket, tmp_path
+):
     storage = s3_server.storage()
     run_uri = f"{s3_bucket}/out/run"
     options = OutputOptions(include_references=True)
     images = write_committed_run(storage, run_uri, {0: ["a.1", "a-2", "a-3"], 1: ["b-1"]}, options)
     tars = {k: storage.read_bytes(ShardPaths(run_uri, k).tar) for k in (0, 1)}
-    assert [r.item_id for r in result_images(storage, ShardPaths(run_uri, 0).tar)] == ["a.1", "a-2", "a-3"]
+    assert [r.item_id for r in result_images(storage, ShardPaths(run_uri, 0).tar)] == [
+        "a.1",
+        "a-2",
+        "a-3",
+    ]
 
     ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
     try:
@@ -123,8 +134,9 @@ def test_caption_stage_writes_sidecars_beside_committed_shards_on_s3(blip, s3_se
         assert (summary.shards_captioned, summary.captions, summary.failed) == (2, 4, {})
         captioner = ModelCaptioner(blip)
         for shard, ids in {0: ["a.1", "a-2", "a-3"], 1: ["b-1"]}.items():
-            table = pq.read_table(io.BytesIO(storage.read_bytes(
-                sidecar_uri(ShardPaths(run_uri, shard)))))
+            table = pq.read_table(
+                io.BytesIO(storage.read_bytes(sidecar_uri(ShardPaths(run_uri, shard))))
+            )
             assert table.schema.metadata[b"caption_model"] == str(blip).encode()
             rows = table.to_pylist()
             assert [r["id"] for r in rows] == ids

@@ -19,10 +19,18 @@ def resolver(root: Path, tmp_path: Path) -> StyleLoraResolver:
     return StyleLoraResolver(Storage(StorageSettings()), root, tmp_path / "cache")
 
 
-@pytest.mark.parametrize("reference, canonical", [
-    ("Ghibli", "Ghibli"), ("ghibli", "Ghibli"), ("van gogh", "Van_Gogh"), ("3D_Chibi", "3D_Chibi")])
-def test_a_shipped_style_name_finds_its_file_and_the_canonical_name(tiny_weights, tmp_path,
-                                                                      reference, canonical):
+@pytest.mark.parametrize(
+    "reference, canonical",
+    [
+        ("Ghibli", "Ghibli"),
+        ("ghibli", "Ghibli"),
+        ("van gogh", "Van_Gogh"),
+        ("3D_Chibi", "3D_Chibi"),
+    ],
+)
+def test_a_shipped_style_name_finds_its_file_and_the_canonical_name(
+    tiny_weights, tmp_path, reference, canonical
+):
     lora = resolver(tiny_weights, tmp_path).resolve(reference, 0.5, "item-1")
     assert lora.path == tiny_weights / STYLE_LORA_DIR / shipped_file_name(canonical)
     assert (lora.name, lora.scale) == (canonical, 0.5)

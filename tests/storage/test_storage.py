@@ -74,11 +74,17 @@ def test_objects_round_trip(root: tuple[Storage, str]) -> None:
 
 def test_list_is_sorted_recursive_and_folder_scoped(root: tuple[Storage, str]) -> None:
     storage, base = root
-    for name in ["run/part-000001.tar", "run/part-000000.tar", "run/retry-1/part-000000.tar",
-                 "run-old/part-000000.tar"]:
+    for name in [
+        "run/part-000001.tar",
+        "run/part-000000.tar",
+        "run/retry-1/part-000000.tar",
+        "run-old/part-000000.tar",
+    ]:
         storage.write_bytes(join(base, name), b"x")
-    expected = [join(base, n) for n in ["run/part-000000.tar", "run/part-000001.tar",
-                                        "run/retry-1/part-000000.tar"]]
+    expected = [
+        join(base, n)
+        for n in ["run/part-000000.tar", "run/part-000001.tar", "run/retry-1/part-000000.tar"]
+    ]
     assert storage.list(join(base, "run")) == expected
     assert storage.list(join(base, "run") + "/") == expected
     assert storage.list(join(base, "nothing-here")) == []
@@ -87,17 +93,25 @@ def test_list_is_sorted_recursive_and_folder_scoped(root: tuple[Storage, str]) -
 def test_glob_wildcards_and_brace_ranges(root: tuple[Storage, str]) -> None:
     storage, base = root
     names = [f"shards/part-{i:06d}.tar" for i in range(12)] + [
-        "shards/part-000003.parquet", "shards/nested/part-000000.tar", "other/x.tar"]
+        "shards/part-000003.parquet",
+        "shards/nested/part-000000.tar",
+        "other/x.tar",
+    ]
     for name in names:
         storage.write_bytes(join(base, name), b"x")
 
     def g(pattern: str) -> list[str]:
-        return [u[len(base) + 1:] for u in storage.glob(join(base, pattern))]
+        return [u[len(base) + 1 :] for u in storage.glob(join(base, pattern))]
 
     assert g("shards/part-{000002..000004}.tar") == [
-        "shards/part-000002.tar", "shards/part-000003.tar", "shards/part-000004.tar"]
-    assert g("shards/part-{000010..000020}.tar") == ["shards/part-000010.tar",
-                                                     "shards/part-000011.tar"]
+        "shards/part-000002.tar",
+        "shards/part-000003.tar",
+        "shards/part-000004.tar",
+    ]
+    assert g("shards/part-{000010..000020}.tar") == [
+        "shards/part-000010.tar",
+        "shards/part-000011.tar",
+    ]
     assert g("shards/*.tar") == [f"shards/part-{i:06d}.tar" for i in range(12)]  # not nested/
     assert g("shards/part-00000?.parquet") == ["shards/part-000003.parquet"]
     assert g("shards/part-00001[01].tar") == ["shards/part-000010.tar", "shards/part-000011.tar"]
@@ -147,10 +161,16 @@ def test_uri_helpers() -> None:
 # ---------------------------------------------------------------------- settings & secrets
 def test_settings_never_show_credentials() -> None:
     settings = StorageSettings(endpoint_url="http://127.0.0.1:9").with_credentials(
-        "AKIDSHOULDNOTSHOW", "SECRET-should-not-show", "TOKEN-should-not-show")
-    shown = [repr(settings), str(settings), json.dumps(settings.public_dict()),
-             json.dumps(settings.to_dict()), json.dumps(dataclasses.asdict(settings), default=str),
-             repr(Storage(settings))]
+        "AKIDSHOULDNOTSHOW", "SECRET-should-not-show", "TOKEN-should-not-show"
+    )
+    shown = [
+        repr(settings),
+        str(settings),
+        json.dumps(settings.public_dict()),
+        json.dumps(settings.to_dict()),
+        json.dumps(dataclasses.asdict(settings), default=str),
+        repr(Storage(settings)),
+    ]
     for text in shown:
         for secret in ("AKIDSHOULDNOTSHOW", "SECRET-should-not-show", "TOKEN-should-not-show"):
             assert secret not in text
@@ -159,16 +179,24 @@ def test_settings_never_show_credentials() -> None:
 
 
 def test_settings_from_environment() -> None:
-    env = {"AWS_ENDPOINT_URL": "http://generic:1", "AWS_ENDPOINT_URL_S3": "http://s3only:2",
-           "AWS_DEFAULT_REGION": "eu-west-1", "AWS_REGION": "eu-central-1",
-           "AWS_ACCESS_KEY_ID": "AK", "AWS_SECRET_ACCESS_KEY": "SK", "AWS_PROFILE": "p"}
+    env = {
+        "AWS_ENDPOINT_URL": "http://generic:1",
+        "AWS_ENDPOINT_URL_S3": "http://s3only:2",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+        "AWS_REGION": "eu-central-1",
+        "AWS_ACCESS_KEY_ID": "AK",
+        "AWS_SECRET_ACCESS_KEY": "SK",
+        "AWS_PROFILE": "p",
+    }
     settings = StorageSettings.from_env(env, max_attempts=7, region=None)
     assert settings.endpoint_url == "http://s3only:2"  # the S3-specific variable wins
     assert settings.region == "eu-central-1" and settings.profile == "p"
     assert settings.max_attempts == 7
     assert settings.credentials is not None and settings.credentials.secret_access_key == "SK"
     assert StorageSettings.from_env({}).credentials_source == "default AWS chain"
-    with pytest.raises(ValueError, match="AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not"):
+    with pytest.raises(
+        ValueError, match="AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not"
+    ):
         StorageSettings.from_env({"AWS_ACCESS_KEY_ID": "AK"})
     with pytest.raises(TypeError, match="unknown storage setting"):
         StorageSettings.from_env({}, endpoint="http://x:1")
@@ -179,8 +207,9 @@ def test_settings_from_environment() -> None:
 
 
 # ---------------------------------------------------------------------- S3 only
-def test_s3_multipart_upload_and_write(s3_server: SeaweedS3Server, s3_bucket: str,
-                                       tmp_path: Path) -> None:
+def test_s3_multipart_upload_and_write(
+    s3_server: SeaweedS3Server, s3_bucket: str, tmp_path: Path
+) -> None:
     storage = s3_server.storage(multipart_threshold_bytes=5 * MiB, multipart_chunk_bytes=5 * MiB)
     source = tmp_path / "shard.tar"
     source.write_bytes(payload(12 * MiB, seed=3))
@@ -189,18 +218,22 @@ def test_s3_multipart_upload_and_write(s3_server: SeaweedS3Server, s3_bucket: st
     assert storage.read_bytes(f"{s3_bucket}/out/shard.tar") == source.read_bytes()
     assert storage.read_bytes(f"{s3_bucket}/out/blob.bin") == payload(11 * MiB, seed=4)
     raw = s3_server.client()
-    bucket = s3_bucket[len("s3://"):]
+    bucket = s3_bucket[len("s3://") :]
     for key, parts in (("out/shard.tar", 3), ("out/blob.bin", 3)):  # multipart ETag "md5-N"
         assert raw.head_object(Bucket=bucket, Key=key)["ETag"].strip('"').endswith(f"-{parts}")
 
 
-def test_wrong_secret_is_a_clear_auth_error_without_the_secret(s3_server: SeaweedS3Server,
-                                                               s3_bucket: str) -> None:
+def test_wrong_secret_is_a_clear_auth_error_without_the_secret(
+    s3_server: SeaweedS3Server, s3_bucket: str
+) -> None:
     good = s3_server.storage()
     good.write_bytes(f"{s3_bucket}/k.txt", b"x")
     wrong_secret = "wrong-secret-" + "z" * 20
-    bad = Storage(StorageSettings(endpoint_url=s3_server.endpoint_url, max_attempts=3)
-                  .with_credentials(s3_server.access_key, wrong_secret))
+    bad = Storage(
+        StorageSettings(endpoint_url=s3_server.endpoint_url, max_attempts=3).with_credentials(
+            s3_server.access_key, wrong_secret
+        )
+    )
     with pytest.raises(StorageAuthError) as info:
         bad.read_bytes(f"{s3_bucket}/k.txt")
     message = str(info.value)
@@ -208,14 +241,20 @@ def test_wrong_secret_is_a_clear_auth_error_without_the_secret(s3_server: Seawee
     assert "AWS_SECRET_ACCESS_KEY" in message  # says what to check
     assert wrong_secret not in message and s3_server.secret_key not in message
     assert not info.value.transient
-    for call in (lambda: bad.exists(f"{s3_bucket}/k.txt"), lambda: bad.list(s3_bucket),
-                 lambda: bad.write_bytes(f"{s3_bucket}/new.txt", b"x"),
-                 lambda: bad.glob(f"{s3_bucket}/*.txt")):
+    for call in (
+        lambda: bad.exists(f"{s3_bucket}/k.txt"),
+        lambda: bad.list(s3_bucket),
+        lambda: bad.write_bytes(f"{s3_bucket}/new.txt", b"x"),
+        lambda: bad.glob(f"{s3_bucket}/*.txt"),
+    ):
         with pytest.raises(StorageAuthError):  # exists() must not answer False
             call()
 
-    unknown = Storage(StorageSettings(endpoint_url=s3_server.endpoint_url)
-                      .with_credentials("NOSUCHKEYID", "whatever-secret"))
+    unknown = Storage(
+        StorageSettings(endpoint_url=s3_server.endpoint_url).with_credentials(
+            "NOSUCHKEYID", "whatever-secret"
+        )
+    )
     with pytest.raises(StorageAuthError, match="InvalidAccessKeyId") as info:
         unknown.read_bytes(f"{s3_bucket}/k.txt")
     assert "whatever-secret" not in str(info.value)
@@ -232,11 +271,14 @@ def test_missing_object_and_bucket_errors(s3_server: SeaweedS3Server, s3_bucket:
     assert not storage.exists("s3://no-such-bucket-x1/a.jpg")
 
 
-def test_profile_credentials(s3_server: SeaweedS3Server, s3_bucket: str, tmp_path: Path,
-                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_profile_credentials(
+    s3_server: SeaweedS3Server, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     credentials = tmp_path / "credentials"
-    credentials.write_text(f"[restyle-test]\naws_access_key_id = {s3_server.access_key}\n"
-                           f"aws_secret_access_key = {s3_server.secret_key}\n")
+    credentials.write_text(
+        f"[restyle-test]\naws_access_key_id = {s3_server.access_key}\n"
+        f"aws_secret_access_key = {s3_server.secret_key}\n"
+    )
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
@@ -251,8 +293,9 @@ def test_profile_credentials(s3_server: SeaweedS3Server, s3_bucket: str, tmp_pat
         missing.read_bytes(f"{s3_bucket}/via-profile.txt")
 
 
-def test_pyarrow_filesystem_reads_and_writes_parquet(s3_server: SeaweedS3Server,
-                                                     s3_bucket: str) -> None:
+def test_pyarrow_filesystem_reads_and_writes_parquet(
+    s3_server: SeaweedS3Server, s3_bucket: str
+) -> None:
     storage = s3_server.storage()
     table = pa.table({"id": ["a", "b", "c"], "steps": [1, 2, 3]})
     sink = io.BytesIO()
@@ -263,7 +306,9 @@ def test_pyarrow_filesystem_reads_and_writes_parquet(s3_server: SeaweedS3Server,
     assert pq.read_table(f"{s3_bucket[5:]}/m/part-0.parquet", filesystem=fs).equals(table)
     fs, path = storage.arrow_location(f"{s3_bucket}/m/part-1.parquet")
     pq.write_table(table, path, filesystem=fs)
-    assert pq.read_table(io.BytesIO(storage.read_bytes(f"{s3_bucket}/m/part-1.parquet"))).equals(table)
+    assert pq.read_table(io.BytesIO(storage.read_bytes(f"{s3_bucket}/m/part-1.parquet"))).equals(
+        table
+    )
 
 
 def test_storage_pickles_into_another_process(s3_server: SeaweedS3Server, s3_bucket: str) -> None:
@@ -287,8 +332,9 @@ def _refusing_endpoint() -> str:
 
 
 def test_unreachable_endpoint_is_retried_then_fails_clearly() -> None:
-    settings = StorageSettings(endpoint_url=_refusing_endpoint(), max_attempts=3,
-                               connect_timeout_s=2).with_credentials("AK", "SECRET-XYZ")
+    settings = StorageSettings(
+        endpoint_url=_refusing_endpoint(), max_attempts=3, connect_timeout_s=2
+    ).with_credentials("AK", "SECRET-XYZ")
     with pytest.raises(StorageError) as info:
         Storage(settings).read_bytes("s3://bucket/a/b.jpg")
     error = info.value
@@ -297,27 +343,35 @@ def test_unreachable_endpoint_is_retried_then_fails_clearly() -> None:
     assert "gave up after 3 attempts" in str(error) and "SECRET-XYZ" not in str(error)
 
 
-def test_slowdown_is_retried_until_the_server_recovers(s3_server: SeaweedS3Server,
-                                                       s3_bucket: str) -> None:
+def test_slowdown_is_retried_until_the_server_recovers(
+    s3_server: SeaweedS3Server, s3_bucket: str
+) -> None:
     s3_server.storage().write_bytes(f"{s3_bucket}/obj.bin", payload(1000))
     with FaultProxy(s3_server.endpoint_url) as proxy:
-        settings = dataclasses.replace(s3_server.settings(max_attempts=3),
-                                       endpoint_url=proxy.endpoint_url)
+        settings = dataclasses.replace(
+            s3_server.settings(max_attempts=3), endpoint_url=proxy.endpoint_url
+        )
         storage = Storage(settings)
         proxy.fail_next(2, 503, "SlowDown", method="GET")
         assert storage.read_bytes(f"{s3_bucket}/obj.bin") == payload(1000)
-        assert [r[2] for r in proxy.requests("GET")] == ["503 SlowDown", "503 SlowDown", "forwarded"]
+        assert [r[2] for r in proxy.requests("GET")] == [
+            "503 SlowDown",
+            "503 SlowDown",
+            "forwarded",
+        ]
 
         proxy.fail_next(1, 500, "InternalError", method="PUT")
         storage.write_bytes(f"{s3_bucket}/new.bin", b"n")
         assert [r[2] for r in proxy.requests("PUT")] == ["500 InternalError", "forwarded"]
 
 
-def test_persistent_5xx_gives_up_after_max_attempts(s3_server: SeaweedS3Server,
-                                                    s3_bucket: str) -> None:
+def test_persistent_5xx_gives_up_after_max_attempts(
+    s3_server: SeaweedS3Server, s3_bucket: str
+) -> None:
     with FaultProxy(s3_server.endpoint_url) as proxy:
-        storage = Storage(dataclasses.replace(s3_server.settings(max_attempts=3),
-                                              endpoint_url=proxy.endpoint_url))
+        storage = Storage(
+            dataclasses.replace(s3_server.settings(max_attempts=3), endpoint_url=proxy.endpoint_url)
+        )
         proxy.fail_next(10, 503, "SlowDown")
         with pytest.raises(StorageError) as info:
             storage.write_bytes(f"{s3_bucket}/x.bin", b"x")
@@ -328,20 +382,26 @@ def test_persistent_5xx_gives_up_after_max_attempts(s3_server: SeaweedS3Server,
 
 def test_auth_errors_are_not_retried(s3_server: SeaweedS3Server, s3_bucket: str) -> None:
     with FaultProxy(s3_server.endpoint_url) as proxy:
-        storage = Storage(StorageSettings(endpoint_url=proxy.endpoint_url, max_attempts=5)
-                          .with_credentials(s3_server.access_key, "not-the-secret"))
+        storage = Storage(
+            StorageSettings(endpoint_url=proxy.endpoint_url, max_attempts=5).with_credentials(
+                s3_server.access_key, "not-the-secret"
+            )
+        )
         with pytest.raises(StorageAuthError):
             storage.read_bytes(f"{s3_bucket}/x.bin")
         assert len(proxy.requests()) == 1
 
 
-def test_broken_download_resumes_where_it_stopped(s3_server: SeaweedS3Server, s3_bucket: str,
-                                                  caplog: pytest.LogCaptureFixture) -> None:
+def test_broken_download_resumes_where_it_stopped(
+    s3_server: SeaweedS3Server, s3_bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
     data = payload(3 * MiB, seed=9)
     s3_server.storage().write_bytes(f"{s3_bucket}/big.bin", data)
     with FaultProxy(s3_server.endpoint_url) as proxy:
-        settings = dataclasses.replace(s3_server.settings(max_attempts=3, retry_base_delay_s=0.05),
-                                       endpoint_url=proxy.endpoint_url)
+        settings = dataclasses.replace(
+            s3_server.settings(max_attempts=3, retry_base_delay_s=0.05),
+            endpoint_url=proxy.endpoint_url,
+        )
         storage = Storage(settings)
         proxy.cut_next(2, after_bytes=MiB)
         with caplog.at_level(logging.WARNING, logger="pipeline.storage"):
@@ -362,22 +422,23 @@ def test_glob_on_s3_lists_each_folder_once(s3_server: SeaweedS3Server, s3_bucket
     for i in range(3):
         storage.write_bytes(f"{s3_bucket}/m/part-{i:06d}.tar", b"x")
     with FaultProxy(s3_server.endpoint_url) as proxy:
-        via_proxy = Storage(dataclasses.replace(s3_server.settings(),
-                                                endpoint_url=proxy.endpoint_url))
+        via_proxy = Storage(
+            dataclasses.replace(s3_server.settings(), endpoint_url=proxy.endpoint_url)
+        )
         found = via_proxy.glob(f"{s3_bucket}/m/part-{{000000..000999}}.tar")
         assert found == [f"{s3_bucket}/m/part-{i:06d}.tar" for i in range(3)]
         assert len(proxy.requests()) == 1  # one listing, not a thousand HEADs
 
 
-def test_no_stray_environment_credentials_leak_into_error_text(monkeypatch: pytest.MonkeyPatch,
-                                                               caplog: pytest.LogCaptureFixture) -> None:
+def test_no_stray_environment_credentials_leak_into_error_text(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAENVKEY")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret-value")
     monkeypatch.setenv("AWS_ENDPOINT_URL", _refusing_endpoint())
     storage = Storage(StorageSettings.from_env(max_attempts=1))  # keys from the environment
-    with caplog.at_level(logging.DEBUG, logger="pipeline"):
-        with pytest.raises(StorageError) as info:
-            storage.exists("s3://bucket/key")
+    with caplog.at_level(logging.DEBUG, logger="pipeline"), pytest.raises(StorageError) as info:
+        storage.exists("s3://bucket/key")
     assert "env-secret-value" not in str(info.value) and "env-secret-value" not in caplog.text
     assert storage.settings.public_dict()["credentials"] == "explicit keys"
     assert os.environ["AWS_SECRET_ACCESS_KEY"] not in repr(storage)

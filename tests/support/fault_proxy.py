@@ -17,8 +17,15 @@ from urllib.parse import urlsplit
 
 # Not forwarded: hop-by-hop headers, and Expect (the proxy already answered "100 Continue";
 # SigV4 never signs Expect).
-HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te",
-              "expect"}
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "expect",
+}
 
 
 @dataclass
@@ -58,16 +65,24 @@ class FaultProxy:
         self._server.shutdown()
         self._server.server_close()
 
-    def fail_next(self, count: int, status: int = 503, code: str = "SlowDown",
-                  method: str | None = None) -> None:
+    def fail_next(
+        self, count: int, status: int = 503, code: str = "SlowDown", method: str | None = None
+    ) -> None:
         with self._lock:
             self.faults.extend(Fault(method, status, code) for _ in range(count))
 
-    def fail_matching(self, path_contains: str, status: int = 503, code: str = "SlowDown",
-                      method: str | None = None) -> None:
+    def fail_matching(
+        self,
+        path_contains: str,
+        status: int = 503,
+        code: str = "SlowDown",
+        method: str | None = None,
+    ) -> None:
         """Fail every request whose path contains `path_contains`, until `clear()`."""
         with self._lock:
-            self.faults.append(Fault(method, status, code, path_contains=path_contains, sticky=True))
+            self.faults.append(
+                Fault(method, status, code, path_contains=path_contains, sticky=True)
+            )
 
     def clear(self) -> None:
         with self._lock:
@@ -84,8 +99,9 @@ class FaultProxy:
     def _take_fault(self, method: str, path: str) -> Fault | None:
         with self._lock:
             for i, fault in enumerate(self.faults):
-                if fault.method in (None, method) and (fault.path_contains is None
-                                                       or fault.path_contains in path):
+                if fault.method in (None, method) and (
+                    fault.path_contains is None or fault.path_contains in path
+                ):
                     return fault if fault.sticky else self.faults.pop(i)
         return None
 
@@ -108,8 +124,10 @@ class FaultProxy:
                 fault = proxy._take_fault(self.command, self.path)
                 if fault is not None and fault.status is not None:
                     proxy._record(self.command, self.path, f"{fault.status} {fault.code}")
-                    payload = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{fault.code}'
-                               f"</Code><Message>injected by FaultProxy</Message></Error>").encode()
+                    payload = (
+                        f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{fault.code}'
+                        f"</Code><Message>injected by FaultProxy</Message></Error>"
+                    ).encode()
                     self.send_response(fault.status)
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(payload)))
@@ -117,11 +135,13 @@ class FaultProxy:
                     if self.command != "HEAD":
                         self.wfile.write(payload)
                     return
-                upstream = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port,
-                                                      timeout=60)
+                upstream = http.client.HTTPConnection(
+                    proxy.upstream_host, proxy.upstream_port, timeout=60
+                )
                 try:
-                    upstream.putrequest(self.command, self.path, skip_host=True,
-                                        skip_accept_encoding=True)
+                    upstream.putrequest(
+                        self.command, self.path, skip_host=True, skip_accept_encoding=True
+                    )
                     for name, value in self.headers.items():
                         if name.lower() not in HOP_BY_HOP:
                             upstream.putheader(name, value)
@@ -129,12 +149,17 @@ class FaultProxy:
                     response = upstream.getresponse()
                     data = response.read()
                     cut = fault.cut_after if fault is not None else None
-                    proxy._record(self.command, self.path,
-                                  "forwarded" if cut is None else f"cut after {cut} bytes")
+                    proxy._record(
+                        self.command,
+                        self.path,
+                        "forwarded" if cut is None else f"cut after {cut} bytes",
+                    )
                     self.send_response(response.status, response.reason)
                     head = self.command == "HEAD"  # no body: keep the object's real length
                     for name, value in response.getheaders():
-                        if name.lower() not in HOP_BY_HOP and (head or name.lower() != "content-length"):
+                        if name.lower() not in HOP_BY_HOP and (
+                            head or name.lower() != "content-length"
+                        ):
                             self.send_header(name, value)
                     if not head:
                         self.send_header("Content-Length", str(len(data)))

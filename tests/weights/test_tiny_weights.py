@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 import pipeline.weights.tiny as tiny
 from pipeline.models.architecture import TINY
+from pipeline.models.weight_layout import FluxFiles, OmniConsistencyFiles, USOFiles
 from pipeline.models.weight_tables import (
     compare_tables,
     flux_transformer_tensors,
@@ -21,7 +22,6 @@ from pipeline.models.weight_tables import (
     uso_dit_lora_tensors,
     uso_projector_tensors,
 )
-from pipeline.models.weight_layout import FluxFiles, OmniConsistencyFiles, USOFiles
 from pipeline.weights.tiny import (
     MARKER,
     TINY_STYLE_NAMES,
@@ -41,7 +41,10 @@ def snapshot_root(tmp_path_factory) -> Path:
 
 
 def _hashes(root: Path) -> dict[str, str]:
-    return {rel: info["sha256"] for rel, info in json.loads((root / MARKER).read_text())["files"].items()}
+    return {
+        rel: info["sha256"]
+        for rel, info in json.loads((root / MARKER).read_text())["files"].items()
+    }
 
 
 # ------------------------------------------------------------------------------ contents
@@ -60,24 +63,41 @@ def test_every_model_finds_all_its_files(root):
         assert (omni.style_lora_dir / f"{name}_rank128_bf16.safetensors").is_file()
 
 
-@pytest.mark.parametrize("rel, table", [
-    ("flux1-dev/flux1-dev.safetensors", lambda: flux_transformer_tensors(TINY.flux)),
-    ("flux1-dev/ae.safetensors", lambda: flux_vae_tensors(TINY.vae)),
-    ("uso/dit_lora.safetensors", lambda: uso_dit_lora_tensors(TINY.flux, TINY.uso_lora_rank)),
-    ("uso/projector.safetensors", lambda: uso_projector_tensors(TINY.uso_projector)),
-    ("omniconsistency/OmniConsistency.safetensors", lambda: omniconsistency_lora_tensors(
-        TINY.flux.depth, TINY.flux.depth_single_blocks, TINY.flux.hidden_size, TINY.omniconsistency_lora_rank)),
-])
+@pytest.mark.parametrize(
+    "rel, table",
+    [
+        ("flux1-dev/flux1-dev.safetensors", lambda: flux_transformer_tensors(TINY.flux)),
+        ("flux1-dev/ae.safetensors", lambda: flux_vae_tensors(TINY.vae)),
+        ("uso/dit_lora.safetensors", lambda: uso_dit_lora_tensors(TINY.flux, TINY.uso_lora_rank)),
+        ("uso/projector.safetensors", lambda: uso_projector_tensors(TINY.uso_projector)),
+        (
+            "omniconsistency/OmniConsistency.safetensors",
+            lambda: omniconsistency_lora_tensors(
+                TINY.flux.depth,
+                TINY.flux.depth_single_blocks,
+                TINY.flux.hidden_size,
+                TINY.omniconsistency_lora_rank,
+            ),
+        ),
+    ],
+)
 def test_files_follow_the_official_architecture_tables(root, rel, table):
     diff = compare_tables(read_safetensors_shapes(root / rel), table())
     assert diff.ok, diff
 
 
 def test_files_use_the_release_dtypes_and_hold_finite_random_values(root):
-    assert {t.dtype for t in load_file(root / "flux1-dev/flux1-dev.safetensors").values()} == {torch.bfloat16}
-    assert {t.dtype for t in load_file(root / "flux1-dev/ae.safetensors").values()} == {torch.float32}
-    for rel in ("uso/dit_lora.safetensors", "omniconsistency/OmniConsistency.safetensors",
-                "style_loras/Ghibli_rank128_bf16.safetensors"):
+    assert {t.dtype for t in load_file(root / "flux1-dev/flux1-dev.safetensors").values()} == {
+        torch.bfloat16
+    }
+    assert {t.dtype for t in load_file(root / "flux1-dev/ae.safetensors").values()} == {
+        torch.float32
+    }
+    for rel in (
+        "uso/dit_lora.safetensors",
+        "omniconsistency/OmniConsistency.safetensors",
+        "style_loras/Ghibli_rank128_bf16.safetensors",
+    ):
         tensors = load_file(root / rel)
         assert {t.dtype for t in tensors.values()} == {torch.bfloat16}
         ups = [t for k, t in tensors.items() if ".up." in k or "lora_up" in k]
@@ -117,7 +137,9 @@ def test_tokenizers_load_with_transformers_from_the_folders(root):
     assert len(clip) <= CLIPTextConfig.from_pretrained(root / "clip").vocab_size
 
     t5 = T5Tokenizer.from_pretrained(root / "t5", local_files_only=True)
-    assert isinstance(AutoTokenizer.from_pretrained(root / "t5", local_files_only=True), T5Tokenizer)
+    assert isinstance(
+        AutoTokenizer.from_pretrained(root / "t5", local_files_only=True), T5Tokenizer
+    )
     assert (t5.pad_token_id, t5.eos_token_id, t5.unk_token_id) == (0, 1, 2)
     assert t5("A photo of a cat").input_ids[-1] == t5.eos_token_id
     assert "<extra_id_0>" in t5.get_vocab()
@@ -130,7 +152,9 @@ def test_siglip_has_the_layers_the_projector_reads_and_a_pil_processor(root):
 
     model = SiglipVisionModel.from_pretrained(root / "siglip", local_files_only=True)
     processor = SiglipImageProcessorPil.from_pretrained(root / "siglip", local_files_only=True)
-    pixels = processor(images=Image.new("RGB", (80, 30), (200, 30, 60)), return_tensors="pt").pixel_values
+    pixels = processor(
+        images=Image.new("RGB", (80, 30), (200, 30, 60)), return_tensors="pt"
+    ).pixel_values
     assert pixels.shape == (1, 3, 56, 56)
     with torch.no_grad():
         hidden = model(pixel_values=pixels, output_hidden_states=True).hidden_states
@@ -142,10 +166,15 @@ def test_siglip_has_the_layers_the_projector_reads_and_a_pil_processor(root):
 def test_same_seed_gives_identical_bytes_other_seed_other_weights(root, tmp_path):
     again = build_tiny_weights(tmp_path / "again")
     assert _hashes(again) == _hashes(root)
-    assert (again / "flux1-dev/flux1-dev.safetensors").read_bytes() == \
-        (root / "flux1-dev/flux1-dev.safetensors").read_bytes()
+    assert (again / "flux1-dev/flux1-dev.safetensors").read_bytes() == (
+        root / "flux1-dev/flux1-dev.safetensors"
+    ).read_bytes()
     other = _hashes(build_tiny_weights(tmp_path / "other", seed=1))
-    for rel in ("flux1-dev/flux1-dev.safetensors", "t5/model.safetensors", "uso/dit_lora.safetensors"):
+    for rel in (
+        "flux1-dev/flux1-dev.safetensors",
+        "t5/model.safetensors",
+        "uso/dit_lora.safetensors",
+    ):
         assert other[rel] != _hashes(root)[rel]
     assert other["t5/tokenizer.json"] == _hashes(root)["t5/tokenizer.json"]
 
@@ -207,15 +236,26 @@ def test_unknown_layout_is_refused(tmp_path):
 # ------------------------------------------------------------- diffusers snapshot layout
 def test_both_layouts_hold_the_same_values(root, snapshot_root):
     flux_dir = snapshot_root / "flux1-dev"
-    for sub in ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2",
-                "tokenizer_2", "scheduler"):
+    for sub in (
+        "transformer",
+        "vae",
+        "text_encoder",
+        "tokenizer",
+        "text_encoder_2",
+        "tokenizer_2",
+        "scheduler",
+    ):
         assert (flux_dir / sub).is_dir(), sub
     assert json.loads((flux_dir / "model_index.json").read_text())["_class_name"] == "FluxPipeline"
     assert not (snapshot_root / "t5").exists() and not (snapshot_root / "clip").exists()
     files = FluxFiles.from_root(snapshot_root)  # BFL files first, snapshot text encoders
     assert files.transformer.name == "flux1-dev.safetensors"
-    assert files.t5 == flux_dir / "text_encoder_2" and files.t5_tokenizer == flux_dir / "tokenizer_2"
-    assert files.clip == flux_dir / "text_encoder" and files.clip_tokenizer == flux_dir / "tokenizer"
+    assert (
+        files.t5 == flux_dir / "text_encoder_2" and files.t5_tokenizer == flux_dir / "tokenizer_2"
+    )
+    assert (
+        files.clip == flux_dir / "text_encoder" and files.clip_tokenizer == flux_dir / "tokenizer"
+    )
 
     bfl = load_file(root / "flux1-dev/flux1-dev.safetensors")
     assert load_file(snapshot_root / "flux1-dev/flux1-dev.safetensors").keys() == bfl.keys()
@@ -223,13 +263,15 @@ def test_both_layouts_hold_the_same_values(root, snapshot_root):
     h = TINY.flux.hidden_size
     assert torch.equal(diff["x_embedder.weight"], bfl["img_in.weight"])
     qkv = bfl["double_blocks.1.img_attn.qkv.weight"]
-    assert torch.equal(diff["transformer_blocks.1.attn.to_k.weight"], qkv[h:2 * h])
+    assert torch.equal(diff["transformer_blocks.1.attn.to_k.weight"], qkv[h : 2 * h])
     linear1 = bfl["single_blocks.1.linear1.weight"]
-    assert torch.equal(diff["single_transformer_blocks.1.proj_mlp.weight"], linear1[3 * h:])
+    assert torch.equal(diff["single_transformer_blocks.1.proj_mlp.weight"], linear1[3 * h :])
     shift, scale = bfl["final_layer.adaLN_modulation.1.weight"].chunk(2)
     assert torch.equal(diff["norm_out.linear.weight"], torch.cat([scale, shift]))
-    assert torch.equal(load_file(flux_dir / "text_encoder_2" / "model.safetensors")["shared.weight"],
-                       load_file(root / "t5" / "model.safetensors")["shared.weight"])
+    assert torch.equal(
+        load_file(flux_dir / "text_encoder_2" / "model.safetensors")["shared.weight"],
+        load_file(root / "t5" / "model.safetensors")["shared.weight"],
+    )
 
 
 def test_snapshot_runs_in_diffusers_flux_pipeline_with_every_style_lora_format(snapshot_root):
@@ -240,16 +282,27 @@ def test_snapshot_runs_in_diffusers_flux_pipeline_with_every_style_lora_format(s
     pipe = FluxPipeline.from_pretrained(snapshot_root / "flux1-dev", local_files_only=True)
 
     def run() -> torch.Tensor:
-        out = pipe("a cat", height=32, width=32, num_inference_steps=1, guidance_scale=3.5,
-                   max_sequence_length=16, output_type="pt",
-                   generator=torch.Generator().manual_seed(0))
+        out = pipe(
+            "a cat",
+            height=32,
+            width=32,
+            num_inference_steps=1,
+            guidance_scale=3.5,
+            max_sequence_length=16,
+            output_type="pt",
+            generator=torch.Generator().manual_seed(0),
+        )
         return out.images
 
     base = run()
     assert torch.isfinite(base).all()
     styles = snapshot_root / "style_loras"
-    for i, path in enumerate([styles / f"{TINY_STYLE_NAMES[0]}_rank128_bf16.safetensors",
-                              *sorted((styles / "examples").glob("*.safetensors"))]):
+    for i, path in enumerate(
+        [
+            styles / f"{TINY_STYLE_NAMES[0]}_rank128_bf16.safetensors",
+            *sorted((styles / "examples").glob("*.safetensors")),
+        ]
+    ):
         pipe.load_lora_weights(str(path), adapter_name=f"style{i}")
         pipe.set_adapters([f"style{i}"])
         styled = run()

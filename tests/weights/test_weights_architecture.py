@@ -50,24 +50,42 @@ def _uso_flux() -> FluxParams:
 
 def _uso_projector() -> USOProjectorParams:
     p = _uso_config()["projector"]
-    return USOProjectorParams(siglip_tokens=p["siglip_token_nums"], style_tokens=p["style_token_nums"],
-                              siglip_dim=p["siglip_token_dims"], hidden_size=p["hidden_size"])
+    return USOProjectorParams(
+        siglip_tokens=p["siglip_token_nums"],
+        style_tokens=p["style_token_nums"],
+        siglip_dim=p["siglip_token_dims"],
+        hidden_size=p["hidden_size"],
+    )
 
 
 def _omni_lora_table() -> dict:
     cfg = json.loads((OMNI_WEIGHTS / "config.json").read_text())
     t = cfg["transformer"]
-    return omniconsistency_lora_tensors(t["num_layers (double blocks)"], t["num_single_layers"],
-                                        t["inner_dim"], cfg["consistency_lora"]["rank"])
+    return omniconsistency_lora_tensors(
+        t["num_layers (double blocks)"],
+        t["num_single_layers"],
+        t["inner_dim"],
+        cfg["consistency_lora"]["rank"],
+    )
 
 
 PARITY_FILES = {
-    "uso flux1-dev": (USO_WEIGHTS / "flux1-dev.safetensors", lambda: flux_transformer_tensors(_uso_flux())),
-    "uso ae": (USO_WEIGHTS / "ae.safetensors",
-               lambda: flux_vae_tensors(AutoEncoderParams.from_dict(_uso_config()["vae_bfl_params"]))),
-    "uso dit_lora": (USO_WEIGHTS / "dit_lora.safetensors",
-                     lambda: uso_dit_lora_tensors(_uso_flux(), _uso_config()["lora"]["rank"])),
-    "uso projector": (USO_WEIGHTS / "projector.safetensors", lambda: uso_projector_tensors(_uso_projector())),
+    "uso flux1-dev": (
+        USO_WEIGHTS / "flux1-dev.safetensors",
+        lambda: flux_transformer_tensors(_uso_flux()),
+    ),
+    "uso ae": (
+        USO_WEIGHTS / "ae.safetensors",
+        lambda: flux_vae_tensors(AutoEncoderParams.from_dict(_uso_config()["vae_bfl_params"])),
+    ),
+    "uso dit_lora": (
+        USO_WEIGHTS / "dit_lora.safetensors",
+        lambda: uso_dit_lora_tensors(_uso_flux(), _uso_config()["lora"]["rank"]),
+    ),
+    "uso projector": (
+        USO_WEIGHTS / "projector.safetensors",
+        lambda: uso_projector_tensors(_uso_projector()),
+    ),
     "omniconsistency lora": (OMNI_WEIGHTS / "omniconsistency_lora.safetensors", _omni_lora_table),
 }
 
@@ -129,11 +147,17 @@ def test_release_presets_are_flux_dev():
     assert FLUX_AE.widths == (128, 256, 512, 512)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(hidden_size=64, num_heads=2, axes_dim=(8, 12, 14)), r"sum\(axes_dim\) 34 != head_dim 32"),
-    (dict(hidden_size=64, num_heads=2, axes_dim=(9, 11, 12)), "even"),
-    (dict(hidden_size=65, num_heads=2, axes_dim=(8, 12, 12)), "multiple"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            dict(hidden_size=64, num_heads=2, axes_dim=(8, 12, 14)),
+            r"sum\(axes_dim\) 34 != head_dim 32",
+        ),
+        (dict(hidden_size=64, num_heads=2, axes_dim=(9, 11, 12)), "even"),
+        (dict(hidden_size=65, num_heads=2, axes_dim=(8, 12, 12)), "multiple"),
+    ],
+)
 def test_impossible_flux_params_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         FluxParams(**kwargs)
@@ -159,8 +183,12 @@ def _copy_projector(tmp_path: Path, mutate) -> Path:
 
 
 def test_verify_names_the_file_and_a_renamed_key(tmp_path):
-    path = _copy_projector(tmp_path, lambda t: t.update(
-        {"feature_embedder.high_proj.weight": t.pop("feature_embedder.high_projection.weight")}))
+    path = _copy_projector(
+        tmp_path,
+        lambda t: t.update(
+            {"feature_embedder.high_proj.weight": t.pop("feature_embedder.high_projection.weight")}
+        ),
+    )
     with pytest.raises(WeightFileError) as err:
         verify_safetensors(path, uso_projector_tensors(_uso_projector()))
     assert str(path) in str(err.value)
@@ -175,8 +203,9 @@ def test_verify_names_an_unexpected_key(tmp_path):
 
 
 def test_verify_names_a_misshaped_tensor(tmp_path):
-    path = _copy_projector(tmp_path, lambda t: t.update(
-        {"feature_embedder.low_layer_norm.bias": torch.zeros(33)}))
+    path = _copy_projector(
+        tmp_path, lambda t: t.update({"feature_embedder.low_layer_norm.bias": torch.zeros(33)})
+    )
     with pytest.raises(WeightFileError) as err:
         verify_safetensors(path, uso_projector_tensors(_uso_projector()))
     assert "feature_embedder.low_layer_norm.bias: file (33,) != expected (32,)" in str(err.value)

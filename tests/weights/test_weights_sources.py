@@ -48,8 +48,13 @@ def test_a_local_folder_is_used_in_place(tiny_weights: Path):
     assert local_root(str(tiny_weights)) == tiny_weights
     resolved = resolve_weights(str(tiny_weights), "omniconsistency")
     assert resolved.root == tiny_weights
-    assert resolved.sha256["flux1-dev/flux1-dev.safetensors"] == _sha(tiny_weights / "flux1-dev" / "flux1-dev.safetensors")
-    assert "t5/spiece.model" in resolved.sha256 and "omniconsistency/OmniConsistency.safetensors" in resolved.sha256
+    assert resolved.sha256["flux1-dev/flux1-dev.safetensors"] == _sha(
+        tiny_weights / "flux1-dev" / "flux1-dev.safetensors"
+    )
+    assert (
+        "t5/spiece.model" in resolved.sha256
+        and "omniconsistency/OmniConsistency.safetensors" in resolved.sha256
+    )
     assert not any(p.startswith("style_loras/") for p in resolved.sha256)  # recorded per item
     with pytest.raises(WeightsError, match="weights folder '/nonexistent/w' does not exist"):
         local_root("/nonexistent/w")
@@ -78,8 +83,9 @@ def test_pull_writes_every_file_and_a_manifest_last(mirror: str, s3_server, tiny
     assert sorted(read_manifest(storage, mirror).models) == ["omniconsistency", "uso"]  # merged
 
 
-def test_a_mirror_stages_back_byte_identical_and_verifies(mirror: str, s3_server, tiny_weights: Path,
-                                                          tmp_path: Path):
+def test_a_mirror_stages_back_byte_identical_and_verifies(
+    mirror: str, s3_server, tiny_weights: Path, tmp_path: Path
+):
     root = tmp_path / "staged"
     report = stage(S3MirrorSource(mirror, s3_server.storage()), ["uso"], root)
     assert sorted(report.fetched) == sorted(model_files(tiny_weights, "uso"))
@@ -90,8 +96,9 @@ def test_a_mirror_stages_back_byte_identical_and_verifies(mirror: str, s3_server
     assert not list(partial_dir(root).rglob("*.partial"))
 
 
-def test_the_driver_reads_digests_from_the_mirror_without_downloading(mirror: str, s3_server,
-                                                                      tiny_weights: Path, tmp_path: Path):
+def test_the_driver_reads_digests_from_the_mirror_without_downloading(
+    mirror: str, s3_server, tiny_weights: Path, tmp_path: Path
+):
     storage = s3_server.storage()
     remote = resolve_weights(mirror, "uso", storage=storage)
     assert remote.root is None
@@ -104,15 +111,20 @@ def test_the_driver_reads_digests_from_the_mirror_without_downloading(mirror: st
 
 def test_a_folder_that_is_not_a_mirror_says_how_to_make_one(s3_server):
     empty = s3_server.new_bucket("empty") + "/weights"
-    with pytest.raises(WeightsError, match=f"{empty} is not a restyle weights mirror: it has no "
-                                           f"{MANIFEST_NAME} \\(create one with `restyle weights pull"):
+    with pytest.raises(
+        WeightsError,
+        match=f"{empty} is not a restyle weights mirror: it has no "
+        f"{MANIFEST_NAME} \\(create one with `restyle weights pull",
+    ):
         local_root(empty, model="uso", storage=s3_server.storage())
 
 
 def test_a_mirror_without_the_model_names_what_it_holds(s3_server, tiny_weights: Path):
     uri = s3_server.new_bucket("uso-only") + "/w"
     pull(LocalSource(tiny_weights), ["uso"], uri, s3_server.storage(), Path("/nonexistent"))
-    with pytest.raises(WeightsError, match="do not include model 'omniconsistency' \\(they hold: uso\\)"):
+    with pytest.raises(
+        WeightsError, match="do not include model 'omniconsistency' \\(they hold: uso\\)"
+    ):
         resolve_weights(uri, "omniconsistency", storage=s3_server.storage())
 
 
@@ -123,7 +135,9 @@ def test_a_corrupt_mirror_object_is_never_used(s3_server, tiny_weights: Path, tm
     good = (tiny_weights / "uso" / "projector.safetensors").read_bytes()
     storage.write_bytes(join(uri, "uso/projector.safetensors"), good[:-1] + b"\x00")
     root = tmp_path / "staged"
-    with pytest.raises(WeightIntegrityError, match=f"uso/projector.safetensors from {uri}: sha256 is "):
+    with pytest.raises(
+        WeightIntegrityError, match=f"uso/projector.safetensors from {uri}: sha256 is "
+    ):
         stage(S3MirrorSource(uri, storage), ["uso"], root)
     assert not (root / "uso" / "projector.safetensors").exists()
     assert not list(partial_dir(root).rglob("*.partial"))
@@ -132,33 +146,50 @@ def test_a_corrupt_mirror_object_is_never_used(s3_server, tiny_weights: Path, tm
         stage(S3MirrorSource(uri, storage), ["uso"], root)
 
 
-def test_a_changed_file_is_mirrored_and_restaged_alone(s3_server, tiny_weights: Path, tmp_path: Path):
+def test_a_changed_file_is_mirrored_and_restaged_alone(
+    s3_server, tiny_weights: Path, tmp_path: Path
+):
     storage = s3_server.storage()
     source_root = Path(shutil.copytree(tiny_weights, tmp_path / "source"))
     uri = s3_server.new_bucket("changed") + "/w"
     pull(LocalSource(source_root), ["uso"], uri, storage, Path("/nonexistent"))
     root = tmp_path / "staged"
     stage(S3MirrorSource(uri, storage), ["uso"], root)
-    shutil.copy(tiny_weights / "style_loras" / "Ghibli_rank128_bf16.safetensors",
-                source_root / "uso" / "dit_lora.safetensors")  # a new release of one file
+    shutil.copy(
+        tiny_weights / "style_loras" / "Ghibli_rank128_bf16.safetensors",
+        source_root / "uso" / "dit_lora.safetensors",
+    )  # a new release of one file
     assert pull(LocalSource(source_root), ["uso"], uri, storage, Path("/nonexistent")).copied == [
-        "uso/dit_lora.safetensors"]
+        "uso/dit_lora.safetensors"
+    ]
     again = stage(S3MirrorSource(uri, storage), ["uso"], root)
     assert again.fetched == ["uso/dit_lora.safetensors"]
-    assert _sha(root / "uso" / "dit_lora.safetensors") == _sha(source_root / "uso" / "dit_lora.safetensors")
+    assert _sha(root / "uso" / "dit_lora.safetensors") == _sha(
+        source_root / "uso" / "dit_lora.safetensors"
+    )
 
 
 def test_cli_pulls_to_a_mirror_and_back_to_a_folder(s3_server, tiny_weights: Path, tmp_path: Path):
-    env = {"AWS_ACCESS_KEY_ID": s3_server.access_key, "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
-           "AWS_ENDPOINT_URL_S3": s3_server.endpoint_url, "AWS_REGION": "us-east-1",
-           "COLUMNS": "200"}
+    env = {
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+        "AWS_ENDPOINT_URL_S3": s3_server.endpoint_url,
+        "AWS_REGION": "us-east-1",
+        "COLUMNS": "200",
+    }
     uri = s3_server.new_bucket("cli") + "/weights"
-    up = CliRunner().invoke(app, ["weights", "pull", "omniconsistency", "--from", str(tiny_weights),
-                                  "--to", uri], env=env)
+    up = CliRunner().invoke(
+        app,
+        ["weights", "pull", "omniconsistency", "--from", str(tiny_weights), "--to", uri],
+        env=env,
+    )
     assert up.exit_code == 0, up.output
     assert f"--weights {uri}" in up.output
-    down = CliRunner().invoke(app, ["weights", "pull", "omniconsistency", "--from", uri,
-                                    "--to", str(tmp_path / "local")], env=env)
+    down = CliRunner().invoke(
+        app,
+        ["weights", "pull", "omniconsistency", "--from", uri, "--to", str(tmp_path / "local")],
+        env=env,
+    )
     assert down.exit_code == 0, down.output
     checked = CliRunner().invoke(app, ["weights", "verify", str(tmp_path / "local")], env=env)
     assert checked.exit_code == 0, checked.output
@@ -174,8 +205,11 @@ def _hub_registry(tiny_weights: Path, folder: Path) -> tuple[Path, dict[str, dic
     repo_of = {f.component: f.repo for f in real.files}
     lines = ["format = 1"]
     for repo in real.repos.values():
-        lines += [f"[repos.{json.dumps(repo.id)}]", f"revision = {json.dumps(repo.revision)}",
-                  f"gated = {str(repo.gated).lower()}"]
+        lines += [
+            f"[repos.{json.dumps(repo.id)}]",
+            f"revision = {json.dumps(repo.revision)}",
+            f"gated = {str(repo.gated).lower()}",
+        ]
         if repo.licence_url:
             lines.append(f"licence_url = {json.dumps(repo.licence_url)}")
     for model in MODELS:
@@ -184,8 +218,13 @@ def _hub_registry(tiny_weights: Path, folder: Path) -> tuple[Path, dict[str, dic
     for path, component in sorted(model_files(tiny_weights, list(MODELS)).items()):
         repo = repo_of[component]
         repos.setdefault(repo, {})[path] = (tiny_weights / path).read_bytes()
-        lines += ["[[files]]", f"component = {json.dumps(component)}", f"repo = {json.dumps(repo)}",
-                  f"path = {json.dumps(path)}", f"dest = {json.dumps(path)}"]
+        lines += [
+            "[[files]]",
+            f"component = {json.dumps(component)}",
+            f"repo = {json.dumps(repo)}",
+            f"path = {json.dumps(path)}",
+            f"dest = {json.dumps(path)}",
+        ]
     toml = folder / "hub-registry.toml"
     toml.write_text("\n".join(lines) + "\n")
     return toml, repos
@@ -229,15 +268,20 @@ def test_a_gated_repo_without_a_token_says_accept_the_licence_and_set_hf_token(h
 
 
 def test_a_token_without_the_licence_is_told_apart(hub_setup, tmp_path: Path):
-    with pytest.raises(HubAccessError, match=f"{FLUX_REPO} is gated and the token in use has no "
-                                             "access to it: accept the licence at .* HTTP 403"):
+    with pytest.raises(
+        HubAccessError,
+        match=f"{FLUX_REPO} is gated and the token in use has no "
+        "access to it: accept the licence at .* HTTP 403",
+    ):
         stage(_source(hub_setup, token="someone-else"), ["uso"], tmp_path / "staged")
 
 
 def test_an_unreachable_hub_says_what_to_do(tmp_path: Path, tiny_weights: Path):
     source = HubSource(load_registry(), endpoint="http://127.0.0.1:9", token=ACCEPTED)
-    with pytest.raises(HubAccessError, match="cannot reach the Hugging Face Hub at "
-                                             "http://127.0.0.1:9 .* or an s3:// mirror"):
+    with pytest.raises(
+        HubAccessError,
+        match="cannot reach the Hugging Face Hub at http://127.0.0.1:9 .* or an s3:// mirror",
+    ):
         stage(source, ["uso"], tmp_path / "staged")
 
 
@@ -246,21 +290,28 @@ def test_a_file_missing_from_the_repo_names_the_registry(hub_setup, tmp_path: Pa
     repo = hub.repos["bytedance-research/USO"]
     data = repo.pop("uso/projector.safetensors")
     try:
-        with pytest.raises(WeightsError, match="bytedance-research/USO has no file "
-                                               f"uso/projector.safetensors at revision main .*{toml}"):
+        with pytest.raises(
+            WeightsError,
+            match="bytedance-research/USO has no file "
+            f"uso/projector.safetensors at revision main .*{toml}",
+        ):
             stage(_source(hub_setup), ["uso"], tmp_path / "staged")
     finally:
         repo["uso/projector.safetensors"] = data
 
 
-def test_a_corrupt_download_from_the_hub_is_discarded(hub_setup, tmp_path: Path, tiny_weights: Path):
+def test_a_corrupt_download_from_the_hub_is_discarded(
+    hub_setup, tmp_path: Path, tiny_weights: Path
+):
     hub, _, _ = hub_setup
     good = (tiny_weights / "uso" / "dit_lora.safetensors").read_bytes()
     hub.corrupt("bytedance-research/USO", "uso/dit_lora.safetensors", b"\x00" * len(good))
     root = tmp_path / "staged"
     try:
-        with pytest.raises(WeightIntegrityError, match="uso/dit_lora.safetensors from hf .* "
-                                                       "the download was discarded"):
+        with pytest.raises(
+            WeightIntegrityError,
+            match="uso/dit_lora.safetensors from hf .* the download was discarded",
+        ):
             stage(_source(hub_setup), ["uso"], root)
     finally:
         hub.corrupt("bytedance-research/USO", "uso/dit_lora.safetensors", good)
@@ -271,16 +322,21 @@ def test_a_corrupt_download_from_the_hub_is_discarded(hub_setup, tmp_path: Path,
 def test_a_registry_pin_the_hub_contradicts_is_refused(hub_setup, tmp_path: Path):
     hub, _, toml = hub_setup
     pinned = tmp_path / "pinned.toml"
-    pinned.write_text(toml.read_text().replace(
-        'dest = "uso/projector.safetensors"', 'dest = "uso/projector.safetensors"\nsize = 12345'))
+    pinned.write_text(
+        toml.read_text().replace(
+            'dest = "uso/projector.safetensors"', 'dest = "uso/projector.safetensors"\nsize = 12345'
+        )
+    )
     source = HubSource(load_registry(pinned), endpoint=hub.endpoint, token=ACCEPTED)
-    with pytest.raises(WeightIntegrityError, match="uso/projector.safetensors: the Hub reports size "
-                                                   ".* pins 12345"):
+    with pytest.raises(
+        WeightIntegrityError, match="uso/projector.safetensors: the Hub reports size .* pins 12345"
+    ):
         source.manifest(["uso"])
 
 
-def test_the_driver_gets_hub_digests_without_downloading_weights(hub_setup, tiny_weights: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch):
+def test_the_driver_gets_hub_digests_without_downloading_weights(
+    hub_setup, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
+):
     hub, _, toml = hub_setup
     monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
     monkeypatch.setenv("HF_TOKEN", ACCEPTED)
@@ -297,8 +353,11 @@ def test_a_file_removed_from_the_repo_after_listing_names_the_file(hub_setup, tm
     repo = hub.repos["bytedance-research/USO"]
     data = repo.pop("uso/projector.safetensors")
     try:
-        with pytest.raises(WeightsError, match="could not download uso/projector.safetensors from "
-                                               "bytedance-research/USO: no such file at revision main"):
+        with pytest.raises(
+            WeightsError,
+            match="could not download uso/projector.safetensors from "
+            "bytedance-research/USO: no such file at revision main",
+        ):
             _source(hub_setup).fetch("uso/projector.safetensors", tmp_path / "projector.partial")
     finally:
         repo["uso/projector.safetensors"] = data

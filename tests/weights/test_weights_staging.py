@@ -50,16 +50,26 @@ def ray_node(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real local Ray (one node, 2 CPUs); its workers share this node-local weight cache."""
     node_cache = tmp_path_factory.mktemp("node") / "weights-cache"
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"RESTYLE_WEIGHTS_CACHE": str(node_cache),
-                                       "RESTYLE_CACHE": str(node_cache.parent / "hash-cache")}})
+    ray.init(
+        num_cpus=2,
+        num_gpus=0,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={
+            "env_vars": {
+                "RESTYLE_WEIGHTS_CACHE": str(node_cache),
+                "RESTYLE_CACHE": str(node_cache.parent / "hash-cache"),
+            }
+        },
+    )
     yield node_cache
     ray.shutdown()
 
 
 @pytest.mark.slow
-def test_two_actors_on_one_node_stage_a_mirror_once(ray_node: Path, s3_server, tiny_weights: Path,
-                                                    tmp_path: Path):
+def test_two_actors_on_one_node_stage_a_mirror_once(
+    ray_node: Path, s3_server, tiny_weights: Path, tmp_path: Path
+):
     mirror = s3_server.new_bucket("node") + "/weights"
     pull(LocalSource(tiny_weights), ["uso"], mirror, s3_server.storage(), tmp_path / "scratch")
     actors = [ray.remote(num_cpus=0.25)(StagingActor).remote() for _ in range(2)]
@@ -70,19 +80,23 @@ def test_two_actors_on_one_node_stage_a_mirror_once(ray_node: Path, s3_server, t
     root = reports[0].root
     assert root.parent == ray_node / "staged"
     assert sorted(len(r.fetched) for r in reports) == [0, len(files)]  # one download in all
-    assert sum(r.bytes_fetched for r in reports) == sum((tiny_weights / p).stat().st_size for p in files)
+    assert sum(r.bytes_fetched for r in reports) == sum(
+        (tiny_weights / p).stat().st_size for p in files
+    )
     assert verify_root(root).ok
 
 
 @pytest.mark.slow
 def test_a_run_from_a_mirror_records_the_sha256_of_every_weight_file(
-        ray_node: Path, s3_server, tiny_weights: Path, tmp_path: Path):
+    ray_node: Path, s3_server, tiny_weights: Path, tmp_path: Path
+):
     mirror = s3_server.new_bucket("run") + "/weights"
     pull(LocalSource(tiny_weights), ["uso"], mirror, s3_server.storage(), tmp_path / "scratch")
     write_images(tmp_path / "images", 2)
     (tmp_path / "manifest").mkdir()
     (tmp_path / "manifest" / "part-0.parquet").write_bytes(
-        parquet_bytes(uso_rows("a", 1, "../images/img0.png", "../images/img1.png")))
+        parquet_bytes(uso_rows("a", 1, "../images/img0.png", "../images/img1.png"))
+    )
     out = tmp_path / "out"
     config = run_config([str(tmp_path / "manifest")], str(out), mirror)
     summary = Runner(config, s3_server.settings(), show_progress=False).run()
@@ -97,12 +111,16 @@ def test_a_run_from_a_mirror_records_the_sha256_of_every_weight_file(
     assert (ray_node / "staged").is_dir()  # the actor staged the mirror on its node
 
 
-def test_staging_logs_its_time_and_what_it_fetched(tiny_weights: Path, tmp_path: Path,
-                                                   caplog: pytest.LogCaptureFixture):
+def test_staging_logs_its_time_and_what_it_fetched(
+    tiny_weights: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
     caplog.set_level(logging.INFO, logger="pipeline.weights.staging")
     report = stage(LocalSource(tiny_weights), ["omniconsistency"], tmp_path / "staged")
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("staged "))
-    assert f"staged {report.files} weight files from {tiny_weights} into {tmp_path / 'staged'} in " in line
+    assert (
+        f"staged {report.files} weight files from {tiny_weights} into {tmp_path / 'staged'} in "
+        in line
+    )
     assert f"fetched {report.files} (" in line and "waited 0.0 s for another process" in line
 
 
@@ -131,25 +149,35 @@ def test_a_process_arriving_while_another_stages_waits_for_it(tiny_weights: Path
     assert report.waited_s >= 0.8
 
 
-def test_a_partial_download_left_by_a_crash_is_discarded_and_restarted(tiny_weights: Path, tmp_path: Path):
+def test_a_partial_download_left_by_a_crash_is_discarded_and_restarted(
+    tiny_weights: Path, tmp_path: Path
+):
     root = tmp_path / "staged"
     leftover = partial_dir(root) / "uso" / "projector.safetensors.partial"
     leftover.parent.mkdir(parents=True)
     leftover.write_bytes(b"half a file from a process that died")
     stage(LocalSource(tiny_weights), ["uso"], root)
-    assert _sha(root / "uso" / "projector.safetensors") == _sha(tiny_weights / "uso" / "projector.safetensors")
+    assert _sha(root / "uso" / "projector.safetensors") == _sha(
+        tiny_weights / "uso" / "projector.safetensors"
+    )
     assert not leftover.exists()
 
 
-def test_too_little_disk_space_is_refused_before_any_download(tiny_weights: Path, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch):
+def test_too_little_disk_space_is_refused_before_any_download(
+    tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(staging.shutil, "disk_usage", lambda _path: usage(10 << 30, 10 << 30, 1 << 20))
+    monkeypatch.setattr(
+        staging.shutil, "disk_usage", lambda _path: usage(10 << 30, 10 << 30, 1 << 20)
+    )
     root = tmp_path / "staged"
     with pytest.raises(WeightSpaceError) as caught:
         stage(LocalSource(tiny_weights), ["uso"], root)
     message = str(caught.value)
-    assert f"not enough disk space to stage {len(model_files(tiny_weights, 'uso'))} weight files" in message
+    assert (
+        f"not enough disk space to stage {len(model_files(tiny_weights, 'uso'))} weight files"
+        in message
+    )
     assert f"into {root}" in message and "(largest: flux1-dev/ae.safetensors" in message
     assert "0.00 GiB is free" in message and "RESTYLE_WEIGHTS_CACHE" in message
     assert not [p for p in root.rglob("*") if p.is_file() and p.suffix == ".safetensors"]

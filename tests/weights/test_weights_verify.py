@@ -69,8 +69,9 @@ def test_a_wrong_shape_is_caught(root: Path):
     key = "feature_embedder.mid_projection.weight"
 
     def widen(tensors: dict) -> None:
-        tensors[key] = torch.zeros(tensors[key].shape[0] + 1, tensors[key].shape[1],
-                                   dtype=tensors[key].dtype)
+        tensors[key] = torch.zeros(
+            tensors[key].shape[0] + 1, tensors[key].shape[1], dtype=tensors[key].dtype
+        )
 
     _rewrite(root / "uso" / "projector.safetensors", widen)
     row = _row(verify_root(root, ["uso"], check_hashes=False), "uso/projector.safetensors")
@@ -80,10 +81,14 @@ def test_a_wrong_shape_is_caught(root: Path):
 
 def test_a_wrong_lora_shape_is_caught_whatever_the_rank(root: Path):
     key = "single_transformer_blocks.1.attn.processor.k_loras.0.up.weight"
-    _rewrite(root / "omniconsistency" / "OmniConsistency.safetensors",
-             lambda t: t.__setitem__(key, t[key][:-2].clone()))
-    row = _row(verify_root(root, ["omniconsistency"], check_hashes=False),
-               "omniconsistency/OmniConsistency.safetensors")
+    _rewrite(
+        root / "omniconsistency" / "OmniConsistency.safetensors",
+        lambda t: t.__setitem__(key, t[key][:-2].clone()),
+    )
+    row = _row(
+        verify_root(root, ["omniconsistency"], check_hashes=False),
+        "omniconsistency/OmniConsistency.safetensors",
+    )
     assert any(key in p and "wrong shapes" in p for p in row.problems), row.problems
 
 
@@ -103,7 +108,8 @@ def test_a_missing_file_is_named(root: Path):
     report = verify_root(root, check_hashes=False)
     assert _row(report, "t5/spiece.model").problems == [f"missing (expected by {MARKER})"]
     assert _row(report, "style_loras/Ghibli_rank128_bf16.safetensors").problems == [
-        f"missing (expected by {MARKER})"]
+        f"missing (expected by {MARKER})"
+    ]
 
 
 def test_a_missing_component_names_what_the_loaders_look_for(root: Path):
@@ -118,7 +124,9 @@ def test_real_weights_are_held_against_the_registry(tmp_path: Path, tiny_weights
     and architecture (no tiny marker, no flux_config.json: the release is expected)."""
     root = tmp_path / "real"
     (root / "flux1-dev").mkdir(parents=True)
-    shutil.copy(tiny_weights / "flux1-dev" / "ae.safetensors", root / "flux1-dev" / "ae.safetensors")
+    shutil.copy(
+        tiny_weights / "flux1-dev" / "ae.safetensors", root / "flux1-dev" / "ae.safetensors"
+    )
     report = verify_root(root, ["uso"])
     assert report.preset == "release"
     row = _row(report, "flux1-dev/ae.safetensors")
@@ -131,11 +139,13 @@ def test_real_weights_are_held_against_the_registry(tmp_path: Path, tiny_weights
 
 def test_verify_prints_a_table_and_fails_on_a_bad_file(root: Path):
     os.truncate(root / "uso" / "projector.safetensors", 100)
-    result = CliRunner().invoke(app, ["weights", "verify", str(root), "--model", "uso"],
-                                env={"COLUMNS": "250"})
+    result = CliRunner().invoke(
+        app, ["weights", "verify", str(root), "--model", "uso"], env={"COLUMNS": "250"}
+    )
     assert result.exit_code == 1, result.output
     assert "uso/projector.safetensors" in result.output and "truncated" in result.output
     assert "1 with problems" in result.output
-    good = CliRunner().invoke(app, ["weights", "verify", str(root), "--model", "omniconsistency",
-                                    "--no-hash"])
+    good = CliRunner().invoke(
+        app, ["weights", "verify", str(root), "--model", "omniconsistency", "--no-hash"]
+    )
     assert good.exit_code == 0 and "all ok" in good.output

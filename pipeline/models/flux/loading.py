@@ -45,9 +45,13 @@ from pipeline.models.flux.tensor_files import (
 _BFL_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
 
 
-def load_flux_transformer(path: Path, *, config: None | Mapping | Path = None,
-                          dtype: torch.dtype = torch.bfloat16,
-                          device: torch.device | str = "cpu") -> FluxTransformer2DModel:
+def load_flux_transformer(
+    path: Path,
+    *,
+    config: Mapping | Path | None = None,
+    dtype: torch.dtype = torch.bfloat16,
+    device: torch.device | str = "cpu",
+) -> FluxTransformer2DModel:
     """A FLUX transformer from a BFL single file or a diffusers folder (see module docstring).
 
     `config` is only needed for BFL files whose head size is not 128 (tiny test models); for a
@@ -58,11 +62,16 @@ def load_flux_transformer(path: Path, *, config: None | Mapping | Path = None,
     if path.is_dir():
         files = TensorFiles.diffusers_folder(path)
         kwargs = _diffusers_config(path, FluxTransformer2DModel)
-        if bfl_params and "axes_dim" in bfl_params and \
-                tuple(bfl_params["axes_dim"]) != tuple(kwargs.get("axes_dims_rope", ())):
-            raise WeightFileError(path / "config.json",
-                                  f"axes_dims_rope {kwargs.get('axes_dims_rope')} disagrees with "
-                                  f"the given config's axes_dim {bfl_params['axes_dim']}")
+        if (
+            bfl_params
+            and "axes_dim" in bfl_params
+            and tuple(bfl_params["axes_dim"]) != tuple(kwargs.get("axes_dims_rope", ()))
+        ):
+            raise WeightFileError(
+                path / "config.json",
+                f"axes_dims_rope {kwargs.get('axes_dims_rope')} disagrees with "
+                f"the given config's axes_dim {bfl_params['axes_dim']}",
+            )
         with torch.device("meta"):
             model = FluxTransformer2DModel.from_config(kwargs)
         plan = identity_plan(model.state_dict().keys())
@@ -76,9 +85,13 @@ def load_flux_transformer(path: Path, *, config: None | Mapping | Path = None,
     return materialize(model, plan, files, dtype, device)
 
 
-def load_flux_vae(path: Path, *, config: None | Mapping | Path = None,
-                  dtype: torch.dtype = torch.float32,
-                  device: torch.device | str = "cpu") -> AutoencoderKL:
+def load_flux_vae(
+    path: Path,
+    *,
+    config: Mapping | Path | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> AutoencoderKL:
     """The FLUX VAE from BFL ae.safetensors or a diffusers folder.
 
     For a BFL file, `config` may override `norm_num_groups` (BFL always uses 32, which tiny
@@ -103,48 +116,70 @@ def load_flux_vae(path: Path, *, config: None | Mapping | Path = None,
 
 # ----------------------------------------------------------------------------- transformer
 
-def flux_transformer_kwargs_from_bfl(files: TensorFiles, prefix: str = "",
-                                     bfl_params: Mapping | None = None) -> dict:
+
+def flux_transformer_kwargs_from_bfl(
+    files: TensorFiles, prefix: str = "", bfl_params: Mapping | None = None
+) -> dict:
     """diffusers FluxTransformer2DModel kwargs inferred from a BFL file's tensor shapes."""
     keys = files.keys()
 
     def shape(name: str) -> tuple[int, ...]:
         if prefix + name not in keys:
-            raise WeightFileError(files.label, "missing tensors (not a BFL FLUX transformer?)",
-                                  [prefix + name])
+            raise WeightFileError(
+                files.label, "missing tensors (not a BFL FLUX transformer?)", [prefix + name]
+            )
         return files.shape(prefix + name)
 
     hidden, in_channels = shape("img_in.weight")
     depth = _count_blocks(keys, prefix + "double_blocks.")
     depth_single = _count_blocks(keys, prefix + "single_blocks.")
-    norm_key = "double_blocks.0.img_attn.norm.query_norm.scale" if depth else \
-        "single_blocks.0.norm.query_norm.scale"
+    norm_key = (
+        "double_blocks.0.img_attn.norm.query_norm.scale"
+        if depth
+        else "single_blocks.0.norm.query_norm.scale"
+    )
     (head_dim,) = shape(norm_key)
     if hidden % head_dim:
-        raise WeightFileError(files.label, f"hidden size {hidden} is not a multiple of the head "
-                              f"size {head_dim}", [prefix + norm_key])
+        raise WeightFileError(
+            files.label,
+            f"hidden size {hidden} is not a multiple of the head size {head_dim}",
+            [prefix + norm_key],
+        )
     if depth:
         mlp_hidden = shape("double_blocks.0.img_mlp.0.weight")[0]
         if prefix + "double_blocks.0.img_attn.qkv.bias" not in keys:
-            raise WeightFileError(files.label,
-                                  "qkv without bias is not supported by diffusers' FLUX",
-                                  [prefix + "double_blocks.0.img_attn.qkv.bias"])
+            raise WeightFileError(
+                files.label,
+                "qkv without bias is not supported by diffusers' FLUX",
+                [prefix + "double_blocks.0.img_attn.qkv.bias"],
+            )
     else:
         mlp_hidden = shape("single_blocks.0.linear1.weight")[0] - 3 * hidden
     if mlp_hidden != 4 * hidden:
-        raise WeightFileError(files.label, f"MLP ratio {mlp_hidden / hidden:g} is not supported "
-                              "(diffusers' FLUX hard-codes 4)")
+        raise WeightFileError(
+            files.label,
+            f"MLP ratio {mlp_hidden / hidden:g} is not supported (diffusers' FLUX hard-codes 4)",
+        )
     out_channels = shape("final_layer.linear.weight")[0]
     axes_dim = _axes_dim(files.label, head_dim, bfl_params)
     if bfl_params:
-        _check_bfl_params(files.label, bfl_params, {
-            "hidden_size": hidden, "num_heads": hidden // head_dim, "depth": depth,
-            "depth_single_blocks": depth_single, "in_channels": in_channels,
-            "context_in_dim": shape("txt_in.weight")[1],
-            "vec_in_dim": shape("vector_in.in_layer.weight")[1],
-            "guidance_embed": prefix + "guidance_in.in_layer.weight" in keys,
-            "theta": FLUX_DEV.theta,  # diffusers hard-codes it
-            "mlp_ratio": 4.0, "qkv_bias": True})
+        _check_bfl_params(
+            files.label,
+            bfl_params,
+            {
+                "hidden_size": hidden,
+                "num_heads": hidden // head_dim,
+                "depth": depth,
+                "depth_single_blocks": depth_single,
+                "in_channels": in_channels,
+                "context_in_dim": shape("txt_in.weight")[1],
+                "vec_in_dim": shape("vector_in.in_layer.weight")[1],
+                "guidance_embed": prefix + "guidance_in.in_layer.weight" in keys,
+                "theta": FLUX_DEV.theta,  # diffusers hard-codes it
+                "mlp_ratio": 4.0,
+                "qkv_bias": True,
+            },
+        )
     return {
         "patch_size": 1,
         "in_channels": in_channels,
@@ -169,11 +204,13 @@ def bfl_transformer_plan(kwargs: Mapping, prefix: str = "") -> dict[str, TensorS
     hidden = kwargs["attention_head_dim"] * kwargs["num_attention_heads"]
     plan: dict[str, TensorSource] = {}
 
-    def linear(dst: str, src: str, rows: tuple[int, int] | None = None, transform=None,
-               shape=None) -> None:
+    def linear(
+        dst: str, src: str, rows: tuple[int, int] | None = None, transform=None, shape=None
+    ) -> None:
         for suffix in ("weight", "bias"):
-            plan[f"{dst}.{suffix}"] = TensorSource(f"{prefix}{src}.{suffix}", rows, transform,
-                                                   None if shape is None else shape[suffix])
+            plan[f"{dst}.{suffix}"] = TensorSource(
+                f"{prefix}{src}.{suffix}", rows, transform, None if shape is None else shape[suffix]
+            )
 
     def norm(dst: str, src: str) -> None:
         plan[f"{dst}.weight"] = TensorSource(f"{prefix}{src}.scale")
@@ -245,19 +282,26 @@ def _axes_dim(label: str, head_dim: int, bfl_params: Mapping | None) -> tuple[in
     elif head_dim == sum(FLUX_DEV.axes_dim):
         axes = FLUX_DEV.axes_dim
     else:
-        raise WeightFileError(label, f"head size {head_dim} needs the RoPE axes_dim, which a "
-                              "checkpoint cannot tell: pass a BFL FluxParams config "
-                              "(flux_config.json)")
+        raise WeightFileError(
+            label,
+            f"head size {head_dim} needs the RoPE axes_dim, which a "
+            "checkpoint cannot tell: pass a BFL FluxParams config "
+            "(flux_config.json)",
+        )
     if sum(axes) != head_dim or any(a % 2 for a in axes):
-        raise WeightFileError(label, f"axes_dim {list(axes)} must be even and sum to the head size "
-                              f"{head_dim}")
+        raise WeightFileError(
+            label, f"axes_dim {list(axes)} must be even and sum to the head size {head_dim}"
+        )
     return axes
 
 
 def _check_bfl_params(label: str, given: Mapping, inferred: Mapping) -> None:
     """A given FluxParams value that contradicts the file is an error, not a silent override."""
-    wrong = [f"{k}={given[k]!r} (file says {v!r})" for k, v in inferred.items()
-             if k in given and given[k] is not None and given[k] != v]
+    wrong = [
+        f"{k}={given[k]!r} (file says {v!r})"
+        for k, v in inferred.items()
+        if k in given and given[k] is not None and given[k] != v
+    ]
     if wrong:
         raise WeightFileError(label, "config disagrees with the checkpoint's shapes", wrong)
 
@@ -275,7 +319,7 @@ def _read_json_or_mapping(config: Mapping | Path | str) -> dict:
     return data
 
 
-def _read_bfl_params(config: None | Mapping | Path) -> dict | None:
+def _read_bfl_params(config: Mapping | Path | None) -> dict | None:
     """A BFL FluxParams dict, also when wrapped as {"flux_bfl_params": {...}}."""
     if config is None:
         return None
@@ -295,6 +339,7 @@ def _diffusers_config(folder: Path, cls) -> dict:
 
 # ----------------------------------------------------------------------------- VAE
 
+
 def vae_kwargs_from_bfl(files: TensorFiles, overrides: Mapping | None = None) -> dict:
     """diffusers AutoencoderKL kwargs inferred from a BFL/LDM VAE file's shapes."""
     keys = files.keys()
@@ -313,8 +358,11 @@ def vae_kwargs_from_bfl(files: TensorFiles, overrides: Mapping | None = None) ->
     groups = int(overrides.get("norm_num_groups", FLUX_AE.norm_num_groups))
     bad = [w for w in widths if w % groups]
     if bad:
-        raise WeightFileError(files.label, f"channel widths {widths} are not divisible by "
-                              f"{groups} GroupNorm groups; pass norm_num_groups in the config")
+        raise WeightFileError(
+            files.label,
+            f"channel widths {widths} are not divisible by "
+            f"{groups} GroupNorm groups; pass norm_num_groups in the config",
+        )
     return {
         "in_channels": shape("encoder.conv_in.weight")[1],
         "out_channels": shape("decoder.conv_out.weight")[0],
@@ -350,7 +398,8 @@ def bfl_vae_plan(files: TensorFiles, kwargs: Mapping) -> dict[str, TensorSource]
         base = tensor if tensor._base is None else tensor._base
         source_key = by_identity[id(base)]
         new_shape = tuple(tensor.shape)
-        reshape = None if new_shape == files.shape(source_key) else \
-            (lambda t, s=new_shape: t.reshape(s))
+        reshape = (
+            None if new_shape == files.shape(source_key) else (lambda t, s=new_shape: t.reshape(s))
+        )
         plan[target] = TensorSource(source_key, transform=reshape, shape=new_shape)
     return plan

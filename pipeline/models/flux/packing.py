@@ -34,9 +34,15 @@ def unpack_latents(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return x.reshape(b, c, h, w)
 
 
-def grid_position_ids(rows: int, cols: int, row_offset: float = 0.0, col_offset: float = 0.0,
-                      row_scale: float = 1.0, col_scale: float = 1.0,
-                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def grid_position_ids(
+    rows: int,
+    cols: int,
+    row_offset: float = 0.0,
+    col_offset: float = 0.0,
+    row_scale: float = 1.0,
+    col_scale: float = 1.0,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """RoPE ids (0, row*row_scale + row_offset, col*col_scale + col_offset), row-major, [rows*cols, 3]."""
     ids = torch.zeros(rows, cols, 3, dtype=dtype)
     ids[..., 1] = torch.arange(rows)[:, None] * row_scale + row_offset
@@ -44,8 +50,13 @@ def grid_position_ids(rows: int, cols: int, row_offset: float = 0.0, col_offset:
     return ids.reshape(rows * cols, 3)
 
 
-def linear_mu(image_seq_len: float, base_seq_len: int = BASE_SEQ_LEN, max_seq_len: int = MAX_SEQ_LEN,
-              base_shift: float = BASE_SHIFT, max_shift: float = MAX_SHIFT) -> float:
+def linear_mu(
+    image_seq_len: float,
+    base_seq_len: int = BASE_SEQ_LEN,
+    max_seq_len: int = MAX_SEQ_LEN,
+    base_shift: float = BASE_SHIFT,
+    max_shift: float = MAX_SHIFT,
+) -> float:
     """The FLUX resolution-dependent shift: linear through (256, 0.5) and (4096, 1.15)."""
     slope = (max_shift - base_shift) / (max_seq_len - base_seq_len)
     return image_seq_len * slope + (base_shift - slope * base_seq_len)

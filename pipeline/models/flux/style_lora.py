@@ -74,8 +74,9 @@ def detect_format(keys: list[str]) -> str:
     return "diffusers"
 
 
-def _split_kohya_linear1(tensors: dict[str, torch.Tensor], transformer: FluxTransformer2DModel
-                         ) -> dict[str, torch.Tensor]:
+def _split_kohya_linear1(
+    tensors: dict[str, torch.Tensor], transformer: FluxTransformer2DModel
+) -> dict[str, torch.Tensor]:
     """Convert kohya `single_blocks_{i}_linear1` entries for widths diffusers does not hard-code.
 
     Returns diffusers-format entries and removes the consumed keys from `tensors`.
@@ -83,8 +84,12 @@ def _split_kohya_linear1(tensors: dict[str, torch.Tensor], transformer: FluxTran
     if not len(transformer.single_transformer_blocks):
         return {}
     block = transformer.single_transformer_blocks[0]
-    split = (block.attn.to_q.out_features, block.attn.to_k.out_features,
-             block.attn.to_v.out_features, block.proj_mlp.out_features)
+    split = (
+        block.attn.to_q.out_features,
+        block.attn.to_k.out_features,
+        block.attn.to_v.out_features,
+        block.proj_mlp.out_features,
+    )
     if split == _FLUX_DEV_LINEAR1_SPLIT:
         return {}  # diffusers handles it
     out: dict[str, torch.Tensor] = {}
@@ -100,11 +105,17 @@ def _split_kohya_linear1(tensors: dict[str, torch.Tensor], transformer: FluxTran
         while scale_down * 2 < scale_up:  # diffusers' balancing of alpha/rank between the factors
             scale_down, scale_up = scale_down * 2, scale_up / 2
         if up.shape[0] != sum(split):
-            raise ValueError(f"{name}.lora_up.weight has {up.shape[0]} rows, the transformer's "
-                             f"fused q/k/v/mlp projection has {sum(split)}")
+            raise ValueError(
+                f"{name}.lora_up.weight has {up.shape[0]} rows, the transformer's "
+                f"fused q/k/v/mlp projection has {sum(split)}"
+            )
         target = f"transformer.single_transformer_blocks.{i}"
-        modules = (f"{target}.attn.to_q", f"{target}.attn.to_k", f"{target}.attn.to_v",
-                   f"{target}.proj_mlp")
+        modules = (
+            f"{target}.attn.to_q",
+            f"{target}.attn.to_k",
+            f"{target}.attn.to_v",
+            f"{target}.proj_mlp",
+        )
         for module, up_part in zip(modules, torch.split(up, list(split), dim=0), strict=True):
             out[f"{module}.lora_A.weight"] = down * scale_down
             out[f"{module}.lora_B.weight"] = up_part.contiguous() * scale_up
@@ -127,22 +138,27 @@ def read_style_lora(path: Path, transformer: FluxTransformer2DModel) -> Converte
         extra = _split_kohya_linear1(tensors, transformer) if source_format == "kohya" else {}
         converted, alphas = FluxLoraLoaderMixin.lora_state_dict(tensors, return_alphas=True)
     except Exception as exc:  # diffusers raises ValueError/AssertionError/KeyError on odd files
-        raise StyleLoraError(path, f"cannot convert this {source_format}-format LoRA "
-                             f"({type(exc).__name__}: {exc})") from exc
+        raise StyleLoraError(
+            path, f"cannot convert this {source_format}-format LoRA ({type(exc).__name__}: {exc})"
+        ) from exc
     converted = {**converted, **extra}
     prefix = "transformer."
-    state_dict = {k[len(prefix):]: v for k, v in converted.items() if k.startswith(prefix)}
+    state_dict = {k[len(prefix) :]: v for k, v in converted.items() if k.startswith(prefix)}
     ignored = sorted(k for k in converted if not k.startswith(prefix))
     if not state_dict:
-        raise StyleLoraError(path, f"no transformer LoRA weights found ({source_format} format; "
-                             f"{len(ignored)} other keys)")
+        raise StyleLoraError(
+            path,
+            f"no transformer LoRA weights found ({source_format} format; "
+            f"{len(ignored)} other keys)",
+        )
     _check_targets(path, state_dict, transformer)
     alphas = {k: v for k, v in (alphas or {}).items() if k.startswith(prefix)} or None
     return ConvertedStyleLora(path, source_format, state_dict, alphas, ignored)
 
 
-def _check_targets(path: Path, state_dict: dict[str, torch.Tensor],
-                   transformer: FluxTransformer2DModel) -> None:
+def _check_targets(
+    path: Path, state_dict: dict[str, torch.Tensor], transformer: FluxTransformer2DModel
+) -> None:
     """Every LoRA pair must sit on a Linear of this transformer with matching widths."""
     modules = dict(transformer.named_modules())
     problems = []
@@ -154,11 +170,13 @@ def _check_targets(path: Path, state_dict: dict[str, torch.Tensor],
         if not isinstance(module, torch.nn.Linear):
             problems.append(f"{key} (no Linear {module_name!r} in the transformer)")
         elif ".lora_A." in key and tensor.ndim == 2 and tensor.shape[1] != module.in_features:
-            problems.append(f"{key} has {tensor.shape[1]} inputs, {module_name} takes "
-                            f"{module.in_features}")
+            problems.append(
+                f"{key} has {tensor.shape[1]} inputs, {module_name} takes {module.in_features}"
+            )
         elif ".lora_B." in key and tensor.ndim == 2 and tensor.shape[0] != module.out_features:
-            problems.append(f"{key} has {tensor.shape[0]} outputs, {module_name} gives "
-                            f"{module.out_features}")
+            problems.append(
+                f"{key} has {tensor.shape[0]} outputs, {module_name} gives {module.out_features}"
+            )
     if problems:
         more = f" ... (+{len(problems) - 10} more)" if len(problems) > 10 else ""
         shown = "; ".join(problems[:10]) + more
@@ -216,8 +234,10 @@ class StyleLoraSlot:
         with torch.no_grad():
             self.transformer.load_lora_adapter(
                 {f"transformer.{k}": v for k, v in converted.state_dict.items()},
-                prefix="transformer", network_alphas=converted.network_alphas,
-                adapter_name=ADAPTER_NAME)
+                prefix="transformer",
+                network_alphas=converted.network_alphas,
+                adapter_name=ADAPTER_NAME,
+            )
         self._identity = ("mounting",)  # so a failure below unloads the PEFT layers
         self.transformer.set_adapters([ADAPTER_NAME], weights=[scale])
         if self.fuse:

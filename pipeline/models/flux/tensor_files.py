@@ -82,8 +82,9 @@ class TensorFiles:
             files = cls(shards, folder)
             listed, present = set(weight_map), set(files.infos)
             if listed != present:
-                raise WeightFileError(index, "index and shards disagree on tensor names",
-                                      sorted(listed ^ present))
+                raise WeightFileError(
+                    index, "index and shards disagree on tensor names", sorted(listed ^ present)
+                )
             return files
         raise WeightFileError(folder, f"no {stem}.safetensors (nor a sharded index) in the folder")
 
@@ -131,8 +132,9 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
         raise WeightFileError(path, f"not a readable safetensors file ({err})") from err
 
 
-def _expected_source_shapes(plan: Mapping[str, TensorSource], expected: Mapping[str, torch.Tensor],
-                            files: TensorFiles) -> dict[str, tuple[int, ...]]:
+def _expected_source_shapes(
+    plan: Mapping[str, TensorSource], expected: Mapping[str, torch.Tensor], files: TensorFiles
+) -> dict[str, tuple[int, ...]]:
     """The header shape each used file key must have for the plan to fit the module.
 
     A key read by row ranges must have exactly as many rows as the ranges cover, and the
@@ -154,8 +156,12 @@ def _expected_source_shapes(plan: Mapping[str, TensorSource], expected: Mapping[
     return shapes
 
 
-def check_plan(module: torch.nn.Module, plan: Mapping[str, TensorSource], files: TensorFiles,
-               allowed_unused: Callable[[str], bool] = lambda key: False) -> None:
+def check_plan(
+    module: torch.nn.Module,
+    plan: Mapping[str, TensorSource],
+    files: TensorFiles,
+    allowed_unused: Callable[[str], bool] = lambda key: False,
+) -> None:
     """Raise one `WeightFileError` listing every missing, unexpected and mis-shaped file key
     unless the plan covers the module exactly. `allowed_unused` names keys that may stay unread."""
     expected = dict(module.state_dict(keep_vars=True))
@@ -163,8 +169,10 @@ def check_plan(module: torch.nn.Module, plan: Mapping[str, TensorSource], files:
     stray = {t: s for t, s in plan.items() if t not in expected}
     plan = {t: s for t, s in plan.items() if t in expected}
     problems: list[str] = []
-    missing = sorted({s.key for s in plan.values() if s.key not in files.infos}
-                     | {f"(nothing feeds {k})" for k in expected if k not in plan})
+    missing = sorted(
+        {s.key for s in plan.values() if s.key not in files.infos}
+        | {f"(nothing feeds {k})" for k in expected if k not in plan}
+    )
     problems += [f"missing {k}" for k in missing]
     used = {s.key for s in plan.values()}
     unexpected = sorted((files.keys() - used) | {s.key for s in stray.values()})
@@ -175,16 +183,24 @@ def check_plan(module: torch.nn.Module, plan: Mapping[str, TensorSource], files:
         if have != want:
             problems.append(f"mis-shaped {key} {list(have)} (expected {list(want)})")
     if problems:
-        counts = {word: sum(p.startswith(word) for p in problems)
-                  for word in ("missing", "unexpected", "mis-shaped")}
+        counts = {
+            word: sum(p.startswith(word) for p in problems)
+            for word in ("missing", "unexpected", "mis-shaped")
+        }
         summary = ", ".join(f"{n} {word}" for word, n in counts.items() if n)
-        raise WeightFileError(files.label, f"does not match the architecture ({summary} tensors)",
-                              problems)
+        raise WeightFileError(
+            files.label, f"does not match the architecture ({summary} tensors)", problems
+        )
 
 
-def materialize(module: torch.nn.Module, plan: Mapping[str, TensorSource], files: TensorFiles,
-                dtype: torch.dtype, device: torch.device | str,
-                allowed_unused: Callable[[str], bool] = lambda key: False) -> torch.nn.Module:
+def materialize(
+    module: torch.nn.Module,
+    plan: Mapping[str, TensorSource],
+    files: TensorFiles,
+    dtype: torch.dtype,
+    device: torch.device | str,
+    allowed_unused: Callable[[str], bool] = lambda key: False,
+) -> torch.nn.Module:
     """Check the plan, then read, cast and move every tensor and assign it into `module`
     (built on the meta device). Returns the module in eval mode without gradients."""
     check_plan(module, plan, files, allowed_unused)
@@ -204,8 +220,9 @@ def materialize(module: torch.nn.Module, plan: Mapping[str, TensorSource], files
     finally:
         files.close()
     module.load_state_dict(state, strict=True, assign=True)
-    leftovers = [name for name, t in [*module.named_parameters(), *module.named_buffers()]
-                 if t.is_meta]
+    leftovers = [
+        name for name, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta
+    ]
     if leftovers:
         raise WeightFileError(files.label, "tensors left unloaded (meta) after loading", leftovers)
     module.requires_grad_(False)

@@ -63,8 +63,9 @@ def _load_local(folder: Path, what: str, loader: Callable[[], _Loaded]) -> _Load
         raise WeightFileError(folder, f"cannot load {what}: {type(exc).__name__}: {exc}") from exc
 
 
-def _load_model_strictly(model_class: type[_Loaded], folder: Path, dtype: torch.dtype,
-                         what: str) -> _Loaded:
+def _load_model_strictly(
+    model_class: type[_Loaded], folder: Path, dtype: torch.dtype, what: str
+) -> _Loaded:
     """`from_pretrained` that refuses missing or mis-shaped weights.
 
     transformers 5 only logs missing keys and initialises them randomly; a wrong or partial
@@ -72,8 +73,13 @@ def _load_model_strictly(model_class: type[_Loaded], folder: Path, dtype: torch.
     google/t5-v1_1-xxl (with a decoder) or openai/clip-vit-large-patch14 (with a vision tower)
     are legitimately loaded into their encoder-only classes.
     """
-    model, info = _load_local(folder, what, lambda: model_class.from_pretrained(
-        folder, dtype=dtype, local_files_only=True, output_loading_info=True))
+    model, info = _load_local(
+        folder,
+        what,
+        lambda: model_class.from_pretrained(
+            folder, dtype=dtype, local_files_only=True, output_loading_info=True
+        ),
+    )
     missing = sorted(info.get("missing_keys") or ())
     mismatched = sorted(str(k) for k in info.get("mismatched_keys") or ())
     if missing:
@@ -83,13 +89,21 @@ def _load_model_strictly(model_class: type[_Loaded], folder: Path, dtype: torch.
     return model
 
 
-def _check_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, model_dir: Path,
-                 tokenizer_dir: Path, what: str) -> None:
+def _check_vocab(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    model_dir: Path,
+    tokenizer_dir: Path,
+    what: str,
+) -> None:
     """A tokenizer that emits ids past the embedding table would fail later, mid-batch."""
     if len(tokenizer) > model.config.vocab_size:
-        raise WeightFileError(tokenizer_dir, f"{what} tokenizer has {len(tokenizer)} tokens but "
-                                             f"the model in {model_dir} has vocab_size "
-                                             f"{model.config.vocab_size}")
+        raise WeightFileError(
+            tokenizer_dir,
+            f"{what} tokenizer has {len(tokenizer)} tokens but "
+            f"the model in {model_dir} has vocab_size "
+            f"{model.config.vocab_size}",
+        )
 
 
 class FluxTextEncoders:
@@ -102,17 +116,28 @@ class FluxTextEncoders:
     Direct construction takes models already in `dtype` (`load`/`random` do that).
     """
 
-    def __init__(self, t5: T5EncoderModel, t5_tokenizer: PreTrainedTokenizerBase,
-                 clip: CLIPTextModel, clip_tokenizer: PreTrainedTokenizerBase,
-                 device: torch.device, dtype: torch.dtype,
-                 max_sequence_length: int = T5_MAX_LENGTH, cache_size: int = 32,
-                 offload: bool = False, batch_size: int = 8):
+    def __init__(
+        self,
+        t5: T5EncoderModel,
+        t5_tokenizer: PreTrainedTokenizerBase,
+        clip: CLIPTextModel,
+        clip_tokenizer: PreTrainedTokenizerBase,
+        device: torch.device,
+        dtype: torch.dtype,
+        max_sequence_length: int = T5_MAX_LENGTH,
+        cache_size: int = 32,
+        offload: bool = False,
+        batch_size: int = 8,
+    ):
         if not 1 <= max_sequence_length <= T5_MAX_LENGTH:
-            raise ValueError(f"max_sequence_length must be in [1, {T5_MAX_LENGTH}], "
-                             f"got {max_sequence_length}")
+            raise ValueError(
+                f"max_sequence_length must be in [1, {T5_MAX_LENGTH}], got {max_sequence_length}"
+            )
         if clip.config.max_position_embeddings < CLIP_MAX_LENGTH:
-            raise ValueError(f"CLIP text model has {clip.config.max_position_embeddings} "
-                             f"positions, needs {CLIP_MAX_LENGTH}")
+            raise ValueError(
+                f"CLIP text model has {clip.config.max_position_embeddings} "
+                f"positions, needs {CLIP_MAX_LENGTH}"
+            )
         self.device = torch.device(device)
         self.dtype = dtype
         self.max_sequence_length = max_sequence_length
@@ -132,31 +157,57 @@ class FluxTextEncoders:
 
     # ----------------------------------------------------------------------------- loading
     @classmethod
-    def load(cls, files: FluxFiles, device: torch.device, dtype: torch.dtype,
-             max_sequence_length: int = T5_MAX_LENGTH, cache_size: int = 32,
-             offload: bool = False) -> FluxTextEncoders:
+    def load(
+        cls,
+        files: FluxFiles,
+        device: torch.device,
+        dtype: torch.dtype,
+        max_sequence_length: int = T5_MAX_LENGTH,
+        cache_size: int = 32,
+        offload: bool = False,
+    ) -> FluxTextEncoders:
         """Load both encoders and tokenizers from the local folders named by `files`.
 
         A missing or corrupt folder raises `WeightFileError` naming that folder. Models are
         read on the CPU in `dtype`, then moved to `device` (or kept on the CPU if `offload`).
         """
         t5 = _load_model_strictly(T5EncoderModel, files.t5, dtype, "T5 encoder")
-        t5_tokenizer = _load_local(files.t5_tokenizer, "T5 tokenizer",
-                                   lambda: T5Tokenizer.from_pretrained(files.t5_tokenizer,
-                                                                       local_files_only=True))
+        t5_tokenizer = _load_local(
+            files.t5_tokenizer,
+            "T5 tokenizer",
+            lambda: T5Tokenizer.from_pretrained(files.t5_tokenizer, local_files_only=True),
+        )
         clip = _load_model_strictly(CLIPTextModel, files.clip, dtype, "CLIP text encoder")
-        clip_tokenizer = _load_local(files.clip_tokenizer, "CLIP tokenizer",
-                                     lambda: CLIPTokenizer.from_pretrained(
-                                         files.clip_tokenizer, local_files_only=True))
+        clip_tokenizer = _load_local(
+            files.clip_tokenizer,
+            "CLIP tokenizer",
+            lambda: CLIPTokenizer.from_pretrained(files.clip_tokenizer, local_files_only=True),
+        )
         _check_vocab(t5, t5_tokenizer, files.t5, files.t5_tokenizer, "T5")
         _check_vocab(clip, clip_tokenizer, files.clip, files.clip_tokenizer, "CLIP")
-        return cls(t5, t5_tokenizer, clip, clip_tokenizer, device, dtype,
-                   max_sequence_length=max_sequence_length, cache_size=cache_size, offload=offload)
+        return cls(
+            t5,
+            t5_tokenizer,
+            clip,
+            clip_tokenizer,
+            device,
+            dtype,
+            max_sequence_length=max_sequence_length,
+            cache_size=cache_size,
+            offload=offload,
+        )
 
     @classmethod
-    def random(cls, size: str = "full", device: torch.device | str = "cpu",
-               dtype: torch.dtype = torch.bfloat16, max_sequence_length: int = T5_MAX_LENGTH,
-               seed: int = 0, offload: bool = False, **kwargs) -> FluxTextEncoders:
+    def random(
+        cls,
+        size: str = "full",
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.bfloat16,
+        max_sequence_length: int = T5_MAX_LENGTH,
+        seed: int = 0,
+        offload: bool = False,
+        **kwargs,
+    ) -> FluxTextEncoders:
         """Random-weight encoders with the real architectures, built directly where they live
         (`device`, or the CPU with `offload`).
 
@@ -172,32 +223,58 @@ class FluxTextEncoders:
         clip_tokenizer = tiny_tokenizers.build_clip_tokenizer()
         t5_tokenizer = tiny_tokenizers.build_t5_tokenizer()
         t5_config = {"vocab_size": len(t5_tokenizer), **arch.t5}
-        clip_config = {"vocab_size": len(clip_tokenizer), **arch.clip_text,
-                       "bos_token_id": clip_tokenizer.bos_token_id,
-                       "eos_token_id": clip_tokenizer.eos_token_id,
-                       "pad_token_id": clip_tokenizer.pad_token_id}
+        clip_config = {
+            "vocab_size": len(clip_tokenizer),
+            **arch.clip_text,
+            "bos_token_id": clip_tokenizer.bos_token_id,
+            "eos_token_id": clip_tokenizer.eos_token_id,
+            "pad_token_id": clip_tokenizer.pad_token_id,
+        }
         device = torch.device(device)
         home = torch.device("cpu") if offload else device
         with random_init(home, seed):
             # _from_config(dtype=...) initialises directly in `dtype`: no fp32 copy of T5-XXL
             t5 = T5EncoderModel._from_config(T5Config(**t5_config), dtype=dtype)
             clip = CLIPTextModel._from_config(CLIPTextConfig(**clip_config), dtype=dtype)
-        return cls(t5, t5_tokenizer, clip, clip_tokenizer, device, dtype,
-                   max_sequence_length=max_sequence_length, offload=offload, **kwargs)
+        return cls(
+            t5,
+            t5_tokenizer,
+            clip,
+            clip_tokenizer,
+            device,
+            dtype,
+            max_sequence_length=max_sequence_length,
+            offload=offload,
+            **kwargs,
+        )
 
     def check_widths(self, transformer_config, files: FluxFiles | None = None) -> None:
         """T5/CLIP widths must be what the transformer's context/pooled embedders read. Found at
         load time (by encoding the empty prompt, which also warms the cache), not mid-batch;
         `WeightFileError` names the encoder's folder."""
         t5, pooled = self.encode("")
-        checks = (("T5 width", t5.shape[-1], "context width",
-                   transformer_config.joint_attention_dim, files.t5 if files else None),
-                  ("CLIP pooled width", pooled.shape[-1], "pooled width",
-                   transformer_config.pooled_projection_dim, files.clip if files else None))
+        checks = (
+            (
+                "T5 width",
+                t5.shape[-1],
+                "context width",
+                transformer_config.joint_attention_dim,
+                files.t5 if files else None,
+            ),
+            (
+                "CLIP pooled width",
+                pooled.shape[-1],
+                "pooled width",
+                transformer_config.pooled_projection_dim,
+                files.clip if files else None,
+            ),
+        )
         for what, width, reads, expected, folder in checks:
             if width != expected:
-                raise WeightFileError(folder or "<random text encoders>",
-                                      f"{what} {width} != the transformer's {reads} {expected}")
+                raise WeightFileError(
+                    folder or "<random text encoders>",
+                    f"{what} {width} != the transformer's {reads} {expected}",
+                )
 
     # ---------------------------------------------------------------------------- encoding
     def encode(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -221,10 +298,10 @@ class FluxTextEncoders:
         if missing:
             with self._on_device():
                 for start in range(0, len(missing), self.batch_size):
-                    chunk = missing[start:start + self.batch_size]
+                    chunk = missing[start : start + self.batch_size]
                     t5, pooled = self._run_encoders(chunk)
                     for i, prompt in enumerate(chunk):
-                        fresh[prompt] = (t5[i:i + 1], pooled[i:i + 1])
+                        fresh[prompt] = (t5[i : i + 1], pooled[i : i + 1])
             self.encoded_prompts += len(missing)
         t5_rows, pooled_rows = [], []
         for prompt in prompts:
@@ -243,13 +320,24 @@ class FluxTextEncoders:
     @torch.inference_mode()
     def _run_encoders(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         if self._t5 is None or self._clip is None:
-            raise RuntimeError("FluxTextEncoders.free() was called: only cached prompts can be "
-                               f"encoded, and these are not cached: {prompts!r}")
-        clip_ids = self.clip_tokenizer(prompts, padding="max_length", max_length=CLIP_MAX_LENGTH,
-                                       truncation=True, return_tensors="pt").input_ids
-        t5_ids = self.t5_tokenizer(prompts, padding="max_length",
-                                   max_length=self.max_sequence_length, truncation=True,
-                                   return_tensors="pt").input_ids
+            raise RuntimeError(
+                "FluxTextEncoders.free() was called: only cached prompts can be "
+                f"encoded, and these are not cached: {prompts!r}"
+            )
+        clip_ids = self.clip_tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=CLIP_MAX_LENGTH,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        t5_ids = self.t5_tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.max_sequence_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
         device = self.device
         pooled = self._clip(input_ids=clip_ids.to(device), output_hidden_states=False).pooler_output
         t5 = self._t5(input_ids=t5_ids.to(device), output_hidden_states=False).last_hidden_state

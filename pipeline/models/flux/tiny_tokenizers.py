@@ -34,9 +34,11 @@ T5_VOCAB = 400  # an upper bound: SentencePiece stops earlier on a corpus this s
 T5_EXTRA_IDS = 100
 T5_MODEL_FILE = "spiece.model"
 
-_STYLES = ("3D Chibi, American Cartoon, Chinese Ink, Clay Toy, Fabric, Ghibli, Irasutoya, Jojo, "
-           "LEGO, Line, Macaron, Oil Painting, Origami, Paper Cutting, Picasso, Pixel, Poly, "
-           "Pop Art, Rick Morty, Snoopy, Van Gogh, Vector")
+_STYLES = (
+    "3D Chibi, American Cartoon, Chinese Ink, Clay Toy, Fabric, Ghibli, Irasutoya, Jojo, "
+    "LEGO, Line, Macaron, Oil Painting, Origami, Paper Cutting, Picasso, Pixel, Poly, "
+    "Pop Art, Rick Morty, Snoopy, Van Gogh, Vector"
+)
 
 CORPUS = (
     "A photo of a cat sitting on a red chair next to a window, soft morning light.",
@@ -84,8 +86,9 @@ def _corpus() -> list[str]:
     return list(CORPUS) * 4  # repetition gives the trainers stable frequencies
 
 
-def learn_bpe_merges(words: Counter[str], max_merges: int, min_count: int = 2
-                     ) -> list[tuple[str, str]]:
+def learn_bpe_merges(
+    words: Counter[str], max_merges: int, min_count: int = 2
+) -> list[tuple[str, str]]:
     """Merges of a BPE over `words` (byte-level symbols, last one + "</w>"), most frequent pair
     first, ties broken by the pair's text so the result never depends on hash order."""
     splits = {word: [*word[:-1], word[-1] + "</w>"] for word in words if word}
@@ -139,26 +142,38 @@ def t5_sentencepiece_model() -> bytes:
 
     model = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(_corpus()), model_writer=model, vocab_size=T5_VOCAB,
-        hard_vocab_limit=False, model_type="unigram", character_coverage=1.0,
-        normalization_rule_name="nmt_nfkc", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-        num_threads=1, minloglevel=2)
+        sentence_iterator=iter(_corpus()),
+        model_writer=model,
+        vocab_size=T5_VOCAB,
+        hard_vocab_limit=False,
+        model_type="unigram",
+        character_coverage=1.0,
+        normalization_rule_name="nmt_nfkc",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        num_threads=1,
+        minloglevel=2,
+    )
     return model.getvalue()
 
 
 def build_clip_tokenizer() -> CLIPTokenizer:
     """A fresh CLIPTokenizer (model_max_length 77) over the locally learnt BPE."""
     vocab, merges = _clip_vocab_and_merges()
-    return CLIPTokenizer(vocab={token: i for i, token in enumerate(vocab)}, merges=list(merges),
-                         model_max_length=77)
+    return CLIPTokenizer(
+        vocab={token: i for i, token in enumerate(vocab)}, merges=list(merges), model_max_length=77
+    )
 
 
 def build_t5_tokenizer() -> T5Tokenizer:
     """A fresh T5Tokenizer (model_max_length 512) converted from the trained spiece.model."""
     with tempfile.TemporaryDirectory() as folder:
         write_t5_sentencepiece(Path(folder))
-        return T5Tokenizer.from_pretrained(folder, extra_ids=T5_EXTRA_IDS, model_max_length=512,
-                                           local_files_only=True)
+        return T5Tokenizer.from_pretrained(
+            folder, extra_ids=T5_EXTRA_IDS, model_max_length=512, local_files_only=True
+        )
 
 
 def write_t5_sentencepiece(folder: Path) -> Path:

@@ -54,13 +54,17 @@ class CondKVCache:
         try:
             return self.entries[block]
         except KeyError:
-            raise RuntimeError(f"condition K/V cache has no entry for {block}: the warm-up pass "
-                               "did not run for this generation") from None
+            raise RuntimeError(
+                f"condition K/V cache has no entry for {block}: the warm-up pass "
+                "did not run for this generation"
+            ) from None
 
     @property
     def nbytes(self) -> int:
-        return sum(k.numel() * k.element_size() + v.numel() * v.element_size()
-                   for k, v in self.entries.values())
+        return sum(
+            k.numel() * k.element_size() + v.numel() * v.element_size()
+            for k, v in self.entries.values()
+        )
 
     def clear(self) -> None:
         self.entries.clear()
@@ -103,8 +107,14 @@ def warmup_mask(n_text: int, n_cond: int, device: torch.device) -> torch.Tensor:
     return mask
 
 
-def _with_consistency_lora(projected: torch.Tensor, source: torch.Tensor, block: ConsistencyLoraBlock,
-                           projection: str, weight: float, first_cond_row: int) -> torch.Tensor:
+def _with_consistency_lora(
+    projected: torch.Tensor,
+    source: torch.Tensor,
+    block: ConsistencyLoraBlock,
+    projection: str,
+    weight: float,
+    first_cond_row: int,
+) -> torch.Tensor:
     """projected + weight * LoRA(source) on the condition rows only (others get an exact zero)."""
     delta = weight * block.pair(projection)(source[:, first_cond_row:])
     if first_cond_row == 0:
@@ -120,18 +130,30 @@ class OmniDoubleStreamProcessor:
         self.block_name = f"double{index}"
         self._stock = FluxAttnProcessor()
 
-    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor = None,
-                 attention_mask: torch.Tensor | None = None, image_rotary_emb=None,
-                 omni: OmniAttentionContext | None = None):
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb=None,
+        omni: OmniAttentionContext | None = None,
+    ):
         if omni is None:
-            return self._stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+            return self._stock(
+                attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb
+            )
         heads, n_text = attn.heads, encoder_hidden_states.shape[1]
 
         text_q = attn.norm_added_q(_split_heads(attn.add_q_proj(encoder_hidden_states), heads))
         text_k = attn.norm_added_k(_split_heads(attn.add_k_proj(encoder_hidden_states), heads))
         text_v = _split_heads(attn.add_v_proj(encoder_hidden_states), heads)
 
-        query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        query, key, value = (
+            attn.to_q(hidden_states),
+            attn.to_k(hidden_states),
+            attn.to_v(hidden_states),
+        )
         if omni.phase is Phase.WARMUP:
             lora = omni.lora.double_blocks[self.index]
             query = _with_consistency_lora(query, hidden_states, lora, "q", omni.lora_weight, 0)
@@ -157,12 +179,16 @@ class OmniDoubleStreamProcessor:
             query = _rope(query, image_rotary_emb, slice(0, query.shape[2]))
             key = _rope(key, image_rotary_emb, slice(0, key.shape[2]))
 
-        out = _merge_heads(F.scaled_dot_product_attention(query, key, value, attn_mask=mask)).to(query.dtype)
+        out = _merge_heads(F.scaled_dot_product_attention(query, key, value, attn_mask=mask)).to(
+            query.dtype
+        )
         text_out, image_out = out[:, :n_text], out[:, n_text:]
         image_out = attn.to_out[0](image_out)
         if omni.phase is Phase.WARMUP and omni.apply_proj_loras:
             # EasyControl: the proj LoRA reads the *projected* output of the condition rows.
-            image_out = image_out + omni.lora_weight * omni.lora.double_blocks[self.index].pair("proj")(image_out)
+            image_out = image_out + omni.lora_weight * omni.lora.double_blocks[self.index].pair(
+                "proj"
+            )(image_out)
         return image_out, attn.to_add_out(text_out)
 
 
@@ -174,21 +200,39 @@ class OmniSingleStreamProcessor:
         self.block_name = f"single{index}"
         self._stock = FluxAttnProcessor()
 
-    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor = None,
-                 attention_mask: torch.Tensor | None = None, image_rotary_emb=None,
-                 omni: OmniAttentionContext | None = None):
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb=None,
+        omni: OmniAttentionContext | None = None,
+    ):
         if omni is None:
-            return self._stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+            return self._stock(
+                attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb
+            )
         heads, length = attn.heads, hidden_states.shape[1]
 
-        query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        query, key, value = (
+            attn.to_q(hidden_states),
+            attn.to_k(hidden_states),
+            attn.to_v(hidden_states),
+        )
         if omni.phase is Phase.WARMUP:
             n_cond = omni.cache.n_cond
             first_cond = length - n_cond
             lora = omni.lora.single_blocks[self.index]
-            query = _with_consistency_lora(query, hidden_states, lora, "q", omni.lora_weight, first_cond)
-            key = _with_consistency_lora(key, hidden_states, lora, "k", omni.lora_weight, first_cond)
-            value = _with_consistency_lora(value, hidden_states, lora, "v", omni.lora_weight, first_cond)
+            query = _with_consistency_lora(
+                query, hidden_states, lora, "q", omni.lora_weight, first_cond
+            )
+            key = _with_consistency_lora(
+                key, hidden_states, lora, "k", omni.lora_weight, first_cond
+            )
+            value = _with_consistency_lora(
+                value, hidden_states, lora, "v", omni.lora_weight, first_cond
+            )
         query, key, value = (_split_heads(t, heads) for t in (query, key, value))
 
         if omni.phase is Phase.WARMUP:
@@ -219,7 +263,11 @@ def install_processors(transformer: FluxTransformer2DModel) -> None:
 def check_lora_matches(transformer: FluxTransformer2DModel, lora: ConsistencyLora) -> None:
     """The consistency LoRA must have one block per transformer block."""
     if (len(lora.double_blocks), len(lora.single_blocks)) != (
-            len(transformer.transformer_blocks), len(transformer.single_transformer_blocks)):
-        raise ValueError(f"consistency LoRA has {len(lora.double_blocks)}/{len(lora.single_blocks)} "
-                         f"double/single blocks, the transformer "
-                         f"{len(transformer.transformer_blocks)}/{len(transformer.single_transformer_blocks)}")
+        len(transformer.transformer_blocks),
+        len(transformer.single_transformer_blocks),
+    ):
+        raise ValueError(
+            f"consistency LoRA has {len(lora.double_blocks)}/{len(lora.single_blocks)} "
+            f"double/single blocks, the transformer "
+            f"{len(transformer.transformer_blocks)}/{len(transformer.single_transformer_blocks)}"
+        )

@@ -44,27 +44,46 @@ def _read_scheduler_config(path: Path | None) -> dict:
         raise WeightFileError(path, f"unreadable scheduler config ({error})") from error
 
 
-def load_components(*, transformer: Path, vae: Path, consistency_lora: Path,
-                    flux_config: Path | Mapping | None, scheduler_config: Path | None,
-                    dtype: torch.dtype, device: torch.device,
-                    lora_device: torch.device | None = None) -> OmniConsistencyComponents:
+def load_components(
+    *,
+    transformer: Path,
+    vae: Path,
+    consistency_lora: Path,
+    flux_config: Path | Mapping | None,
+    scheduler_config: Path | None,
+    dtype: torch.dtype,
+    device: torch.device,
+    lora_device: torch.device | None = None,
+) -> OmniConsistencyComponents:
     """Load every part from the official files (strict: `WeightFileError` on any mismatch).
 
     Transformer and VAE in `dtype` on `device` (the reference decodes in the pipeline dtype);
     the consistency LoRA keeps the file's dtype, on `lora_device` (default `device`).
     """
     flux = load_flux_transformer(transformer, config=flux_config, dtype=dtype, device=device)
-    lora = ConsistencyLora.from_file(consistency_lora, inner_dim=flux.inner_dim,
-                                     n_double=len(flux.transformer_blocks),
-                                     n_single=len(flux.single_transformer_blocks),
-                                     device=lora_device or device)
-    return OmniConsistencyComponents(flux.eval(), load_flux_vae(vae, dtype=dtype, device=device),
-                                     lora, _read_scheduler_config(scheduler_config))
+    lora = ConsistencyLora.from_file(
+        consistency_lora,
+        inner_dim=flux.inner_dim,
+        n_double=len(flux.transformer_blocks),
+        n_single=len(flux.single_transformer_blocks),
+        device=lora_device or device,
+    )
+    return OmniConsistencyComponents(
+        flux.eval(),
+        load_flux_vae(vae, dtype=dtype, device=device),
+        lora,
+        _read_scheduler_config(scheduler_config),
+    )
 
 
-def random_components(size: str, *, dtype: torch.dtype, device: torch.device,
-                      lora_device: torch.device | None = None,
-                      seed: int = 0) -> OmniConsistencyComponents:
+def random_components(
+    size: str,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    lora_device: torch.device | None = None,
+    seed: int = 0,
+) -> OmniConsistencyComponents:
     """The architecture at `size` ("full", "small", "tiny") with random weights, built directly
     on the device in `dtype` (a full FLUX.1-dev is never materialised in fp32)."""
     arch = architecture(size)
@@ -72,8 +91,13 @@ def random_components(size: str, *, dtype: torch.dtype, device: torch.device,
     with random_init(device, seed, dtype):
         flux = FluxTransformer2DModel(**arch.flux.diffusers_config()).eval()
         vae = AutoencoderKL(**arch.vae.diffusers_config()).eval()
-    lora = ConsistencyLora.random(inner_dim=flux.inner_dim, n_double=len(flux.transformer_blocks),
-                                  n_single=len(flux.single_transformer_blocks),
-                                  rank=arch.omniconsistency_lora_rank, dtype=dtype,
-                                  device=lora_device or device, seed=seed)
+    lora = ConsistencyLora.random(
+        inner_dim=flux.inner_dim,
+        n_double=len(flux.transformer_blocks),
+        n_single=len(flux.single_transformer_blocks),
+        rank=arch.omniconsistency_lora_rank,
+        dtype=dtype,
+        device=lora_device or device,
+        seed=seed,
+    )
     return OmniConsistencyComponents(flux, vae, lora, dict(FLUX_DEV_SCHEDULER))

@@ -29,8 +29,10 @@ from pipeline.errors import WeightFileError
 
 DOUBLE_PROJECTIONS = ("q", "k", "v", "proj")  # proj_loras: loaded, applied only on request
 SINGLE_PROJECTIONS = ("q", "k", "v")
-_KEY = re.compile(r"^(transformer_blocks|single_transformer_blocks)\.(\d+)\.attn\.processor\."
-                  r"(q|k|v|proj)_loras\.(\d+)\.(down|up)\.weight$")
+_KEY = re.compile(
+    r"^(transformer_blocks|single_transformer_blocks)\.(\d+)\.attn\.processor\."
+    r"(q|k|v|proj)_loras\.(\d+)\.(down|up)\.weight$"
+)
 
 
 class LoraPair(nn.Module):
@@ -65,15 +67,20 @@ class ConsistencyLoraBlock(nn.Module):
 class ConsistencyLora(nn.Module):
     """All consistency LoRA pairs, indexed like the transformer's blocks."""
 
-    def __init__(self, double_blocks: list[ConsistencyLoraBlock], single_blocks: list[ConsistencyLoraBlock]):
+    def __init__(
+        self, double_blocks: list[ConsistencyLoraBlock], single_blocks: list[ConsistencyLoraBlock]
+    ):
         super().__init__()
         self.double_blocks = nn.ModuleList(double_blocks)
         self.single_blocks = nn.ModuleList(single_blocks)
 
     @property
     def rank(self) -> int:
-        return self.double_blocks[0].pair("q").rank if len(self.double_blocks) else \
-            self.single_blocks[0].pair("q").rank
+        return (
+            self.double_blocks[0].pair("q").rank
+            if len(self.double_blocks)
+            else self.single_blocks[0].pair("q").rank
+        )
 
     @property
     def dtype(self) -> torch.dtype:
@@ -84,25 +91,39 @@ class ConsistencyLora(nn.Module):
         keys = []
         for i in range(n_double):
             for p in DOUBLE_PROJECTIONS:
-                keys += [f"transformer_blocks.{i}.attn.processor.{p}_loras.0.{part}.weight"
-                         for part in ("down", "up")]
+                keys += [
+                    f"transformer_blocks.{i}.attn.processor.{p}_loras.0.{part}.weight"
+                    for part in ("down", "up")
+                ]
         for i in range(n_single):
             for p in SINGLE_PROJECTIONS:
-                keys += [f"single_transformer_blocks.{i}.attn.processor.{p}_loras.0.{part}.weight"
-                         for part in ("down", "up")]
+                keys += [
+                    f"single_transformer_blocks.{i}.attn.processor.{p}_loras.0.{part}.weight"
+                    for part in ("down", "up")
+                ]
         return keys
 
     @classmethod
-    def from_state_dict(cls, tensors: dict[str, torch.Tensor], *, inner_dim: int, n_double: int,
-                        n_single: int, source: Path | str = "<state dict>") -> ConsistencyLora:
+    def from_state_dict(
+        cls,
+        tensors: dict[str, torch.Tensor],
+        *,
+        inner_dim: int,
+        n_double: int,
+        n_single: int,
+        source: Path | str = "<state dict>",
+    ) -> ConsistencyLora:
         """Build from official key names; every key must be there with consistent shapes."""
         expected = cls.expected_keys(n_double, n_single)
         missing = [k for k in expected if k not in tensors]
         unexpected = sorted(set(tensors) - set(expected))
         if unexpected:
             multi = [k for k in unexpected if (m := _KEY.match(k)) and m.group(4) != "0"]
-            problem = ("has LoRAs for more than one condition (only one is supported)" if multi
-                       else "unexpected keys (not an OmniConsistency LoRA for this transformer?)")
+            problem = (
+                "has LoRAs for more than one condition (only one is supported)"
+                if multi
+                else "unexpected keys (not an OmniConsistency LoRA for this transformer?)"
+            )
             raise WeightFileError(source, problem, unexpected)
         if missing:
             raise WeightFileError(source, "missing keys", missing)
@@ -110,21 +131,50 @@ class ConsistencyLora(nn.Module):
         def pair(prefix: str) -> LoraPair:
             down, up = tensors[f"{prefix}.down.weight"], tensors[f"{prefix}.up.weight"]
             rank = down.shape[0]
-            if down.ndim != 2 or up.ndim != 2 or down.shape[1] != inner_dim or up.shape != (inner_dim, rank):
-                raise WeightFileError(source, f"mis-shaped LoRA pair (down {tuple(down.shape)}, up "
-                                      f"{tuple(up.shape)}; expected [r, {inner_dim}] and [{inner_dim}, r])",
-                                      [f"{prefix}.down.weight", f"{prefix}.up.weight"])
+            if (
+                down.ndim != 2
+                or up.ndim != 2
+                or down.shape[1] != inner_dim
+                or up.shape != (inner_dim, rank)
+            ):
+                raise WeightFileError(
+                    source,
+                    f"mis-shaped LoRA pair (down {tuple(down.shape)}, up "
+                    f"{tuple(up.shape)}; expected [r, {inner_dim}] and [{inner_dim}, r])",
+                    [f"{prefix}.down.weight", f"{prefix}.up.weight"],
+                )
             return LoraPair(down, up)
 
-        double = [ConsistencyLoraBlock({p: pair(f"transformer_blocks.{i}.attn.processor.{p}_loras.0")
-                                        for p in DOUBLE_PROJECTIONS}) for i in range(n_double)]
-        single = [ConsistencyLoraBlock({p: pair(f"single_transformer_blocks.{i}.attn.processor.{p}_loras.0")
-                                        for p in SINGLE_PROJECTIONS}) for i in range(n_single)]
+        double = [
+            ConsistencyLoraBlock(
+                {
+                    p: pair(f"transformer_blocks.{i}.attn.processor.{p}_loras.0")
+                    for p in DOUBLE_PROJECTIONS
+                }
+            )
+            for i in range(n_double)
+        ]
+        single = [
+            ConsistencyLoraBlock(
+                {
+                    p: pair(f"single_transformer_blocks.{i}.attn.processor.{p}_loras.0")
+                    for p in SINGLE_PROJECTIONS
+                }
+            )
+            for i in range(n_single)
+        ]
         return cls(double, single)
 
     @classmethod
-    def from_file(cls, path: Path, *, inner_dim: int, n_double: int, n_single: int,
-                  device: torch.device | str = "cpu") -> ConsistencyLora:
+    def from_file(
+        cls,
+        path: Path,
+        *,
+        inner_dim: int,
+        n_double: int,
+        n_single: int,
+        device: torch.device | str = "cpu",
+    ) -> ConsistencyLora:
         """Read `OmniConsistency.safetensors`; a bad file raises `WeightFileError` naming it."""
         path = Path(path)
         if not path.is_file():
@@ -134,34 +184,55 @@ class ConsistencyLora(nn.Module):
                 tensors = {key: handle.get_tensor(key) for key in handle.keys()}
         except (SafetensorError, OSError, ValueError) as exc:
             raise WeightFileError(path, f"not a readable safetensors file ({exc})") from exc
-        return cls.from_state_dict(tensors, inner_dim=inner_dim, n_double=n_double,
-                                   n_single=n_single, source=path)
+        return cls.from_state_dict(
+            tensors, inner_dim=inner_dim, n_double=n_double, n_single=n_single, source=path
+        )
 
     @classmethod
-    def random(cls, *, inner_dim: int, n_double: int, n_single: int, rank: int, std: float = 0.02,
-               dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-               seed: int = 0) -> ConsistencyLora:
+    def random(
+        cls,
+        *,
+        inner_dim: int,
+        n_double: int,
+        n_single: int,
+        rank: int,
+        std: float = 0.02,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+    ) -> ConsistencyLora:
         """Random down AND up weights (a zero `up`, the training init, would hide bugs)."""
         generator = torch.Generator(device=device).manual_seed(seed)
         tensors = {}
         for key in cls.expected_keys(n_double, n_single):
             shape = (rank, inner_dim) if ".down." in key else (inner_dim, rank)
             tensors[key] = (torch.randn(shape, generator=generator, device=device) * std).to(dtype)
-        return cls.from_state_dict(tensors, inner_dim=inner_dim, n_double=n_double, n_single=n_single,
-                                   source="<random>")
+        return cls.from_state_dict(
+            tensors, inner_dim=inner_dim, n_double=n_double, n_single=n_single, source="<random>"
+        )
 
     def official_state_dict(self) -> dict[str, torch.Tensor]:
         """The tensors under the authors' key names (inverse of `from_state_dict`)."""
         out = {}
         for i, block in enumerate(self.double_blocks):
             for p in DOUBLE_PROJECTIONS:
-                out[f"transformer_blocks.{i}.attn.processor.{p}_loras.0.down.weight"] = block.pair(p).down.data
-                out[f"transformer_blocks.{i}.attn.processor.{p}_loras.0.up.weight"] = block.pair(p).up.data
+                out[f"transformer_blocks.{i}.attn.processor.{p}_loras.0.down.weight"] = block.pair(
+                    p
+                ).down.data
+                out[f"transformer_blocks.{i}.attn.processor.{p}_loras.0.up.weight"] = block.pair(
+                    p
+                ).up.data
         for i, block in enumerate(self.single_blocks):
             for p in SINGLE_PROJECTIONS:
-                out[f"single_transformer_blocks.{i}.attn.processor.{p}_loras.0.down.weight"] = block.pair(p).down.data
-                out[f"single_transformer_blocks.{i}.attn.processor.{p}_loras.0.up.weight"] = block.pair(p).up.data
+                out[f"single_transformer_blocks.{i}.attn.processor.{p}_loras.0.down.weight"] = (
+                    block.pair(p).down.data
+                )
+                out[f"single_transformer_blocks.{i}.attn.processor.{p}_loras.0.up.weight"] = (
+                    block.pair(p).up.data
+                )
         return out
 
     def save(self, path: Path) -> None:
-        save_file({k: v.contiguous().cpu() for k, v in self.official_state_dict().items()}, str(path))
+        save_file(
+            {k: v.contiguous().cpu() for k, v in self.official_state_dict().items()}, str(path)
+        )

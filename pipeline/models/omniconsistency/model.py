@@ -72,9 +72,15 @@ class OmniConsistencyModel(StylizationModel):
 
     name = "omniconsistency"
 
-    def __init__(self, components: OmniConsistencyComponents, text_encoders: FluxTextEncoders,
-                 settings: OmniConsistencySettings, runtime: Runtime, files: dict[str, Path],
-                 random_weights: bool = False):
+    def __init__(
+        self,
+        components: OmniConsistencyComponents,
+        text_encoders: FluxTextEncoders,
+        settings: OmniConsistencySettings,
+        runtime: Runtime,
+        files: dict[str, Path],
+        random_weights: bool = False,
+    ):
         self.components = components
         self.text_encoders = text_encoders
         self.settings = settings
@@ -84,10 +90,15 @@ class OmniConsistencyModel(StylizationModel):
         transformer = components.transformer
         runtime.store_in_fp8(transformer)  # before any style LoRA: PEFT then wraps fp8 layers
         self.sampler = OmniConsistencySampler(
-            transformer, components.vae, components.consistency_lora, components.scheduler_config,
-            dtype=runtime.dtype, device=runtime.device,
+            transformer,
+            components.vae,
+            components.consistency_lora,
+            components.scheduler_config,
+            dtype=runtime.dtype,
+            device=runtime.device,
             consistency_weight=settings.consistency_weight,
-            apply_proj_loras=settings.apply_proj_loras)
+            apply_proj_loras=settings.apply_proj_loras,
+        )
         self.style_slot = StyleLoraSlot(transformer, fuse=runtime.options.fuse_lora)
         if runtime.options.compile:
             # The whole transformer, not its repeated blocks: each block's processor reads its own
@@ -101,12 +112,18 @@ class OmniConsistencyModel(StylizationModel):
         runtime = Runtime.from_options(options)
         files = OmniConsistencyFiles.from_root(Path(weights_root))
         components = load_components(
-            transformer=files.flux.transformer, vae=files.flux.vae,
-            consistency_lora=files.consistency_lora, flux_config=files.flux.flux_config,
-            scheduler_config=files.scheduler_config, dtype=runtime.dtype, device=runtime.home,
-            lora_device=runtime.device)
-        text = FluxTextEncoders.load(files.flux, runtime.device, runtime.dtype,
-                                     offload=options.offload)
+            transformer=files.flux.transformer,
+            vae=files.flux.vae,
+            consistency_lora=files.consistency_lora,
+            flux_config=files.flux.flux_config,
+            scheduler_config=files.scheduler_config,
+            dtype=runtime.dtype,
+            device=runtime.home,
+            lora_device=runtime.device,
+        )
+        text = FluxTextEncoders.load(
+            files.flux, runtime.device, runtime.dtype, offload=options.offload
+        )
         text.check_widths(components.transformer.config, files.flux)
         return cls(components, text, settings, runtime, files.named())
 
@@ -117,10 +134,12 @@ class OmniConsistencyModel(StylizationModel):
         tests only: `random_weights` is True and `weight_files()` is empty."""
         settings = OmniConsistencySettings.from_extra(options.extra)
         runtime = Runtime.from_options(options)
-        components = random_components(size, dtype=runtime.dtype, device=runtime.home,
-                                       lora_device=runtime.device)
-        text = FluxTextEncoders.random(size, device=runtime.device, dtype=runtime.dtype,
-                                       offload=options.offload)
+        components = random_components(
+            size, dtype=runtime.dtype, device=runtime.home, lora_device=runtime.device
+        )
+        text = FluxTextEncoders.random(
+            size, device=runtime.device, dtype=runtime.dtype, offload=options.offload
+        )
         return cls(components, text, settings, runtime, {}, random_weights=True)
 
     def weight_files(self) -> dict[str, Path]:
@@ -128,14 +147,20 @@ class OmniConsistencyModel(StylizationModel):
 
     def batch_key(self, request: GenerationRequest) -> Hashable:
         style = request.style_lora
-        return (None if style is None else (str(style.path), float(style.scale)),
-                request.width or DEFAULT_SIZE, request.height or DEFAULT_SIZE,
-                request.steps or DEFAULT_STEPS)
+        return (
+            None if style is None else (str(style.path), float(style.scale)),
+            request.width or DEFAULT_SIZE,
+            request.height or DEFAULT_SIZE,
+            request.steps or DEFAULT_STEPS,
+        )
 
     def close(self) -> None:
         self.style_slot.unload()
-        for module in (self.components.transformer, self.components.vae,
-                       self.components.consistency_lora):
+        for module in (
+            self.components.transformer,
+            self.components.vae,
+            self.components.consistency_lora,
+        ):
             module.to("cpu")
         self.runtime.free_memory()
 
@@ -148,8 +173,9 @@ class OmniConsistencyModel(StylizationModel):
         return outcomes  # type: ignore[return-value]
 
     def _prepare(self, index: int, request: GenerationRequest) -> PreparedItem:
-        item = prepare_request(index, request, settings=self.settings,
-                               latent_factor=self.sampler.latent_factor)
+        item = prepare_request(
+            index, request, settings=self.settings, latent_factor=self.sampler.latent_factor
+        )
         item.parameters.update(self.runtime.parameters(self.random_weights))
         return item
 
@@ -158,8 +184,10 @@ class OmniConsistencyModel(StylizationModel):
         limit = self.runtime.options.max_batch_size
         group: list[PreparedItem] = []
         for item in prepared:
-            if group and (self.batch_key(item.request) != self.batch_key(group[0].request)
-                          or len(group) >= limit):
+            if group and (
+                self.batch_key(item.request) != self.batch_key(group[0].request)
+                or len(group) >= limit
+            ):
                 yield group
                 group = []
             group.append(item)
@@ -169,11 +197,17 @@ class OmniConsistencyModel(StylizationModel):
     def _run_group(self, group: list[PreparedItem]) -> list[GenerationOutcome]:
         style = group[0].request.style_lora
         try:
-            self.style_slot.activate(None if style is None else style.path,
-                                     1.0 if style is None else style.scale)
+            self.style_slot.activate(
+                None if style is None else style.path, 1.0 if style is None else style.scale
+            )
         except (StyleLoraError, OSError) as error:
-            return [GenerationOutcome(item.request.item_id, error=ItemError(
-                item.request.item_id, ItemStatus.LORA_ERROR, str(error))) for item in group]
+            return [
+                GenerationOutcome(
+                    item.request.item_id,
+                    error=ItemError(item.request.item_id, ItemStatus.LORA_ERROR, str(error)),
+                )
+                for item in group
+            ]
         return run_splitting_failures(group, self._run_batch, self.runtime, "OmniConsistency")
 
     @torch.inference_mode()
@@ -188,16 +222,18 @@ class OmniConsistencyModel(StylizationModel):
         guidance = [item.guidance for item in group]
         noise = sampler.initial_noise(layout, generators)  # first draw, as in the reference
         with runtime.resident(sampler.vae):
-            cond_latent = sampler.encode_condition(torch.cat([item.pixels for item in group]),
-                                                   generators, self.settings.posterior)
+            cond_latent = sampler.encode_condition(
+                torch.cat([item.pixels for item in group]), generators, self.settings.posterior
+            )
         schedule = sampler.schedule(steps, layout)
         with runtime.resident(sampler.transformer):
             cache = sampler.warm_up(cond_latent, prompt_embeds, pooled, guidance, layout)
             runtime.synchronize()
             timings["prepare_s"] = time.perf_counter() - mark
             mark = time.perf_counter()
-            latent = sampler.denoise(noise, cache, prompt_embeds, pooled, guidance, layout,
-                                     schedule)
+            latent = sampler.denoise(
+                noise, cache, prompt_embeds, pooled, guidance, layout, schedule
+            )
             cache.clear()  # the cache belongs to this generation only
             runtime.synchronize()
             timings["denoise_s"] = time.perf_counter() - mark
@@ -206,17 +242,30 @@ class OmniConsistencyModel(StylizationModel):
             images = to_uint8(sampler.decode(latent))
         timings["decode_s"] = time.perf_counter() - mark
         timings["model_s"] = (time.perf_counter() - start) / len(group)
-        return [GenerationOutcome(item.request.item_id, image=image, timings=dict(timings),
-                                  parameters={**item.parameters, "mu": schedule.mu,
-                                              "batch_size": len(group),
-                                              "style_lora": self._style_parameters(item)})
-                for item, image in zip(group, images, strict=True)]
+        return [
+            GenerationOutcome(
+                item.request.item_id,
+                image=image,
+                timings=dict(timings),
+                parameters={
+                    **item.parameters,
+                    "mu": schedule.mu,
+                    "batch_size": len(group),
+                    "style_lora": self._style_parameters(item),
+                },
+            )
+            for item, image in zip(group, images, strict=True)
+        ]
 
     def _style_parameters(self, item: PreparedItem) -> dict | None:
         style, converted = item.request.style_lora, self.style_slot.current
         if style is None:
             return None
-        return {"name": style.name, "file": style.path.name,  # not the machine's cache path
-                "scale": style.scale, "shipped_style": item.style_name,
-                "format": None if converted is None else converted.source_format,
-                "ignored_keys": 0 if converted is None else len(converted.ignored_keys)}
+        return {
+            "name": style.name,
+            "file": style.path.name,  # not the machine's cache path
+            "scale": style.scale,
+            "shipped_style": item.style_name,
+            "format": None if converted is None else converted.source_format,
+            "ignored_keys": 0 if converted is None else len(converted.ignored_keys),
+        }

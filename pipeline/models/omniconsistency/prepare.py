@@ -53,14 +53,18 @@ class OmniConsistencySettings:
         """Validate `extra`; an unknown key or a bad value raises ValueError naming it."""
         check_extra_keys("OmniConsistency", extra, [f.name for f in fields(cls)])
         values = dict(extra)
-        for key, kind in (("cond_size", int), ("consistency_weight", float),
-                          ("apply_proj_loras", bool)):
+        for key, kind in (
+            ("cond_size", int),
+            ("consistency_weight", float),
+            ("apply_proj_loras", bool),
+        ):
             if key in values:
                 values[key] = kind(values[key])
         settings = cls(**values)
         if settings.posterior not in POSTERIOR_CHOICES:
-            raise ValueError(f"extra['posterior'] must be one of {POSTERIOR_CHOICES}, "
-                             f"got {settings.posterior!r}")
+            raise ValueError(
+                f"extra['posterior'] must be one of {POSTERIOR_CHOICES}, got {settings.posterior!r}"
+            )
         TokenLayout(DEFAULT_SIZE, DEFAULT_SIZE, settings.cond_size)  # validates cond_size
         return settings
 
@@ -82,8 +86,9 @@ class PreparedItem:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def prepare_request(index: int, request: GenerationRequest, *,
-                    settings: OmniConsistencySettings, latent_factor: int) -> PreparedItem:
+def prepare_request(
+    index: int, request: GenerationRequest, *, settings: OmniConsistencySettings, latent_factor: int
+) -> PreparedItem:
     """Validate one request and compute its condition pixels; raises ItemError (bad input)."""
 
     def bad(message: str) -> ItemError:
@@ -114,12 +119,21 @@ def prepare_request(index: int, request: GenerationRequest, *,
     prompt = with_trigger(request.prompt, style_name)
     out_h, out_w = layout.output_hw
     parameters = {
-        "model": "omniconsistency", "prompt": prompt, "seed": request.seed,
-        "width": out_w, "height": out_h, "requested_width": width, "requested_height": height,
-        "steps": steps, "guidance": float(guidance), "noise": NOISE_DESCRIPTION,
-        "cond_size": settings.cond_size, "posterior": settings.posterior,
+        "model": "omniconsistency",
+        "prompt": prompt,
+        "seed": request.seed,
+        "width": out_w,
+        "height": out_h,
+        "requested_width": width,
+        "requested_height": height,
+        "steps": steps,
+        "guidance": float(guidance),
+        "noise": NOISE_DESCRIPTION,
+        "cond_size": settings.cond_size,
+        "posterior": settings.posterior,
         "consistency_weight": settings.consistency_weight,
         "apply_proj_loras": settings.apply_proj_loras,
     }
-    return PreparedItem(index, request, layout, steps, float(guidance), prompt, pixels,
-                        style_name, parameters)
+    return PreparedItem(
+        index, request, layout, steps, float(guidance), prompt, pixels, style_name, parameters
+    )

@@ -65,12 +65,18 @@ class TokenLayout:
     def __post_init__(self):
         for name, value in (("width", self.width), ("height", self.height)):
             if not isinstance(value, int) or value < self.latent_factor or value > MAX_SIDE:
-                raise ValueError(f"impossible {name} {value!r}: must be an integer in "
-                                 f"[{self.latent_factor}, {MAX_SIDE}]")
-        if not isinstance(self.cond_size, int) or self.cond_size < self.latent_factor \
-                or self.cond_size % self.latent_factor:
-            raise ValueError(f"cond_size {self.cond_size!r} must be a positive multiple of "
-                             f"{self.latent_factor}")
+                raise ValueError(
+                    f"impossible {name} {value!r}: must be an integer in "
+                    f"[{self.latent_factor}, {MAX_SIDE}]"
+                )
+        if (
+            not isinstance(self.cond_size, int)
+            or self.cond_size < self.latent_factor
+            or self.cond_size % self.latent_factor
+        ):
+            raise ValueError(
+                f"cond_size {self.cond_size!r} must be a positive multiple of {self.latent_factor}"
+            )
 
     @property
     def latent_hw(self) -> tuple[int, int]:
@@ -126,18 +132,27 @@ class Schedule:
     mu: float
 
 
-def flux_dev_schedule(scheduler_config: dict, steps: int, n_noise: int,
-                      device: torch.device) -> Schedule:
+def flux_dev_schedule(
+    scheduler_config: dict, steps: int, n_noise: int, device: torch.device
+) -> Schedule:
     """The reference's schedule: explicit sigmas linspace(1, 1/N, N), mu from noise tokens only."""
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(dict(scheduler_config))
     config = scheduler.config
-    mu = linear_mu(n_noise, config.base_image_seq_len, config.max_image_seq_len, config.base_shift,
-                   config.max_shift)
+    mu = linear_mu(
+        n_noise,
+        config.base_image_seq_len,
+        config.max_image_seq_len,
+        config.base_shift,
+        config.max_shift,
+    )
     scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu, device=device)
-    return Schedule(scheduler.sigmas.to(device=device, dtype=torch.float32),
-                    scheduler.timesteps.to(device=device, dtype=torch.float32), mu)
+    return Schedule(
+        scheduler.sigmas.to(device=device, dtype=torch.float32),
+        scheduler.timesteps.to(device=device, dtype=torch.float32),
+        mu,
+    )
 
 
 @lru_cache(maxsize=8)
@@ -147,12 +162,16 @@ def _image_processor(latent_factor: int) -> VaeImageProcessor:
 
 def condition_pixels(image: Image.Image, cond_size: int, latent_factor: int = 16) -> torch.Tensor:
     """Source image -> [1, 3, cond, cond] float32 in [-1, 1]: PIL LANCZOS squash, no crop/pad."""
-    return _image_processor(latent_factor).preprocess(image.convert("RGB"), height=cond_size,
-                                                      width=cond_size).to(torch.float32)
+    return (
+        _image_processor(latent_factor)
+        .preprocess(image.convert("RGB"), height=cond_size, width=cond_size)
+        .to(torch.float32)
+    )
 
 
-def euler_step(latents: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor,
-               sigma_next: torch.Tensor) -> torch.Tensor:
+def euler_step(
+    latents: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor
+) -> torch.Tensor:
     """diffusers' FlowMatchEuler step: sample upcast to fp32, cast back to the velocity dtype."""
     return (latents.to(torch.float32) + (sigma_next - sigma) * velocity).to(velocity.dtype)
 
@@ -173,10 +192,18 @@ class OmniConsistencySampler:
     Holds no per-generation state: `warm_up` returns the generation's cache, `denoise` takes it.
     """
 
-    def __init__(self, transformer: FluxTransformer2DModel, vae: AutoencoderKL,
-                 consistency_lora: ConsistencyLora, scheduler_config: dict | None = None, *,
-                 dtype: torch.dtype, device: torch.device,
-                 consistency_weight: float = 1.0, apply_proj_loras: bool = False):
+    def __init__(
+        self,
+        transformer: FluxTransformer2DModel,
+        vae: AutoencoderKL,
+        consistency_lora: ConsistencyLora,
+        scheduler_config: dict | None = None,
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+        consistency_weight: float = 1.0,
+        apply_proj_loras: bool = False,
+    ):
         check_lora_matches(transformer, consistency_lora)
         install_processors(transformer)
         self.transformer = transformer
@@ -197,14 +224,19 @@ class OmniConsistencySampler:
         return flux_dev_schedule(self.scheduler_config, steps, layout.n_noise, self.device)
 
     # --- inputs -------------------------------------------------------------------------
-    def initial_noise(self, layout: TokenLayout,
-                      generators: Sequence[torch.Generator]) -> torch.Tensor:
+    def initial_noise(
+        self, layout: TokenLayout, generators: Sequence[torch.Generator]
+    ) -> torch.Tensor:
         """[B, 16, h, w] in the pipeline dtype, drawn on the CPU from each item's generator."""
         shape = (len(generators), LATENT_CHANNELS, *layout.latent_hw)
         return randn_tensor(shape, generator=list(generators), device=self.device, dtype=self.dtype)
 
-    def encode_condition(self, pixels: torch.Tensor, generators: Sequence[torch.Generator] | None,
-                         posterior: str = "sample") -> torch.Tensor:
+    def encode_condition(
+        self,
+        pixels: torch.Tensor,
+        generators: Sequence[torch.Generator] | None,
+        posterior: str = "sample",
+    ) -> torch.Tensor:
         """[B, 3, c, c] pixels -> shifted/scaled latent [B, 16, c/8, c/8] in the pipeline dtype.
 
         "sample" draws from each item's generator (the reference; call right after the noise),
@@ -226,13 +258,24 @@ class OmniConsistencySampler:
     def _text_ids(self, prompt_embeds: torch.Tensor) -> torch.Tensor:
         return torch.zeros(prompt_embeds.shape[1], 3, device=self.device, dtype=self.dtype)
 
-    def warm_up(self, cond_latent: torch.Tensor, prompt_embeds: torch.Tensor, pooled: torch.Tensor,
-                guidance: Sequence[float], layout: TokenLayout) -> CondKVCache:
+    def warm_up(
+        self,
+        cond_latent: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        pooled: torch.Tensor,
+        guidance: Sequence[float],
+        layout: TokenLayout,
+    ) -> CondKVCache:
         """One pass over [text, condition] at t=0 with the consistency LoRA; returns the cache."""
         batch = cond_latent.shape[0]
         cache = CondKVCache(n_cond=layout.n_cond)
-        context = OmniAttentionContext(Phase.WARMUP, cache, self.consistency_lora,
-                                       self.consistency_weight, self.apply_proj_loras)
+        context = OmniAttentionContext(
+            Phase.WARMUP,
+            cache,
+            self.consistency_lora,
+            self.consistency_weight,
+            self.apply_proj_loras,
+        )
         self.transformer(
             hidden_states=pack_latents(cond_latent.to(self.device, self.dtype)),
             timestep=torch.zeros(batch, device=self.device, dtype=self.dtype),
@@ -246,19 +289,28 @@ class OmniConsistencySampler:
         )
         return cache
 
-    def denoise(self, noise: torch.Tensor, cache: CondKVCache, prompt_embeds: torch.Tensor,
-                pooled: torch.Tensor, guidance: Sequence[float], layout: TokenLayout,
-                schedule: Schedule,
-                on_step: StepObserver | None = None) -> torch.Tensor:
+    def denoise(
+        self,
+        noise: torch.Tensor,
+        cache: CondKVCache,
+        prompt_embeds: torch.Tensor,
+        pooled: torch.Tensor,
+        guidance: Sequence[float],
+        layout: TokenLayout,
+        schedule: Schedule,
+        on_step: StepObserver | None = None,
+    ) -> torch.Tensor:
         """The FLUX-dev Euler loop reading the cache; returns the unpacked final latent."""
         if cache.n_cond != layout.n_cond:
-            raise ValueError(f"cache holds {cache.n_cond} condition tokens, layout expects "
-                             f"{layout.n_cond}")
+            raise ValueError(
+                f"cache holds {cache.n_cond} condition tokens, layout expects {layout.n_cond}"
+            )
         batch = noise.shape[0]
         context = OmniAttentionContext(Phase.DENOISE, cache)
         latents = pack_latents(noise.to(self.device, self.dtype))
-        img_ids = torch.cat([layout.noise_ids(self.dtype),
-                             layout.cond_ids(self.dtype)]).to(self.device)
+        img_ids = torch.cat([layout.noise_ids(self.dtype), layout.cond_ids(self.dtype)]).to(
+            self.device
+        )
         prompt_embeds = prompt_embeds.to(self.device, self.dtype)
         pooled = pooled.to(self.device, self.dtype)
         guidance_tensor = self._guidance(guidance)
@@ -268,9 +320,15 @@ class OmniConsistencySampler:
             # The reference rounds t to the pipeline dtype, then divides by 1000 in that dtype.
             timestep = schedule.timesteps[i].expand(batch).to(self.dtype) / 1000
             velocity = self.transformer(
-                hidden_states=latents, timestep=timestep, guidance=guidance_tensor,
-                pooled_projections=pooled, encoder_hidden_states=prompt_embeds, txt_ids=text_ids,
-                img_ids=img_ids, joint_attention_kwargs={CONTEXT_KWARG: context}, return_dict=False,
+                hidden_states=latents,
+                timestep=timestep,
+                guidance=guidance_tensor,
+                pooled_projections=pooled,
+                encoder_hidden_states=prompt_embeds,
+                txt_ids=text_ids,
+                img_ids=img_ids,
+                joint_attention_kwargs={CONTEXT_KWARG: context},
+                return_dict=False,
             )[0]
             latents = euler_step(latents, velocity, schedule.sigmas[i], schedule.sigmas[i + 1])
             if on_step is not None:
@@ -283,13 +341,27 @@ class OmniConsistencySampler:
         latent = latent / self.vae.config.scaling_factor + self.vae.config.shift_factor
         return self.vae.decode(latent.to(self.vae.dtype), return_dict=False)[0]
 
-    def generate_latent(self, cond_latent: torch.Tensor, noise: torch.Tensor,
-                        prompt_embeds: torch.Tensor, pooled: torch.Tensor,
-                        guidance: Sequence[float], layout: TokenLayout, steps: int,
-                        on_step: StepObserver | None = None
-                        ) -> tuple[torch.Tensor, CondKVCache]:
+    def generate_latent(
+        self,
+        cond_latent: torch.Tensor,
+        noise: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        pooled: torch.Tensor,
+        guidance: Sequence[float],
+        layout: TokenLayout,
+        steps: int,
+        on_step: StepObserver | None = None,
+    ) -> tuple[torch.Tensor, CondKVCache]:
         """Warm-up then denoise; returns (final latent, the generation's cache)."""
         cache = self.warm_up(cond_latent, prompt_embeds, pooled, guidance, layout)
-        latent = self.denoise(noise, cache, prompt_embeds, pooled, guidance, layout,
-                              self.schedule(steps, layout), on_step)
+        latent = self.denoise(
+            noise,
+            cache,
+            prompt_embeds,
+            pooled,
+            guidance,
+            layout,
+            self.schedule(steps, layout),
+            on_step,
+        )
         return latent, cache

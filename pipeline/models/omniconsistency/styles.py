@@ -16,27 +16,47 @@ from __future__ import annotations
 from pathlib import Path
 
 SHIPPED_STYLES = (
-    "3D_Chibi", "American_Cartoon", "Chinese_Ink", "Clay_Toy", "Fabric", "Ghibli", "Irasutoya",
-    "Jojo", "LEGO", "Line", "Macaron", "Oil_Painting", "Origami", "Paper_Cutting", "Picasso",
-    "Pixel", "Poly", "Pop_Art", "Rick_Morty", "Snoopy", "Van_Gogh", "Vector",
+    "3D_Chibi",
+    "American_Cartoon",
+    "Chinese_Ink",
+    "Clay_Toy",
+    "Fabric",
+    "Ghibli",
+    "Irasutoya",
+    "Jojo",
+    "LEGO",
+    "Line",
+    "Macaron",
+    "Oil_Painting",
+    "Origami",
+    "Paper_Cutting",
+    "Picasso",
+    "Pixel",
+    "Poly",
+    "Pop_Art",
+    "Rick_Morty",
+    "Snoopy",
+    "Van_Gogh",
+    "Vector",
 )
 SHIPPED_FILE_SUFFIX = "_rank128_bf16.safetensors"  # LoRAs/<Name>_rank128_bf16.safetensors
 
 
 def shipped_file_name(style: str) -> str:
-    """"Ghibli" -> "Ghibli_rank128_bf16.safetensors", the name the authors ship the file under."""
+    """ "Ghibli" -> "Ghibli_rank128_bf16.safetensors", the name the authors ship the file under."""
     return style + SHIPPED_FILE_SUFFIX
 
 
 def style_name_of(path: Path | str) -> str:
     """The name a LoRA file goes by: without the shipped suffix when it has it, else its stem."""
     name = Path(path).name
-    return name[: -len(SHIPPED_FILE_SUFFIX)] if name.endswith(SHIPPED_FILE_SUFFIX) \
-        else Path(path).stem
+    return (
+        name[: -len(SHIPPED_FILE_SUFFIX)] if name.endswith(SHIPPED_FILE_SUFFIX) else Path(path).stem
+    )
 
 
 def trigger_phrase(style: str) -> str:
-    """"Van_Gogh" -> "Van Gogh style," (the demo's spelling, without the trailing space)."""
+    """ "Van_Gogh" -> "Van Gogh style," (the demo's spelling, without the trailing space)."""
     return " ".join(style.split("_")) + " style,"
 
 
@@ -63,6 +83,6 @@ def with_trigger(prompt: str, style: str | None) -> str:
     text = prompt.lstrip()
     for other in SHIPPED_STYLES:
         if text.startswith(trigger_phrase(other)):
-            text = text[len(trigger_phrase(other)):].lstrip()
+            text = text[len(trigger_phrase(other)) :].lstrip()
             break
     return f"{trigger_phrase(style)} {text}" if text else trigger_phrase(style)

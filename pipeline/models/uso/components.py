@@ -40,11 +40,21 @@ class USOComponents:
     style_encoder: StyleEncoder
 
 
-def load_components(*, transformer: Path, vae: Path, dit_lora: Path, projector: Path,
-                    siglip: Path, flux_config: Path | Mapping | None, dtype: torch.dtype,
-                    device: torch.device, siglip_dtype: torch.dtype = torch.float32,
-                    vae_dtype: torch.dtype = torch.float32, merge_lora: bool = False,
-                    style_cache_size: int = 256) -> USOComponents:
+def load_components(
+    *,
+    transformer: Path,
+    vae: Path,
+    dit_lora: Path,
+    projector: Path,
+    siglip: Path,
+    flux_config: Path | Mapping | None,
+    dtype: torch.dtype,
+    device: torch.device,
+    siglip_dtype: torch.dtype = torch.float32,
+    vae_dtype: torch.dtype = torch.float32,
+    merge_lora: bool = False,
+    style_cache_size: int = 256,
+) -> USOComponents:
     """Load every USO part from the official files (all strict: `WeightFileError` on mismatch).
 
     Defaults follow the reference: transformer/LoRA/projector in `dtype` (bf16 on GPU), VAE and
@@ -56,34 +66,51 @@ def load_components(*, transformer: Path, vae: Path, dit_lora: Path, projector: 
     siglip_model, processor = load_siglip(siglip, dtype=siglip_dtype, device=device)
     hidden = flux.config.num_attention_heads * flux.config.attention_head_dim
     if projector_module.high_projection.out_features != hidden:
-        raise WeightFileError(projector, "projector emits "
-                              f"{projector_module.high_projection.out_features}-wide tokens, the "
-                              f"transformer is {hidden} wide")
+        raise WeightFileError(
+            projector,
+            "projector emits "
+            f"{projector_module.high_projection.out_features}-wide tokens, the "
+            f"transformer is {hidden} wide",
+        )
     if projector_module.high_layer_norm.normalized_shape[0] != siglip_model.config.hidden_size:
-        raise WeightFileError(projector, "projector input width does not match SigLIP's hidden "
-                              f"size {siglip_model.config.hidden_size}")
+        raise WeightFileError(
+            projector,
+            "projector input width does not match SigLIP's hidden "
+            f"size {siglip_model.config.hidden_size}",
+        )
     return USOComponents(
         transformer=USOTransformer(flux),
         vae=load_flux_vae(vae, dtype=vae_dtype, device=device),
-        style_encoder=StyleEncoder(siglip_model, processor, projector_module,
-                                   ImageTensorCache(style_cache_size)),
+        style_encoder=StyleEncoder(
+            siglip_model, processor, projector_module, ImageTensorCache(style_cache_size)
+        ),
     )
 
 
 # ------------------------------------------------------------------------------ random weights
-def _random_lora_pairs(flux: FluxTransformer2DModel, rank: int
-                       ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def _random_lora_pairs(
+    flux: FluxTransformer2DModel, rank: int
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Random, non-zero LoRA pairs in the USO layout, created on the transformer's device."""
     weight = flux.x_embedder.weight
-    return {prefix: tuple(torch.randn(shape, device=weight.device, dtype=weight.dtype) * 0.01
-                          for shape in shapes)
-            for prefix, shapes in uso_lora_shapes(flux, rank).items()}
+    return {
+        prefix: tuple(
+            torch.randn(shape, device=weight.device, dtype=weight.dtype) * 0.01 for shape in shapes
+        )
+        for prefix, shapes in uso_lora_shapes(flux, rank).items()
+    }
 
 
-def random_components(size: str, *, dtype: torch.dtype, device: torch.device,
-                      siglip_dtype: torch.dtype = torch.float32,
-                      vae_dtype: torch.dtype = torch.float32, seed: int = 0,
-                      style_cache_size: int = 256) -> USOComponents:
+def random_components(
+    size: str,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    siglip_dtype: torch.dtype = torch.float32,
+    vae_dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    style_cache_size: int = 256,
+) -> USOComponents:
     """The USO architecture at `size` ("full", "small", "tiny") with random weights."""
     arch = architecture(size)
     device = torch.device(device)
@@ -98,9 +125,22 @@ def random_components(size: str, *, dtype: torch.dtype, device: torch.device,
         with building_on(device, vae_dtype):
             vae = AutoencoderKL(**arch.vae.diffusers_config()).eval().requires_grad_(False)
     side = siglip_config.image_size
-    processor = SiglipImageProcessorPil(size={"height": side, "width": side}, resample=3,
-                                        do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
-                                        image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    return USOComponents(USOTransformer(flux), vae,
-                         StyleEncoder(siglip, processor, projector.eval().requires_grad_(False),
-                                      ImageTensorCache(style_cache_size)))
+    processor = SiglipImageProcessorPil(
+        size={"height": side, "width": side},
+        resample=3,
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
+    )
+    return USOComponents(
+        USOTransformer(flux),
+        vae,
+        StyleEncoder(
+            siglip,
+            processor,
+            projector.eval().requires_grad_(False),
+            ImageTensorCache(style_cache_size),
+        ),
+    )

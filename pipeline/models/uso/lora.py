@@ -29,8 +29,12 @@ from torch import nn
 from pipeline.errors import WeightFileError
 from pipeline.models.flux.tensor_files import TensorFiles, TensorSource
 
-_DOUBLE_TARGETS = {"qkv_lora1": "attn.to_qkv", "proj_lora1": "attn.to_out.0",
-                   "qkv_lora2": "attn.to_added_qkv", "proj_lora2": "attn.to_add_out"}
+_DOUBLE_TARGETS = {
+    "qkv_lora1": "attn.to_qkv",
+    "proj_lora1": "attn.to_out.0",
+    "qkv_lora2": "attn.to_added_qkv",
+    "proj_lora2": "attn.to_add_out",
+}
 _SINGLE_TARGETS = {"qkv_lora": "attn.to_qkv", "proj_lora": "proj_out"}
 
 
@@ -74,12 +78,14 @@ def fuse_qkv(attn: nn.Module) -> None:
         linears = [getattr(attn, p) for p in parts]
         weight = torch.cat([lin.weight.data for lin in linears])
         has_bias = linears[0].bias is not None
-        fused = nn.Linear(weight.shape[1], weight.shape[0], bias=has_bias,
-                          device="meta", dtype=weight.dtype)
+        fused = nn.Linear(
+            weight.shape[1], weight.shape[0], bias=has_bias, device="meta", dtype=weight.dtype
+        )
         fused.weight = nn.Parameter(weight, requires_grad=False)
         if has_bias:
-            fused.bias = nn.Parameter(torch.cat([lin.bias.data for lin in linears]),
-                                      requires_grad=False)
+            fused.bias = nn.Parameter(
+                torch.cat([lin.bias.data for lin in linears]), requires_grad=False
+            )
         for p in parts:
             delattr(attn, p)
         setattr(attn, fused_name, fused)
@@ -98,8 +104,9 @@ def lora_target_module_names(num_double: int, num_single: int) -> dict[str, str]
     return names
 
 
-def uso_lora_shapes(transformer: FluxTransformer2DModel, rank: int
-                    ) -> dict[str, tuple[tuple[int, int], tuple[int, int]]]:
+def uso_lora_shapes(
+    transformer: FluxTransformer2DModel, rank: int
+) -> dict[str, tuple[tuple[int, int], tuple[int, int]]]:
     """Official LoRA prefix -> (down shape, up shape) for this transformer and rank."""
     cfg = transformer.config
     hidden = cfg.num_attention_heads * cfg.attention_head_dim
@@ -112,8 +119,9 @@ def uso_lora_shapes(transformer: FluxTransformer2DModel, rank: int
     return shapes
 
 
-def read_uso_lora(path: Path, transformer: FluxTransformer2DModel, dtype: torch.dtype
-                  ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def read_uso_lora(
+    path: Path, transformer: FluxTransformer2DModel, dtype: torch.dtype
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{official prefix: (down, up)} from dit_lora.safetensors, checked strictly: every block
     needs all its LoRA pairs, nothing else may be in the file, one rank, shapes that fit."""
     files = TensorFiles.single(Path(path))
@@ -125,21 +133,29 @@ def read_uso_lora(path: Path, transformer: FluxTransformer2DModel, dtype: torch.
     present = files.keys()
     problems += [f"missing {k}" for k in sorted(set(expected) - present)]
     problems += [f"unexpected {k}" for k in sorted(present - set(expected))]
-    problems += [f"mis-shaped {k} {list(files.shape(k))} (expected {list(s)})"
-                 for k, s in sorted(expected.items()) if k in present and files.shape(k) != s]
+    problems += [
+        f"mis-shaped {k} {list(files.shape(k))} (expected {list(s)})"
+        for k, s in sorted(expected.items())
+        if k in present and files.shape(k) != s
+    ]
     if problems:
         raise WeightFileError(files.label, "not a USO dit_lora for this transformer", problems)
     pairs = {}
     for prefix in uso_lora_shapes(transformer, 0):
-        pairs[prefix] = tuple(files.read(TensorSource(f"{prefix}.{part}.weight")).to(dtype)
-                              for part in ("down", "up"))
+        pairs[prefix] = tuple(
+            files.read(TensorSource(f"{prefix}.{part}.weight")).to(dtype) for part in ("down", "up")
+        )
     files.close()
     return pairs
 
 
-def attach_lora(transformer: FluxTransformer2DModel,
-                pairs: dict[str, tuple[torch.Tensor, torch.Tensor]], *, merge: bool = False,
-                scale: float = 1.0) -> FluxTransformer2DModel:
+def attach_lora(
+    transformer: FluxTransformer2DModel,
+    pairs: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    *,
+    merge: bool = False,
+    scale: float = 1.0,
+) -> FluxTransformer2DModel:
     """Fuse every attention's q/k/v, then add each (down, up) pair, keyed by official prefix,
     to its projection: as a parallel branch, or merged into the weight when `merge`."""
     for module in transformer.modules():
@@ -164,12 +180,19 @@ def attach_lora(transformer: FluxTransformer2DModel,
     return transformer
 
 
-def apply_uso_lora(transformer: FluxTransformer2DModel, path: Path, *, dtype: torch.dtype,
-                   merge: bool = False, scale: float = 1.0) -> FluxTransformer2DModel:
+def apply_uso_lora(
+    transformer: FluxTransformer2DModel,
+    path: Path,
+    *,
+    dtype: torch.dtype,
+    merge: bool = False,
+    scale: float = 1.0,
+) -> FluxTransformer2DModel:
     """Read USO's dit_lora.safetensors and attach it (in place); see `attach_lora`.
 
     `merge=False` (default, the reference's behaviour) keeps the branch separate;
     `merge=True` adds scale*up@down to the base weights (computed in fp32, then cast).
     """
-    return attach_lora(transformer, read_uso_lora(path, transformer, dtype), merge=merge,
-                       scale=scale)
+    return attach_lora(
+        transformer, read_uso_lora(path, transformer, dtype), merge=merge, scale=scale
+    )

@@ -74,9 +74,15 @@ class USOModel(StylizationModel):
 
     name = "uso"
 
-    def __init__(self, components: USOComponents, text_encoders: FluxTextEncoders,
-                 settings: USOSettings, runtime: Runtime, files: dict[str, Path],
-                 random_weights: bool = False):
+    def __init__(
+        self,
+        components: USOComponents,
+        text_encoders: FluxTextEncoders,
+        settings: USOSettings,
+        runtime: Runtime,
+        files: dict[str, Path],
+        random_weights: bool = False,
+    ):
         self.components = components
         self.text_encoders = text_encoders
         self.settings = settings
@@ -109,13 +115,26 @@ class USOModel(StylizationModel):
         runtime = Runtime.from_options(options)
         files = USOFiles.from_root(Path(weights_root))
         components = load_components(
-            transformer=files.flux.transformer, vae=files.flux.vae, dit_lora=files.dit_lora,
-            projector=files.projector, siglip=files.siglip, flux_config=files.flux.flux_config,
-            dtype=runtime.dtype, device=runtime.home, siglip_dtype=settings.siglip_dtype,
-            vae_dtype=settings.vae_dtype, merge_lora=options.fuse_lora,
-            style_cache_size=settings.style_cache_size)
-        text = FluxTextEncoders.load(files.flux, runtime.device, runtime.dtype,
-                                     cache_size=settings.text_cache_size, offload=options.offload)
+            transformer=files.flux.transformer,
+            vae=files.flux.vae,
+            dit_lora=files.dit_lora,
+            projector=files.projector,
+            siglip=files.siglip,
+            flux_config=files.flux.flux_config,
+            dtype=runtime.dtype,
+            device=runtime.home,
+            siglip_dtype=settings.siglip_dtype,
+            vae_dtype=settings.vae_dtype,
+            merge_lora=options.fuse_lora,
+            style_cache_size=settings.style_cache_size,
+        )
+        text = FluxTextEncoders.load(
+            files.flux,
+            runtime.device,
+            runtime.dtype,
+            cache_size=settings.text_cache_size,
+            offload=options.offload,
+        )
         text.check_widths(components.transformer.flux.config, files.flux)
         return cls(components, text, settings, runtime, files.named())
 
@@ -126,13 +145,21 @@ class USOModel(StylizationModel):
         For speed benchmarks only: `random_weights` is True and `weight_files()` is empty."""
         settings = USOSettings.from_extra(options.extra)
         runtime = Runtime.from_options(options)
-        components = random_components(size, dtype=runtime.dtype, device=runtime.home,
-                                       siglip_dtype=settings.siglip_dtype,
-                                       vae_dtype=settings.vae_dtype,
-                                       style_cache_size=settings.style_cache_size)
-        text = FluxTextEncoders.random(size, device=runtime.device, dtype=runtime.dtype,
-                                       cache_size=settings.text_cache_size,
-                                       offload=options.offload)
+        components = random_components(
+            size,
+            dtype=runtime.dtype,
+            device=runtime.home,
+            siglip_dtype=settings.siglip_dtype,
+            vae_dtype=settings.vae_dtype,
+            style_cache_size=settings.style_cache_size,
+        )
+        text = FluxTextEncoders.random(
+            size,
+            device=runtime.device,
+            dtype=runtime.dtype,
+            cache_size=settings.text_cache_size,
+            offload=options.offload,
+        )
         return cls(components, text, settings, runtime, {}, random_weights=True)
 
     # ----------------------------------------------------------------------- the interface
@@ -150,8 +177,13 @@ class USOModel(StylizationModel):
                 grid = subject_grid(request.subject.size, self.settings.content_ref)
             except Exception:  # an unreadable image fails later as an item error
                 grid = ("unreadable", id(request))
-        return (width, height, request.steps or self.settings.default_steps, grid,
-                len(request.styles))
+        return (
+            width,
+            height,
+            request.steps or self.settings.default_steps,
+            grid,
+            len(request.styles),
+        )
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationOutcome]:
         prepared, outcomes = prepare_all(requests, self._prepare, self.runtime, "USO")
@@ -170,9 +202,15 @@ class USOModel(StylizationModel):
 
     # --------------------------------------------------------------------------- internals
     def _prepare(self, index: int, request: GenerationRequest) -> PreparedItem:
-        item = prepare_request(index, request, components=self.components,
-                               text_encoders=self.text_encoders, settings=self.settings,
-                               runtime=self.runtime, subject_cache=self.subject_cache)
+        item = prepare_request(
+            index,
+            request,
+            components=self.components,
+            text_encoders=self.text_encoders,
+            settings=self.settings,
+            runtime=self.runtime,
+            subject_cache=self.subject_cache,
+        )
         item.parameters.update(self.runtime.parameters(self.random_weights))
         return item
 
@@ -182,8 +220,9 @@ class USOModel(StylizationModel):
         for item in items:
             by_layout.setdefault(item.layout, []).append(item)
         size = self.runtime.options.max_batch_size
-        return [group[i:i + size] for group in by_layout.values()
-                for i in range(0, len(group), size)]
+        return [
+            group[i : i + size] for group in by_layout.values() for i in range(0, len(group), size)
+        ]
 
     def _run_batch(self, group: Sequence[PreparedItem]) -> list[GenerationOutcome]:
         first = group[0]
@@ -193,10 +232,12 @@ class USOModel(StylizationModel):
             pooled=torch.cat([it.pooled for it in group]),
             guidance=torch.tensor([it.guidance for it in group]),
             sigmas=first.sigmas,
-            style_tokens=None if first.style_tokens is None else
-            torch.cat([it.style_tokens for it in group]),
-            subject_latents=None if first.subject_latents is None else
-            torch.cat([it.subject_latents for it in group]),
+            style_tokens=None
+            if first.style_tokens is None
+            else torch.cat([it.style_tokens for it in group]),
+            subject_latents=None
+            if first.subject_latents is None
+            else torch.cat([it.subject_latents for it in group]),
             pe=self.settings.pe,
         )
         started = time.perf_counter()
@@ -209,17 +250,26 @@ class USOModel(StylizationModel):
         images = []
         with self.runtime.resident(self.components.vae):
             for row in range(latents.shape[0]):  # one at a time: VAE decode memory is per image
-                decoded = decode_latents(self.components.vae, latents[row:row + 1])
+                decoded = decode_latents(self.components.vae, latents[row : row + 1])
                 images.append(to_uint8_images(decoded)[0].cpu().numpy())
-        batch_timings = {"denoise_s": denoised - started,
-                         "decode_s": time.perf_counter() - denoised}
+        batch_timings = {
+            "denoise_s": denoised - started,
+            "decode_s": time.perf_counter() - denoised,
+        }
         shared = sum(batch_timings.values()) / len(group)
         outcomes = []
         for item, image in zip(group, images, strict=True):
-            timings = {**item.timings, **batch_timings,
-                       "model_s": item.timings["text_s"] + item.timings["prepare_s"] + shared}
-            outcomes.append(GenerationOutcome(item.request.item_id, image=image,
-                                              parameters={**item.parameters,
-                                                          "batch_size": len(group)},
-                                              timings=timings))
+            timings = {
+                **item.timings,
+                **batch_timings,
+                "model_s": item.timings["text_s"] + item.timings["prepare_s"] + shared,
+            }
+            outcomes.append(
+                GenerationOutcome(
+                    item.request.item_id,
+                    image=image,
+                    parameters={**item.parameters, "batch_size": len(group)},
+                    timings=timings,
+                )
+            )
         return outcomes

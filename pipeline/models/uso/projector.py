@@ -36,12 +36,21 @@ class USOStyleProjector(nn.Module):
     """The hierarchical projector; attribute names give the official state-dict keys
     (`{level}_embedding_linear.0`, `{level}_layer_norm`, `{level}_projection`)."""
 
-    def __init__(self, siglip_tokens: int, style_tokens: int, siglip_width: int, hidden_size: int,
-                 layer_norm_eps: float = 1e-5):
+    def __init__(
+        self,
+        siglip_tokens: int,
+        style_tokens: int,
+        siglip_width: int,
+        hidden_size: int,
+        layer_norm_eps: float = 1e-5,
+    ):
         super().__init__()
         for level in LEVELS:
-            setattr(self, f"{level}_embedding_linear",
-                    nn.Sequential(nn.Linear(siglip_tokens, style_tokens), nn.SiLU()))
+            setattr(
+                self,
+                f"{level}_embedding_linear",
+                nn.Sequential(nn.Linear(siglip_tokens, style_tokens), nn.SiLU()),
+            )
             setattr(self, f"{level}_layer_norm", nn.LayerNorm(siglip_width, eps=layer_norm_eps))
             setattr(self, f"{level}_projection", nn.Linear(siglip_width, hidden_size))
         self.tokens_per_image = 3 * style_tokens
@@ -52,21 +61,27 @@ class USOStyleProjector(nn.Module):
         out = []
         for level in LEVELS:
             states = hidden_states[HIDDEN_STATE_INDEX[level]].to(dtype)
-            mixed = getattr(self, f"{level}_embedding_linear")(states.transpose(1, 2)).transpose(1, 2)
+            mixed = getattr(self, f"{level}_embedding_linear")(states.transpose(1, 2)).transpose(
+                1, 2
+            )
             normed = getattr(self, f"{level}_layer_norm")(mixed)
             out.append(getattr(self, f"{level}_projection")(normed))
         return torch.cat(out, dim=1)
 
 
-def load_uso_projector(path: Path, *, dtype: torch.dtype, device: torch.device | str
-                       ) -> USOStyleProjector:
+def load_uso_projector(
+    path: Path, *, dtype: torch.dtype, device: torch.device | str
+) -> USOStyleProjector:
     """projector.safetensors (official `feature_embedder.*` keys), sizes inferred from shapes."""
     files = TensorFiles.single(Path(path))
     key = PROJECTOR_KEY_PREFIX + "high_embedding_linear.0.weight"
     proj_key = PROJECTOR_KEY_PREFIX + "high_projection.weight"
     if key not in files.infos or proj_key not in files.infos:
-        raise WeightFileError(files.label, "missing tensors (not a USO projector?)",
-                              [k for k in (key, proj_key) if k not in files.infos])
+        raise WeightFileError(
+            files.label,
+            "missing tensors (not a USO projector?)",
+            [k for k in (key, proj_key) if k not in files.infos],
+        )
     style_tokens, siglip_tokens = files.shape(key)
     hidden, siglip_width = files.shape(proj_key)
     with torch.device("meta"):
@@ -75,8 +90,9 @@ def load_uso_projector(path: Path, *, dtype: torch.dtype, device: torch.device |
     return materialize(projector, plan, files, dtype, device)
 
 
-def load_siglip(folder: Path, *, dtype: torch.dtype, device: torch.device | str
-                ) -> tuple[SiglipVisionModel, SiglipImageProcessorPil]:
+def load_siglip(
+    folder: Path, *, dtype: torch.dtype, device: torch.device | str
+) -> tuple[SiglipVisionModel, SiglipImageProcessorPil]:
     """SigLIP vision tower + its PIL image processor from a local transformers folder.
 
     A full SiglipModel checkpoint (google/siglip-so400m-patch14-384 also holds the text tower)
@@ -88,15 +104,21 @@ def load_siglip(folder: Path, *, dtype: torch.dtype, device: torch.device | str
     transformers.utils.logging.disable_progress_bar()
     try:
         model, info = SiglipVisionModel.from_pretrained(
-            str(folder), dtype=dtype, output_loading_info=True, local_files_only=True)
+            str(folder), dtype=dtype, output_loading_info=True, local_files_only=True
+        )
         processor = SiglipImageProcessorPil.from_pretrained(str(folder), local_files_only=True)
     except Exception as err:  # transformers/safetensors raise many types for a bad folder
         raise WeightFileError(folder, f"cannot load SigLIP ({type(err).__name__}: {err})") from err
-    unexpected = [k for k in info["unexpected_keys"]
-                  if not k.startswith(("text_model.", "logit_scale", "logit_bias"))]
-    problems = ([f"missing {k}" for k in sorted(info["missing_keys"])]
-                + [f"unexpected {k}" for k in sorted(unexpected)]
-                + [f"mis-shaped {k}" for k in sorted(map(str, info["mismatched_keys"]))])
+    unexpected = [
+        k
+        for k in info["unexpected_keys"]
+        if not k.startswith(("text_model.", "logit_scale", "logit_bias"))
+    ]
+    problems = (
+        [f"missing {k}" for k in sorted(info["missing_keys"])]
+        + [f"unexpected {k}" for k in sorted(unexpected)]
+        + [f"mis-shaped {k}" for k in sorted(map(str, info["mismatched_keys"]))]
+    )
     if problems:
         raise WeightFileError(folder, "SigLIP weights do not match its config", problems)
     return model.to(device).eval().requires_grad_(False), processor
@@ -146,8 +168,13 @@ class ImageTensorCache:
 class StyleEncoder:
     """Style images -> style tokens [1, 3*S*n_images, hidden] in the transformer's dtype."""
 
-    def __init__(self, siglip: SiglipVisionModel, processor: SiglipImageProcessorPil,
-                 projector: USOStyleProjector, cache: ImageTensorCache | None = None):
+    def __init__(
+        self,
+        siglip: SiglipVisionModel,
+        processor: SiglipImageProcessorPil,
+        projector: USOStyleProjector,
+        cache: ImageTensorCache | None = None,
+    ):
         layers = siglip.config.num_hidden_layers
         if layers + 1 < max(-i for i in HIDDEN_STATE_INDEX.values()):
             raise ValueError(f"SigLIP has {layers} layers; the projector reads hidden_states[-20]")

@@ -78,8 +78,12 @@ def draw_noise(generator: torch.Generator, width: int, height: int) -> torch.Ten
 
 
 @torch.inference_mode()
-def encode_subject(vae: AutoencoderKL, pixels: torch.Tensor, mode: str = "mean",
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+def encode_subject(
+    vae: AutoencoderKL,
+    pixels: torch.Tensor,
+    mode: str = "mean",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """[1, 3, h, w] pixels in [-1, 1] -> scaled latent [1, 16, h/8, w/8] in float32.
 
     mode "mean" takes the posterior mean (deterministic; what the parity vectors use); "sample"
@@ -94,7 +98,7 @@ def encode_subject(vae: AutoencoderKL, pixels: torch.Tensor, mode: str = "mean",
         eps = torch.randn(z.shape, generator=generator, dtype=torch.float32).to(z.device, z.dtype)
         z = z + dist.std * eps
     cfg = vae.config
-    return (cfg.scaling_factor * (z.float() - cfg.shift_factor))
+    return cfg.scaling_factor * (z.float() - cfg.shift_factor)
 
 
 @torch.inference_mode()
@@ -144,8 +148,11 @@ def position_ids(batch: DenoiseBatch) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.inference_mode()
-def denoise(model: USOTransformer, batch: DenoiseBatch,
-            on_velocity: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+def denoise(
+    model: USOTransformer,
+    batch: DenoiseBatch,
+    on_velocity: Callable[[int, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
     """Euler flow matching over `batch.sigmas`; returns packed final latents [B, N, 64] in the
     model dtype. No host synchronisation inside the loop (sigmas are Python floats)."""
     device, dtype = model.device, model.dtype
@@ -159,8 +166,9 @@ def denoise(model: USOTransformer, batch: DenoiseBatch,
     uses_guidance = model.flux.config.guidance_embeds
     guidance = batch.guidance.to(device, dtype) if uses_guidance else None
     rows = x.shape[0]
-    with model.style_tokens(None if batch.style_tokens is None
-                            else batch.style_tokens.to(device, dtype)):
+    with model.style_tokens(
+        None if batch.style_tokens is None else batch.style_tokens.to(device, dtype)
+    ):
         for step, (sigma, sigma_next) in enumerate(zip(batch.sigmas[:-1], batch.sigmas[1:])):
             t = torch.full((rows,), sigma, device=device, dtype=dtype)
             v = model.velocity(x, subject, t5, pooled, t, guidance, img_ids, txt_ids)

@@ -47,8 +47,9 @@ class StyleTokenPrepender(nn.Module):
         return torch.cat([style, text], dim=1)
 
 
-def subject_position_ids(target_grid: tuple[int, int], subject_grids: list[tuple[int, int]],
-                         pe: str = "d") -> list[torch.Tensor]:
+def subject_position_ids(
+    target_grid: tuple[int, int], subject_grids: list[tuple[int, int]], pe: str = "d"
+) -> list[torch.Tensor]:
     """RoPE ids of each subject's tokens; offsets accumulate over several subjects as in the
     reference (each next subject starts after the previous one's grid)."""
     if pe not in PE_MODES:
@@ -56,9 +57,14 @@ def subject_position_ids(target_grid: tuple[int, int], subject_grids: list[tuple
     shift_h, shift_w = target_grid
     out = []
     for rows, cols in subject_grids:
-        out.append(grid_position_ids(rows, cols,
-                                     row_offset=shift_h if pe in ("d", "h") else 0,
-                                     col_offset=shift_w if pe in ("d", "w") else 0))
+        out.append(
+            grid_position_ids(
+                rows,
+                cols,
+                row_offset=shift_h if pe in ("d", "h") else 0,
+                col_offset=shift_w if pe in ("d", "w") else 0,
+            )
+        )
         shift_h += rows
         shift_w += cols
     return out
@@ -91,16 +97,30 @@ class USOTransformer(nn.Module):
         finally:
             prepender.style_tokens = None
 
-    def velocity(self, latents: torch.Tensor, subject_tokens: torch.Tensor | None,
-                 t5_states: torch.Tensor, pooled: torch.Tensor, sigma: torch.Tensor,
-                 guidance: torch.Tensor, img_ids: torch.Tensor, txt_ids: torch.Tensor
-                 ) -> torch.Tensor:
+    def velocity(
+        self,
+        latents: torch.Tensor,
+        subject_tokens: torch.Tensor | None,
+        t5_states: torch.Tensor,
+        pooled: torch.Tensor,
+        sigma: torch.Tensor,
+        guidance: torch.Tensor,
+        img_ids: torch.Tensor,
+        txt_ids: torch.Tensor,
+    ) -> torch.Tensor:
         """Packed target tokens [B, N, 64] (+ packed subject tokens [B, Ns, 64]) -> velocity
         [B, N, 64]. `sigma`/`guidance` are [B] in 0..1 / guidance units (the model scales them
         by 1000). `img_ids` covers target then subject tokens; `txt_ids` style then T5 tokens."""
         n_target = latents.shape[1]
         hidden = latents if subject_tokens is None else torch.cat([latents, subject_tokens], dim=1)
-        out = self.flux(hidden_states=hidden, encoder_hidden_states=t5_states,
-                        pooled_projections=pooled, timestep=sigma, img_ids=img_ids,
-                        txt_ids=txt_ids, guidance=guidance, return_dict=False)[0]
+        out = self.flux(
+            hidden_states=hidden,
+            encoder_hidden_states=t5_states,
+            pooled_projections=pooled,
+            timestep=sigma,
+            img_ids=img_ids,
+            txt_ids=txt_ids,
+            guidance=guidance,
+            return_dict=False,
+        )[0]
         return out[:, :n_target]

@@ -47,14 +47,21 @@ def _transformer_inputs(model, seed: int = 0):
         hidden_states=torch.randn(1, tokens, cfg.in_channels, generator=gen),
         encoder_hidden_states=torch.randn(1, text, cfg.joint_attention_dim, generator=gen),
         pooled_projections=torch.randn(1, cfg.pooled_projection_dim, generator=gen),
-        timestep=torch.tensor([0.7]), guidance=torch.tensor([4.0]), img_ids=ids,
-        txt_ids=torch.zeros(text, 3), return_dict=False)
+        timestep=torch.tensor([0.7]),
+        guidance=torch.tensor([4.0]),
+        img_ids=ids,
+        txt_ids=torch.zeros(text, 3),
+        return_dict=False,
+    )
 
 
 def test_bfl_and_diffusers_layouts_load_to_the_same_transformer(tiny_both: Path):
     flux_dir = tiny_both / "flux1-dev"
-    from_bfl = load_flux_transformer(flux_dir / "flux1-dev.safetensors",
-                                     config=flux_dir / "flux_config.json", dtype=torch.float32)
+    from_bfl = load_flux_transformer(
+        flux_dir / "flux1-dev.safetensors",
+        config=flux_dir / "flux_config.json",
+        dtype=torch.float32,
+    )
     from_folder = load_flux_transformer(flux_dir / "transformer", dtype=torch.float32)
     bfl_state, folder_state = from_bfl.state_dict(), from_folder.state_dict()
     assert bfl_state.keys() == folder_state.keys()
@@ -71,17 +78,24 @@ def test_bfl_and_diffusers_layouts_load_to_the_same_vae(tiny_both: Path):
     assert from_bfl.config.block_out_channels == from_folder.config.block_out_channels
     latents = torch.randn(1, 16, 4, 6, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        torch.testing.assert_close(from_bfl.decode(latents).sample, from_folder.decode(latents).sample,
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(
+            from_bfl.decode(latents).sample, from_folder.decode(latents).sample, rtol=0, atol=0
+        )
 
 
 def test_bfl_mapping_matches_diffusers_own_converter_for_full_width_layout():
     """Our general mapping, at FLUX.1-dev's width, covers the same keys as diffusers'
     hard-coded converter (checked on shapes only; nothing is allocated)."""
-    kwargs = dict(num_layers=2, num_single_layers=2, attention_head_dim=128,
-                  num_attention_heads=24, guidance_embeds=True)
+    kwargs = dict(
+        num_layers=2,
+        num_single_layers=2,
+        attention_head_dim=128,
+        num_attention_heads=24,
+        guidance_embeds=True,
+    )
     plan = bfl_transformer_plan(kwargs)
     from diffusers import FluxTransformer2DModel
+
     with torch.device("meta"):
         model = FluxTransformer2DModel(**kwargs)
     assert set(plan) == set(model.state_dict())
@@ -102,8 +116,11 @@ def test_parity_weight_set_infers_its_config():
 
 
 def test_loads_in_the_requested_dtype_with_no_meta_tensors():
-    model = load_flux_transformer(PARITY_WEIGHTS / "flux1-dev.safetensors",
-                                  config=PARITY_WEIGHTS / "config.json", dtype=torch.bfloat16)
+    model = load_flux_transformer(
+        PARITY_WEIGHTS / "flux1-dev.safetensors",
+        config=PARITY_WEIGHTS / "config.json",
+        dtype=torch.bfloat16,
+    )
     tensors = list(model.parameters()) + list(model.buffers())
     assert all(t.dtype == torch.bfloat16 and not t.is_meta for t in tensors)
     assert not any(p.requires_grad for p in model.parameters())
@@ -111,12 +128,20 @@ def test_loads_in_the_requested_dtype_with_no_meta_tensors():
 
 def test_comfyui_prefixed_bfl_file_loads(tmp_path: Path):
     state = load_file(PARITY_WEIGHTS / "flux1-dev.safetensors")
-    save_file({f"model.diffusion_model.{k}": v for k, v in state.items()},
-              tmp_path / "prefixed.safetensors")
-    plain = load_flux_transformer(PARITY_WEIGHTS / "flux1-dev.safetensors",
-                                  config=PARITY_WEIGHTS / "config.json", dtype=torch.float32)
-    prefixed = load_flux_transformer(tmp_path / "prefixed.safetensors",
-                                     config=PARITY_WEIGHTS / "config.json", dtype=torch.float32)
+    save_file(
+        {f"model.diffusion_model.{k}": v for k, v in state.items()},
+        tmp_path / "prefixed.safetensors",
+    )
+    plain = load_flux_transformer(
+        PARITY_WEIGHTS / "flux1-dev.safetensors",
+        config=PARITY_WEIGHTS / "config.json",
+        dtype=torch.float32,
+    )
+    prefixed = load_flux_transformer(
+        tmp_path / "prefixed.safetensors",
+        config=PARITY_WEIGHTS / "config.json",
+        dtype=torch.float32,
+    )
     for key, value in plain.state_dict().items():
         assert torch.equal(value, prefixed.state_dict()[key])
 
@@ -127,7 +152,10 @@ def test_sharded_diffusers_folder_loads(tmp_path: Path):
     shutil.copy(OMNI_WEIGHTS / "transformer" / "config.json", folder / "config.json")
     state = load_file(OMNI_WEIGHTS / "transformer" / "diffusion_pytorch_model.safetensors")
     keys = sorted(state)
-    shards = {"part-1.safetensors": keys[: len(keys) // 2], "part-2.safetensors": keys[len(keys) // 2:]}
+    shards = {
+        "part-1.safetensors": keys[: len(keys) // 2],
+        "part-2.safetensors": keys[len(keys) // 2 :],
+    }
     for name, shard_keys in shards.items():
         save_file({k: state[k] for k in shard_keys}, folder / name)
     index = {"weight_map": {k: name for name, ks in shards.items() for k in ks}}
@@ -139,6 +167,7 @@ def test_sharded_diffusers_folder_loads(tmp_path: Path):
 
 # ------------------------------------------------------------------------------ bad files
 
+
 def _rewrite(src: Path, dst: Path, edit) -> Path:
     state = dict(load_file(src))
     edit(state)
@@ -147,12 +176,18 @@ def _rewrite(src: Path, dst: Path, edit) -> Path:
 
 
 LOADERS = {
-    "transformer": (PARITY_WEIGHTS / "flux1-dev.safetensors",
-                    lambda p: load_flux_transformer(p, config=PARITY_WEIGHTS / "config.json",
-                                                    dtype=torch.float32),
-                    "double_blocks.0.img_attn.qkv.weight"),
-    "vae": (PARITY_WEIGHTS / "ae.safetensors", lambda p: load_flux_vae(p),
-            "decoder.up.2.block.1.conv1.weight"),
+    "transformer": (
+        PARITY_WEIGHTS / "flux1-dev.safetensors",
+        lambda p: load_flux_transformer(
+            p, config=PARITY_WEIGHTS / "config.json", dtype=torch.float32
+        ),
+        "double_blocks.0.img_attn.qkv.weight",
+    ),
+    "vae": (
+        PARITY_WEIGHTS / "ae.safetensors",
+        lambda p: load_flux_vae(p),
+        "decoder.up.2.block.1.conv1.weight",
+    ),
 }
 
 
@@ -175,8 +210,9 @@ def test_missing_file_is_named(tmp_path: Path, part: str):
 @pytest.mark.parametrize("part", sorted(LOADERS))
 def test_renamed_key_names_both_keys(tmp_path: Path, part: str):
     src, load, key = LOADERS[part]
-    broken = _rewrite(src, tmp_path / "renamed.safetensors",
-                      lambda s: s.__setitem__(key + "_old", s.pop(key)))
+    broken = _rewrite(
+        src, tmp_path / "renamed.safetensors", lambda s: s.__setitem__(key + "_old", s.pop(key))
+    )
     with pytest.raises(WeightFileError) as caught:
         load(broken)
     message = str(caught.value)
@@ -188,8 +224,9 @@ def test_renamed_key_names_both_keys(tmp_path: Path, part: str):
 @pytest.mark.parametrize("part", sorted(LOADERS))
 def test_wrong_shape_is_named(tmp_path: Path, part: str):
     src, load, key = LOADERS[part]
-    broken = _rewrite(src, tmp_path / "misshaped.safetensors",
-                      lambda s: s.__setitem__(key, torch.zeros(3, 3)))
+    broken = _rewrite(
+        src, tmp_path / "misshaped.safetensors", lambda s: s.__setitem__(key, torch.zeros(3, 3))
+    )
     with pytest.raises(WeightFileError, match=rf"misshaped.safetensors.*mis-shaped {key} \[3, 3\]"):
         load(broken)
 
@@ -197,8 +234,11 @@ def test_wrong_shape_is_named(tmp_path: Path, part: str):
 @pytest.mark.parametrize("part", sorted(LOADERS))
 def test_unexpected_extra_key_is_named(tmp_path: Path, part: str):
     src, load, _ = LOADERS[part]
-    broken = _rewrite(src, tmp_path / "extra.safetensors",
-                      lambda s: s.__setitem__("stowaway.weight", torch.zeros(2)))
+    broken = _rewrite(
+        src,
+        tmp_path / "extra.safetensors",
+        lambda s: s.__setitem__("stowaway.weight", torch.zeros(2)),
+    )
     with pytest.raises(WeightFileError, match="extra.safetensors.*unexpected stowaway.weight"):
         load(broken)
 
@@ -207,8 +247,11 @@ def test_missing_key_in_diffusers_folder_is_named(tmp_path: Path):
     folder = tmp_path / "vae"
     shutil.copytree(OMNI_WEIGHTS / "vae", folder)
     key = "decoder.conv_out.bias"
-    _rewrite(folder / "diffusion_pytorch_model.safetensors",
-             folder / "diffusion_pytorch_model.safetensors", lambda s: s.pop(key))
+    _rewrite(
+        folder / "diffusion_pytorch_model.safetensors",
+        folder / "diffusion_pytorch_model.safetensors",
+        lambda s: s.pop(key),
+    )
     with pytest.raises(WeightFileError, match=f"vae.*missing {key}"):
         load_flux_vae(folder)
 
@@ -221,8 +264,11 @@ def test_axes_dim_cannot_be_guessed_for_a_tiny_head():
 def test_config_contradicting_the_file_is_an_error():
     params = json.loads((PARITY_WEIGHTS / "config.json").read_text())["flux_bfl_params"]
     with pytest.raises(WeightFileError, match="depth=3"):
-        load_flux_transformer(PARITY_WEIGHTS / "flux1-dev.safetensors",
-                              config={**params, "depth": 3}, dtype=torch.float32)
+        load_flux_transformer(
+            PARITY_WEIGHTS / "flux1-dev.safetensors",
+            config={**params, "depth": 3},
+            dtype=torch.float32,
+        )
 
 
 def test_header_reader_reports_shapes_without_reading_data():

@@ -10,9 +10,9 @@ import torch
 from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokenizer
 
 from pipeline.errors import WeightFileError
+from pipeline.models.architecture import TINY
 from pipeline.models.flux.text_encoders import CLIP_MAX_LENGTH, FluxTextEncoders
 from pipeline.models.weight_layout import FluxFiles
-from pipeline.models.architecture import TINY
 from pipeline.weights.tiny import build_tiny_weights
 
 CPU = torch.device("cpu")
@@ -42,8 +42,9 @@ class ForwardCounter:
         module.register_forward_pre_hook(self._hook, with_kwargs=True)
 
     def _hook(self, module, args, kwargs):
-        self.calls.append({"input_ids": kwargs.get("input_ids"),
-                           "attention_mask": kwargs.get("attention_mask")})
+        self.calls.append(
+            {"input_ids": kwargs.get("input_ids"), "attention_mask": kwargs.get("attention_mask")}
+        )
 
 
 def _reference(root: Path, prompt: str, max_length: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,9 +52,11 @@ def _reference(root: Path, prompt: str, max_length: int = 512) -> tuple[torch.Te
     t5 = T5EncoderModel.from_pretrained(root / "t5").eval()
     clip = CLIPTextModel.from_pretrained(root / "clip").eval()
     t5_ids = T5Tokenizer.from_pretrained(root / "t5")(
-        prompt, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt").input_ids
+        prompt, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
+    ).input_ids
     clip_ids = CLIPTokenizer.from_pretrained(root / "clip")(
-        prompt, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        prompt, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+    ).input_ids
     with torch.no_grad():
         return t5(input_ids=t5_ids).last_hidden_state, clip(input_ids=clip_ids).pooler_output
 
@@ -78,7 +81,10 @@ def test_pads_to_max_length_without_attention_mask(encoders):
     encoders.encode("a cat")
     assert t5_calls.calls[0]["input_ids"].shape == (1, 512)
     assert clip_calls.calls[0]["input_ids"].shape == (1, CLIP_MAX_LENGTH)
-    assert t5_calls.calls[0]["attention_mask"] is None and clip_calls.calls[0]["attention_mask"] is None
+    assert (
+        t5_calls.calls[0]["attention_mask"] is None
+        and clip_calls.calls[0]["attention_mask"] is None
+    )
     t5_ids = t5_calls.calls[0]["input_ids"][0]
     length = len(encoders.t5_tokenizer("a cat").input_ids)
     assert t5_ids[length - 1] == encoders.t5_tokenizer.eos_token_id
@@ -88,7 +94,9 @@ def test_pads_to_max_length_without_attention_mask(encoders):
 def test_padding_tokens_change_the_output_like_the_reference(root):
     """No mask: the T5 states of the real tokens depend on how far the prompt is padded."""
     files = FluxFiles.from_root(root)
-    short = FluxTextEncoders.load(files, CPU, torch.float32, max_sequence_length=16).encode("a cat")[0]
+    short = FluxTextEncoders.load(files, CPU, torch.float32, max_sequence_length=16).encode(
+        "a cat"
+    )[0]
     full = FluxTextEncoders.load(files, CPU, torch.float32).encode("a cat")[0]
     assert short.shape == (1, 16, T5_WIDTH)
     assert not torch.allclose(short[:, :3], full[:, :3])
@@ -134,12 +142,14 @@ def test_encode_many_encodes_each_distinct_prompt_once_in_one_batch(encoders):
     prompts = ["a cat", "a dog", "", "a cat", "a bird"]
     t5, pooled = encoders.encode_many(prompts)
     assert t5.shape == (5, 512, T5_WIDTH) and pooled.shape == (5, CLIP_WIDTH)
-    assert len(t5_calls.calls) == 1 and t5_calls.calls[0]["input_ids"].shape[0] == 3  # cat, "", bird
+    assert (
+        len(t5_calls.calls) == 1 and t5_calls.calls[0]["input_ids"].shape[0] == 3
+    )  # cat, "", bird
     assert torch.equal(t5[0], t5[3])
     for i, prompt in enumerate(prompts):
         single_t5, single_pooled = encoders.encode(prompt)
-        torch.testing.assert_close(t5[i:i + 1], single_t5, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(pooled[i:i + 1], single_pooled, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(t5[i : i + 1], single_t5, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(pooled[i : i + 1], single_pooled, rtol=1e-5, atol=1e-5)
 
 
 def test_batches_are_split_by_batch_size(encoders):
@@ -179,7 +189,9 @@ def test_bfloat16_on_request(root):
 
 def test_offload_keeps_encoders_on_cpu_between_encodes_with_same_results(root, encoders):
     offloaded = FluxTextEncoders.load(FluxFiles.from_root(root), CPU, torch.float32, offload=True)
-    assert all(torch.equal(a, b) for a, b in zip(offloaded.encode("a cat"), encoders.encode("a cat")))
+    assert all(
+        torch.equal(a, b) for a, b in zip(offloaded.encode("a cat"), encoders.encode("a cat"))
+    )
     assert next(offloaded._t5.parameters()).device == CPU
 
 
@@ -197,7 +209,9 @@ def test_flux_snapshot_layout_loads_the_same_encoders(root, snapshot_root, encod
     assert files.t5.name == "text_encoder_2" and files.clip.name == "text_encoder"
     snapshot = FluxTextEncoders.load(files, CPU, torch.float32)
     for prompt in ("", "Ghibli style, a girl with an umbrella"):
-        assert all(torch.equal(a, b) for a, b in zip(snapshot.encode(prompt), encoders.encode(prompt)))
+        assert all(
+            torch.equal(a, b) for a, b in zip(snapshot.encode(prompt), encoders.encode(prompt))
+        )
 
 
 def test_random_tiny_encoders_need_no_files():
@@ -221,8 +235,13 @@ def test_missing_folder_names_the_folder(root, tmp_path):
     files = FluxFiles.from_root(root)
     absent = tmp_path / "t5-absent"
     with pytest.raises(WeightFileError, match="t5-absent: T5 encoder folder does not exist"):
-        FluxTextEncoders.load(FluxFiles(files.transformer, files.vae, absent, absent, files.clip,
-                                        files.clip_tokenizer), CPU, torch.float32)
+        FluxTextEncoders.load(
+            FluxFiles(
+                files.transformer, files.vae, absent, absent, files.clip, files.clip_tokenizer
+            ),
+            CPU,
+            torch.float32,
+        )
 
 
 def test_corrupt_model_file_names_the_folder(root, tmp_path):
@@ -232,16 +251,31 @@ def test_corrupt_model_file_names_the_folder(root, tmp_path):
     (broken / "model.safetensors").write_bytes(data[: len(data) // 3])
     files = FluxFiles.from_root(root)
     with pytest.raises(WeightFileError) as err:
-        FluxTextEncoders.load(FluxFiles(files.transformer, files.vae, files.t5, files.t5_tokenizer,
-                                        broken, broken), CPU, torch.float32)
+        FluxTextEncoders.load(
+            FluxFiles(files.transformer, files.vae, files.t5, files.t5_tokenizer, broken, broken),
+            CPU,
+            torch.float32,
+        )
     assert str(broken) in str(err.value) and "CLIP text encoder" in str(err.value)
 
 
 def test_wrong_kind_of_folder_names_the_folder(root):
     files = FluxFiles.from_root(root)
-    with pytest.raises(WeightFileError, match="siglip: T5 encoder checkpoint lacks weights: encoder"):
-        FluxTextEncoders.load(FluxFiles(files.transformer, files.vae, root / "siglip", files.t5_tokenizer,
-                                        files.clip, files.clip_tokenizer), CPU, torch.float32)
+    with pytest.raises(
+        WeightFileError, match="siglip: T5 encoder checkpoint lacks weights: encoder"
+    ):
+        FluxTextEncoders.load(
+            FluxFiles(
+                files.transformer,
+                files.vae,
+                root / "siglip",
+                files.t5_tokenizer,
+                files.clip,
+                files.clip_tokenizer,
+            ),
+            CPU,
+            torch.float32,
+        )
 
 
 def test_checkpoint_with_other_shapes_names_the_weights(root, tmp_path):
@@ -251,8 +285,11 @@ def test_checkpoint_with_other_shapes_names_the_weights(root, tmp_path):
     config = (small / "config.json").read_text().replace('"vocab_size": 500', '"vocab_size": 100')
     (small / "config.json").write_text(config)
     with pytest.raises(WeightFileError, match="t5-small-vocab: cannot load T5 encoder.*mismatched"):
-        FluxTextEncoders.load(FluxFiles(files.transformer, files.vae, small, small, files.clip,
-                                        files.clip_tokenizer), CPU, torch.float32)
+        FluxTextEncoders.load(
+            FluxFiles(files.transformer, files.vae, small, small, files.clip, files.clip_tokenizer),
+            CPU,
+            torch.float32,
+        )
 
 
 def test_tokenizer_larger_than_the_embedding_table_is_refused(root, tmp_path):
@@ -262,9 +299,21 @@ def test_tokenizer_larger_than_the_embedding_table_is_refused(root, tmp_path):
     folder = tmp_path / "t5-100-tokens"
     T5EncoderModel(T5Config(**TINY.t5, vocab_size=100)).save_pretrained(folder)
     files = FluxFiles.from_root(root)
-    with pytest.raises(WeightFileError, match="T5 tokenizer has 500 tokens but the model in .*t5-100-tokens"):
-        FluxTextEncoders.load(FluxFiles(files.transformer, files.vae, folder, files.t5_tokenizer,
-                                        files.clip, files.clip_tokenizer), CPU, torch.float32)
+    with pytest.raises(
+        WeightFileError, match="T5 tokenizer has 500 tokens but the model in .*t5-100-tokens"
+    ):
+        FluxTextEncoders.load(
+            FluxFiles(
+                files.transformer,
+                files.vae,
+                folder,
+                files.t5_tokenizer,
+                files.clip,
+                files.clip_tokenizer,
+            ),
+            CPU,
+            torch.float32,
+        )
 
 
 def test_bad_prompts_are_refused(encoders):

@@ -26,7 +26,10 @@ def test_output_is_floored_to_multiples_of_16():
 def test_non_dyadic_scale_is_a_float32_product_like_the_reference():
     layout = TokenLayout(64, 64, 48)  # 8-wide latent over a 6-wide condition latent: 4/3
     assert layout.cond_grid == (3, 3)
-    assert layout.cond_ids(torch.float32)[1, 2].item() == torch.tensor(4 / 3, dtype=torch.float32).item()
+    assert (
+        layout.cond_ids(torch.float32)[1, 2].item()
+        == torch.tensor(4 / 3, dtype=torch.float32).item()
+    )
 
 
 def test_bf16_ids_round_the_stretched_positions_as_the_reference_does():
@@ -37,16 +40,22 @@ def test_bf16_ids_round_the_stretched_positions_as_the_reference_does():
 
 
 def test_schedule_matches_the_reference_numbers():
-    schedule = flux_dev_schedule(FLUX_DEV_SCHEDULER, 25, TokenLayout(1024, 1024, 512).n_noise, torch.device("cpu"))
+    schedule = flux_dev_schedule(
+        FLUX_DEV_SCHEDULER, 25, TokenLayout(1024, 1024, 512).n_noise, torch.device("cpu")
+    )
     assert schedule.mu == pytest.approx(1.15)
     assert schedule.timesteps[:3].tolist() == pytest.approx([1000.0, 986.98, 973.20], abs=0.01)
     assert schedule.timesteps[-1].item() == pytest.approx(116.29, abs=0.01)
     assert schedule.sigmas[-1].item() == 0.0 and schedule.sigmas.shape == (26,)
-    short = flux_dev_schedule(FLUX_DEV_SCHEDULER, 25, TokenLayout(1024, 672, 512).n_noise, torch.device("cpu"))
+    short = flux_dev_schedule(
+        FLUX_DEV_SCHEDULER, 25, TokenLayout(1024, 672, 512).n_noise, torch.device("cpu")
+    )
     assert short.mu == pytest.approx(0.9117, abs=1e-4)
 
 
-@pytest.mark.parametrize("width, height, cond", [(8, 64, 32), (64, 0, 32), (64, 5000, 32), (64, 64, 40), (64.0, 64, 32)])
+@pytest.mark.parametrize(
+    "width, height, cond", [(8, 64, 32), (64, 0, 32), (64, 5000, 32), (64, 64, 40), (64.0, 64, 32)]
+)
 def test_impossible_sizes_are_refused_with_the_reason(width, height, cond):
     with pytest.raises(ValueError, match="width|height|cond_size"):
         TokenLayout(width, height, cond)

@@ -40,8 +40,13 @@ def test_case_matches_reference(case_dir: Path):
 
 
 def test_cli_exits_zero_on_all_cases():
-    result = subprocess.run([sys.executable, "-m", "pipeline.parity", *map(str, CASES)], cwd=REPO,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.parity", *map(str, CASES)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("PASSED") == len(CASES)
     assert "max|diff|" in result.stdout
@@ -57,11 +62,17 @@ def test_cli_fails_when_a_tensor_is_off(tmp_path: Path):
     for name in ("case.json", "inputs.safetensors"):
         (case / name).write_bytes((source / name).read_bytes())
     from safetensors.torch import save_file
+
     expected = load_file(str(source / "expected.safetensors"))
     expected["velocity_step0"] = expected["velocity_step0"] + 1e-3
     save_file(expected, str(case / "expected.safetensors"))
-    result = subprocess.run([sys.executable, "-m", "pipeline.parity", str(case)], cwd=REPO,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.parity", str(case)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "FAIL velocity_step0" in result.stdout
 
@@ -75,14 +86,23 @@ def test_proj_loras_are_ignored_by_default_and_applied_on_request():
     expected = load_file(str(case_dir / "expected.safetensors"))
     sampler = load_case_sampler(OMNI / "weights", case, torch.float32)
     layout = sampler.layout(case["width"], case["height"], case["cond_size"])
-    args = (inputs["cond_latent"], inputs["prompt_embeds"], inputs["pooled_prompt_embeds"], [case["guidance"]], layout)
+    args = (
+        inputs["cond_latent"],
+        inputs["prompt_embeds"],
+        inputs["pooled_prompt_embeds"],
+        [case["guidance"]],
+        layout,
+    )
     with torch.inference_mode():
         default = sampler.warm_up(*args)
         sampler.apply_proj_loras = True
         with_proj = sampler.warm_up(*args)
     for part, index in (("k", 0), ("v", 1)):
-        torch.testing.assert_close(default.entries["double1"][index], expected[f"double1_cond_{part}"],
-                                   atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            default.entries["double1"][index], expected[f"double1_cond_{part}"], atol=1e-4, rtol=0
+        )
         assert torch.equal(with_proj.entries["double0"][index], default.entries["double0"][index])
         for block in ("double1", "single0", "single1"):
-            assert (with_proj.entries[block][index] - expected[f"{block}_cond_{part}"]).abs().max() > 1e-3
+            assert (
+                with_proj.entries[block][index] - expected[f"{block}_cond_{part}"]
+            ).abs().max() > 1e-3

@@ -35,10 +35,19 @@ def shared_delta(transformer, seed: int = 0) -> dict:
     delta = {}
     for i in range(len(transformer.transformer_blocks)):
         for stream in ("img", "txt"):
-            delta[("double", i, stream, "qkv")] = (_random((RANK, d), gen), [_random((d, RANK), gen) for _ in range(3)])
-            delta[("double", i, stream, "proj")] = (_random((RANK, d), gen), _random((d, RANK), gen))
+            delta[("double", i, stream, "qkv")] = (
+                _random((RANK, d), gen),
+                [_random((d, RANK), gen) for _ in range(3)],
+            )
+            delta[("double", i, stream, "proj")] = (
+                _random((RANK, d), gen),
+                _random((d, RANK), gen),
+            )
     for i in range(len(transformer.single_transformer_blocks)):
-        delta[("single", i, "qkv")] = (_random((RANK, d), gen), [_random((d, RANK), gen) for _ in range(3)])
+        delta[("single", i, "qkv")] = (
+            _random((RANK, d), gen),
+            [_random((d, RANK), gen) for _ in range(3)],
+        )
         delta[("single", i, "proj")] = (_random((RANK, d + mlp), gen), _random((d, RANK), gen))
     return delta
 
@@ -53,8 +62,12 @@ def diffusers_file(delta, path: Path) -> Path:
     for key, (down, up) in delta.items():
         if key[0] == "double":
             _, i, stream, kind = key
-            names = {("img", "qkv"): ("to_q", "to_k", "to_v"), ("txt", "qkv"): ("add_q_proj", "add_k_proj", "add_v_proj"),
-                     ("img", "proj"): ("to_out.0",), ("txt", "proj"): ("to_add_out",)}[(stream, kind)]
+            names = {
+                ("img", "qkv"): ("to_q", "to_k", "to_v"),
+                ("txt", "qkv"): ("add_q_proj", "add_k_proj", "add_v_proj"),
+                ("img", "proj"): ("to_out.0",),
+                ("txt", "proj"): ("to_add_out",),
+            }[(stream, kind)]
             for name, u in zip(names, up if kind == "qkv" else [up]):
                 put(f"transformer_blocks.{i}.attn.{name}", down, u)
         else:
@@ -81,11 +94,19 @@ def kohya_file(delta, path: Path, mlp: int) -> Path:
     for key, (down, up) in delta.items():
         if key[0] == "double":
             _, i, stream, kind = key
-            put(f"lora_unet_double_blocks_{i}_{stream}_attn_{kind}", down, torch.cat(up) if kind == "qkv" else up)
+            put(
+                f"lora_unet_double_blocks_{i}_{stream}_attn_{kind}",
+                down,
+                torch.cat(up) if kind == "qkv" else up,
+            )
         else:
             _, i, kind = key
             if kind == "qkv":
-                put(f"lora_unet_single_blocks_{i}_linear1", down, torch.cat([*up, torch.zeros(mlp, RANK)]))
+                put(
+                    f"lora_unet_single_blocks_{i}_linear1",
+                    down,
+                    torch.cat([*up, torch.zeros(mlp, RANK)]),
+                )
             else:
                 put(f"lora_unet_single_blocks_{i}_linear2", down, up)
     save_file(out, str(path), metadata={"ss_network_module": "networks.lora_flux"})
@@ -115,8 +136,12 @@ def forward(transformer, seed: int = 0) -> torch.Tensor:
             hidden_states=torch.randn(1, 12, cfg.in_channels, generator=gen),
             encoder_hidden_states=torch.randn(1, 8, cfg.joint_attention_dim, generator=gen),
             pooled_projections=torch.randn(1, cfg.pooled_projection_dim, generator=gen),
-            timestep=torch.tensor([0.5]), guidance=torch.tensor([3.5]),
-            img_ids=torch.rand(12, 3, generator=gen) * 8, txt_ids=torch.zeros(8, 3), return_dict=False)[0]
+            timestep=torch.tensor([0.5]),
+            guidance=torch.tensor([3.5]),
+            img_ids=torch.rand(12, 3, generator=gen) * 8,
+            txt_ids=torch.zeros(8, 3),
+            return_dict=False,
+        )[0]
 
 
 @pytest.fixture(scope="module")
@@ -124,10 +149,12 @@ def lora_files(transformer, tmp_path_factory):
     folder = tmp_path_factory.mktemp("style_loras")
     delta = shared_delta(transformer)
     mlp = transformer.single_transformer_blocks[0].proj_mlp.out_features
-    return {"diffusers": diffusers_file(delta, folder / "style_diffusers.safetensors"),
-            "kohya": kohya_file(delta, folder / "style_kohya.safetensors", mlp),
-            "xlabs": xlabs_file(delta, folder / "style_xlabs.safetensors"),
-            "other": diffusers_file(shared_delta(transformer, seed=1), folder / "other.safetensors")}
+    return {
+        "diffusers": diffusers_file(delta, folder / "style_diffusers.safetensors"),
+        "kohya": kohya_file(delta, folder / "style_kohya.safetensors", mlp),
+        "xlabs": xlabs_file(delta, folder / "style_xlabs.safetensors"),
+        "other": diffusers_file(shared_delta(transformer, seed=1), folder / "other.safetensors"),
+    }
 
 
 def test_formats_are_detected_and_converted(transformer, lora_files):
@@ -190,7 +217,9 @@ def test_fused_lora_matches_unfused_and_restores_exact_weights(transformer, lora
     unfused.unload()
     fused = StyleLoraSlot(transformer, fuse=True)
     fused.activate(lora_files["kohya"], 0.8)
-    assert not any("lora" in name for name, _ in transformer.named_modules())  # merged, wrappers gone
+    assert not any(
+        "lora" in name for name, _ in transformer.named_modules()
+    )  # merged, wrappers gone
     torch.testing.assert_close(forward(transformer), reference, atol=1e-5, rtol=1e-5)
     fused.activate(lora_files["other"], 0.8)
     fused.unload()
@@ -198,15 +227,23 @@ def test_fused_lora_matches_unfused_and_restores_exact_weights(transformer, lora
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-@pytest.mark.parametrize("content, reason", [
-    (b"this is not a safetensors file", "not a readable safetensors file"),
-    (None, "does not fit this FLUX transformer"),
-])
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (b"this is not a safetensors file", "not a readable safetensors file"),
+        (None, "does not fit this FLUX transformer"),
+    ],
+)
 def test_bad_files_raise_errors_naming_the_file(transformer, tmp_path, content, reason):
     path = tmp_path / "broken.safetensors"
     if content is None:  # a FLUX.1-dev sized LoRA on a tiny transformer
-        save_file({"transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.zeros(4, 3072),
-                   "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.zeros(3072, 4)}, str(path))
+        save_file(
+            {
+                "transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.zeros(4, 3072),
+                "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.zeros(3072, 4),
+            },
+            str(path),
+        )
     else:
         path.write_bytes(content)
     slot = StyleLoraSlot(transformer)

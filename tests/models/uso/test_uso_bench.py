@@ -10,7 +10,7 @@ from support.paths import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-import bench_uso  # noqa: E402
+import bench_uso
 
 
 def test_flop_model_matches_the_published_uso_figure():
@@ -22,8 +22,9 @@ def test_flop_model_matches_the_published_uso_figure():
 
 
 def test_benchmark_runs_at_tiny_size(tmp_path: Path):
-    figures = bench_uso.main(["--size", "tiny", "--repeats", "1", "--json",
-                              str(tmp_path / "figures.json")])
+    figures = bench_uso.main(
+        ["--size", "tiny", "--repeats", "1", "--json", str(tmp_path / "figures.json")]
+    )
     assert figures["seconds_per_image"] > 0 and figures["steps"] == 2
     assert figures["style_once_s"] > 0 and figures["style_every_step_s"] > 0
     assert (tmp_path / "figures.json").exists()

@@ -58,7 +58,9 @@ USES = {
 }
 
 
-def request(item_id: str, prompt: str = "a cat in a hat", seed: int = 7, **kwargs) -> GenerationRequest:
+def request(
+    item_id: str, prompt: str = "a cat in a hat", seed: int = 7, **kwargs
+) -> GenerationRequest:
     return GenerationRequest(item_id=item_id, prompt=prompt, seed=seed, **{**SIZE, **kwargs})
 
 
@@ -79,9 +81,13 @@ def test_the_four_uses_and_an_empty_prompt_run_end_to_end(model: USOModel):
 
 
 def test_same_seed_same_image_other_seed_other_image(model: USOModel):
-    first, again, other = model.generate([request("a", **USES["subject+style"]),
-                                          request("b", **USES["subject+style"]),
-                                          request("c", seed=8, **USES["subject+style"])])
+    first, again, other = model.generate(
+        [
+            request("a", **USES["subject+style"]),
+            request("b", **USES["subject+style"]),
+            request("c", seed=8, **USES["subject+style"]),
+        ]
+    )
     assert np.array_equal(first.image, again.image)
     assert not np.array_equal(first.image, other.image)
 
@@ -99,7 +105,9 @@ def test_batching_gives_the_same_images_as_one_by_one(weights_root: Path, model:
 
 def test_style_token_cache_gives_identical_images_to_recomputing(weights_root: Path):
     cached = USOModel.load(weights_root, ModelOptions(device="cpu"))
-    uncached = USOModel.load(weights_root, ModelOptions(device="cpu", extra={"style_cache_size": 0}))
+    uncached = USOModel.load(
+        weights_root, ModelOptions(device="cpu", extra={"style_cache_size": 0})
+    )
     requests = [request(f"r{i}", seed=i, **USES["multi-style"]) for i in range(3)]
     with_cache = cached.generate(requests)
     without = uncached.generate(requests)
@@ -111,9 +119,13 @@ def test_style_token_cache_gives_identical_images_to_recomputing(weights_root: P
 
 
 def test_corrupt_style_image_fails_only_its_item_and_the_model_keeps_working(model: USOModel):
-    outcomes = model.generate([request("good-1", **USES["style"]),
-                               request("broken", styles=[STYLE_A, corrupt_picture()]),
-                               request("good-2", **USES["subject"])])
+    outcomes = model.generate(
+        [
+            request("good-1", **USES["style"]),
+            request("broken", styles=[STYLE_A, corrupt_picture()]),
+            request("good-2", **USES["subject"]),
+        ]
+    )
     assert [o.ok for o in outcomes] == [True, False, True]
     error = outcomes[1].error
     assert error.kind == ItemStatus.BAD_INPUT and error.item_id == "broken"
@@ -121,21 +133,26 @@ def test_corrupt_style_image_fails_only_its_item_and_the_model_keeps_working(mod
     assert model.generate([request("after", **USES["style"])])[0].ok
 
 
-@pytest.mark.parametrize("fields, message", [
-    (dict(width=8), "impossible size: width 8"),
-    (dict(height=100_000), "impossible size: height 100000"),
-    (dict(width=64.5), "impossible size: width 64.5"),
-    (dict(subject=picture(5, 400, 6)), "too small"),
-    (dict(subject=np.zeros((8, 8, 3), np.uint8)), "must be a decoded PIL image"),
-    (dict(subject=corrupt_picture()), "subject image is unreadable"),
-    (dict(steps=0), "steps must be a positive integer"),
-    (dict(seed=-1), "seed must be an integer"),
-    (dict(guidance=float("nan")), "guidance must be a finite number"),
-    (dict(prompt=None), "prompt must be a string"),
-    (dict(style_lora=StyleLora(Path("x.safetensors"))), "not a style LoRA"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(width=8), "impossible size: width 8"),
+        (dict(height=100_000), "impossible size: height 100000"),
+        (dict(width=64.5), "impossible size: width 64.5"),
+        (dict(subject=picture(5, 400, 6)), "too small"),
+        (dict(subject=np.zeros((8, 8, 3), np.uint8)), "must be a decoded PIL image"),
+        (dict(subject=corrupt_picture()), "subject image is unreadable"),
+        (dict(steps=0), "steps must be a positive integer"),
+        (dict(seed=-1), "seed must be an integer"),
+        (dict(guidance=float("nan")), "guidance must be a finite number"),
+        (dict(prompt=None), "prompt must be a string"),
+        (dict(style_lora=StyleLora(Path("x.safetensors"))), "not a style LoRA"),
+    ],
+)
 def test_bad_inputs_become_item_errors(model: USOModel, fields: dict, message: str):
-    outcome, neighbour = model.generate([request("bad", **fields), request("fine", **USES["style"])])
+    outcome, neighbour = model.generate(
+        [request("bad", **fields), request("fine", **USES["style"])]
+    )
     assert not outcome.ok and outcome.error.kind == ItemStatus.BAD_INPUT
     assert message in str(outcome.error) and "'bad'" in str(outcome.error)
     assert neighbour.ok
@@ -202,10 +219,16 @@ def test_subject_position_modes_change_the_image(weights_root: Path, model: USOM
 
 
 def test_sampled_subject_latent_is_reproducible_per_seed(weights_root: Path, model: USOModel):
-    sampling = USOModel.load(weights_root, ModelOptions(device="cpu",
-                                                        extra={"subject_latent": "sample"}))
-    a, b, c = sampling.generate([request("a", **USES["subject"]), request("b", **USES["subject"]),
-                                 request("c", seed=9, **USES["subject"])])
+    sampling = USOModel.load(
+        weights_root, ModelOptions(device="cpu", extra={"subject_latent": "sample"})
+    )
+    a, b, c = sampling.generate(
+        [
+            request("a", **USES["subject"]),
+            request("b", **USES["subject"]),
+            request("c", seed=9, **USES["subject"]),
+        ]
+    )
     mean = model.generate([request("m", **USES["subject"])])[0]
     assert np.array_equal(a.image, b.image)
     assert not np.array_equal(a.image, c.image)
@@ -237,8 +260,9 @@ def test_random_weights_say_so():
     assert random.generate([request("x", **USES["subject+style"])])[0].ok
 
 
-def test_missing_or_corrupt_weight_files_fail_the_load_with_their_name(weights_root: Path,
-                                                                         tmp_path: Path):
+def test_missing_or_corrupt_weight_files_fail_the_load_with_their_name(
+    weights_root: Path, tmp_path: Path
+):
     root = tmp_path / "root"
     shutil.copytree(weights_root, root)
     lora = root / "uso" / "dit_lora.safetensors"

@@ -36,9 +36,14 @@ def test_case_passes_within_tolerance(case_dir: Path):
 
 
 def test_entry_point_prints_diffs_and_exits_zero():
-    result = subprocess.run([sys.executable, "-m", "pipeline.parity", *map(str, CASES)],
-                            cwd=REPO, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.parity", *map(str, CASES)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("PASSED") == len(CASES)
     assert "max|diff|" in result.stdout
@@ -55,9 +60,14 @@ def test_entry_point_fails_on_a_wrong_expectation(tmp_path: Path):
     expected = load_file(source / "expected.safetensors")
     expected["velocity_step0"] = expected["velocity_step0"] + 1e-3
     save_file(expected, case / "expected.safetensors")
-    result = subprocess.run([sys.executable, "-m", "pipeline.parity", str(case)], cwd=REPO,
-                            capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.parity", str(case)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert result.returncode == 1
     assert "FAIL velocity_step0" in result.stdout
 

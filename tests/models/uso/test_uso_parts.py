@@ -33,19 +33,25 @@ WEIGHTS = FIXTURES / "parity" / "uso" / "weights"
 
 
 def _transformer():
-    return load_flux_transformer(WEIGHTS / "flux1-dev.safetensors", config=WEIGHTS / "config.json",
-                                 dtype=torch.float32)
+    return load_flux_transformer(
+        WEIGHTS / "flux1-dev.safetensors", config=WEIGHTS / "config.json", dtype=torch.float32
+    )
 
 
 def _run(model) -> torch.Tensor:
     gen = torch.Generator().manual_seed(0)
     ids = torch.stack([torch.zeros(6), torch.arange(6.0) // 3, torch.arange(6.0) % 3], dim=1)
     with torch.no_grad():
-        return model(hidden_states=torch.randn(1, 6, 64, generator=gen),
-                     encoder_hidden_states=torch.randn(1, 4, 32, generator=gen),
-                     pooled_projections=torch.randn(1, 32, generator=gen),
-                     timestep=torch.tensor([0.5]), guidance=torch.tensor([4.0]), img_ids=ids,
-                     txt_ids=torch.zeros(4, 3), return_dict=False)[0]
+        return model(
+            hidden_states=torch.randn(1, 6, 64, generator=gen),
+            encoder_hidden_states=torch.randn(1, 4, 32, generator=gen),
+            pooled_projections=torch.randn(1, 32, generator=gen),
+            timestep=torch.tensor([0.5]),
+            guidance=torch.tensor([4.0]),
+            img_ids=ids,
+            txt_ids=torch.zeros(4, 3),
+            return_dict=False,
+        )[0]
 
 
 def test_fusing_qkv_does_not_change_the_transformer():
@@ -60,10 +66,12 @@ def test_fusing_qkv_does_not_change_the_transformer():
 
 def test_lora_branch_changes_outputs_and_merging_is_equivalent_in_fp32():
     base = _run(_transformer())
-    unmerged_model = apply_uso_lora(_transformer(), WEIGHTS / "dit_lora.safetensors",
-                                    dtype=torch.float32)
-    merged_model = apply_uso_lora(_transformer(), WEIGHTS / "dit_lora.safetensors",
-                                  dtype=torch.float32, merge=True)
+    unmerged_model = apply_uso_lora(
+        _transformer(), WEIGHTS / "dit_lora.safetensors", dtype=torch.float32
+    )
+    merged_model = apply_uso_lora(
+        _transformer(), WEIGHTS / "dit_lora.safetensors", dtype=torch.float32, merge=True
+    )
     unmerged, merged = _run(unmerged_model), _run(merged_model)
     assert (unmerged - base).abs().max() > 1e-3
     torch.testing.assert_close(merged, unmerged, rtol=1e-4, atol=1e-5)
@@ -80,16 +88,33 @@ def test_lora_parallel_linear_is_base_plus_up_down():
     torch.testing.assert_close(LoRAParallelLinear(linear, down, up)(x), expected)
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda s: s.pop("single_blocks.0.processor.proj_lora.up.weight"),
-     "missing single_blocks.0.processor.proj_lora.up.weight"),
-    (lambda s: s.__setitem__("double_blocks.1.processor.qkv_lora1.down.weight", torch.zeros(4, 64)),
-     "unexpected double_blocks.1.processor.qkv_lora1.down.weight"),
-    (lambda s: s.__setitem__("single_blocks.0.processor.proj_lora.down.weight", torch.zeros(4, 64)),
-     r"mis-shaped single_blocks.0.processor.proj_lora.down.weight \[4, 64\] \(expected \[4, 320\]\)"),
-    (lambda s: s.__setitem__("double_blocks.0.processor.qkv_lora1.down.weight", torch.zeros(8, 64)),
-     "mixed ranks"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda s: s.pop("single_blocks.0.processor.proj_lora.up.weight"),
+            "missing single_blocks.0.processor.proj_lora.up.weight",
+        ),
+        (
+            lambda s: s.__setitem__(
+                "double_blocks.1.processor.qkv_lora1.down.weight", torch.zeros(4, 64)
+            ),
+            "unexpected double_blocks.1.processor.qkv_lora1.down.weight",
+        ),
+        (
+            lambda s: s.__setitem__(
+                "single_blocks.0.processor.proj_lora.down.weight", torch.zeros(4, 64)
+            ),
+            r"mis-shaped single_blocks.0.processor.proj_lora.down.weight \[4, 64\] \(expected \[4, 320\]\)",
+        ),
+        (
+            lambda s: s.__setitem__(
+                "double_blocks.0.processor.qkv_lora1.down.weight", torch.zeros(8, 64)
+            ),
+            "mixed ranks",
+        ),
+    ],
+)
 def test_bad_dit_lora_files_name_file_and_keys(tmp_path: Path, edit, message: str):
     state = dict(load_file(WEIGHTS / "dit_lora.safetensors"))
     edit(state)
@@ -99,8 +124,9 @@ def test_bad_dit_lora_files_name_file_and_keys(tmp_path: Path, edit, message: st
 
 
 def test_projector_keys_are_the_official_ones_and_checked(tmp_path: Path):
-    projector = load_uso_projector(WEIGHTS / "projector.safetensors", dtype=torch.float32,
-                                   device="cpu")
+    projector = load_uso_projector(
+        WEIGHTS / "projector.safetensors", dtype=torch.float32, device="cpu"
+    )
     assert projector.tokens_per_image == 12
     state = dict(load_file(WEIGHTS / "projector.safetensors"))
     state["feature_embedder.mid_layer_norm.bias"] = torch.zeros(7)
@@ -109,10 +135,13 @@ def test_projector_keys_are_the_official_ones_and_checked(tmp_path: Path):
         load_uso_projector(tmp_path / "projector.safetensors", dtype=torch.float32, device="cpu")
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("truncate", "cannot load SigLIP"),
-    ("drop", "missing encoder.layers.3.mlp.fc1.bias"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("truncate", "cannot load SigLIP"),
+        ("drop", "missing encoder.layers.3.mlp.fc1.bias"),
+    ],
+)
 def test_bad_siglip_folder_is_named(tmp_path: Path, damage: str, message: str):
     folder = tmp_path / "siglip"
     shutil.copytree(WEIGHTS / "siglip", folder)
@@ -137,8 +166,9 @@ def test_uso_schedule_has_the_reference_quirk():
     assert sigmas[-1] == 0.0
 
 
-@pytest.mark.parametrize("size", [(40, 32), (32, 40), (50, 50), (1000, 33), (16, 16), (17, 16),
-                                  (640, 480), (33, 1000)])
+@pytest.mark.parametrize(
+    "size", [(40, 32), (32, 40), (50, 50), (1000, 33), (16, 16), (17, 16), (640, 480), (33, 1000)]
+)
 def test_subject_geometry_is_known_without_resizing(size: tuple[int, int]):
     image = Image.fromarray(np.zeros((size[1], size[0], 3), np.uint8))
     assert preprocess_subject(image, 48).size == subject_grid(size, 48)
