@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = {}
     for name, fn in (("flux", flux), ("omniconsistency", omni)):
         reset_peak(device)
-        seconds = [timed(device, lambda i=i: fn(i)) for i in range(images)]
+        seconds = [timed(device, lambda i=i, fn=fn: fn(i)) for i in range(images)]
         results[name] = {
             "s_per_image": float(np.median(seconds)),
             "min_s": float(min(seconds)),

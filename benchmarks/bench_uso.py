@@ -30,6 +30,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import itertools
+
 from pipeline.models.base import GenerationRequest, ModelOptions
 from pipeline.models.flux.packing import pack_latents
 from pipeline.models.uso.model import USOModel
@@ -135,7 +137,7 @@ def time_style_paths(model: USOModel, request: GenerationRequest, steps: int) ->
         img_ids, txt_ids = (i.to(device) for i in position_ids(batch))
         _sync(device)
         start = time.perf_counter()
-        for sigma, nxt in zip(sigmas[:-1], sigmas[1:]):
+        for sigma, nxt in itertools.pairwise(sigmas):
             fresh = encoder.tokens([style], use_cache=False)  # the reference's per-step SigLIP
             with transformer.style_tokens(fresh.to(dtype)):
                 t = torch.full((1,), sigma, device=device, dtype=dtype)

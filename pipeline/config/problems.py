@@ -135,7 +135,7 @@ def _problem(detail: ErrorDetails, loc: Loc) -> Problem:
     cause = context.get("error")
     if isinstance(cause, ConfigProblem):
         return Problem(
-            loc + cause.field, cause.message, tuple((key, loc + (key,)) for key in cause.refs)
+            loc + cause.field, cause.message, tuple((key, (*loc, key)) for key in cause.refs)
         )
     if cause is not None:
         return Problem(loc, str(cause))

@@ -9,6 +9,7 @@ replaced by a fresh one; actors that cannot load their model stop the run with o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -83,10 +84,8 @@ class ActorPool:
         """Start a fresh actor in `slot` unless that dead handle was already replaced."""
         if self.actors[slot] is not handle:
             return
-        try:
+        with contextlib.suppress(Exception):  # already gone
             ray.kill(handle, no_restart=True)
-        except Exception:  # already gone
-            pass
         self.actors[slot] = self._start()
         self._check_loaded([self.actors[slot]])
 
@@ -96,15 +95,11 @@ class ActorPool:
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
         answers = []
         for ref in ready:
-            try:
+            with contextlib.suppress(ACTOR_LOST):
                 answers.append(ray.get(ref))
-            except ACTOR_LOST:
-                pass
         return answers
 
     def shutdown(self) -> None:
         for actor in self.actors:
-            try:
+            with contextlib.suppress(Exception):  # already gone
                 ray.kill(actor, no_restart=True)
-            except Exception:  # already gone
-                pass

@@ -14,6 +14,7 @@ markers never sees a partial commit.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -180,7 +181,7 @@ class ShardWriter:
         self.paths = paths
         self.stats = stats
         self.records: list[ItemRecord] = []
-        self._tmp = tempfile.NamedTemporaryFile(
+        self._tmp = tempfile.NamedTemporaryFile(  # noqa: SIM115 - open until commit() or abort()
             prefix="restyle-shard-", suffix=".tar", dir=scratch_dir, delete=False
         )
         self._tar = wds.TarWriter(self._tmp, encoder=False, mtime=TAR_MTIME)
@@ -208,10 +209,10 @@ class ShardWriter:
 
     def abort(self) -> None:
         """Drop the local spool; nothing was published."""
-        try:
+        with contextlib.suppress(
+            Exception
+        ):  # the spool may already be broken; we are discarding it anyway
             self._tar.close()
-        except Exception:  # the spool may already be broken; we are discarding it anyway
-            pass
         self._tmp.close()
         Path(self._tmp.name).unlink(missing_ok=True)
 

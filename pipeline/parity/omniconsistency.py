@@ -103,7 +103,7 @@ def _compare_generation(
         decoded = sampler.decode(final)
     kv_tol = _tolerance(tol, "bank_kv", default=1e-4)
     for block, (key, value) in cache.entries.items():
-        for part, tensor in zip(CACHE_NAMES, (key, value)):
+        for part, tensor in zip(CACHE_NAMES, (key, value), strict=True):
             name = f"{block}_cond_{part}"
             if name in expected:
                 report.compare(f"{label}{name}", tensor, expected[name], kv_tol)

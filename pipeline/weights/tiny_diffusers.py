@@ -38,7 +38,7 @@ def bfl_to_diffusers_transformer(
         for suffix in ("weight", "bias"):
             if f"{name}.{suffix}" in src:
                 parts = torch.split(src.pop(f"{name}.{suffix}"), sizes, dim=0)
-                for target, part in zip(dst, parts):
+                for target, part in zip(dst, parts, strict=True):
                     out[f"{target}.{suffix}"] = part.contiguous()
 
     def norm(dst: str, name: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -68,10 +69,8 @@ def kill_process_tree(pid: int) -> None:
     (Ray's daemons start their own sessions, so a process-group kill would miss them)."""
     root = psutil.Process(pid)
     for process in [root, *root.children(recursive=True)]:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             process.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
 
 
 def committed(run: Path) -> dict[str, bytes]:

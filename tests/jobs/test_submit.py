@@ -7,6 +7,7 @@ cluster's pods would have them); the job is a real nightly run of the tiny USO m
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -198,10 +199,8 @@ class RayHead:
         root.send_signal(signal.SIGTERM)
         _, alive = psutil.wait_procs(family, timeout=30)
         for process in alive:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 process.kill()
-            except psutil.NoSuchProcess:
-                pass
         self.process.wait(timeout=30)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 

@@ -52,7 +52,7 @@ def test_sampled_pairs_are_seeded_and_stable_when_styles_are_added():
     assert pairs != pair_sample(subjects, styles, 3, seed=8)  # the seed matters
     picks = {s: {t for a, t in pairs if a == s} for s in subjects}
     assert len({frozenset(p) for p in picks.values()}) > 1  # subjects do not all get one set
-    grown = pair_sample(subjects, styles + ["t-new"], 3, 7)
+    grown = pair_sample(subjects, [*styles, "t-new"], 3, 7)
     for subject in subjects:
         new_picks = {t for a, t in grown if a == subject}
         kept = new_picks - {"t-new"}

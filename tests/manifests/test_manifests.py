@@ -230,7 +230,7 @@ def test_list_shards_specs(tmp_path: Path, local: Storage) -> None:
     ]
     with pytest.raises(
         ManifestError,
-        match="no manifest file .* matches this pattern; it matched only: .*notes.txt",
+        match=r"no manifest file .* matches this pattern; it matched only: .*notes.txt",
     ):
         list_shards(f"{a}/*.txt", local)
     with pytest.raises(ManifestError, match="no such manifest file or folder"):
@@ -319,7 +319,7 @@ def test_parquet_file_level_errors(tmp_path: Path, local: Storage) -> None:
     assert "not a readable Parquet file" in shard_error(None, b"PAR1 this is not parquet")
     report = validate_manifest(str(tmp_path / "m.parquet"), local)
     assert [(e.row, e.field) for e in report.errors] == [(None, None)]
-    with pytest.raises(StorageNotFoundError, match="gone.parquet"):
+    with pytest.raises(StorageNotFoundError, match=r"gone.parquet"):
         list(
             read_shard(
                 list_shards(str(tmp_path / "m.parquet"), local)[0].__class__(
@@ -399,7 +399,7 @@ def test_truncated_tar_yields_complete_samples_then_fails_the_shard(
     (tmp_path / "cut.tar").write_bytes(data[: 3 * 3584 + 700])  # inside the 4th member
     shard = list_shards(str(tmp_path / "cut.tar"), local)[0]
     seen = []
-    with pytest.raises(ManifestError, match="cut.tar: corrupt or truncated tar after sample"):
+    with pytest.raises(ManifestError, match=r"cut.tar: corrupt or truncated tar after sample"):
         for entry in read_shard(shard, local):
             seen.append(entry.id)
     assert seen == ["k0", "k1", "k2"]

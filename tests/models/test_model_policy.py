@@ -76,9 +76,9 @@ def test_unknown_extra_keys_are_refused_with_one_message_shape(tiny_weights, nam
 def test_fp8_with_fuse_lora_is_refused_the_same_way(tiny_weights, name):
     cls = MODELS[name][0]
     both = options(name, fp8=True, fuse_lora=True)
-    with pytest.raises(ValueError, match="^fp8 and fuse_lora cannot be combined"):
+    with pytest.raises(ValueError, match=r"^fp8 and fuse_lora cannot be combined"):
         cls.load(tiny_weights, both)
-    with pytest.raises(ValueError, match="^fp8 and fuse_lora cannot be combined"):
+    with pytest.raises(ValueError, match=r"^fp8 and fuse_lora cannot be combined"):
         cls.load_random(both, size="tiny")
 
 

@@ -62,7 +62,7 @@ def test_model_captions_are_deterministic_batched_and_depend_on_the_image(blip):
 
 
 def test_bad_captioner_folders_are_named_in_the_error(tmp_path, blip):
-    with pytest.raises(AuxModelError, match="no config.json") as error:
+    with pytest.raises(AuxModelError, match=r"no config.json") as error:
         ModelCaptioner(tmp_path / "nothing-here")
     assert "nothing-here" in str(error.value)
     clip = build_tiny_clip(tmp_path / "clip")
@@ -84,7 +84,7 @@ def test_captioner_folder_on_s3_is_staged_once_per_node(
     before = {p.name: p.stat().st_mtime_ns for p in staged.iterdir()}
     assert model_folder(f"{s3_bucket}/models/blip", CAPTIONER, storage) == staged
     assert {p.name: p.stat().st_mtime_ns for p in staged.iterdir()} == before
-    with pytest.raises(AuxModelError, match="no config.json"):
+    with pytest.raises(AuxModelError, match=r"no config.json"):
         model_folder(f"{s3_bucket}/models/", CAPTIONER, storage)  # files only below subfolders
 
 
@@ -152,7 +152,7 @@ def test_caption_stage_writes_sidecars_beside_committed_shards_on_s3(
     finally:
         ray.shutdown()
     assert RunState(storage, run_uri).read_run_json() is not None
-    with pytest.raises(FileNotFoundError, match="no run.json"):
+    with pytest.raises(FileNotFoundError, match=r"no run.json"):
         caption_run(f"{s3_bucket}/out/not-a-run", str(blip), s3_server.settings())
 
 

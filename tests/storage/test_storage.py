@@ -66,7 +66,7 @@ def test_objects_round_trip(root: tuple[Storage, str]) -> None:
     storage.delete(uri)
     assert not storage.exists(uri)
     storage.delete(uri)  # deleting what is gone is not an error
-    with pytest.raises(StorageNotFoundError, match="b.bin"):
+    with pytest.raises(StorageNotFoundError, match=r"b.bin"):
         storage.read_bytes(uri)
     with pytest.raises(StorageNotFoundError):
         storage.size(uri)
@@ -411,9 +411,11 @@ def test_broken_download_resumes_where_it_stopped(
         assert "stream broke" in caplog.text and s3_server.secret_key not in caplog.text
 
         proxy.cut_next(3, after_bytes=0)  # no progress on any attempt: a clear final error
-        with pytest.raises(StorageError) as info:
-            with storage.open_read(f"{s3_bucket}/big.bin") as stream:
-                stream.read()
+        with (
+            pytest.raises(StorageError) as info,
+            storage.open_read(f"{s3_bucket}/big.bin") as stream,
+        ):
+            stream.read()
         assert info.value.transient and info.value.attempts == 3
 
 

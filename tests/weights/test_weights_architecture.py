@@ -198,7 +198,7 @@ def test_verify_names_the_file_and_a_renamed_key(tmp_path):
 
 def test_verify_names_an_unexpected_key(tmp_path):
     path = _copy_projector(tmp_path, lambda t: t.update({"extra.weight": torch.zeros(2)}))
-    with pytest.raises(WeightFileError, match="unexpected tensors: extra.weight"):
+    with pytest.raises(WeightFileError, match=r"unexpected tensors: extra.weight"):
         verify_safetensors(path, uso_projector_tensors(_uso_projector()))
 
 
@@ -215,11 +215,11 @@ def test_truncated_and_missing_files_name_the_file(tmp_path):
     data = (USO_WEIGHTS / "projector.safetensors").read_bytes()
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(data[: len(data) // 2])
-    with pytest.raises(WeightFileError, match="truncated.safetensors: not a readable safetensors"):
+    with pytest.raises(WeightFileError, match=r"truncated.safetensors: not a readable safetensors"):
         read_safetensors_shapes(truncated)
     header_only = tmp_path / "garbage.safetensors"
     header_only.write_bytes(b"\x05\x00")
-    with pytest.raises(WeightFileError, match="garbage.safetensors"):
+    with pytest.raises(WeightFileError, match=r"garbage.safetensors"):
         read_safetensors_shapes(header_only)
-    with pytest.raises(WeightFileError, match="absent.safetensors: file not found"):
+    with pytest.raises(WeightFileError, match=r"absent.safetensors: file not found"):
         read_safetensors_shapes(tmp_path / "absent.safetensors")

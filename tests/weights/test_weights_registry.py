@@ -189,7 +189,7 @@ def _minimal(**file_overrides) -> dict:
     ],
 )
 def test_a_broken_registry_names_the_file_and_the_entry(data: dict, message: str):
-    with pytest.raises(WeightsError, match="weight registry my.toml: ") as caught:
+    with pytest.raises(WeightsError, match=r"weight registry my.toml: ") as caught:
         parse_registry(data, "my.toml")
     assert message in str(caught.value)
 
@@ -209,7 +209,7 @@ def test_a_registry_of_ones_own_replaces_the_shipped_one(tmp_path: Path, monkeyp
     assert registry.source == str(own)
     assert registry.repo("bytedance-research/USO").revision.startswith("0123")
     monkeypatch.setenv("RESTYLE_WEIGHTS_REGISTRY", str(tmp_path / "absent.toml"))
-    with pytest.raises(WeightsError, match="absent.toml: cannot read it"):
+    with pytest.raises(WeightsError, match=r"absent.toml: cannot read it"):
         load_registry()
 
 

@@ -280,13 +280,13 @@ def test_an_unreachable_hub_says_what_to_do(tmp_path: Path, tiny_weights: Path):
     source = HubSource(load_registry(), endpoint="http://127.0.0.1:9", token=ACCEPTED)
     with pytest.raises(
         HubAccessError,
-        match="cannot reach the Hugging Face Hub at http://127.0.0.1:9 .* or an s3:// mirror",
+        match=r"cannot reach the Hugging Face Hub at http://127.0.0.1:9 .* or an s3:// mirror",
     ):
         stage(source, ["uso"], tmp_path / "staged")
 
 
 def test_a_file_missing_from_the_repo_names_the_registry(hub_setup, tmp_path: Path):
-    hub, registry, toml = hub_setup
+    hub, _registry, toml = hub_setup
     repo = hub.repos["bytedance-research/USO"]
     data = repo.pop("uso/projector.safetensors")
     try:
@@ -310,7 +310,7 @@ def test_a_corrupt_download_from_the_hub_is_discarded(
     try:
         with pytest.raises(
             WeightIntegrityError,
-            match="uso/dit_lora.safetensors from hf .* the download was discarded",
+            match=r"uso/dit_lora.safetensors from hf .* the download was discarded",
         ):
             stage(_source(hub_setup), ["uso"], root)
     finally:
@@ -329,7 +329,7 @@ def test_a_registry_pin_the_hub_contradicts_is_refused(hub_setup, tmp_path: Path
     )
     source = HubSource(load_registry(pinned), endpoint=hub.endpoint, token=ACCEPTED)
     with pytest.raises(
-        WeightIntegrityError, match="uso/projector.safetensors: the Hub reports size .* pins 12345"
+        WeightIntegrityError, match=r"uso/projector.safetensors: the Hub reports size .* pins 12345"
     ):
         source.manifest(["uso"])
 
@@ -355,7 +355,7 @@ def test_a_file_removed_from_the_repo_after_listing_names_the_file(hub_setup, tm
     try:
         with pytest.raises(
             WeightsError,
-            match="could not download uso/projector.safetensors from "
+            match=r"could not download uso/projector.safetensors from "
             "bytedance-research/USO: no such file at revision main",
         ):
             _source(hub_setup).fetch("uso/projector.safetensors", tmp_path / "projector.partial")

@@ -383,7 +383,7 @@ def vae_kwargs_from_bfl(files: TensorFiles, overrides: Mapping | None = None) ->
 def bfl_vae_plan(files: TensorFiles, kwargs: Mapping) -> dict[str, TensorSource]:
     """Run diffusers' LDM VAE converter on shape-only meta tensors to learn, for every diffusers
     key, which file key feeds it and the (reshape-only) transform the converter applies."""
-    originals = {key: torch.empty(files.shape(key), device="meta") for key in files.keys()}
+    originals = {key: torch.empty(files.shape(key), device="meta") for key in files}
     by_identity = {id(t): key for key, t in originals.items()}
     try:
         converted = convert_ldm_vae_checkpoint(dict(originals), dict(kwargs))

@@ -124,7 +124,7 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             infos = {}
-            for key in handle.keys():
+            for key in handle:
                 piece = handle.get_slice(key)
                 infos[key] = TensorInfo(tuple(piece.get_shape()), piece.get_dtype(), path)
             return infos
@@ -144,9 +144,9 @@ def _expected_source_shapes(
     for target, source in plan.items():
         want = tuple(expected[target].shape)
         if source.rows is not None:
-            start, stop = source.rows
-            prev = shapes.get(source.key, (0,) + want[1:])
-            shapes[source.key] = (max(prev[0], stop),) + want[1:]
+            _start, stop = source.rows
+            prev = shapes.get(source.key, (0, *want[1:]))
+            shapes[source.key] = (max(prev[0], stop), *want[1:])
         elif source.shape is not None and source.shape != files.shape(source.key):
             have = files.shape(source.key)
             ok = source.shape == want and torch.Size(have).numel() == torch.Size(want).numel()

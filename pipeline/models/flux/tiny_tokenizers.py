@@ -19,6 +19,7 @@ Both are deterministic: every build writes byte-identical tokenizer files.
 from __future__ import annotations
 
 import io
+import itertools
 import string
 import tempfile
 from collections import Counter
@@ -96,7 +97,7 @@ def learn_bpe_merges(
     for _ in range(max_merges):
         pairs: Counter[tuple[str, str]] = Counter()
         for word, symbols in splits.items():
-            for pair in zip(symbols, symbols[1:], strict=False):  # neighbouring symbols
+            for pair in itertools.pairwise(symbols):  # neighbouring symbols
                 pairs[pair] += words[word]
         if not pairs:
             break
@@ -132,7 +133,7 @@ def _clip_vocab_and_merges() -> tuple[tuple[str, ...], tuple[tuple[str, str], ..
         if left + right not in seen:
             vocab.append(left + right)
             seen.add(left + right)
-    return tuple(vocab + [CLIP_BOS, CLIP_EOS]), tuple(merges)
+    return tuple([*vocab, CLIP_BOS, CLIP_EOS]), tuple(merges)
 
 
 @lru_cache(maxsize=1)

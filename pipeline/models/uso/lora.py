@@ -125,7 +125,7 @@ def read_uso_lora(
     """{official prefix: (down, up)} from dit_lora.safetensors, checked strictly: every block
     needs all its LoRA pairs, nothing else may be in the file, one rank, shapes that fit."""
     files = TensorFiles.single(Path(path))
-    ranks = {files.shape(k)[0] for k in files.keys() if k.endswith(".down.weight")}
+    ranks = {files.shape(k)[0] for k in files if k.endswith(".down.weight")}
     problems = [f"mixed ranks {sorted(ranks)}"] if len(ranks) > 1 else []
     expected = {}
     for prefix, (down, up) in uso_lora_shapes(transformer, next(iter(ranks), 0)).items():

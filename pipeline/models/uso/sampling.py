@@ -169,7 +169,9 @@ def denoise(
     with model.style_tokens(
         None if batch.style_tokens is None else batch.style_tokens.to(device, dtype)
     ):
-        for step, (sigma, sigma_next) in enumerate(zip(batch.sigmas[:-1], batch.sigmas[1:])):
+        for step, (sigma, sigma_next) in enumerate(
+            zip(batch.sigmas[:-1], batch.sigmas[1:], strict=True)
+        ):
             t = torch.full((rows,), sigma, device=device, dtype=dtype)
             v = model.velocity(x, subject, t5, pooled, t, guidance, img_ids, txt_ids)
             if on_velocity is not None:

@@ -196,14 +196,14 @@ def test_truncated_file_is_named(tmp_path: Path, part: str):
     src, load, _ = LOADERS[part]
     broken = tmp_path / "truncated.safetensors"
     broken.write_bytes(src.read_bytes()[:-100])
-    with pytest.raises(WeightFileError, match="truncated.safetensors.*not a readable safetensors"):
+    with pytest.raises(WeightFileError, match=r"truncated.safetensors.*not a readable safetensors"):
         load(broken)
 
 
 @pytest.mark.parametrize("part", sorted(LOADERS))
 def test_missing_file_is_named(tmp_path: Path, part: str):
     _, load, _ = LOADERS[part]
-    with pytest.raises(WeightFileError, match="nowhere.safetensors: file not found"):
+    with pytest.raises(WeightFileError, match=r"nowhere.safetensors: file not found"):
         load(tmp_path / "nowhere.safetensors")
 
 
@@ -239,7 +239,7 @@ def test_unexpected_extra_key_is_named(tmp_path: Path, part: str):
         tmp_path / "extra.safetensors",
         lambda s: s.__setitem__("stowaway.weight", torch.zeros(2)),
     )
-    with pytest.raises(WeightFileError, match="extra.safetensors.*unexpected stowaway.weight"):
+    with pytest.raises(WeightFileError, match=r"extra.safetensors.*unexpected stowaway.weight"):
         load(broken)
 
 

@@ -122,7 +122,10 @@ def test_empty_prompt_is_legal(encoders):
 def test_deterministic_across_loads(root, encoders):
     again = FluxTextEncoders.load(FluxFiles.from_root(root), CPU, torch.float32)
     for prompt in ("", "a cat"):
-        assert all(torch.equal(a, b) for a, b in zip(encoders.encode(prompt), again.encode(prompt)))
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(encoders.encode(prompt), again.encode(prompt), strict=True)
+        )
 
 
 def test_second_encode_of_a_prompt_does_not_run_the_encoders(encoders):
@@ -190,7 +193,8 @@ def test_bfloat16_on_request(root):
 def test_offload_keeps_encoders_on_cpu_between_encodes_with_same_results(root, encoders):
     offloaded = FluxTextEncoders.load(FluxFiles.from_root(root), CPU, torch.float32, offload=True)
     assert all(
-        torch.equal(a, b) for a, b in zip(offloaded.encode("a cat"), encoders.encode("a cat"))
+        torch.equal(a, b)
+        for a, b in zip(offloaded.encode("a cat"), encoders.encode("a cat"), strict=True)
     )
     assert next(offloaded._t5.parameters()).device == CPU
 
@@ -210,7 +214,8 @@ def test_flux_snapshot_layout_loads_the_same_encoders(root, snapshot_root, encod
     snapshot = FluxTextEncoders.load(files, CPU, torch.float32)
     for prompt in ("", "Ghibli style, a girl with an umbrella"):
         assert all(
-            torch.equal(a, b) for a, b in zip(snapshot.encode(prompt), encoders.encode(prompt))
+            torch.equal(a, b)
+            for a, b in zip(snapshot.encode(prompt), encoders.encode(prompt), strict=True)
         )
 
 
@@ -284,7 +289,9 @@ def test_checkpoint_with_other_shapes_names_the_weights(root, tmp_path):
     shutil.copytree(root / "t5", small)
     config = (small / "config.json").read_text().replace('"vocab_size": 500', '"vocab_size": 100')
     (small / "config.json").write_text(config)
-    with pytest.raises(WeightFileError, match="t5-small-vocab: cannot load T5 encoder.*mismatched"):
+    with pytest.raises(
+        WeightFileError, match=r"t5-small-vocab: cannot load T5 encoder.*mismatched"
+    ):
         FluxTextEncoders.load(
             FluxFiles(files.transformer, files.vae, small, small, files.clip, files.clip_tokenizer),
             CPU,
@@ -300,7 +307,7 @@ def test_tokenizer_larger_than_the_embedding_table_is_refused(root, tmp_path):
     T5EncoderModel(T5Config(**TINY.t5, vocab_size=100)).save_pretrained(folder)
     files = FluxFiles.from_root(root)
     with pytest.raises(
-        WeightFileError, match="T5 tokenizer has 500 tokens but the model in .*t5-100-tokens"
+        WeightFileError, match=r"T5 tokenizer has 500 tokens but the model in .*t5-100-tokens"
     ):
         FluxTextEncoders.load(
             FluxFiles(

@@ -122,7 +122,7 @@ def test_the_cache_ignores_t5_and_recomputing_it_changes_nothing(sampler, case):
     for block in first.entries:
         assert all(
             torch.allclose(a, b, atol=1e-6)
-            for a, b in zip(first.entries[block], other_t5.entries[block])
+            for a, b in zip(first.entries[block], other_t5.entries[block], strict=True)
         )
         assert not torch.allclose(first.entries[block][0], other_pooled.entries[block][0])
 
@@ -167,7 +167,7 @@ def test_two_models_in_one_process_share_nothing(tiny_weights):
         model.generate([_request(f"r{i}", i)])[0].image
         for i, model in enumerate((second, first, second))
     ]
-    assert all(np.array_equal(a, b) for a, b in zip(alone, mixed))
+    assert all(np.array_equal(a, b) for a, b in zip(alone, mixed, strict=True))
 
     gc.collect()
     assert not [o for o in gc.get_objects() if type(o) is CondKVCache]  # every cache was freed

@@ -57,5 +57,5 @@ def test_schedule_matches_the_reference_numbers():
     "width, height, cond", [(8, 64, 32), (64, 0, 32), (64, 5000, 32), (64, 64, 40), (64.0, 64, 32)]
 )
 def test_impossible_sizes_are_refused_with_the_reason(width, height, cond):
-    with pytest.raises(ValueError, match="width|height|cond_size"):
+    with pytest.raises(ValueError, match=r"width|height|cond_size"):
         TokenLayout(width, height, cond)

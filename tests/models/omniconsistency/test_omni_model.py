@@ -163,7 +163,7 @@ def test_batched_items_match_their_single_runs(root):
     requests = [request(f"b{i}", seed=i, prompt=f"prompt {i}", guidance=2.0 + i) for i in range(3)]
     alone = [single.generate([r])[0].image for r in requests]
     together = batched.generate(requests)
-    for a, b in zip(alone, together):
+    for a, b in zip(alone, together, strict=True):
         assert b.ok and np.abs(a.astype(int) - b.image.astype(int)).max() <= 1
 
 

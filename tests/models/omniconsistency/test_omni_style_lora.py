@@ -68,12 +68,12 @@ def diffusers_file(delta, path: Path) -> Path:
                 ("img", "proj"): ("to_out.0",),
                 ("txt", "proj"): ("to_add_out",),
             }[(stream, kind)]
-            for name, u in zip(names, up if kind == "qkv" else [up]):
+            for name, u in zip(names, up if kind == "qkv" else [up], strict=True):
                 put(f"transformer_blocks.{i}.attn.{name}", down, u)
         else:
             _, i, kind = key
             if kind == "qkv":
-                for name, u in zip(("to_q", "to_k", "to_v"), up):
+                for name, u in zip(("to_q", "to_k", "to_v"), up, strict=True):
                     put(f"single_transformer_blocks.{i}.attn.{name}", down, u)
             else:
                 put(f"single_transformer_blocks.{i}.proj_out", down, up)

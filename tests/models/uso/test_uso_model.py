@@ -98,7 +98,7 @@ def test_batching_gives_the_same_images_as_one_by_one(weights_root: Path, model:
     assert [o.parameters["batch_size"] for o in batched] == [3, 3, 3]
     single = USOModel.load(weights_root, ModelOptions(device="cpu", max_batch_size=1))
     alone = single.generate(requests)
-    for a, b in zip(batched, alone):
+    for a, b in zip(batched, alone, strict=True):
         assert b.parameters["batch_size"] == 1
         assert np.abs(a.image.astype(int) - b.image.astype(int)).max() <= 1
 
@@ -111,7 +111,7 @@ def test_style_token_cache_gives_identical_images_to_recomputing(weights_root: P
     requests = [request(f"r{i}", seed=i, **USES["multi-style"]) for i in range(3)]
     with_cache = cached.generate(requests)
     without = uncached.generate(requests)
-    for a, b in zip(with_cache, without):
+    for a, b in zip(with_cache, without, strict=True):
         assert np.array_equal(a.image, b.image)
     cache = cached.components.style_encoder.cache
     assert (cache.misses, cache.hits, len(cache)) == (2, 4, 2)  # each style image computed once
@@ -267,7 +267,7 @@ def test_missing_or_corrupt_weight_files_fail_the_load_with_their_name(
     shutil.copytree(weights_root, root)
     lora = root / "uso" / "dit_lora.safetensors"
     lora.write_bytes(lora.read_bytes()[:-64])
-    with pytest.raises(WeightFileError, match="dit_lora.safetensors"):
+    with pytest.raises(WeightFileError, match=r"dit_lora.safetensors"):
         USOModel.load(root, ModelOptions(device="cpu"))
     lora.unlink()
     with pytest.raises(WeightLayoutError, match="USO dit_lora"):

@@ -131,7 +131,7 @@ def test_projector_keys_are_the_official_ones_and_checked(tmp_path: Path):
     state = dict(load_file(WEIGHTS / "projector.safetensors"))
     state["feature_embedder.mid_layer_norm.bias"] = torch.zeros(7)
     save_file(state, tmp_path / "projector.safetensors")
-    with pytest.raises(WeightFileError, match="mis-shaped feature_embedder.mid_layer_norm.bias"):
+    with pytest.raises(WeightFileError, match=r"mis-shaped feature_embedder.mid_layer_norm.bias"):
         load_uso_projector(tmp_path / "projector.safetensors", dtype=torch.float32, device="cpu")
 
 
@@ -192,7 +192,7 @@ def test_subject_ids_follow_the_pe_mode_and_accumulate():
     assert w[:, 1].min() == 0 and w[:, 2].min() == 4
     (o,) = subject_position_ids(grid, [(2, 2)], "o")
     assert o[:, 1].min() == 0 and o[:, 2].min() == 0  # overlaps the target's positions
-    first, second = subject_position_ids(grid, [(2, 2), (1, 1)], "d")
+    _first, second = subject_position_ids(grid, [(2, 2), (1, 1)], "d")
     assert second[0].tolist() == [0, 3 + 2, 4 + 2]
     assert (d[:, 0] == 0).all()
     with pytest.raises(ValueError, match="pe must be one of"):
