@@ -16,7 +16,7 @@ key to read, optionally which rows, and an optional pure reshaping transform.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +91,9 @@ class TensorFiles:
     def keys(self) -> set[str]:
         return set(self.infos)
 
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.infos)
+
     def shape(self, key: str) -> tuple[int, ...]:
         return self.infos[key].shape
 
@@ -124,7 +127,7 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             infos = {}
-            for key in handle:
+            for key in handle.keys():  # noqa: SIM118 - safe_open is not a dict
                 piece = handle.get_slice(key)
                 infos[key] = TensorInfo(tuple(piece.get_shape()), piece.get_dtype(), path)
             return infos

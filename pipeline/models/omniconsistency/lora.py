@@ -181,7 +181,7 @@ class ConsistencyLora(nn.Module):
             raise WeightFileError(path, "file not found")
         try:
             with safe_open(str(path), framework="pt", device=str(device)) as handle:
-                tensors = {key: handle.get_tensor(key) for key in handle}
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
         except (SafetensorError, OSError, ValueError) as exc:
             raise WeightFileError(path, f"not a readable safetensors file ({exc})") from exc
         return cls.from_state_dict(
