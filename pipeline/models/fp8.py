@@ -22,6 +22,8 @@ tensor, so both models refuse fp8 together with fuse_lora (`runtime.check_option
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,6 +35,10 @@ _FP8_MAX = torch.finfo(FP8_DTYPE).max
 
 class Float8WeightLinear(nn.Linear):
     """A Linear whose weight lives in float8 (one scale per output row), upcast per forward."""
+
+    # Buffers registered in __init__; declared here so they type as tensors, not `Tensor | Module`.
+    weight_fp8: torch.Tensor
+    weight_scale: torch.Tensor
 
     def __init__(self, linear: nn.Linear):
         nn.Module.__init__(self)  # nn.Linear.__init__ would allocate a full-precision weight
@@ -70,7 +76,8 @@ def store_linears_in_fp8(module: nn.Module) -> int:
 def store_blocks_in_fp8(transformer: nn.Module) -> int:
     """fp8 storage for the Linears of a FLUX transformer's double and single blocks (~all of its
     weights); embedders, final layer and norms stay in the model dtype."""
-    return sum(
-        store_linears_in_fp8(blocks)
-        for blocks in (transformer.transformer_blocks, transformer.single_transformer_blocks)
-    )
+    # Both block lists are nn.ModuleLists on every FLUX transformer (diffusers' and USO's);
+    # nn.Module.__getattr__ only promises `Tensor | Module`.
+    double_blocks = cast(nn.ModuleList, transformer.transformer_blocks)
+    single_blocks = cast(nn.ModuleList, transformer.single_transformer_blocks)
+    return sum(store_linears_in_fp8(blocks) for blocks in (double_blocks, single_blocks))

@@ -40,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from safetensors.torch import save_file
@@ -57,6 +58,8 @@ from pipeline.models.weight_tables import (
     uso_projector_tensors,
 )
 from pipeline.weights.atomic_build import build_atomically
+
+_ModuleT = TypeVar("_ModuleT", bound=torch.nn.Module)
 
 BUILD_FORMAT = 2  # bump when the content of a tiny build changes, so old builds are replaced
 MARKER = "tiny_build.json"
@@ -130,7 +133,7 @@ def random_tensors(
     return {name: _random_value(name, shape, gen).to(dtype) for name, shape in table.items()}
 
 
-def randomize_module(module: torch.nn.Module, gen: torch.Generator) -> torch.nn.Module:
+def randomize_module(module: _ModuleT, gen: torch.Generator) -> _ModuleT:
     """Overwrite every parameter (not buffers: position ids stay intact) with `_random_value`."""
     with torch.no_grad():
         for name, param in module.named_parameters():
@@ -218,7 +221,10 @@ def _kohya_style_lora(
     ]
     out: dict[str, torch.Tensor] = {}
     for name, (in_f, out_f), alpha in modules:
-        table = {f"{name}.lora_down.weight": (rank, in_f), f"{name}.lora_up.weight": (out_f, rank)}
+        table: TensorTable = {
+            f"{name}.lora_down.weight": (rank, in_f),
+            f"{name}.lora_up.weight": (out_f, rank),
+        }
         out.update(random_tensors(table, gen, ADDON_DTYPE))
         out[f"{name}.alpha"] = torch.tensor(alpha, dtype=ADDON_DTYPE)
     return out

@@ -19,11 +19,14 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from safetensors import SafetensorError, safe_open
 
 from pipeline.errors import WeightFileError
+
+_ModuleT = TypeVar("_ModuleT", bound=torch.nn.Module)
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ class TensorFiles:
     def __init__(self, files: Iterable[Path], label: Path | str):
         self.label = str(label)
         self.infos: dict[str, TensorInfo] = {}
-        self._handles: dict[Path, object] = {}
+        self._handles: dict[Path, safe_open] = {}
         for file in files:
             for key, info in read_safetensors_header(file).items():
                 if key in self.infos:
@@ -197,13 +200,13 @@ def check_plan(
 
 
 def materialize(
-    module: torch.nn.Module,
+    module: _ModuleT,
     plan: Mapping[str, TensorSource],
     files: TensorFiles,
     dtype: torch.dtype,
     device: torch.device | str,
     allowed_unused: Callable[[str], bool] = lambda key: False,
-) -> torch.nn.Module:
+) -> _ModuleT:
     """Check the plan, then read, cast and move every tensor and assign it into `module`
     (built on the meta device). Returns the module in eval mode without gradients."""
     check_plan(module, plan, files, allowed_unused)

@@ -51,6 +51,7 @@ CLIP_MAX_LENGTH = 77  # CLIP-L's context, used by both references
 T5_MAX_LENGTH = 512  # FLUX.1-dev's max_sequence_length (the references' default and maximum)
 
 _Loaded = TypeVar("_Loaded")
+_Model = TypeVar("_Model", bound=PreTrainedModel)  # a transformers model class's instances
 
 
 def _load_local(folder: Path, what: str, loader: Callable[[], _Loaded]) -> _Loaded:
@@ -64,8 +65,8 @@ def _load_local(folder: Path, what: str, loader: Callable[[], _Loaded]) -> _Load
 
 
 def _load_model_strictly(
-    model_class: type[_Loaded], folder: Path, dtype: torch.dtype, what: str
-) -> _Loaded:
+    model_class: type[_Model], folder: Path, dtype: torch.dtype, what: str
+) -> _Model:
     """`from_pretrained` that refuses missing or mis-shaped weights.
 
     transformers 5 only logs missing keys and initialises them randomly; a wrong or partial

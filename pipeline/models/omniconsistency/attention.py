@@ -134,7 +134,7 @@ class OmniDoubleStreamProcessor:
         self,
         attn,
         hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor = None,
+        encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         image_rotary_emb=None,
         omni: OmniAttentionContext | None = None,
@@ -143,6 +143,8 @@ class OmniDoubleStreamProcessor:
             return self._stock(
                 attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb
             )
+        # diffusers' FluxTransformerBlock always passes the text stream to double-stream attention
+        assert encoder_hidden_states is not None
         heads, n_text = attn.heads, encoder_hidden_states.shape[1]
 
         text_q = attn.norm_added_q(_split_heads(attn.add_q_proj(encoder_hidden_states), heads))
@@ -155,7 +157,8 @@ class OmniDoubleStreamProcessor:
             attn.to_v(hidden_states),
         )
         if omni.phase is Phase.WARMUP:
-            lora = omni.lora.double_blocks[self.index]
+            assert omni.lora is not None  # a warm-up context always carries the LoRA (sampling)
+            lora = omni.lora.double_block(self.index)
             query = _with_consistency_lora(query, hidden_states, lora, "q", omni.lora_weight, 0)
             key = _with_consistency_lora(key, hidden_states, lora, "k", omni.lora_weight, 0)
             value = _with_consistency_lora(value, hidden_states, lora, "v", omni.lora_weight, 0)
@@ -186,7 +189,8 @@ class OmniDoubleStreamProcessor:
         image_out = attn.to_out[0](image_out)
         if omni.phase is Phase.WARMUP and omni.apply_proj_loras:
             # EasyControl: the proj LoRA reads the *projected* output of the condition rows.
-            image_out = image_out + omni.lora_weight * omni.lora.double_blocks[self.index].pair(
+            assert omni.lora is not None  # a warm-up context always carries the LoRA (sampling)
+            image_out = image_out + omni.lora_weight * omni.lora.double_block(self.index).pair(
                 "proj"
             )(image_out)
         return image_out, attn.to_add_out(text_out)
@@ -204,7 +208,7 @@ class OmniSingleStreamProcessor:
         self,
         attn,
         hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor = None,
+        encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         image_rotary_emb=None,
         omni: OmniAttentionContext | None = None,
@@ -223,7 +227,8 @@ class OmniSingleStreamProcessor:
         if omni.phase is Phase.WARMUP:
             n_cond = omni.cache.n_cond
             first_cond = length - n_cond
-            lora = omni.lora.single_blocks[self.index]
+            assert omni.lora is not None  # a warm-up context always carries the LoRA (sampling)
+            lora = omni.lora.single_block(self.index)
             query = _with_consistency_lora(
                 query, hidden_states, lora, "q", omni.lora_weight, first_cond
             )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import cast
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -74,12 +75,20 @@ class ConsistencyLora(nn.Module):
         self.double_blocks = nn.ModuleList(double_blocks)
         self.single_blocks = nn.ModuleList(single_blocks)
 
+    # nn.ModuleList indexes and iterates as plain `Module`; both lists only ever hold the
+    # ConsistencyLoraBlocks given to __init__, so these accessors cast to that type.
+    def double_block(self, index: int) -> ConsistencyLoraBlock:
+        return cast(ConsistencyLoraBlock, self.double_blocks[index])
+
+    def single_block(self, index: int) -> ConsistencyLoraBlock:
+        return cast(ConsistencyLoraBlock, self.single_blocks[index])
+
     @property
     def rank(self) -> int:
         return (
-            self.double_blocks[0].pair("q").rank
+            self.double_block(0).pair("q").rank
             if len(self.double_blocks)
-            else self.single_blocks[0].pair("q").rank
+            else self.single_block(0).pair("q").rank
         )
 
     @property
@@ -214,7 +223,8 @@ class ConsistencyLora(nn.Module):
     def official_state_dict(self) -> dict[str, torch.Tensor]:
         """The tensors under the authors' key names (inverse of `from_state_dict`)."""
         out = {}
-        for i, block in enumerate(self.double_blocks):
+        for i in range(len(self.double_blocks)):
+            block = self.double_block(i)
             for p in DOUBLE_PROJECTIONS:
                 out[f"transformer_blocks.{i}.attn.processor.{p}_loras.0.down.weight"] = block.pair(
                     p
@@ -222,7 +232,8 @@ class ConsistencyLora(nn.Module):
                 out[f"transformer_blocks.{i}.attn.processor.{p}_loras.0.up.weight"] = block.pair(
                     p
                 ).up.data
-        for i, block in enumerate(self.single_blocks):
+        for i in range(len(self.single_blocks)):
+            block = self.single_block(i)
             for p in SINGLE_PROJECTIONS:
                 out[f"single_transformer_blocks.{i}.attn.processor.{p}_loras.0.down.weight"] = (
                     block.pair(p).down.data

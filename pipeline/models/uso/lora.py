@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import FluxTransformer2DModel
+from diffusers.models.transformers.transformer_flux import FluxAttention
 from torch import nn
 
 from pipeline.errors import WeightFileError
@@ -66,7 +67,7 @@ class LoRAParallelLinear(nn.Module):
         return out + branch.to(out.dtype)
 
 
-def fuse_qkv(attn: nn.Module) -> None:
+def fuse_qkv(attn: FluxAttention) -> None:
     """Replace an attention's separate q/k/v (and added q/k/v) Linears by one fused Linear each,
     freeing the originals (diffusers' own `fuse_projections` keeps both copies)."""
     if getattr(attn, "fused_projections", False):
@@ -140,11 +141,12 @@ def read_uso_lora(
     ]
     if problems:
         raise WeightFileError(files.label, "not a USO dit_lora for this transformer", problems)
-    pairs = {}
+    pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for prefix in uso_lora_shapes(transformer, 0):
-        pairs[prefix] = tuple(
+        down_weight, up_weight = (
             files.read(TensorSource(f"{prefix}.{part}.weight")).to(dtype) for part in ("down", "up")
         )
+        pairs[prefix] = (down_weight, up_weight)
     files.close()
     return pairs
 

@@ -36,6 +36,10 @@ class USOStyleProjector(nn.Module):
     """The hierarchical projector; attribute names give the official state-dict keys
     (`{level}_embedding_linear.0`, `{level}_layer_norm`, `{level}_projection`)."""
 
+    # Set in __init__ (setattr per level); declared for the attributes read by name elsewhere.
+    high_layer_norm: nn.LayerNorm
+    high_projection: nn.Linear
+
     def __init__(
         self,
         siglip_tokens: int,
