@@ -115,15 +115,15 @@ def resolve_weights(
         offered.files.update(
             {p: staged.files[p] for p, f in offered.files.items() if f.sha256 is None}
         )
-    return ResolvedWeights(
-        spec,
-        None,
-        sha256={
-            path: offered.files[path].sha256
-            for path in sorted(offered.files_of(model))
-            if offered.files[path].component not in PER_ITEM_COMPONENTS
-        },
-    )
+    sha256: dict[str, str] = {}
+    for path in sorted(offered.files_of(model)):
+        facts = offered.files[path]
+        if facts.component in PER_ITEM_COMPONENTS:
+            continue
+        if facts.sha256 is None:  # staging above hashed every file the source had no digest for
+            raise WeightsError(f"{path}: no sha256 known for this file after staging")
+        sha256[path] = facts.sha256
+    return ResolvedWeights(spec, None, sha256=sha256)
 
 
 def _offered_models(source: WeightSource) -> list[str]:

@@ -245,7 +245,12 @@ class OmniConsistencySampler:
         if posterior not in POSTERIOR_CHOICES:
             raise ValueError(f"posterior must be one of {POSTERIOR_CHOICES}, got {posterior!r}")
         dist = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist
-        latent = dist.mean if posterior == "mean" else dist.sample(list(generators))
+        if posterior == "mean":
+            latent = dist.mean
+        elif generators is None:
+            raise ValueError('posterior "sample" needs one generator per item')
+        else:
+            latent = dist.sample(list(generators))
         latent = latent.to(self.dtype)
         return (latent - self.vae.config.shift_factor) * self.vae.config.scaling_factor
 

@@ -93,12 +93,14 @@ def _random_lora_pairs(
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Random, non-zero LoRA pairs in the USO layout, created on the transformer's device."""
     weight = flux.x_embedder.weight
-    return {
-        prefix: tuple(
-            torch.randn(shape, device=weight.device, dtype=weight.dtype) * 0.01 for shape in shapes
-        )
-        for prefix, shapes in uso_lora_shapes(flux, rank).items()
-    }
+
+    def draw(shape: tuple[int, int]) -> torch.Tensor:
+        return torch.randn(shape, device=weight.device, dtype=weight.dtype) * 0.01
+
+    pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for prefix, (down_shape, up_shape) in uso_lora_shapes(flux, rank).items():
+        pairs[prefix] = (draw(down_shape), draw(up_shape))  # down first, as before
+    return pairs
 
 
 def random_components(

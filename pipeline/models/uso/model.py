@@ -69,6 +69,16 @@ from pipeline.models.uso.sampling import (
 from pipeline.models.weight_layout import USOFiles
 
 
+def _cat_all_or_none(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
+    """One optional tensor per item of a batch, concatenated; None when the first has none.
+    Items of a batch share a token layout (`batch_key`), so all have the tensor or none does."""
+    if tensors[0] is None:
+        return None
+    present = [t for t in tensors if t is not None]
+    assert len(present) == len(tensors)  # one layout: all or none
+    return torch.cat(present)
+
+
 class USOModel(StylizationModel):
     """A loaded USO stack; one per actor. See the module docstring for options and deviations."""
 
@@ -95,7 +105,7 @@ class USOModel(StylizationModel):
         if settings.attention_backend:
             flux.set_attention_backend(settings.attention_backend)
         if runtime.options.compile:
-            kwargs = {"fullgraph": True}
+            kwargs: dict[str, bool | str] = {"fullgraph": True}
             if settings.compile_mode:
                 kwargs["mode"] = settings.compile_mode
             flux.compile_repeated_blocks(**kwargs)
@@ -171,7 +181,7 @@ class USOModel(StylizationModel):
         and number of style images (nothing is masked, so token counts must match)."""
         width = (request.width or self.settings.default_size) // 16 * 16
         height = (request.height or self.settings.default_size) // 16 * 16
-        grid = None
+        grid: tuple[int, int] | tuple[str, int] | None = None
         if request.subject is not None:
             try:
                 grid = subject_grid(request.subject.size, self.settings.content_ref)
@@ -232,12 +242,8 @@ class USOModel(StylizationModel):
             pooled=torch.cat([it.pooled for it in group]),
             guidance=torch.tensor([it.guidance for it in group]),
             sigmas=first.sigmas,
-            style_tokens=None
-            if first.style_tokens is None
-            else torch.cat([it.style_tokens for it in group]),
-            subject_latents=None
-            if first.subject_latents is None
-            else torch.cat([it.subject_latents for it in group]),
+            style_tokens=_cat_all_or_none([it.style_tokens for it in group]),
+            subject_latents=_cat_all_or_none([it.subject_latents for it in group]),
             pe=self.settings.pe,
         )
         started = time.perf_counter()

@@ -211,14 +211,16 @@ def prepare_request(
     if not isinstance(request.styles, (list, tuple)):
         raise _bad(request, f"styles must be a list of images, got {type(request.styles).__name__}")
     styles = [_decoded(request, im, f"style image {i}") for i, im in enumerate(request.styles)]
-    grid = None if subject is None else subject_grid(subject.size, settings.content_ref)
-    if grid is not None and min(grid) < 16:
-        raise _bad(
-            request,
-            f"subject image {subject.size[0]}x{subject.size[1]} is too small: "
-            f"after resizing to content_ref {settings.content_ref} it is "
-            f"{grid[0]}x{grid[1]}, below 16 pixels",
-        )
+    grid: tuple[int, int] | None = None
+    if subject is not None:
+        grid = subject_grid(subject.size, settings.content_ref)
+        if min(grid) < 16:
+            raise _bad(
+                request,
+                f"subject image {subject.size[0]}x{subject.size[1]} is too small: "
+                f"after resizing to content_ref {settings.content_ref} it is "
+                f"{grid[0]}x{grid[1]}, below 16 pixels",
+            )
 
     started = time.perf_counter()
     t5_states, pooled = text_encoders.encode(request.prompt)

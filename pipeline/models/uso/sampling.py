@@ -56,7 +56,7 @@ def preprocess_subject(image: Image.Image, long_side: int = 512) -> Image.Image:
         new_w, new_h = long_side, int(long_side / w * h)
     else:
         new_w, new_h = int(long_side / h * w), long_side
-    resized = image.resize((new_w, new_h), resample=Image.LANCZOS)
+    resized = image.resize((new_w, new_h), resample=Image.Resampling.LANCZOS)
     target_w, target_h = new_w // 16 * 16, new_h // 16 * 16
     left, top = (new_w - target_w) // 2, (new_h - target_h) // 2
     return resized.crop((left, top, left + target_w, top + target_h)).convert("RGB")

@@ -104,13 +104,14 @@ class USOTransformer(nn.Module):
         t5_states: torch.Tensor,
         pooled: torch.Tensor,
         sigma: torch.Tensor,
-        guidance: torch.Tensor,
+        guidance: torch.Tensor | None,
         img_ids: torch.Tensor,
         txt_ids: torch.Tensor,
     ) -> torch.Tensor:
         """Packed target tokens [B, N, 64] (+ packed subject tokens [B, Ns, 64]) -> velocity
         [B, N, 64]. `sigma`/`guidance` are [B] in 0..1 / guidance units (the model scales them
-        by 1000). `img_ids` covers target then subject tokens; `txt_ids` style then T5 tokens."""
+        by 1000; `guidance` is None for a transformer without guidance embeds). `img_ids` covers
+        target then subject tokens; `txt_ids` style then T5 tokens."""
         n_target = latents.shape[1]
         hidden = latents if subject_tokens is None else torch.cat([latents, subject_tokens], dim=1)
         out = self.flux(
