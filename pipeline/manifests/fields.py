@@ -187,31 +187,46 @@ def parse_row(
             errors.append(RowError(manifest_uri, row, label, problem.message, item_id))
             return None
 
-    values = {
-        "id": check(_item_id, raw),
-        "prompt": check(_text, raw, "prompt") or "",
-        "model": check(_model, raw),
-        "subject": check(_subject, raw, manifest_uri),
-        "styles": check(_styles, raw, manifest_uri) or [],
-        "style_lora": check(_text, raw, "style_lora"),
-        "style_lora_scale": check(_number, raw, "style_lora_scale"),
-        "seed": check(_integer, raw, "seed", 0, MAX_SEED),
-        "width": check(_integer, raw, "width", MIN_SIDE, MAX_SIDE),
-        "height": check(_integer, raw, "height", MIN_SIDE, MAX_SIDE),
-        "steps": check(_integer, raw, "steps", 1, MAX_STEPS),
-        "guidance": check(_number, raw, "guidance"),
-    }
-    if values["guidance"] is not None and values["guidance"] < 0:
+    valid_id = check(_item_id, raw)
+    prompt = check(_text, raw, "prompt") or ""
+    model = check(_model, raw)
+    subject = check(_subject, raw, manifest_uri)
+    styles = check(_styles, raw, manifest_uri) or []
+    style_lora = check(_text, raw, "style_lora")
+    style_lora_scale = check(_number, raw, "style_lora_scale")
+    seed = check(_integer, raw, "seed", 0, MAX_SEED)
+    width = check(_integer, raw, "width", MIN_SIDE, MAX_SIDE)
+    height = check(_integer, raw, "height", MIN_SIDE, MAX_SIDE)
+    steps = check(_integer, raw, "steps", 1, MAX_STEPS)
+    guidance = check(_number, raw, "guidance")
+    if guidance is not None and guidance < 0:
         errors.append(
             RowError(
                 manifest_uri,
                 row,
                 labels.get("guidance", "guidance"),
-                f"must be >= 0, got {values['guidance']}",
+                f"must be >= 0, got {guidance}",
                 item_id,
             )
         )
     if errors:
         return None, errors
+    assert valid_id is not None  # _item_id returns a string or raises, which records an error
     extra = {k: v for k, v in raw.items() if k not in KNOWN_FIELDS}
-    return ManifestItem(**values, extra=extra, source=(manifest_uri, row)), []
+    item = ManifestItem(
+        id=valid_id,
+        prompt=prompt,
+        model=model,
+        subject=subject,
+        styles=styles,
+        style_lora=style_lora,
+        style_lora_scale=style_lora_scale,
+        seed=seed,
+        width=width,
+        height=height,
+        steps=steps,
+        guidance=guidance,
+        extra=extra,
+        source=(manifest_uri, row),
+    )
+    return item, []
