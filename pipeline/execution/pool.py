@@ -95,7 +95,7 @@ class ActorPool:
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
         answers = []
         for ref in ready:
-            with contextlib.suppress(ACTOR_LOST):
+            with contextlib.suppress(*ACTOR_LOST):
                 answers.append(ray.get(ref))
         return answers
 

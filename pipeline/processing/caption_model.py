@@ -58,7 +58,7 @@ class ModelCaptioner:
                 f"captioning model {folder}: {config.model_type!r} is not an "
                 f"image-to-text model transformers can load ({error})"
             ) from error
-        self.model = model.to(device).eval()  # type: ignore[arg-type]  # transformers wraps .to()
+        self.model = model.to(device).eval()
         self._lock = threading.Lock()
 
     def caption(self, fields: dict, image: np.ndarray | Image.Image) -> str:
