@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from pipeline.cli import jobs, run
+from pipeline.cli import jobs, outputs, run
 from pipeline.cli.weights import weights_app
 
 app = typer.Typer(
@@ -25,6 +25,7 @@ app.command("triplets")(jobs.triplets)
 app.command("nightly")(jobs.nightly)
 app.command("submit")(jobs.submit)
 app.command("caption")(jobs.caption)
+app.command("migrate")(outputs.migrate)
 
 if __name__ == "__main__":
     app()

@@ -303,7 +303,9 @@ def status(
     profile: Profile = None,
     as_json: AsJson = False,
 ) -> None:
-    """Totals from a run's commit markers: ok, failed by class, images/s."""
+    """Totals of a run folder: items from its current records (`part-*.parquet`), shards and
+    images/s from its commit markers; objects of interrupted commits."""
+    from pipeline.errors import RunError
     from pipeline.outputs.run_state import RunState
     from pipeline.outputs.status import run_status
     from pipeline.storage import Storage
@@ -311,7 +313,7 @@ def status(
     storage = Storage(storage_settings(endpoint_url, region, profile))
     try:
         s = run_status(RunState(storage, run_uri))
-    except FileNotFoundError as error:
+    except (FileNotFoundError, RunError) as error:  # RunError: a layout to migrate first
         fail(str(error))
     rows = [
         ("fingerprint", s.fingerprint or "?"),
@@ -323,6 +325,7 @@ def status(
         ("items", f"{s.ok} ok, {s.failed} failed, {s.skipped} skipped, of {s.items}"),
     ]
     rows += [(f"  {kind}", str(count)) for kind, count in sorted(s.errors.items())]
+    rows += [("uncommitted (interrupted; rerun)", uri) for uri in s.uncommitted]
     rows.append(
         (
             "throughput",

@@ -26,6 +26,7 @@ from pipeline.outputs.commit import ShardStats
 from pipeline.outputs.run_state import RunState
 from pipeline.processing.shard import ShardTask
 from pipeline.storage import Storage, StorageSettings
+from pipeline.storage.uris import public_uri
 from pipeline.weights.resolve import ResolvedWeights, resolve_weights
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,10 @@ class Runner:
 
     # ------------------------------------------------------------------ planning
     def plan(self) -> Plan:
-        shards = list_shards(list(self.config.manifest), self.storage)
+        shards = [  # absolute: records and provenance name them, and actors may run elsewhere
+            dataclasses.replace(s, uri=public_uri(s.uri))
+            for s in list_shards(list(self.config.manifest), self.storage)
+        ]
         if self.weights is None:
             self.weights = resolve_weights(
                 self.config.weights, self.config.model, storage=self.storage
@@ -133,11 +137,21 @@ class Runner:
     def run(self) -> RunSummary:
         plan = self.plan()
         self.state.claim(plan.run_json(self.settings))
+        summary = RunSummary(
+            self.config.run_uri,
+            plan.fingerprint,
+            shards_total=len(plan.shards),
+            shards_already_done=len(plan.done),
+        )
+        return self._execute(self.run_tasks(plan), summary)
+
+    def run_tasks(self, plan: Plan) -> list[ShardTask]:
+        """One task per shard not yet committed: the whole shard, its first attempt."""
         only = None if self.config.only_ids is None else frozenset(self.config.only_ids)
-        tasks = [
+        return [
             ShardTask(
                 shard=s,
-                folder=self.config.run_uri,
+                folder=public_uri(self.config.run_uri),
                 fingerprint=plan.fingerprint,
                 weights=plan.weights.sha256,
                 random_weights=plan.weights.random,
@@ -145,44 +159,37 @@ class Runner:
             )
             for s in plan.todo
         ]
-        summary = RunSummary(
-            self.config.run_uri,
-            plan.fingerprint,
-            shards_total=len(plan.shards),
-            shards_already_done=len(plan.done),
-        )
-        return self._execute(tasks, summary)
 
     def retry_failed(self) -> RunSummary:
-        """Re-run only failed items of committed shards into a new retry commit."""
+        """Re-run only failed items of committed shards into a new retry commit per shard."""
         plan = self.plan()
-        existing = self.state.read_run_json()
-        if existing is None:
+        if self.state.read_run_json() is None:
             raise RunError(f"{self.config.run_uri} has no run.json: nothing to retry")
         self.state.claim(plan.run_json(self.settings))  # same fingerprint, or a clear refusal
-        latest = self.state.latest_records(plan.fingerprint)
-        folder = f"{self.config.run_uri}/retry-{self.state.next_retry_number():02d}"
-        tasks = []
-        for shard in plan.shards:
-            failed = {i: r for i, r in latest.get(shard.index, {}).items() if r.failed}
-            if failed:
-                tasks.append(
-                    ShardTask(
-                        shard=shard,
-                        folder=folder,
-                        fingerprint=plan.fingerprint,
-                        weights=plan.weights.sha256,
-                        random_weights=plan.weights.random,
-                        only_ids=frozenset(failed),
-                        prior_attempts={i: r.attempts for i, r in failed.items()},
-                        retry_of=(shard.index,),
-                    )
-                )
+        tasks = self.retry_tasks(plan)
         summary = RunSummary(self.config.run_uri, plan.fingerprint, shards_total=len(tasks))
         if not tasks:
             log.info("no failed items in %s", self.config.run_uri)
             return summary
         return self._execute(tasks, summary)
+
+    def retry_tasks(self, plan: Plan) -> list[ShardTask]:
+        """One task per committed shard with failed items: those items, its next attempt."""
+        shards = {s.index: s for s in plan.shards}
+        return [
+            ShardTask(
+                shard=shards[work.shard],
+                folder=public_uri(self.config.run_uri),
+                fingerprint=plan.fingerprint,
+                weights=plan.weights.sha256,
+                random_weights=plan.weights.random,
+                only_ids=work.only_ids,
+                prior_attempts=work.prior_attempts,
+                retry=work.retry,
+            )
+            for work in self.state.retry_plan(plan.fingerprint)
+            if work.shard in shards
+        ]
 
     # ------------------------------------------------------------------ execution
     def _execute(self, tasks: list[ShardTask], summary: RunSummary) -> RunSummary:

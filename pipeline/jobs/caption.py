@@ -2,7 +2,8 @@
 
 Why separate: the captioner can run on other machines (CPU nodes, smaller GPUs) than FLUX,
 after the fact, and be changed without re-rendering anything. For each committed shard, main
-or retry, the stage writes a caption sidecar beside it (`pipeline.outputs.caption_sidecars`).
+or retry, the stage writes a caption sidecar for its tar under `<run>/captions/`
+(`pipeline.outputs.caption_sidecars`), then adds the captions to the run's dataset card.
 A sidecar made with the same model spec is kept (re-running the stage resumes); another spec
 replaces it.
 
@@ -17,7 +18,7 @@ import logging
 from dataclasses import dataclass, field
 
 from pipeline.outputs.caption_sidecars import sidecar_model, sidecar_uri
-from pipeline.outputs.commit import ShardPaths
+from pipeline.outputs.card import write_card
 from pipeline.outputs.run_state import RunState
 from pipeline.storage import Storage, StorageSettings
 
@@ -39,6 +40,37 @@ class CaptionSummary:
         return 2 if self.failed else 0
 
 
+@dataclass
+class CaptionPlan:
+    """The shards a caption stage still has to caption: (tar URI, sidecar URI) pairs."""
+
+    storage: Storage
+    state: RunState
+    run_json: dict
+    summary: CaptionSummary
+    todo: list[tuple[str, str]] = field(default_factory=list)
+
+    def finish(self) -> None:
+        """After captioning: the dataset card lists the captions."""
+        write_card(self.storage, self.state.run_uri, self.run_json)
+
+
+def caption_plan(storage: Storage, run_uri: str, model_spec: str) -> CaptionPlan:
+    """Every committed shard (first runs and retries) without a sidecar from `model_spec`."""
+    state = RunState(storage, run_uri)
+    run_json = state.read_run_json()
+    if run_json is None:
+        raise FileNotFoundError(f"{run_uri}: not a run folder (no run.json)")
+    plan = CaptionPlan(storage, state, run_json, CaptionSummary(run_uri))
+    for commit in state.commits():
+        out = sidecar_uri(commit.paths)
+        if sidecar_model(storage, out) == model_spec:
+            plan.summary.shards_kept += 1
+        elif commit.stats.ok:
+            plan.todo.append((commit.paths.tar, out))
+    return plan
+
+
 def caption_run(
     run_uri: str,
     model_spec: str,
@@ -54,19 +86,10 @@ def caption_run(
     from pipeline.execution.pool import ActorPool, ActorSpec, pool_size
 
     storage = Storage(storage_settings)
-    state = RunState(storage, run_uri)
-    if state.read_run_json() is None:
-        raise FileNotFoundError(f"{run_uri}: not a run folder (no run.json)")
-    summary = CaptionSummary(run_uri)
-    todo: list[tuple[str, str]] = []
-    for commit in state.commits():
-        paths = ShardPaths(commit.folder, commit.shard)
-        out = sidecar_uri(paths)
-        if sidecar_model(storage, out) == model_spec:
-            summary.shards_kept += 1
-        elif commit.stats.ok:
-            todo.append((paths.tar, out))
-    if not todo:
+    plan = caption_plan(storage, run_uri, model_spec)
+    summary = plan.summary
+    if not plan.todo:
+        plan.finish()
         return summary
     connect(address)
     spec = ActorSpec(
@@ -74,7 +97,7 @@ def caption_run(
         (model_spec, device, storage_settings),
         what=f"caption actors for {model_spec!r}",
     )
-    pool = ActorPool(spec, pool_size(actors, len(todo)))
+    pool = ActorPool(spec, pool_size(actors, len(plan.todo)))
 
     def captioned(task: tuple[str, str], rows: int) -> None:
         summary.captions += rows
@@ -86,7 +109,7 @@ def caption_run(
     try:
         dispatch(
             pool,
-            todo,
+            plan.todo,
             submit=lambda actor, task, seq: actor.caption_shard.remote(*task),
             on_result=captioned,
             on_failure=failed,
@@ -95,4 +118,5 @@ def caption_run(
         )
     finally:
         pool.shutdown()
+    plan.finish()
     return summary

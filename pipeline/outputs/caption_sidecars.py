@@ -1,7 +1,10 @@
-"""Caption sidecars: captions written after the fact beside a committed shard.
+"""Caption sidecars: captions written after the fact for a committed shard.
 
-    <run>/part-000000.captions.parquet     key, id, caption (one row per result image)
-                                           schema metadata: caption_model = the model spec
+    <run>/captions/000000.parquet            key, id, caption (one row per result image of
+    <run>/captions/000000.retry-01.parquet   part-000000.tar, part-000000.retry-01.tar, ...)
+                                             schema metadata: caption_model = the model spec
+
+They live in their own folder, named so that no `part-*.parquet` glob (even `**/`) reaches them.
 
 Committed tars are never rewritten (a trainer may already be reading them); a sidecar is
 published whole in one write, so it is either complete or absent. Trainers join captions to
@@ -12,16 +15,15 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from pipeline.outputs.commit import ShardPaths
+from pipeline.outputs.layout import ShardPaths
 from pipeline.storage import Storage
 from pipeline.storage.parquet import schema_from_bytes, table_to_bytes
 
-SIDECAR_SUFFIX = ".captions.parquet"
 SIDECAR_SCHEMA = pa.schema([("key", pa.string()), ("id", pa.string()), ("caption", pa.string())])
 
 
 def sidecar_uri(paths: ShardPaths) -> str:
-    return paths.stem + SIDECAR_SUFFIX
+    return paths.captions
 
 
 def write_sidecar(

@@ -1,15 +1,16 @@
-"""Output shards: one commit per input shard, the commit marker written last.
+"""One commit of one input shard: its WebDataset tar, its records, then its marker, last.
 
-For input shard k a commit is three objects under the run folder (or under a retry folder):
+For input shard k, attempt n (0: the first run of the shard, n: its n-th `--retry-failed`), the
+commit publishes, in this order (names in `pipeline.outputs.layout`):
 
-    part-<k:06d>.tar         WebDataset samples: <key>.<png|jpg|webp>, <key>.txt, <key>.json
-    part-<k:06d>.parquet     one row per input item, failures included (`ItemRecord`)
-    part-<k:06d>.stats.json  counts, error histogram, durations, fingerprint: the commit marker
+    part-<k>[.retry-<nn>].tar         WebDataset samples: <key>.<png|jpg|webp>, <key>.txt, <key>.json
+    part-<k>.parquet                  the shard's current records (`pipeline.outputs.records`): a
+                                      retry overlays its re-run items' records on the file
+    part-<k>[.retry-<nn>].stats.json  counts, error histogram, durations, fingerprint: the marker
 
-A shard without its marker is not done and is redone whole; names are deterministic, so a redo
+A commit without its marker is not done and is redone whole under the same names, so a redo
 overwrites and never duplicates. Each object is published whole (S3 PUT/multipart complete, or
-temp file + rename locally), and the marker goes last, so a reader that trusts only shards with
-markers never sees a partial commit.
+temp file + rename locally), and the marker goes last.
 """
 
 from __future__ import annotations
@@ -24,41 +25,14 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import pyarrow as pa
 import webdataset as wds
 
 from pipeline.errors import ItemStatus
+from pipeline.outputs.layout import ShardPaths
+from pipeline.outputs.records import ItemRecord, overlay, read_records, records_to_parquet
 from pipeline.storage import Storage
-from pipeline.storage.parquet import table_from_bytes, table_to_bytes
 
 TAR_MTIME = 0.0  # fixed member mtime: the same items give byte-identical tars
-
-RECORD_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("key", pa.string()),
-        ("status", pa.string()),  # "ok" or an ItemStatus
-        ("error", pa.string()),
-        ("attempts", pa.int32()),
-        ("seed", pa.int64()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("steps", pa.int32()),
-        ("guidance", pa.float64()),
-        ("prompt", pa.string()),
-        ("caption", pa.string()),
-        ("output_key", pa.string()),  # "<tar uri>#<key>" of the result image, or null
-        ("input_shard", pa.string()),
-        ("input_row", pa.int64()),
-        ("read_s", pa.float64()),
-        ("model_s", pa.float64()),
-        ("encode_s", pa.float64()),
-        (
-            "scores",
-            pa.map_(pa.string(), pa.float64()),
-        ),  # optional quality scores (pipeline.processing.scoring)
-    ]
-)
 
 
 def sample_key(item_id: str) -> str:
@@ -71,39 +45,6 @@ def sample_key(item_id: str) -> str:
     if safe == item_id and safe:
         return safe
     return f"{safe[:100]}-{hashlib.sha256(item_id.encode()).hexdigest()[:8]}"
-
-
-@dataclass
-class ItemRecord:
-    """One row of part-k.parquet: what happened to one input item."""
-
-    id: str
-    key: str
-    status: str
-    error: str | None = None
-    attempts: int = 1
-    seed: int | None = None
-    width: int | None = None
-    height: int | None = None
-    steps: int | None = None
-    guidance: float | None = None
-    prompt: str | None = None
-    caption: str | None = None
-    output_key: str | None = None
-    input_shard: str | None = None
-    input_row: int | None = None
-    read_s: float | None = None
-    model_s: float | None = None
-    encode_s: float | None = None
-    scores: dict[str, float] | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status == ItemStatus.OK
-
-    @property
-    def failed(self) -> bool:
-        return ItemStatus(self.status).failed
 
 
 @dataclass
@@ -131,7 +72,7 @@ class ShardStats:
     weights: dict[str, str] = field(default_factory=dict)  # name -> sha256
     code_version: str = ""
     worker: dict = field(default_factory=dict)  # host, pid, device, CUDA_VISIBLE_DEVICES
-    retry_of: list[int] = field(default_factory=list)  # retry commits: the attempts re-run
+    retry: int = 0  # 0: the shard's first run; n: its n-th retry (re-run items only)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=1, sort_keys=True).encode()
@@ -141,32 +82,9 @@ class ShardStats:
         return cls(**json.loads(data))
 
 
-@dataclass(frozen=True)
-class ShardPaths:
-    """Deterministic object names of one commit."""
-
-    folder: str  # run folder, or <run>/retry-<n>
-    index: int
-
-    @property
-    def stem(self) -> str:
-        return f"{self.folder}/part-{self.index:06d}"
-
-    @property
-    def tar(self) -> str:
-        return self.stem + ".tar"
-
-    @property
-    def records(self) -> str:
-        return self.stem + ".parquet"
-
-    @property
-    def marker(self) -> str:
-        return self.stem + ".stats.json"
-
-
 class ShardWriter:
-    """Collects finished samples and records of one shard, then commits them marker-last.
+    """Collects finished samples and records of one shard attempt, then commits them
+    marker-last (`ShardPaths.retry` says which attempt).
 
     Samples are appended in input order to a local spooled tar (the actor's scratch disk), so
     the upload at commit time is one streaming multipart upload, not many small PUTs.
@@ -200,12 +118,19 @@ class ShardWriter:
         t0 = time.perf_counter()
         try:
             self.storage.upload_file(self.paths.tar, self._tmp.name)
-            self.storage.write_bytes(self.paths.records, records_to_parquet(self.records))
+            self.storage.write_bytes(self.paths.records, records_to_parquet(self._current()))
             self._finish_stats(upload_s=time.perf_counter() - t0)
             self.storage.write_bytes(self.paths.marker, self.stats.to_json())
         finally:
             Path(self._tmp.name).unlink(missing_ok=True)
         return self.stats
+
+    def _current(self) -> list[ItemRecord]:
+        """The shard's records after this commit: its own for a first run; for a retry, the
+        current records with the re-run items' replaced."""
+        if self.paths.retry == 0:
+            return self.records
+        return overlay(read_records(self.storage, self.paths.records), self.records)
 
     def abort(self) -> None:
         """Drop the local spool; nothing was published."""
@@ -232,20 +157,6 @@ class ShardWriter:
         s.finished_at = time.time()
         s.wall_s = s.finished_at - s.started_at
         s.images_per_s = s.ok / s.wall_s if s.wall_s > 0 else 0.0
-
-
-def records_to_parquet(records: list[ItemRecord]) -> bytes:
-    return table_to_bytes(pa.Table.from_pylist([asdict(r) for r in records], schema=RECORD_SCHEMA))
-
-
-def read_records(storage: Storage, uri: str) -> list[ItemRecord]:
-    table = table_from_bytes(storage.read_bytes(uri))
-    records = []
-    for row in table.to_pylist():
-        if row.get("scores") is not None:  # pyarrow returns maps as lists of (key, value)
-            row["scores"] = dict(row["scores"])
-        records.append(ItemRecord(**row))
-    return records
 
 
 def read_marker(storage: Storage, uri: str) -> ShardStats | None:

@@ -1,33 +1,51 @@
-"""What is already on disk for a run: run.json, commit markers, retry commits, item statuses.
+"""What is already in a run folder: run.json, the commits (markers), the current records, and
+what a `--retry-failed` has to redo. Names and globs are in `pipeline.outputs.layout`.
 
-    <out>/<run>/run.json                    the full run config and its fingerprint
-    <out>/<run>/part-<k>.{tar,parquet,stats.json}
-    <out>/<run>/retry-<n>/part-<k>.{...}    `--retry-failed` commits: only re-run items
-
-An item's current status is its record in the newest commit that contains it.
+An item's current record is its row in `part-<k>.parquet`: the commits keep that file current,
+so nothing here (or in a reader) has to pick the newest record among several commits.
 """
 
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pipeline.errors import RunConflictError
-from pipeline.outputs.commit import ItemRecord, ShardPaths, ShardStats, read_marker, read_records
+from pipeline.outputs.card import write_card
+from pipeline.outputs.commit import ShardStats, read_marker
+from pipeline.outputs.layout import (
+    LAYOUT_VERSION,
+    RUN_JSON,
+    ShardPaths,
+    check_layout,
+    parse_marker,
+)
+from pipeline.outputs.records import ItemRecord, read_records
 from pipeline.storage import Storage
-
-RUN_JSON = "run.json"
-_RETRY = re.compile(r"/retry-(\d+)/part-(\d+)\.stats\.json$")
-_MAIN = re.compile(r"/part-(\d+)\.stats\.json$")
 
 
 @dataclass(frozen=True)
 class Commit:
-    folder: str
-    shard: int
-    retry: int  # 0 for the main commit
+    paths: ShardPaths
     stats: ShardStats
+
+    @property
+    def shard(self) -> int:
+        return self.paths.index
+
+    @property
+    def retry(self) -> int:
+        return self.paths.retry
+
+
+@dataclass(frozen=True)
+class RetryWork:
+    """What a `--retry-failed` redoes of one shard, and under which attempt number."""
+
+    shard: int
+    retry: int
+    only_ids: frozenset[str]
+    prior_attempts: dict[str, int] = field(default_factory=dict)
 
 
 class RunState:
@@ -36,20 +54,31 @@ class RunState:
         self.run_uri = run_uri.rstrip("/")
 
     # ------------------------------------------------------------- run.json
-    def read_run_json(self) -> dict | None:
+    def read_run_json(self, check: bool = True) -> dict | None:
+        """run.json, or None when the folder has none; with `check`, a folder of another layout
+        is refused (`LayoutError`, naming `restyle migrate`)."""
         uri = f"{self.run_uri}/{RUN_JSON}"
         if not self.storage.exists(uri):
             return None
-        return json.loads(self.storage.read_bytes(uri))
+        run_json = json.loads(self.storage.read_bytes(uri))
+        if check:
+            check_layout(self.run_uri, run_json)
+        return run_json
+
+    def write_run_json(self, run_json: dict) -> None:
+        self.storage.write_bytes(
+            f"{self.run_uri}/{RUN_JSON}",
+            json.dumps(run_json, indent=1, sort_keys=True, default=str).encode(),
+        )
 
     def claim(self, run_json: dict) -> None:
-        """Write run.json, or check that an existing one has the same fingerprint."""
+        """Write run.json and the dataset card, or check that an existing run.json has this
+        layout and fingerprint."""
+        run_json = {**run_json, "layout": LAYOUT_VERSION}
         existing = self.read_run_json()
         if existing is None:
-            self.storage.write_bytes(
-                f"{self.run_uri}/{RUN_JSON}",
-                json.dumps(run_json, indent=1, sort_keys=True, default=str).encode(),
-            )
+            self.write_run_json(run_json)
+            write_card(self.storage, self.run_uri, run_json)
             return
         if existing.get("fingerprint") != run_json["fingerprint"]:
             old, new = (
@@ -62,45 +91,62 @@ class RunState:
                 f"this configuration is {run_json['fingerprint']} (changed: {', '.join(changed) or '?'}). "
                 "Outputs of different configurations are never mixed: use another --run name."
             )
+        write_card(self.storage, self.run_uri, existing)
 
     # ------------------------------------------------------------- commits
     def main_commit(self, shard: int, input_uri: str, fingerprint: str) -> ShardStats | None:
-        """The shard's marker if it is committed for this input and fingerprint."""
+        """The shard's first-run marker if it is committed for this input and fingerprint."""
         stats = read_marker(self.storage, ShardPaths(self.run_uri, shard).marker)
         if stats is None or stats.fingerprint != fingerprint or stats.input_shard != input_uri:
             return None
         return stats
 
     def commits(self) -> list[Commit]:
-        """Every committed shard, main and retries, oldest first."""
-        found: list[Commit] = []
+        """Every committed shard attempt (first runs and retries), by shard then attempt."""
+        found = []
         for uri in self.storage.list(self.run_uri + "/"):
-            if not uri.endswith(".stats.json"):
+            folder, _, name = uri.rpartition("/")
+            parsed = parse_marker(name)
+            if parsed is None or folder.rstrip("/") != self.run_uri:
                 continue
-            retry = _RETRY.search(uri)
-            main = _MAIN.search(uri)
-            if retry:
-                n, k = int(retry.group(1)), int(retry.group(2))
-                folder = f"{self.run_uri}/retry-{n:02d}"
-            elif main and uri.rsplit("/", 1)[0] == self.run_uri:
-                n, k = 0, int(main.group(1))
-                folder = self.run_uri
-            else:
-                continue
-            found.append(Commit(folder, k, n, ShardStats.from_json(self.storage.read_bytes(uri))))
-        return sorted(found, key=lambda c: (c.retry, c.shard))
+            paths = ShardPaths(self.run_uri, *parsed)
+            found.append(Commit(paths, ShardStats.from_json(self.storage.read_bytes(uri))))
+        return sorted(found, key=lambda c: (c.shard, c.retry))
 
-    def next_retry_number(self) -> int:
-        return 1 + max((c.retry for c in self.commits()), default=0)
+    # ------------------------------------------------------------- records
+    def current_records(self, shard: int) -> list[ItemRecord]:
+        """The shard's current records (empty when it has none yet)."""
+        uri = ShardPaths(self.run_uri, shard).records
+        return read_records(self.storage, uri) if self.storage.exists(uri) else []
 
     def latest_records(self, fingerprint: str) -> dict[int, dict[str, ItemRecord]]:
-        """shard -> id -> the item's newest record, over main and retry commits."""
-        latest: dict[int, dict[str, ItemRecord]] = {}
+        """shard -> id -> current record, for the shards first committed under `fingerprint`."""
+        shards = {
+            c.shard for c in self.commits() if c.retry == 0 and c.stats.fingerprint == fingerprint
+        }
+        return {k: {r.id: r for r in self.current_records(k)} for k in sorted(shards)}
+
+    def retry_plan(self, fingerprint: str) -> list[RetryWork]:
+        """Per committed shard, the items a `--retry-failed` redoes: those whose current record
+        failed, plus those an interrupted retry (records written, marker not) had re-run. The
+        attempt number is one past the shard's last committed retry, so an interrupted retry is
+        redone under its own names and never leaves a second copy of an image behind."""
+        committed: dict[int, int] = {}
         for commit in self.commits():
             if commit.stats.fingerprint != fingerprint:
                 continue
-            records = read_records(self.storage, ShardPaths(commit.folder, commit.shard).records)
-            shard_records = latest.setdefault(commit.shard, {})
-            for record in records:
-                shard_records[record.id] = record
-        return latest
+            if commit.retry == 0:
+                committed.setdefault(commit.shard, 0)
+            elif commit.shard in committed:
+                committed[commit.shard] = max(committed[commit.shard], commit.retry)
+        work = []
+        for shard, last in sorted(committed.items()):
+            prior: dict[str, int] = {}
+            for record in self.current_records(shard):
+                if record.retry > last:  # written by the interrupted retry: redo it
+                    prior[record.id] = record.attempts - 1
+                elif record.failed:
+                    prior[record.id] = record.attempts
+            if prior:
+                work.append(RetryWork(shard, last + 1, frozenset(prior), prior))
+        return work

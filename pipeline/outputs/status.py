@@ -1,4 +1,10 @@
-"""`restyle status`: what a run has produced so far, from its markers and records."""
+"""`restyle status`: what a run folder holds, counted from what its readers read.
+
+Item counts come from the current records (`part-*.parquet`, one row per item), so they are
+exactly what a reader of that glob counts; shard counts and throughput come from the commit
+markers. Objects without a marker (an interrupted commit) are listed, and a run with any is
+not complete.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from pipeline.errors import ItemStatus
+from pipeline.outputs.layout import ShardPaths, parse_records, parse_tar
 from pipeline.outputs.run_state import RunState
+from pipeline.storage.parquet import table_from_bytes
 
 
 @dataclass
@@ -21,12 +29,15 @@ class RunStatus:
     failed: int = 0
     skipped: int = 0
     errors: Counter = field(default_factory=Counter)
+    uncommitted: list[str] = field(default_factory=list)  # tars and records without a marker
     images_per_s: float = 0.0  # ok images over the span from first shard start to last commit
     model_fraction: float = 0.0  # model time / actor busy time (see `model_fraction`)
 
     @property
     def complete(self) -> bool:
-        return self.shards_committed == self.input_shards and self.failed == 0
+        return (
+            self.shards_committed == self.input_shards and self.failed == 0 and not self.uncommitted
+        )
 
 
 def run_status(state: RunState) -> RunStatus:
@@ -43,21 +54,37 @@ def run_status(state: RunState) -> RunStatus:
         len(main),
         len(commits) - len(main),
     )
-    for records in state.latest_records(fingerprint).values():
-        for record in records.values():
-            status.items += 1
-            if record.status == ItemStatus.OK:
-                status.ok += 1
-            elif record.status == ItemStatus.SKIPPED:
-                status.skipped += 1
-            else:
-                status.failed += 1
-                status.errors[record.status] += 1
+    markers = {c.paths.marker for c in commits}
+    for uri in state.storage.list(state.run_uri + "/"):
+        folder, _, name = uri.rpartition("/")
+        if folder.rstrip("/") != state.run_uri:
+            continue
+        if (tar := parse_tar(name)) is not None:
+            if ShardPaths(state.run_uri, *tar).marker not in markers:
+                status.uncommitted.append(uri)
+        elif (shard := parse_records(name)) is not None:
+            if ShardPaths(state.run_uri, shard).marker not in markers:
+                status.uncommitted.append(uri)
+            _count(status, state, uri)
     if commits:
         span = max(c.stats.finished_at for c in commits) - min(c.stats.started_at for c in commits)
         status.images_per_s = status.ok / span if span > 0 else 0.0
         status.model_fraction = model_fraction(commits)
     return status
+
+
+def _count(status: RunStatus, state: RunState, uri: str) -> None:
+    """Add one records file's statuses (only that column is read)."""
+    column = table_from_bytes(state.storage.read_bytes(uri), columns=["status"])["status"]
+    for value, count in Counter(column.to_pylist()).items():
+        status.items += count
+        if value == ItemStatus.OK:
+            status.ok += count
+        elif value == ItemStatus.SKIPPED:
+            status.skipped += count
+        else:
+            status.failed += count
+            status.errors[value] += count
 
 
 def model_fraction(commits: list) -> float:

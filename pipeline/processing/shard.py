@@ -29,12 +29,16 @@ from pipeline.config import RunConfig, code_version, derive_seed
 from pipeline.errors import ItemError, ItemStatus
 from pipeline.manifests import ManifestItem, ManifestShard, RowError, load_image, read_shard
 from pipeline.models.base import GenerationOutcome, GenerationRequest, StylizationModel
-from pipeline.outputs.commit import ItemRecord, ShardPaths, ShardStats, ShardWriter, sample_key
-from pipeline.outputs.samples import describe_image_ref, encode_image, sample_members
+from pipeline.outputs.commit import ShardStats, ShardWriter, sample_key
+from pipeline.outputs.layout import ShardPaths
+from pipeline.outputs.records import ItemRecord
+from pipeline.outputs.samples import encode_image, sample_members
 from pipeline.processing.captions import Captioner
+from pipeline.processing.provenance import item_provenance
 from pipeline.processing.style_loras import StyleLoraResolver
 from pipeline.processing.turns import ModelTurns, Progress
 from pipeline.storage import Storage
+from pipeline.storage.uris import public_uri
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +50,13 @@ class ShardTask:
     """One unit of work sent to an actor."""
 
     shard: ManifestShard
-    folder: str  # where the commit goes: the run folder or a retry folder
+    folder: str  # the run folder, absolute (`public_uri`): records point into it
     fingerprint: str
     weights: dict[str, str]  # logical name -> sha256, for provenance
     random_weights: bool = False
     only_ids: frozenset[str] | None = None  # None = every item of the shard
     prior_attempts: dict[str, int] = field(default_factory=dict)  # retry commits
-    retry_of: tuple[int, ...] = ()
+    retry: int = 0  # 0: the shard's first run; n: its n-th retry (`ShardPaths.retry`)
     seq: int = 0  # dispatch order; older shards get the model first
 
 
@@ -209,10 +213,13 @@ class ShardProcessor:
             weights=dict(task.weights),
             code_version=code_version(),
             worker=worker_identity(self.device),
-            retry_of=list(task.retry_of),
+            retry=task.retry,
         )
         writer = ShardWriter(
-            self.storage, ShardPaths(task.folder, task.shard.index), stats, self.scratch_dir
+            self.storage,
+            ShardPaths(task.folder, task.shard.index, task.retry),
+            stats,
+            self.scratch_dir,
         )
         inbox: queue.Queue = queue.Queue(maxsize=max(1, self.config.prefetch_items))
         stop = threading.Event()
@@ -328,8 +335,9 @@ class ShardProcessor:
             key=key,
             status=ItemStatus.OK,
             attempts=task.prior_attempts.get(prepared.item_id, 0) + 1,
+            retry=task.retry,
             prompt=item.prompt if item else None,
-            input_shard=task.shard.uri,
+            input_shard=public_uri(task.shard.uri),
             input_row=prepared.row,
             read_s=prepared.read_s,
         )
@@ -363,14 +371,28 @@ class ShardProcessor:
             options = self.config.outputs
             image_bytes = encode_image(outcome.image, options)
             references = self._reference_images(request) if options.include_references else None
-            provenance = self._provenance(task, item, request, outcome, caption, record.scores)
+            provenance = item_provenance(
+                config=self.config,
+                run_uri=task.folder,
+                fingerprint=task.fingerprint,
+                weights=task.weights,
+                random_weights=task.random_weights,
+                key=key,
+                manifest_uri=task.shard.uri,
+                item=item,
+                request=request,
+                outcome=outcome,
+                caption=caption,
+                style_loras=self.style_loras,
+            )
             members = sample_members(image_bytes, caption, provenance, options, references)
         except Exception as err:  # a caption template or encoder failure is this item's failure
             record.status, record.error = ItemStatus.MODEL_ERROR, f"item {item.id!r}: output: {err}"
             return record, None
         record.caption = caption
         record.encode_s = time.perf_counter() - t0
-        record.output_key = f"{ShardPaths(task.folder, task.shard.index).tar}#{key}"
+        tar = ShardPaths(task.folder, task.shard.index, task.retry).tar
+        record.output_key = f"{public_uri(tar)}#{key}"
         return record, members
 
     def _reference_images(self, request: GenerationRequest) -> dict[str, bytes]:
@@ -380,42 +402,6 @@ class ShardProcessor:
         for i, style in enumerate(request.styles):
             refs["style" if i == 0 else f"style{i}"] = encode_image(style, self.config.outputs)
         return refs
-
-    def _provenance(
-        self,
-        task: ShardTask,
-        item: ManifestItem,
-        request: GenerationRequest,
-        outcome: GenerationOutcome,
-        caption: str,
-        scores: dict[str, float] | None,
-    ) -> dict:
-        lora = request.style_lora
-        return {
-            "scores": scores,
-            "id": item.id,
-            "run": self.config.run,
-            "fingerprint": task.fingerprint,
-            "model": self.config.model,
-            "weights": task.weights,
-            "random_weights": task.random_weights,
-            "parameters": {**outcome.parameters, "seed": request.seed},
-            "prompt": item.prompt,
-            "caption": caption,
-            "subject": describe_image_ref(item.subject),
-            "styles": [describe_image_ref(ref) for ref in item.styles],
-            "style_lora": None
-            if lora is None
-            else {
-                "name": lora.name,
-                "source": item.style_lora,
-                "scale": lora.scale,
-                "sha256": self.style_loras.sha256(lora.path),
-            },
-            "source": {"manifest": task.shard.uri, "row": item.source[1]},
-            "extra": item.extra or {},  # the row's other columns (README: "copied to provenance")
-            "code_version": code_version(),
-        }
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

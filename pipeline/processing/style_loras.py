@@ -25,6 +25,7 @@ from pipeline.errors import ItemError, ItemStatus
 from pipeline.models.base import StyleLora
 from pipeline.models.omniconsistency.styles import shipped_style, style_name_of
 from pipeline.models.weight_layout import STYLE_LORA_DIR
+from pipeline.outputs.provenance import style_lora_reference
 from pipeline.storage import Storage
 from pipeline.weights.hashing import file_sha256
 
@@ -56,6 +57,11 @@ class StyleLoraResolver:
 
     def sha256(self, path: Path) -> str:
         return file_sha256(path)
+
+    @staticmethod
+    def public_reference(reference: str) -> str:
+        """The reference as outputs record it (`outputs.provenance.style_lora_reference`)."""
+        return style_lora_reference(reference)
 
     def _locate(self, reference: str) -> tuple[Path, str]:
         if reference in self._resolved:

@@ -142,3 +142,20 @@ def wildcard_regex(pattern: str) -> re.Pattern[str]:
             out.append(re.escape(ch))
             i += 1
     return re.compile("".join(out) + r"\Z")
+
+
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@")
+
+
+def without_credentials(uri: str) -> str:
+    """`uri` without a `user:password@` part ("https://u:p@host/x" -> "https://host/x")."""
+    return _USERINFO.sub(r"\1", uri)
+
+
+def public_uri(uri: str) -> str:
+    """The form of a URI that outputs record: local paths absolute (`file://` dropped), other
+    URIs as given, and never credentials. Resolves against this process's current folder."""
+    scheme = scheme_of(uri)
+    if scheme is None or scheme == "file":
+        return os.path.abspath(local_path(uri))
+    return without_credentials(uri)

@@ -53,7 +53,7 @@ def staged_root(source: WeightSource) -> Path:
 class ResolvedWeights:
     spec: WeightsSpec
     root: Path | None  # local root when the driver has one (None: random-full, hf, s3 mirror)
-    random: bool = False
+    random: bool = False  # random weights (tiny, random-full): outputs are noise, and say so
     sha256: dict[str, str] = field(default_factory=dict)  # file path in the root -> sha256
 
 
@@ -75,6 +75,15 @@ def local_root(
     if spec.kind == WeightsKind.LOCAL:
         return LocalSource(Path(spec.value)).root  # a local folder is used in place
     return stage_spec(spec, model=model, storage=storage).root
+
+
+TINY_MARKER = "tiny_build.json"  # = pipeline.weights.tiny.MARKER (that module imports torch)
+
+
+def is_random_root(root: Path) -> bool:
+    """A weights root built by the tiny preset (its completion marker is there): random
+    weights in the official formats, whether named "tiny" or by its folder."""
+    return (root / TINY_MARKER).is_file()
 
 
 def stage_spec(
@@ -102,7 +111,12 @@ def resolve_weights(
         root = local_root(spec)
         assert root is not None
         files = model_files(root, model, per_item=False)
-        return ResolvedWeights(spec, root, sha256={p: file_sha256(root / p) for p in sorted(files)})
+        return ResolvedWeights(
+            spec,
+            root,
+            random=is_random_root(root),
+            sha256={p: file_sha256(root / p) for p in sorted(files)},
+        )
     source = open_source(spec, storage)
     offered = source.manifest([model])
     if any(f.sha256 is None for f in offered.files.values()):
