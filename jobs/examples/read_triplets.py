@@ -4,8 +4,8 @@
         --min-clip-t 0.2 --min-style 0.5
 
 Each sample of a triplet shard holds `<key>.style.<ext>`, `<key>.subject.<ext>`,
-`<key>.result.<ext>`, `<key>.txt` (caption) and `<key>.json` (provenance, with "scores" when
-the job scored results). Shards are local paths, globs, brace patterns, `pipe:` commands (e.g.
+`<key>.result.<ext>`, `<key>.txt` (caption) and `<key>.json` (provenance; its "scores" hold
+each metric as {"computed": bool, "value": number}). Shards are local paths, globs, brace patterns, `pipe:` commands (e.g.
 `pipe:aws s3 cp s3://bucket/triplets/part-000000.tar -`), or s3:// URIs, which this example
 opens through restyle's storage settings (the usual AWS_* variables).
 """
@@ -32,9 +32,11 @@ def _first(sample: dict, role: str):
 
 
 def passes(sample: dict, minimums: dict[str, float]) -> bool:
-    """True when every required score is present and at least its minimum."""
-    scores = json.loads(sample["json"]).get("scores") or {}
-    return all(name in scores and scores[name] >= low for name, low in minimums.items())
+    """True when every required score was computed and is at least its minimum."""
+    scores = json.loads(sample["json"])["scores"]
+    return all(
+        scores[name]["computed"] and scores[name]["value"] >= low for name, low in minimums.items()
+    )
 
 
 def to_tensor(image) -> torch.Tensor:
@@ -94,7 +96,7 @@ def main() -> None:
             print(
                 f"{provenance['id']}: {caption!r} style {tuple(to_tensor(style).shape)} "
                 f"subject {tuple(to_tensor(subject).shape)} result {tuple(to_tensor(result).shape)} "
-                f"scores {provenance.get('scores')}"
+                f"scores { {k: v['value'] for k, v in provenance['scores'].items() if v['computed']} }"
             )
         kept += 1
     print(f"{kept} triplets passed the filters {minimums or '(none)'}")

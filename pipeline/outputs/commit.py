@@ -98,6 +98,7 @@ class ShardWriter:
         self.storage = storage
         self.paths = paths
         self.stats = stats
+        self.stats.retry = paths.retry
         self.records: list[ItemRecord] = []
         self._tmp = tempfile.NamedTemporaryFile(  # noqa: SIM115 - open until commit() or abort()
             prefix="restyle-shard-", suffix=".tar", dir=scratch_dir, delete=False

@@ -113,6 +113,7 @@ class _Migration:
             style_lora=facts,
             extra=old.get("extra") or {},
             code_version=old.get("code_version", ""),
+            scores=old.get("scores"),
             fill_missing=True,
         )
         return json.dumps(new, sort_keys=True, indent=1).encode()

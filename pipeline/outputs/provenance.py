@@ -14,17 +14,21 @@ real value of another sample or run; so "none" is spelled in the value's own typ
 - `inputs` lists every input the image was made from, the manifest file first (never empty):
   `{"role": "manifest" | "subject" | "style" | "style_lora", "uri": ...}`.
 
-URIs are absolute (`pipeline.storage.uris.public_uri`) and never carry credentials. Quality
-scores are judgments of the result, not how it was made: they are in the records (`scores`).
+- quality scores are one object per metric, `{"computed": bool, "value": number}` (value 0.0
+  when not computed); the records' `scores` column has the same as nullable floats.
+
+URIs are absolute (`pipeline.storage.uris.public_uri`) and never carry credentials.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.config import SCORE_METRICS
 from pipeline.storage.uris import public_uri
 
 PROVENANCE_VERSION = 2
@@ -152,6 +156,19 @@ PROVENANCE_SCHEMA: dict[str, Any] = {
                 "the item's community style LoRA (OmniConsistency)",
             ),
             "extra": _string("JSON text of one object: the manifest row's other columns"),
+            "scores": _object(
+                {
+                    name: _object(
+                        {
+                            "computed": {"type": "boolean"},
+                            "value": {"type": "number", "description": "0.0 when not computed"},
+                        },
+                        meaning,
+                    )
+                    for name, meaning in SCORE_METRICS.items()
+                },
+                "quality scores of the result (pipeline.processing.scoring)",
+            ),
             "code_version": _string("restyle <version>"),
         },
         "How one result image was made.",
@@ -205,6 +222,7 @@ def provenance(
     style_lora: StyleLoraFacts | None,
     extra: dict,
     code_version: str,
+    scores: Mapping[str, float | None] | None = None,
     fill_missing: bool = False,
 ) -> dict:
     """The `<key>.json` of one result; every argument URI already public (absolute)."""
@@ -241,7 +259,20 @@ def provenance(
             "scale": float(lora.scale),
         },
         "extra": json_text(extra),
+        "scores": score_objects(scores),
         "code_version": code_version,
+    }
+
+
+def score_objects(scores: Mapping[str, float | None] | None) -> dict[str, dict]:
+    """Every metric as {"computed", "value"}; unknown metric names are refused."""
+    scores = scores or {}
+    unknown = sorted(set(scores) - set(SCORE_METRICS))
+    if unknown:
+        raise ValueError(f"unknown score names {unknown}; provenance knows {list(SCORE_METRICS)}")
+    return {
+        name: {"computed": scores.get(name) is not None, "value": float(scores.get(name) or 0.0)}
+        for name in SCORE_METRICS
     }
 
 

@@ -4,6 +4,8 @@ and run) is `pipeline.outputs.provenance`; this module only gathers the values."
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from pipeline.config import RunConfig, code_version
 from pipeline.manifests import ManifestItem
 from pipeline.models.base import GenerationOutcome, GenerationRequest
@@ -34,6 +36,7 @@ def item_provenance(
     request: GenerationRequest,
     outcome: GenerationOutcome,
     caption: str,
+    scores: Mapping[str, float | None] | None,
     style_loras: StyleLoraResolver,
 ) -> dict:
     lora = request.style_lora
@@ -66,4 +69,5 @@ def item_provenance(
         style_lora=facts,
         extra=item.extra or {},
         code_version=code_version(),
+        scores=scores,
     )

@@ -213,7 +213,6 @@ class ShardProcessor:
             weights=dict(task.weights),
             code_version=code_version(),
             worker=worker_identity(self.device),
-            retry=task.retry,
         )
         writer = ShardWriter(
             self.storage,
@@ -383,6 +382,7 @@ class ShardProcessor:
                 request=request,
                 outcome=outcome,
                 caption=caption,
+                scores=record.scores,
                 style_loras=self.style_loras,
             )
             members = sample_members(image_bytes, caption, provenance, options, references)

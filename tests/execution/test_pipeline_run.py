@@ -85,6 +85,7 @@ def test_parquet_run_writes_committed_shards_with_records_for_every_item(
     assert summary.exit_code == 1  # items failed: a non-zero exit with a summary
     run = out / "test"
     assert sorted(p.name for p in run.iterdir()) == [
+        "README.md",
         "part-000000.parquet",
         "part-000000.stats.json",
         "part-000000.tar",
@@ -101,12 +102,13 @@ def test_parquet_run_writes_committed_shards_with_records_for_every_item(
     assert members["a-1.txt"] == b"item 1"  # default caption: the prompt
     provenance = json.loads(members["a-1.json"])
     assert provenance["model"] == "uso" and provenance["parameters"]["width"] == 64
-    assert set(provenance["weights"]) >= {
+    assert {w["name"] for w in provenance["weights"]} >= {
         "flux1-dev/flux1-dev.safetensors",
         "uso/dit_lora.safetensors",
         "uso/projector.safetensors",
     }
-    assert provenance["styles"][0].endswith("images/img1.png")
+    styles = [i["uri"] for i in provenance["inputs"] if i["role"] == "style"]
+    assert styles == [str(tmp_path / "images" / "img1.png")]  # absolute
 
     records = pq.read_table(run / "part-000001.parquet").to_pylist()
     by_id = {r["id"]: r for r in records}
@@ -159,20 +161,24 @@ def test_retry_failed_reruns_only_failed_items_into_a_separate_commit(
     summary = Runner(config, StorageSettings(), show_progress=False).retry_failed()
 
     assert (summary.ok, summary.failed) == (1, 1)  # the corrupt style still fails
-    retry = run / "retry-01"
-    records = pq.read_table(retry / "part-000001.parquet").to_pylist()
-    assert {r["id"]: (r["status"], r["attempts"]) for r in records} == {
-        "b-1": ("bad_input", 2),
-        "b-2": ("ok", 2),
+    # The shard's records now hold each item's newest result, pointing at its image.
+    records = pq.read_table(run / "part-000001.parquet").to_pylist()
+    assert {r["id"]: (r["status"], r["attempts"], r["retry"]) for r in records} == {
+        "b-0": ("ok", 1, 0),
+        "b-1": ("bad_input", 2, 1),
+        "b-2": ("ok", 2, 1),
     }
-    assert sorted(tar_members((retry / "part-000001.tar").read_bytes())) == [
+    assert records[2]["output_key"] == f"{run}/part-000001.retry-01.tar#b-2"
+    assert sorted(tar_members((run / "part-000001.retry-01.tar").read_bytes())) == [
         "b-2.json",
         "b-2.png",
         "b-2.txt",
     ]
-    assert not (retry / "part-000000.tar").exists()  # shard 0 had no failures
-    # The good outputs were not touched.
-    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == committed
+    assert not (run / "part-000000.retry-01.tar").exists()  # shard 0 had no failures
+    # The committed images and markers were not touched.
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.name in committed} == committed | {
+        "part-000001.parquet": (run / "part-000001.parquet").read_bytes()
+    }
     status = run_status(RunState(local_storage(), str(run)))
     assert (status.ok, status.failed, status.retry_commits) == (5, 1, 1)
 
@@ -331,4 +337,4 @@ def test_omniconsistency_items_are_grouped_by_style_lora(ray_cpu, tiny_weights, 
     provenance = json.loads(members["o1.json"])
     assert provenance["style_lora"]["name"] == "Van_Gogh"
     assert len(provenance["style_lora"]["sha256"]) == 64
-    assert json.loads(members["o3.json"])["style_lora"] is None
+    assert json.loads(members["o3.json"])["style_lora"]["name"] == ""  # no LoRA, same shape

@@ -154,7 +154,8 @@ def test_each_night_processes_only_rows_not_yet_produced(tmp_path, s3_server, s3
         members = {m.name: archive.extractfile(m).read() for m in archive.getmembers()}
     provenance = json.loads(members["b1.json"])
     assert provenance["prompt"] == "Item b1, watercolor"
-    assert provenance["styles"] == [f"{s3_bucket}/styles/watercolor.png"]
+    styles = [i["uri"] for i in provenance["inputs"] if i["role"] == "style"]
+    assert styles == [f"{s3_bucket}/styles/watercolor.png"]
     assert members["b1.txt"] == b"b1 in mugs"
     run_json = json.loads(storage.read_bytes(f"{second.run_uri}/run.json"))
     assert run_json["config"]["run"] == "2026-09-02"

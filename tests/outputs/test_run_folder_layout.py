@@ -9,6 +9,7 @@ from pathlib import Path
 
 import jsonschema
 import pyarrow.parquet as pq
+import pytest
 import yaml
 from support.paths import REPO
 from support.run_folders import status_of
@@ -144,3 +145,10 @@ def test_scores_are_a_struct_of_every_metric(run_folders):
     assert records["u3"]["scores"]["style"] is None  # no style image: no style score
     omni = pq.read_table(next(run_folders.omni.glob("part-*.parquet"))).to_pylist()
     assert omni[0]["scores"] == {"clip_t": None, "style": None}  # scoring was off
+    with tarfile.open(run_folders.uso / "part-000000.tar") as tar:
+        text_only = json.loads(tar.extractfile("u3.json").read())["scores"]
+    assert text_only["style"] == {"computed": False, "value": 0.0}
+    assert text_only["clip_t"] == {
+        "computed": True,
+        "value": pytest.approx(records["u3"]["scores"]["clip_t"]),
+    }

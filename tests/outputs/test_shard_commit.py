@@ -1,5 +1,7 @@
 """A shard commit publishes its tar and records before the marker, and a failed commit
-publishes no marker; deterministic names make a redo overwrite instead of duplicating."""
+publishes no marker; deterministic names make a redo overwrite instead of duplicating. A retry
+commit overlays its records on the shard's current records before its own marker, and an
+interrupted retry is redone under its own names."""
 
 from __future__ import annotations
 
@@ -8,15 +10,10 @@ import tarfile
 
 import pytest
 
-from pipeline.outputs.commit import (
-    ItemRecord,
-    ShardPaths,
-    ShardStats,
-    ShardWriter,
-    read_marker,
-    read_records,
-    sample_key,
-)
+from pipeline.outputs.commit import ShardStats, ShardWriter, read_marker, sample_key
+from pipeline.outputs.layout import ShardPaths
+from pipeline.outputs.records import ItemRecord, read_records
+from pipeline.outputs.run_state import RetryWork, RunState
 from pipeline.storage import Storage, StorageError, StorageSettings
 
 
@@ -86,3 +83,51 @@ def test_sample_keys_are_webdataset_safe_and_distinct():
     assert sample_key("sku-123_A") == "sku-123_A"
     dotted, underscored = sample_key("a.b"), sample_key("a_b")
     assert "." not in dotted and "/" not in sample_key("x/y") and dotted != underscored
+
+
+def retry_shard(storage: Storage, folder: str, retry: int, results: dict[str, str]) -> ShardStats:
+    """Retry attempt `retry` of shard 3: `results` maps re-run ids to their new status."""
+    stats = ShardStats(shard=3, input_shard="in/part-3.parquet", run="r", fingerprint="f")
+    writer = ShardWriter(storage, ShardPaths(folder, 3, retry), stats)
+    for item_id, status in results.items():
+        if status == "ok":
+            writer.add_sample(item_id, {"png": b"png-bytes", "txt": b"", "json": b"{}"})
+        writer.add_record(
+            ItemRecord(id=item_id, key=item_id, status=status, attempts=2, retry=retry)
+        )
+    return writer.commit()
+
+
+def test_a_retry_rewrites_the_current_records_before_its_marker(tmp_path):
+    write_shard(RecordingStorage(), str(tmp_path), ["a", "b"])
+    storage = RecordingStorage()
+    stats = retry_shard(storage, str(tmp_path), 1, {"bad": "ok"})
+    assert storage.published == [
+        "part-000003.retry-01.tar",
+        "part-000003.parquet",
+        "part-000003.retry-01.stats.json",
+    ]
+    assert (stats.retry, stats.count, stats.ok) == (1, 1, 1)
+    current = read_records(storage, str(tmp_path / "part-000003.parquet"))
+    assert [(r.id, r.status, r.retry) for r in current] == [
+        ("a", "ok", 0),
+        ("b", "ok", 0),
+        ("bad", "ok", 1),
+    ]
+    state = RunState(storage, str(tmp_path))
+    assert [(c.shard, c.retry) for c in state.commits()] == [(3, 0), (3, 1)]
+    assert state.retry_plan("f") == []  # nothing failed any more
+
+
+def test_an_interrupted_retry_is_redone_under_its_own_names(tmp_path):
+    write_shard(RecordingStorage(), str(tmp_path), ["a", "b"])
+    with pytest.raises(StorageError):  # records rewritten, then the marker write fails
+        retry_shard(
+            RecordingStorage(fail_on="retry-01.stats.json"), str(tmp_path), 1, {"bad": "ok"}
+        )
+    state = RunState(Storage(StorageSettings()), str(tmp_path))
+    # The item looks done in the current records, but its commit never finished: redo it as
+    # retry 1 again (overwriting its tar), counting only the attempt that did finish.
+    assert state.retry_plan("f") == [RetryWork(3, 1, frozenset({"bad"}), {"bad": 1})]
+    retry_shard(RecordingStorage(), str(tmp_path), 1, {"bad": "bad_input"})
+    assert state.retry_plan("f") == [RetryWork(3, 2, frozenset({"bad"}), {"bad": 2})]

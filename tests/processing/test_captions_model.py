@@ -8,7 +8,6 @@ goes through transformers' real processor, generate loop and decoder.
 from __future__ import annotations
 
 import io
-import os
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -16,10 +15,12 @@ import pytest
 import ray
 from PIL import Image
 
-from pipeline.config import OutputOptions
+from pipeline.config import OutputOptions, RunConfig
 from pipeline.jobs.caption import caption_run
 from pipeline.outputs.caption_sidecars import sidecar_uri
-from pipeline.outputs.commit import ItemRecord, ShardPaths, ShardStats, ShardWriter, sample_key
+from pipeline.outputs.commit import ShardStats, ShardWriter, sample_key
+from pipeline.outputs.layout import ShardPaths
+from pipeline.outputs.records import ItemRecord
 from pipeline.outputs.run_state import RunState
 from pipeline.outputs.samples import encode_image
 from pipeline.processing.caption_model import ModelCaptioner
@@ -93,7 +94,8 @@ def write_committed_run(
     storage, run_uri: str, shards: dict[int, list[str]], options: OutputOptions
 ) -> dict[str, np.ndarray]:
     """A finished run as the runner commits it (ShardWriter, marker last), with noise images."""
-    storage.write_bytes(f"{run_uri}/run.json", b'{"fingerprint": "f00d"}')
+    config = RunConfig(manifest=("in",), output=run_uri, run="r", model="uso", outputs=options)
+    RunState(storage, run_uri).claim({"config": config.public_dict(), "fingerprint": "f00d"})
     images = {}
     for shard, ids in shards.items():
         stats = ShardStats(shard=shard, input_shard=f"in-{shard}", run="r", fingerprint="f00d")
@@ -114,7 +116,7 @@ def write_committed_run(
 
 
 @pytest.mark.slow
-def test_caption_stage_writes_sidecars_beside_committed_shards_on_s3(
+def test_caption_stage_writes_sidecars_for_committed_shards_on_s3(
     blip, s3_server, s3_bucket, tmp_path
 ):
     storage = s3_server.storage()
@@ -152,6 +154,8 @@ def test_caption_stage_writes_sidecars_beside_committed_shards_on_s3(
     finally:
         ray.shutdown()
     assert RunState(storage, run_uri).read_run_json() is not None
+    card = storage.read_bytes(f"{run_uri}/README.md").decode()
+    assert "`captions/*.parquet`" in card  # the card now lists the captions
     with pytest.raises(FileNotFoundError, match=r"no run.json"):
         caption_run(f"{s3_bucket}/out/not-a-run", str(blip), s3_server.settings())
 
@@ -163,4 +167,5 @@ def test_result_image_decodes_to_the_committed_pixels(tmp_path):
     images = write_committed_run(storage, str(tmp_path / "run"), {0: ["x"]}, OutputOptions())
     (result,) = list(result_images(storage, ShardPaths(str(tmp_path / "run"), 0).tar))
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(result.data))), images["x"])
-    assert os.path.basename(sidecar_uri(ShardPaths("r", 0))) == "part-000000.captions.parquet"
+    assert sidecar_uri(ShardPaths("r", 0)) == "r/captions/000000.parquet"
+    assert sidecar_uri(ShardPaths("r", 0, retry=2)) == "r/captions/000000.retry-02.parquet"
