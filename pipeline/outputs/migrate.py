@@ -18,6 +18,7 @@ Every step can be repeated: an interrupted migration is finished by running it a
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -40,7 +41,7 @@ from pipeline.outputs.records import ItemRecord, overlay, records_to_parquet
 from pipeline.outputs.run_state import RunState
 from pipeline.storage import Storage
 from pipeline.storage.parquet import table_from_bytes
-from pipeline.storage.uris import public_uri, scheme_of
+from pipeline.storage.uris import local_path, public_uri, scheme_of
 
 _V1_MAIN = re.compile(r"^part-(\d{6})\.stats\.json$")
 _V1_RETRY = re.compile(r"^retry-(\d+)/part-(\d{6})\.stats\.json$")
@@ -201,6 +202,10 @@ def migrate_run(storage: Storage, run_uri: str, relative_to: str | None = None) 
         if _V1_LEFTOVER.match(name):
             storage.delete(job.uri(name))
             report.removed.append(name)
+    if scheme_of(job.run_uri) in (None, "file"):  # local disks keep empty folders; S3 has none
+        for folder in sorted({name.split("/")[0] for name in report.removed if "/" in name}):
+            with contextlib.suppress(OSError):
+                os.rmdir(local_path(job.uri(folder)))
     return report
 
 
