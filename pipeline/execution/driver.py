@@ -116,6 +116,7 @@ class Runner:
 
     # ------------------------------------------------------------------ planning
     def plan(self) -> Plan:
+        self.state.read_run_json()  # a folder of another output layout is refused here
         shards = [  # absolute: records and provenance name them, and actors may run elsewhere
             dataclasses.replace(s, uri=public_uri(s.uri))
             for s in list_shards(list(self.config.manifest), self.storage)

@@ -9,6 +9,7 @@ every output sample carries all three images plus caption and provenance:
     <output>/<name>/<model>/part-000000.tar     <key>.subject.<ext>  <key>.style.<ext>
                                                <key>.result.<ext>   <key>.txt  <key>.json
     <output>/<name>/<model>/part-000000.parquet records: status, seed, scores, caption ...
+                                               (a run folder: pipeline/outputs/layout.py)
     <output>/<name>/manifests/<model>/         the derived manifest (frozen, see below)
 
 Spec keys (beside the run settings of `pipeline.jobs.specs`):

@@ -5,8 +5,8 @@ Two ways to use it:
   run's outputs (`pipeline.processing.captions.make_captioner` builds a `ModelCaptioner`). The caption is
   the sample's `<key>.txt`, the record's `caption` and is part of the config fingerprint.
 - as a separate CPU/GPU stage over a finished run, `restyle caption <run>`
-  (`pipeline.jobs.caption`), which writes `part-<k>.captions.parquet` beside each committed
-  shard and never rewrites a committed tar.
+  (`pipeline.jobs.caption`), which writes a sidecar `captions/<k>[.retry-<nn>].parquet` for
+  each committed shard and never rewrites a committed tar.
 
 The model is any `AutoModelForImageTextToText` checkpoint in a local folder, an s3:// mirror or
 "tiny" (`pipeline.weights.aux_models`), loaded in fp32 with the PIL image processor; decoding is greedy

@@ -13,15 +13,17 @@ import pyarrow.parquet as pq
 import pytest
 from support.layout_v1 import write_v1_run
 from support.run_folders import status_of
+from support.run_helpers import run_config
 from typer.testing import CliRunner
 
 from pipeline.cli.main import app
+from pipeline.execution.driver import Runner
 from pipeline.jobs.caption import caption_plan
 from pipeline.outputs.layout import LayoutError
 from pipeline.outputs.provenance import PROVENANCE_SCHEMA
 from pipeline.outputs.records import RECORD_SCHEMA
 from pipeline.outputs.run_state import RunState
-from pipeline.storage import Storage
+from pipeline.storage import Storage, StorageSettings
 
 
 @pytest.fixture
@@ -35,7 +37,7 @@ def old_run(tmp_path, monkeypatch):
 
 
 def test_an_old_run_is_refused_with_the_way_to_migrate_it(old_run):
-    _, run = old_run
+    start, run = old_run
     result = CliRunner().invoke(app, ["status", str(run)])
     assert result.exit_code == 2
     assert "layout 1" in result.output and f"restyle migrate {run}" in result.output
@@ -44,6 +46,9 @@ def test_an_old_run_is_refused_with_the_way_to_migrate_it(old_run):
         state.claim({"fingerprint": "f00d", "config": {}})
     with pytest.raises(LayoutError, match="restyle migrate"):  # what retries and status read
         state.read_run_json()
+    config = run_config(str(start / "manifests"), str(start / "out"), "tiny", run="old")
+    with pytest.raises(LayoutError, match="restyle migrate"):  # plan, run, --retry-failed
+        Runner(config, StorageSettings(), show_progress=False).plan()
     with pytest.raises(LayoutError, match="restyle migrate"):
         caption_plan(Storage(), str(run), "tiny")
 
