@@ -63,7 +63,6 @@ class _Migration:
     def __init__(self, storage: Storage, run_uri: str, relative_to: str | None):
         self.storage = storage
         self.run_uri = run_uri.rstrip("/")
-        self.public_run = public_uri(self.run_uri)
         self.base = os.path.abspath(relative_to or os.getcwd())
         self.names = {uri[len(self.run_uri) + 1 :] for uri in storage.list(self.run_uri + "/")}
 
@@ -99,7 +98,6 @@ class _Migration:
             item_id=old["id"],
             key=key,
             run=old.get("run", run_json["config"]["run"]),
-            run_uri=self.public_run,
             fingerprint=old.get("fingerprint", run_json["fingerprint"]),
             model=old.get("model", run_json["config"]["model"]),
             random_weights=bool(old.get("random_weights")) or bool(run_json["random_weights"]),

@@ -17,7 +17,9 @@ real value of another sample or run; so "none" is spelled in the value's own typ
 - quality scores are one object per metric, `{"computed": bool, "value": number}` (value 0.0
   when not computed); the records' `scores` column has the same as nullable floats.
 
-URIs are absolute (`pipeline.storage.uris.public_uri`) and never carry credentials.
+URIs are absolute (`pipeline.storage.uris.public_uri`) and never carry credentials. Nothing
+names the run folder itself, so the same configuration gives byte-identical samples in any
+folder (the records' `output_key` says where a sample is).
 """
 
 from __future__ import annotations
@@ -93,7 +95,6 @@ PROVENANCE_SCHEMA: dict[str, Any] = {
             "id": _string("the manifest row's id"),
             "key": _string("the sample's WebDataset __key__"),
             "run": _string("the run's name"),
-            "run_uri": _string("the run folder, absolute"),
             "fingerprint": _string("the run configuration's fingerprint"),
             "model": {"enum": ["uso", "omniconsistency"]},
             "random_weights": {
@@ -207,7 +208,6 @@ def provenance(
     item_id: str,
     key: str,
     run: str,
-    run_uri: str,
     fingerprint: str,
     model: str,
     random_weights: bool,
@@ -238,7 +238,6 @@ def provenance(
         "id": item_id,
         "key": key,
         "run": run,
-        "run_uri": run_uri,
         "fingerprint": fingerprint,
         "model": model,
         "random_weights": bool(random_weights),

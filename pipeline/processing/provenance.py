@@ -26,7 +26,6 @@ def image_ref_uri(ref) -> str | None:
 def item_provenance(
     *,
     config: RunConfig,
-    run_uri: str,
     fingerprint: str,
     weights: dict[str, str],
     random_weights: bool,
@@ -54,7 +53,6 @@ def item_provenance(
         item_id=item.id,
         key=key,
         run=config.run,
-        run_uri=public_uri(run_uri),
         fingerprint=fingerprint,
         model=config.model,
         random_weights=random_weights,

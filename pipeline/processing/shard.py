@@ -372,7 +372,6 @@ class ShardProcessor:
             references = self._reference_images(request) if options.include_references else None
             provenance = item_provenance(
                 config=self.config,
-                run_uri=task.folder,
                 fingerprint=task.fingerprint,
                 weights=task.weights,
                 random_weights=task.random_weights,

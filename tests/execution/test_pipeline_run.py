@@ -267,7 +267,8 @@ def test_webdataset_manifest_on_s3_to_s3_output(ray_cpu, tiny_weights, s3_server
     assert sorted(members) == sorted(
         f"{k}.{e}" for k in ("w0", "w1") for e in ("png", "txt", "json")
     )
-    assert json.loads(members["w1.json"])["parameters"]["num_styles"] == 2
+    parameters = json.loads(members["w1.json"])["parameters"]
+    assert json.loads(parameters["model_specific"])["num_styles"] == 2
     assert storage.exists(f"{s3_bucket}/out/test/part-000000.stats.json")
     run_json = storage.read_bytes(f"{s3_bucket}/out/test/run.json").decode()
     assert s3_server.secret_key not in run_json and s3_server.access_key not in run_json

@@ -43,7 +43,6 @@ def example(**changes) -> dict:
         item_id="a",
         key="a",
         run="r",
-        run_uri="/out/r",
         fingerprint="f",
         model="uso",
         random_weights=True,
