@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from pipeline.cli import jobs, run
+from pipeline.cli import evaluate, jobs, run
 from pipeline.cli.weights import weights_app
 
 app = typer.Typer(
@@ -25,6 +25,7 @@ app.command("triplets")(jobs.triplets)
 app.command("nightly")(jobs.nightly)
 app.command("submit")(jobs.submit)
 app.command("caption")(jobs.caption)
+app.command("eval")(evaluate.eval_command)
 
 if __name__ == "__main__":
     app()
