@@ -166,3 +166,35 @@ def _compare(run_a: str, run_b: str, settings, resamples: int, as_json: bool) ->
         "deltas": [dataclasses.asdict(d) | {"delta": d.delta} for d in deltas],
     }
     emit(f"{run_b} vs {run_a} (95% bootstrap CI)", rows, data, as_json)
+
+
+def report_command(
+    run_uri: Annotated[str, typer.Argument(help="A run folder: <out>/<run> (local or s3://).")],
+    out: Annotated[
+        str | None,
+        typer.Option("--out", "-o", help="Report folder (default: <run>/report/)."),
+    ] = None,
+    endpoint_url: Endpoint = None,
+    region: Region = None,
+    profile: Profile = None,
+    as_json: AsJson = False,
+) -> None:
+    """Write a static HTML report of a run: contact sheet, score histograms, failures,
+    throughput, configuration and weights (index.html + thumbs/)."""
+    from pipeline.report.build import write_report
+    from pipeline.storage import Storage
+
+    with operator_errors():
+        summary = write_report(
+            Storage(storage_settings(endpoint_url, region, profile)), run_uri, out
+        )
+    emit(
+        "report",
+        [
+            ("index", summary.index),
+            ("items", str(summary.items)),
+            ("thumbnails", str(summary.thumbnails)),
+        ],
+        dataclasses.asdict(summary),
+        as_json,
+    )

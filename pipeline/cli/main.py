@@ -26,6 +26,7 @@ app.command("nightly")(jobs.nightly)
 app.command("submit")(jobs.submit)
 app.command("caption")(jobs.caption)
 app.command("eval")(evaluate.eval_command)
+app.command("report")(evaluate.report_command)
 
 if __name__ == "__main__":
     app()

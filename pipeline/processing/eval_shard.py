@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import tarfile
 from collections.abc import Iterator
 
 import torch
@@ -20,33 +19,13 @@ from PIL import Image
 
 from pipeline.outputs.commit import read_records
 from pipeline.outputs.scores import write_features, write_scores
+from pipeline.outputs.tar_reading import IMAGE_EXTENSIONS, tar_samples
 from pipeline.processing.metric_suite import MetricSuite, Sample
 from pipeline.storage import Storage
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = ("png", "jpg", "webp")
 RUN_TAR = "run:"  # a reference entry naming another run's shard
-
-
-def tar_samples(storage: Storage, tar_uri: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, extension -> bytes) of every sample of a WebDataset tar, streamed in order."""
-    with storage.open_read(tar_uri) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
-        key: str | None = None
-        members: dict[str, bytes] = {}
-        for member in tar:
-            if not member.isfile():
-                continue
-            this_key, _, ext = member.name.rsplit("/", 1)[-1].partition(".")
-            if key is not None and this_key != key:
-                yield key, members
-                members = {}
-            key = this_key
-            file = tar.extractfile(member)
-            assert file is not None  # regular files always have data
-            members[ext] = file.read()
-        if key is not None:
-            yield key, members
 
 
 def _image(members: dict[str, bytes], names: tuple[str, ...]) -> Image.Image | None:
