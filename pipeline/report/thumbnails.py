@@ -61,8 +61,8 @@ def write_thumbnails(
     written = 0
     for tar, items in wanted.items():
         for key, members in tar_samples(storage, tar):
-            item = items.get(key)
-            if item is None:
+            found = items.get(key)
+            if found is None:
                 continue
             for role, image in _role_images(storage, members).items():
                 path = f"thumbs/{key}.{role}.jpg"
@@ -70,6 +70,6 @@ def write_thumbnails(
                     write(path, thumbnail(image))
                 except OSError:  # not a decodable image (PIL's UnidentifiedImageError)
                     continue
-                item.images[role] = path
+                found.images[role] = path
                 written += 1
     return written

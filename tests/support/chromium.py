@@ -113,9 +113,9 @@ class Chromium:
             if not visit.images["broken"] or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
-        visit.title = self.call("Runtime.evaluate", expression="document.title", returnByValue=True)[
-            "result"
-        ]["value"]
+        visit.title = self.call(
+            "Runtime.evaluate", expression="document.title", returnByValue=True
+        )["result"]["value"]
         shot = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
         screenshot.write_bytes(base64.b64decode(shot["data"]))
         visit.screenshot = screenshot
@@ -124,9 +124,9 @@ class Chromium:
         return visit
 
     def evaluate(self, expression: str):
-        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get(
-            "value"
-        )
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)[
+            "result"
+        ].get("value")
 
     def close(self) -> None:
         ws = getattr(self, "ws", None)
@@ -144,7 +144,9 @@ def _errors(events: list[dict]) -> list[str]:
     for e in events:
         method, params = e.get("method"), e.get("params", {})
         if method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-            found.append("console: " + " ".join(str(a.get("value")) for a in params.get("args", [])))
+            found.append(
+                "console: " + " ".join(str(a.get("value")) for a in params.get("args", []))
+            )
         elif method == "Runtime.exceptionThrown":
             found.append("exception: " + json.dumps(params.get("exceptionDetails", {}))[:500])
         elif method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
