@@ -10,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh test
 . .venv/bin/activate
+lane() { printf '\n==> %s\n' "$*"; }
 # The report test opens pages in a real headless Chromium (Debian's package; no browser
 # download): install it where it is missing and apt-get can.
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
@@ -17,7 +18,6 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; 
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null \
     || echo "chromium could not be installed: the report's browser test will be skipped"
 fi
-lane() { printf '\n==> %s\n' "$*"; }
 lane "lint";            ruff check . && ruff format --check .
 lane "import contract"; lint-imports
 lane "types";           mypy
