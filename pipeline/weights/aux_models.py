@@ -79,7 +79,7 @@ KNOWN_CHECKPOINTS: dict[str, tuple[Checkpoint, ...]] = {
     CSD: (
         Checkpoint(
             "learn2phoenix/CSD checkpoint.pth",
-            "CSD ViT-L/14, converted: CLIPVisionModel folder + csd_heads.safetensors",
+            "CSD ViT-L/14: `restyle weights convert-csd checkpoint.pth FOLDER`",
         ),
     ),
     FID: (
