@@ -113,8 +113,8 @@ def model_folder(spec: str, kind: str, storage: Storage | None = None) -> Path:
     folder = Path(spec).expanduser()
     if not _usable(folder, kind):
         raise AuxModelError(
-            f"{kind} model {spec!r}: not a {kind} model folder (none of "
-            f"{', '.join(FOLDER_SIGNS.get(kind, ('config.json',)))} there); download one with "
+            f"{kind} model {spec!r}: not a {kind} model folder (no "
+            f"{' or '.join(FOLDER_SIGNS.get(kind, ('config.json',)))} there); download one with "
             f"`hf download <repo> --local-dir {spec}` ({known_ids(kind)})"
         )
     return folder
