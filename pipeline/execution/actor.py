@@ -16,7 +16,7 @@ from pathlib import Path
 
 import ray
 
-from pipeline.config import RunConfig
+from pipeline.config import EvalSettings, RunConfig
 from pipeline.models.registry import load_model, load_random_model
 from pipeline.models.runtime import resolve_device
 from pipeline.processing.captions import make_captioner
@@ -119,7 +119,7 @@ class CaptionActor:
 class EvalActor:
     """Holds the metric backbones of one eval; scores committed shards, embeds reference sets."""
 
-    def __init__(self, settings, device: str, storage_settings: StorageSettings):
+    def __init__(self, settings: EvalSettings, device: str, storage_settings: StorageSettings):
         from pipeline.processing.eval_shard import ShardEvaluator
         from pipeline.processing.metric_suite import MetricSuite
 

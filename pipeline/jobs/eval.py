@@ -133,8 +133,7 @@ def eval_run(
 def summary_json(summary: EvalSummary) -> dict:
     return {
         "eval": summary.fingerprint,
-        "items": sum(1 for _ in summary.metrics.values())
-        and max(m["n"] for m in summary.metrics.values()),
+        "items": max((m["n"] for m in summary.metrics.values()), default=0),
         "metrics": summary.metrics,
         "sets": summary.sets,
         "written_at": time.time(),

@@ -100,6 +100,9 @@ def compare(
         if not a or not b:
             continue
         low, high, paired = bootstrap_delta(a, b, resamples, seed)
+        if paired:  # the point estimate over the same items the interval resamples
+            a = {i: v for i, v in a.items() if i in b}
+            b = {i: v for i, v in b.items() if i in a}
         deltas.append(
             Delta(
                 metric,
