@@ -66,7 +66,7 @@ def write_run(
                     prompt=f"a picture of {item_id}",
                     caption=f"caption {item_id}",
                     output_key=f"{ShardPaths(run_uri, shard).tar}#{key}",
-                    model_s=0.5,
+                    model_s=0.1,  # within the few seconds each fake shard spans
                 )
             )
         if failed and shard in failed:
