@@ -29,7 +29,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from run_helpers import parquet_bytes, write_images
+from support.run_helpers import parquet_bytes, write_images
 
 from pipeline.config import RunConfig, SamplingDefaults
 from pipeline.execution.driver import Runner
@@ -131,7 +131,7 @@ def main() -> None:
     server = None
     out, settings = str(work / "out"), StorageSettings()
     if args.s3:
-        from s3_server import SeaweedS3Server
+        from support.s3_server import SeaweedS3Server
 
         server = SeaweedS3Server.start(work / "s3")
         out, settings = server.new_bucket("bench") + "/out", server.settings()

@@ -9,7 +9,7 @@ to the driver, and an exception that cannot be rebuilt there arrives as an unrea
 from __future__ import annotations
 
 from collections.abc import Sequence
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from pathlib import Path
 
 
@@ -112,3 +112,13 @@ class WeightFileError(WeightsError):
 
     def __reduce__(self) -> tuple:
         return (type(self), (self.path, self.problem, self.keys))
+
+
+class ExitCode(IntEnum):
+    """What `restyle` commands exit with (README "Exit codes"); cron and CI read these."""
+
+    OK = 0
+    ITEMS_FAILED = 1  # the command ran; some items failed (records say which)
+    FAILED = 2  # the command could not run, or whole shards failed
+    DUPLICATE_SUBMISSION = 3  # `restyle submit`: this job already ran for this night
+    QUALITY_REGRESSION = 4  # `restyle nightly`: a metric's median dropped by more than the margin

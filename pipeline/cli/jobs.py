@@ -81,6 +81,10 @@ def triplets(
     ]
     for model, run in summary.runs.items():
         rows.append((f"{model}", f"{run.ok} ok, {run.failed} failed; {run.run_uri}"))
+    for model, gate in summary.gates.items():
+        rows.append(
+            (f"{model} gates", f"{gate.kept} kept, {gate.rejected} rejected; {gate.kept_uri}")
+        )
     data = {
         "name": summary.name,
         "pairs": summary.pairs,
@@ -90,6 +94,8 @@ def triplets(
             m: {**dataclasses.asdict(r), "errors": dict(r.errors), "exit_code": r.exit_code}
             for m, r in summary.runs.items()
         },
+        "gates": {m: dataclasses.asdict(g) for m, g in summary.gates.items()},
+        "evals": {m: dataclasses.asdict(e) for m, e in summary.evals.items()},
     }
     emit(f"triplets {summary.name}", rows, data, as_json)
     raise typer.Exit(summary.exit_code)
@@ -138,6 +144,14 @@ def nightly(
             ("items", f"{summary.run.ok} ok, {summary.run.failed} failed"),
             ("indexed", f"{summary.indexed} ids added to the done index"),
         ]
+    for metric, q in summary.quality.items():
+        flag = "REGRESSION" if q["regressed"] else "ok"
+        rows.append(
+            (
+                f"  {metric}",
+                f"median {q['median']:.4f} vs {q['baseline']:.4f} over {q['nights']} nights: {flag}",
+            )
+        )
     emit(f"nightly {summary.name}", rows, summary.public_dict(), as_json)
     raise typer.Exit(summary.exit_code)
 

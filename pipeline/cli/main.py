@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from pipeline.cli import jobs, outputs, run
+from pipeline.cli import evaluate, jobs, outputs, run
 from pipeline.cli.weights import weights_app
 
 app = typer.Typer(
@@ -26,6 +26,8 @@ app.command("nightly")(jobs.nightly)
 app.command("submit")(jobs.submit)
 app.command("caption")(jobs.caption)
 app.command("migrate")(outputs.migrate)
+app.command("eval")(evaluate.eval_command)
+app.command("report")(evaluate.report_command)
 
 if __name__ == "__main__":
     app()

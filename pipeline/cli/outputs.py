@@ -46,6 +46,7 @@ def migrate(
         ("shards", f"{report.shards} migrated, {report.retries} retry commits"),
         ("samples", f"{report.samples} provenance files rewritten"),
         ("captions", f"{report.captions} sidecars moved to captions/"),
+        ("scores", f"{report.scores} eval score files moved to scores/<k>.*"),
         ("removed", f"{len(report.removed)} layout-1 objects"),
     ]
     emit(f"migrated {report.run_uri}", rows, dataclasses.asdict(report), as_json)

@@ -333,8 +333,37 @@ def status(
         )
     )
     data = {**dataclasses.asdict(s), "errors": dict(s.errors), "complete": s.complete}
+    scores = run_scores(RunState(storage, run_uri))
+    if scores:
+        data["scores"] = scores
+        rows += score_rows(scores)
     emit(f"status of {s.run_uri}", rows, data, as_json)
     raise typer.Exit(0 if s.complete else 1)
+
+
+def run_scores(state) -> dict:
+    """The run's eval results, when `restyle eval` has scored it: per-metric summaries of the
+    current scores and the set figures of its summary (numpy and pyarrow only: no torch)."""
+    from pipeline.outputs.score_stats import current_scores, read_summary, summarise
+
+    metrics = summarise(current_scores(state))
+    summary = read_summary(state) or {}
+    if not metrics and not summary:
+        return {}
+    return {"metrics": metrics, "sets": summary.get("sets", {}), "eval": summary.get("eval")}
+
+
+def score_rows(scores: dict) -> list[tuple[str, str]]:
+    rows = [
+        (f"  {name}", f"median {m['median']:.4f}, mean {m['mean']:.4f} (n={m['n']})")
+        for name, m in scores["metrics"].items()
+    ]
+    rows += [
+        (f"  {name}", f"{value:.4f}")
+        for name, value in scores.get("sets", {}).items()
+        if name in ("fid", "cmmd")
+    ]
+    return [("scores", f"eval {scores.get('eval') or '?'}"), *rows]
 
 
 @manifest_app.command("validate")

@@ -15,7 +15,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.cli.common import Endpoint, Profile, Region, fail, storage_settings
+from pipeline.cli.common import (
+    Endpoint,
+    Profile,
+    Region,
+    console,
+    fail,
+    operator_errors,
+    storage_settings,
+)
 from pipeline.errors import WeightsError
 
 weights_app = typer.Typer(
@@ -164,3 +172,16 @@ def verify(
         else f"{len(report.rows)} checked, all ok"
     )
     raise typer.Exit(1 if bad else 0)
+
+
+@weights_app.command("convert-csd")
+def convert_csd_command(
+    checkpoint: Annotated[Path, typer.Argument(help="CSD's checkpoint.pth (learn2phoenix/CSD).")],
+    out: Annotated[Path, typer.Argument(help="Folder to write (restyle eval --csd FOLDER).")],
+) -> None:
+    """Convert the CSD release checkpoint into the folder `restyle eval --csd` loads."""
+    from pipeline.weights.csd_convert import convert_csd
+
+    with operator_errors():
+        folder = convert_csd(checkpoint, out)
+    console.print(f"CSD folder written: {folder}")

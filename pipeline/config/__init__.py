@@ -8,9 +8,11 @@ the same value types (`values`), and call `RunSettings.run_config`. A mistake is
 - `values`: limits, choices, ranges, templates and paths of every field;
 - `weights_spec`: the `--weights` value, parsed once (`WeightsSpec`);
 - `run_config`: the settings, the `RunConfig`, its fingerprint, per-item seeds;
+- `eval_settings`: what `restyle eval` scores, with which backbones; quality gates;
 - `problems`: pydantic's report as one `ConfigError` line, named the door's way.
 """
 
+from pipeline.config.eval_settings import EvalSettings, Gates, MetricModels
 from pipeline.config.problems import ConfigProblem, key_path, validate
 from pipeline.config.run_config import (
     ConfigModel,
@@ -53,8 +55,11 @@ __all__ = [
     "ConfigModel",
     "ConfigProblem",
     "Dtype",
+    "EvalSettings",
     "ExecutionOptions",
+    "Gates",
     "ImageFormat",
+    "MetricModels",
     "ModelName",
     "OutputOptions",
     "OutputSettings",

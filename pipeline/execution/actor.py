@@ -16,7 +16,7 @@ from pathlib import Path
 
 import ray
 
-from pipeline.config import RunConfig
+from pipeline.config import EvalSettings, RunConfig
 from pipeline.models.registry import load_model, load_random_model
 from pipeline.models.runtime import resolve_device
 from pipeline.processing.captions import make_captioner
@@ -114,3 +114,29 @@ class CaptionActor:
 
     def caption_shard(self, tar_uri: str, out_uri: str) -> int:
         return self.shards.caption_shard(tar_uri, out_uri)
+
+
+class EvalActor:
+    """Holds the metric backbones of one eval; scores committed shards, embeds reference sets."""
+
+    def __init__(self, settings: EvalSettings, device: str, storage_settings: StorageSettings):
+        from pipeline.processing.eval_shard import ShardEvaluator
+        from pipeline.processing.metric_suite import MetricSuite
+
+        self.device = str(resolve_device(device))
+        storage = Storage(storage_settings)
+        self.evaluator = ShardEvaluator(MetricSuite(settings, storage, self.device), storage)
+
+    def info(self) -> dict:
+        return {
+            "pid": os.getpid(),
+            "device": self.device,
+            "eval": self.evaluator.suite.fingerprint,
+            "node": ray.get_runtime_context().get_node_id(),
+        }
+
+    def score_shard(self, tar: str, records: str, scores: str, features: str) -> int:
+        return self.evaluator.evaluate(tar, records, scores, features)
+
+    def reference_features(self, uris: list[str]) -> dict:
+        return self.evaluator.reference_features(uris)

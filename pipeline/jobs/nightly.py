@@ -34,6 +34,10 @@ Spec keys (beside the run settings of `pipeline.jobs.specs`):
       lora: null                           # OmniConsistency style LoRA (name, path, s3://)
       lora_scale: 1.0
     prompt: "{prompt}"                     # optional template over id, prompt, extra columns
+    eval: {models: {clip: /models/clip-b32}}   # optional: score each night (restyle eval)
+    regression: {margin: 0.05, nights: 7}      # optional: exit 4 when a metric's median drops
+                                               #   more than margin below the last nights'
+                                               #   (pipeline.jobs.regression)
 """
 
 from __future__ import annotations
@@ -49,16 +53,19 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import pyarrow as pa
 from pydantic import model_validator
 
-from pipeline.config import ConfigModel, ConfigProblem, RunConfig
+from pipeline.config import ConfigModel, ConfigProblem, EvalSettings, RunConfig
 from pipeline.config.values import (
+    AtLeastOne,
     FormatTemplate,
     ModelChoice,
     NameOrPath,
     Number,
     PathRef,
     PathRefs,
+    Range,
     one_or_many,
 )
+from pipeline.errors import ExitCode
 from pipeline.jobs.specs import JobSpec
 from pipeline.manifests import ManifestItem, RowError, list_shards, read_shard
 from pipeline.manifests.derived import ManifestWriter, frozen_manifest, item_row
@@ -96,6 +103,15 @@ class StyleSet(ConfigModel):
         return self
 
 
+class Regression(ConfigModel):
+    """When a night's scores count as a regression (see `pipeline.jobs.regression`)."""
+
+    margin: Annotated[Number, Range(0)] = 0.05
+    """A metric regresses when its median is worse than the baseline by more than this."""
+    nights: AtLeastOne = 7
+    """The baseline: the median of this many previous scored nights' medians."""
+
+
 class NightlySpec(JobSpec):
     """A nightly job spec (kind: nightly); the module doc explains the keys."""
 
@@ -111,6 +127,18 @@ class NightlySpec(JobSpec):
     """The style set, for rows that name none."""
     prompt: FormatTemplate | None = None
     """Optional str.format template over the row: id, prompt and any extra column."""
+    eval: EvalSettings | None = None
+    """Score each night's run (restyle eval): metrics and backbones."""
+    regression: Regression | None = None
+    """Compare the night's metric medians with the previous nights' (needs eval)."""
+
+    @model_validator(mode="after")
+    def _regression_needs_scores(self) -> NightlySpec:
+        if self.regression is not None and self.eval is None:
+            raise ConfigProblem(
+                "regression", "needs an {eval} block that scores each night", refs=("eval",)
+            )
+        return self
 
     @model_validator(mode="after")
     def _style_fits_the_model(self) -> NightlySpec:
@@ -189,19 +217,31 @@ class NightSummary:
     resumed: bool = False  # the night's manifest existed already (a re-run of the night)
     run: Any = None  # RunSummary, None when there was nothing to do
     indexed: int = 0  # ids this night added to the done index
+    scores: dict[str, Any] = field(default_factory=dict)  # metric -> n, mean, median, ...
+    quality: dict[str, Any] = field(default_factory=dict)  # metric -> median vs baseline
+    eval_failed: dict[str, str] = field(default_factory=dict)
 
     @property
     def noop(self) -> bool:
         return self.run is None
 
     @property
+    def regressions(self) -> list[str]:
+        return [m for m, q in self.quality.items() if q["regressed"]]
+
+    @property
     def exit_code(self) -> int:
-        return 0 if self.run is None else self.run.exit_code
+        """The run's code; shard or eval failures (2) first, then a quality regression (4)."""
+        code = 0 if self.run is None else self.run.exit_code
+        if code == ExitCode.FAILED or self.eval_failed:
+            return ExitCode.FAILED
+        return ExitCode.QUALITY_REGRESSION if self.regressions else code
 
     def public_dict(self) -> dict[str, Any]:
         data = {k: v for k, v in asdict(self).items() if k != "run"}
         data["noop"] = self.noop
         data["exit_code"] = self.exit_code
+        data["regressions"] = self.regressions
         if self.run is not None:
             run = self.run
             data["run"] = {
@@ -288,7 +328,40 @@ class NightlyJob:
         ]
         index.write(self.night, done)
         summary.indexed = len(done)
+        if spec.eval is not None:
+            self._score(config.run_uri, summary)
         return summary
+
+    def _score(self, run_uri: str, summary: NightSummary) -> None:
+        """Score the night's run; compare its medians with the previous nights'."""
+        from pipeline.jobs.eval import eval_run
+        from pipeline.jobs.regression import compare_night
+
+        spec = self.spec
+        assert spec.eval is not None  # checked by the caller
+        scored = eval_run(
+            run_uri, spec.eval, self.settings, spec.actors, spec.options.device, self.address
+        )
+        summary.scores, summary.eval_failed = scored.metrics, scored.failed
+        if spec.regression is not None:
+            summary.quality = compare_night(
+                self.storage,
+                f"{spec.output.rstrip('/')}/runs",
+                self.night,
+                spec.regression.margin,
+                spec.regression.nights,
+            )
+            for metric in summary.regressions:
+                q = summary.quality[metric]
+                log.warning(
+                    "night %s: %s median %.4f is %.4f worse than the last %d nights' %.4f",
+                    self.night,
+                    metric,
+                    q["median"],
+                    q["drop"],
+                    q["nights"],
+                    q["baseline"],
+                )
 
     def _derive(self, done: set[str], fingerprint: str, summary: NightSummary):
         """Stream the catalog; write the rows not done into the night's manifest."""

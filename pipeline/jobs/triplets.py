@@ -40,6 +40,13 @@ style LoRA per style row (its `styles` image, if any, is stored as the style ref
 
 The derived manifest is frozen by a digest of the catalogs' rows and the pairing: re-running
 the job resumes the same shards; changed inputs under the same name are refused.
+
+Quality gates (`pipeline.jobs.gates`): with an `eval:` block (`pipeline.config.eval_settings`)
+each model's run is scored after it finishes (`restyle eval`, resumable), and with `gates:`
+the triplets are split into `<run>/gates/kept.parquet` and `<run>/gates/rejected.parquet`:
+
+    eval: {models: {clip: /models/clip-b32, csd: /models/csd}}
+    gates: {csd: 0.5, clip_i: 0.6}
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
+    Field,
     PlainValidator,
     Strict,
     ValidationInfo,
@@ -63,7 +71,7 @@ from pydantic import (
     model_validator,
 )
 
-from pipeline.config import ConfigModel, ConfigProblem
+from pipeline.config import ConfigModel, ConfigProblem, EvalSettings, Gates
 from pipeline.config.values import (
     AtLeastOne,
     FormatTemplate,
@@ -198,6 +206,25 @@ class TripletSpec(JobSpec):
     subject_<column>, style_<column>."""
     output: PathRef
     """Output root: <output>/<name>/<model>/ and <output>/<name>/manifests/<model>/."""
+    eval: EvalSettings | None = None
+    """Score each model's run after it finishes (restyle eval): metrics and backbones."""
+    gates: Gates = Field(default_factory=dict)
+    """Keep only triplets whose scores pass: metric -> threshold (e.g. {csd: 0.5, clip_i: 0.6})."""
+
+    @model_validator(mode="after")
+    def _gates_are_scored(self) -> TripletSpec:
+        if not self.gates:
+            return self
+        if self.eval is None:
+            raise ConfigProblem("gates", "need an {eval} block that computes them", refs=("eval",))
+        missing = [m for m in self.gates if m not in self.eval.chosen]
+        if missing:
+            raise ConfigProblem(
+                "gates",
+                f"gate on {missing}, which eval does not compute (it computes "
+                f"{list(self.eval.chosen)}): add their backbones under eval.models",
+            )
+        return self
 
     @property
     def root(self) -> str:
@@ -404,10 +431,13 @@ class TripletSummary:
     pairs: dict[str, int]  # model -> triplets in its manifest
     rejected_rows: list[str]
     runs: dict[str, Any]  # model -> RunSummary
+    evals: dict[str, Any] = field(default_factory=dict)  # model -> EvalSummary
+    gates: dict[str, Any] = field(default_factory=dict)  # model -> GateResult
 
     @property
     def exit_code(self) -> int:
-        return max((s.exit_code for s in self.runs.values()), default=0)
+        codes = [s.exit_code for s in (*self.runs.values(), *self.evals.values())]
+        return max(codes, default=0)
 
 
 class TripletJob:
@@ -487,4 +517,26 @@ class TripletJob:
                 include_references=True,
             )
             runs[model] = Runner(config, self.settings, self.address, self.show_progress).run()
-        return TripletSummary(self.spec.name, self.pairs, self.rejected, runs)
+        summary = TripletSummary(self.spec.name, self.pairs, self.rejected, runs)
+        if self.spec.eval is not None:
+            for model, run in runs.items():
+                self._score(model, run.run_uri, summary)
+        return summary
+
+    def _score(self, model: str, run_uri: str, summary: TripletSummary) -> None:
+        """Score one model's run; split it by the gates when there are gates."""
+        from pipeline.jobs.eval import eval_run
+        from pipeline.jobs.gates import apply_gates
+        from pipeline.outputs.run_state import RunState
+
+        assert self.spec.eval is not None  # checked by the caller
+        summary.evals[model] = eval_run(
+            run_uri,
+            self.spec.eval,
+            self.settings,
+            self.spec.actors,
+            self.spec.options.device,
+            self.address,
+        )
+        if self.spec.gates and not summary.evals[model].failed:
+            summary.gates[model] = apply_gates(RunState(self.storage, run_uri), self.spec.gates)

@@ -70,7 +70,9 @@ def card_metadata(run_json: dict) -> dict[str, Any]:
 
 
 def card_text(run_json: dict, captions: bool) -> str:
-    run_json = json.loads(json.dumps(run_json, default=str, sort_keys=True))  # as run.json reads back
+    run_json = json.loads(
+        json.dumps(run_json, default=str, sort_keys=True)
+    )  # as run.json reads back
     config = run_json["config"]
     front = yaml.safe_dump(card_metadata(run_json), sort_keys=False, width=1000)
     random = bool(run_json.get("random_weights"))

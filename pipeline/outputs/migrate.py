@@ -9,7 +9,8 @@ another, and references as given on the command line. Migrating:
    members, order and images), moving retry tars to `part-<k>.retry-<nn>.tar`;
 2. writes each shard's current records `part-<k>.parquet` (each item's newest record over the
    first run and its retries) in the layout-2 schema, and the retries' markers beside them;
-3. moves caption sidecars to `captions/`, makes references absolute (relative local paths
+3. moves caption sidecars to `captions/` and `restyle eval`'s score files from
+   `scores/[retry-<nn>/]part-<k>.*` to `scores/<k>[.retry-<nn>].*` (out of `**/part-*`), makes references absolute (relative local paths
    against `relative_to`: the folder the run was started from, default the current one);
 4. writes run.json with "layout": 2 and the dataset card, then deletes the layout-1 objects.
 
@@ -45,7 +46,10 @@ from pipeline.storage.uris import local_path, public_uri, scheme_of
 
 _V1_MAIN = re.compile(r"^part-(\d{6})\.stats\.json$")
 _V1_RETRY = re.compile(r"^retry-(\d+)/part-(\d{6})\.stats\.json$")
-_V1_LEFTOVER = re.compile(r"^(retry-\d+/.+|part-\d{6}\.captions\.parquet)$")
+_V1_LEFTOVER = re.compile(
+    r"^(retry-\d+/.+|part-\d{6}\.captions\.parquet|scores/(retry-\d+/)?part-\d{6}\..+)$"
+)
+_SCORE_SUFFIXES = (".parquet", ".features.safetensors")
 
 
 @dataclass
@@ -56,6 +60,7 @@ class MigrationReport:
     retries: int = 0
     samples: int = 0
     captions: int = 0
+    scores: int = 0
     removed: list[str] = field(default_factory=list)
 
 
@@ -201,7 +206,8 @@ def migrate_run(storage: Storage, run_uri: str, relative_to: str | None = None) 
             storage.delete(job.uri(name))
             report.removed.append(name)
     if scheme_of(job.run_uri) in (None, "file"):  # local disks keep empty folders; S3 has none
-        for folder in sorted({name.split("/")[0] for name in report.removed if "/" in name}):
+        folders = {name.rpartition("/")[0] for name in report.removed if "/" in name}
+        for folder in sorted(folders, key=lambda f: -f.count("/")):  # deepest first
             with contextlib.suppress(OSError):
                 os.rmdir(local_path(job.uri(folder)))
     return report
@@ -230,8 +236,16 @@ def _migrate_commits(job: _Migration, run_json: dict, report: MigrationReport) -
             report.captions += job.move(
                 old + ".captions.parquet", new.captions[len(job.run_uri) + 1 :]
             )
+            report.scores += _move_scores(job, f"scores/{old}", new)
         job.storage.write_bytes(main.records, records_to_parquet(current))
         job.storage.write_bytes(main.marker, job.marker(main.marker[len(job.run_uri) + 1 :], 0))
         report.captions += job.move(
             f"part-{shard:06d}.captions.parquet", main.captions[len(job.run_uri) + 1 :]
         )
+        report.scores += _move_scores(job, f"scores/part-{shard:06d}", main)
+
+
+def _move_scores(job: _Migration, old_stem: str, new: ShardPaths) -> int:
+    """Move one commit's eval scores and features; how many files moved."""
+    new_stem = "scores/" + new.name.removeprefix("part-")
+    return sum(job.move(old_stem + suffix, new_stem + suffix) for suffix in _SCORE_SUFFIXES)

@@ -1,4 +1,4 @@
-"""Where the auxiliary transformers models (CLIP scorer, captioner) come from.
+"""Where the auxiliary models (CLIP scorer, captioner, the eval metrics' backbones) come from.
 
 These are not part of a model's weight registry (`pipeline/weights/registry.toml` lists the
 files USO and OmniConsistency need); they are whole `save_pretrained` folders named by one
@@ -30,7 +30,16 @@ from pipeline.storage import Storage, is_s3
 log = logging.getLogger(__name__)
 
 SCORER, CAPTIONER = "scorer", "captioner"
+# The backbones of `restyle eval` (pipeline.metrics): one spec each.
+CLIP, DINO, CSD, FID, CMMD, DREAMSIM = "clip", "dino", "csd", "fid", "cmmd", "dreamsim"
+METRIC_KINDS = (CLIP, DINO, CSD, FID, CMMD, DREAMSIM)
 TINY = "tiny"
+# What makes a folder usable for a kind (default: a transformers config.json).
+FOLDER_SIGNS: dict[str, tuple[str, ...]] = {
+    CSD: ("config.json", "csd_heads.safetensors"),
+    FID: ("config.json", "pt_inception-2015-12-05-*.pth"),  # either one
+    DREAMSIM: ("ensemble_lora",),
+}
 STAGED_MARKER = ".restyle-staged.json"
 CHUNK = 8 << 20
 
@@ -62,6 +71,27 @@ KNOWN_CHECKPOINTS: dict[str, tuple[Checkpoint, ...]] = {
             "Florence-2 base; task prompt '<CAPTION>' or '<DETAILED_CAPTION>'",
         ),
     ),
+    CLIP: (
+        Checkpoint("openai/clip-vit-base-patch32", "CLIP ViT-B/32 (DreamBench/UNO CLIP-I, CLIP-T)"),
+        Checkpoint("openai/clip-vit-large-patch14", "CLIP ViT-L/14 (torchmetrics CLIPScore)"),
+    ),
+    DINO: (Checkpoint("facebook/dino-vits16", "DINO ViT-S/16 (DreamBench/UNO DINO)"),),
+    CSD: (
+        Checkpoint(
+            "learn2phoenix/CSD checkpoint.pth",
+            "CSD ViT-L/14: `restyle weights convert-csd checkpoint.pth FOLDER`",
+        ),
+    ),
+    FID: (
+        Checkpoint(
+            "pt_inception-2015-12-05-6726825d.pth",
+            "FID Inception-v3 (torch-fidelity release file) in a folder of its own",
+        ),
+    ),
+    CMMD: (Checkpoint("openai/clip-vit-large-patch14-336", "CLIP ViT-L/14@336 (CMMD authors)"),),
+    DREAMSIM: (
+        Checkpoint("ssundaram21/dreamsim release zip", "DreamSim ensemble, unzipped (cache_dir)"),
+    ),
 }
 
 
@@ -81,13 +111,34 @@ def model_folder(spec: str, kind: str, storage: Storage | None = None) -> Path:
     if is_s3(spec):
         return _stage_s3(spec, storage or Storage())
     folder = Path(spec).expanduser()
-    if not (folder / "config.json").is_file():
+    if not _usable(folder, kind):
         raise AuxModelError(
-            f"{kind} model {spec!r}: not a transformers model folder (no "
-            f"config.json there); download one with `hf download <repo> "
-            f"--local-dir {spec}` ({known_ids(kind)})"
+            f"{kind} model {spec!r}: not a {kind} model folder (no "
+            f"{' or '.join(FOLDER_SIGNS.get(kind, ('config.json',)))} there); download one with "
+            f"`hf download <repo> --local-dir {spec}` ({known_ids(kind)})"
         )
     return folder
+
+
+def _usable(folder: Path, kind: str) -> bool:
+    signs = FOLDER_SIGNS.get(kind, ("config.json",))
+    if kind == CSD:
+        return all((folder / s).exists() for s in signs)
+    return any(any(folder.glob(s)) for s in signs)
+
+
+def folder_sha256(folder: Path) -> str:
+    """One sha256 for a model folder: over its files' names and sha256s (cached per file), so
+    provenance names exactly which weights scored a run."""
+    from pipeline.weights.hashing import file_sha256
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        relative = path.relative_to(folder).as_posix()
+        if relative.startswith(".") or relative.endswith(".lock"):
+            continue
+        digest.update(f"{relative}\0{file_sha256(path)}\n".encode())
+    return digest.hexdigest()
 
 
 def known_ids(kind: str) -> str:
@@ -101,12 +152,27 @@ def _cache() -> Path:
 
 
 def _tiny(kind: str) -> Path:
-    from pipeline.weights.tiny_aux import build_tiny_captioner, build_tiny_clip
+    from pipeline.weights import tiny_aux
 
-    folder = _cache() / f"tiny-{kind}"
+    builders = {
+        SCORER: tiny_aux.build_tiny_clip,
+        CAPTIONER: tiny_aux.build_tiny_captioner,
+        CLIP: tiny_aux.build_tiny_clip,
+        FID: tiny_aux.build_tiny_clip,  # FID over the tiny CLIP's pooled image features
+        CMMD: tiny_aux.build_tiny_clip,
+        DINO: tiny_aux.build_tiny_dino,
+        CSD: tiny_aux.build_tiny_csd,
+    }
+    if kind not in builders:
+        raise AuxModelError(
+            f"{kind} model 'tiny': there is no tiny {kind} (its package fixes the "
+            f"architecture); give the real release folder ({known_ids(kind)})"
+        )
+    name = "clip" if builders[kind] is tiny_aux.build_tiny_clip else kind
+    folder = _cache() / f"tiny-{name}"
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
-        return build_tiny_clip(folder) if kind == SCORER else build_tiny_captioner(folder)
+        return builders[kind](folder)
 
 
 def _stage_s3(uri: str, storage: Storage) -> Path:
@@ -121,7 +187,9 @@ def _stage_s3(uri: str, storage: Storage) -> Path:
         marker = target / STAGED_MARKER
         if marker.is_file() and json.loads(marker.read_text()) == listing:
             return target
-        if "config.json" not in listing:
+        if not any(
+            n == "config.json" or n.startswith(("ensemble_lora/", "pt_inception")) for n in listing
+        ):
             raise AuxModelError(
                 f"{uri}: not a transformers model folder (no config.json below it; "
                 f"found {sorted(listing)[:5]})"

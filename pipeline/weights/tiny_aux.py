@@ -1,4 +1,4 @@
-"""Tiny random-weight auxiliary models: a CLIP scorer and a BLIP captioner, built locally.
+"""Tiny random-weight auxiliary models: CLIP, BLIP captioner, DINO and CSD, built locally.
 
 Scoring (`pipeline.processing.scoring`) and model captions (`pipeline.processing.caption_model`) load transformers
 folders; tests and demos need such folders without the Hub. These builders write real
@@ -9,6 +9,9 @@ processors built on this machine:
                                   (the CLIP BPE tokenizer of `tiny_tokenizers`, PIL image processor)
     build_tiny_captioner(folder)  BlipForConditionalGeneration + BlipProcessor (a BERT WordPiece
                                   tokenizer over the same small corpus, "[DEC]" as BLIP's BOS)
+    build_tiny_dino(folder)       ViTModel (DINO's architecture) + ViTImageProcessor
+    build_tiny_csd(folder)        CLIPVisionModel + CLIPImageProcessor + csd_heads.safetensors
+                                  (CSD's style and content heads, pipeline.metrics.csd)
 
 Both are deterministic (same seed, same bytes) and idempotent: a folder that already holds a
 complete build of the same kind and seed (its `tiny_aux.json` marker) is reused as is. The
@@ -113,6 +116,57 @@ def _write_clip(folder: Path, seed: int) -> None:
     )
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
+
+
+def build_tiny_dino(folder: Path, seed: int = 0) -> Path:
+    """A tiny DINO-shaped `ViTModel` + `ViTImageProcessor` folder (reused when built)."""
+    return _build(Path(folder), "dino", seed, _write_dino)
+
+
+def build_tiny_csd(folder: Path, seed: int = 0) -> Path:
+    """A tiny CSD folder: `CLIPVisionModel` + processor + style/content heads."""
+    return _build(Path(folder), "csd", seed, _write_csd)
+
+
+def _write_dino(folder: Path, seed: int) -> None:
+    from transformers import ViTConfig, ViTImageProcessorPil, ViTModel
+
+    config = ViTConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=IMAGE_SIZE,
+        patch_size=8,
+    )
+    model = ViTModel(config, add_pooling_layer=False)
+    randomize_module(model, _generator(seed, "dino"))
+    processor = ViTImageProcessorPil(
+        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    )
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+
+
+def _write_csd(folder: Path, seed: int) -> None:
+    from safetensors.torch import save_file
+    from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
+
+    model = CLIPVisionModel(CLIPVisionConfig(**TINY_CLIP_VISION))
+    randomize_module(model, _generator(seed, "csd"))
+    gen = _generator(seed, "csd-heads")
+    width = int(TINY_CLIP_VISION["hidden_size"])  # type: ignore[call-overload]  # dict of mixed values
+    heads = {
+        name: torch.randn(width, TINY_CLIP_PROJECTION, generator=gen) / width**0.5
+        for name in ("style", "content")
+    }
+    model.save_pretrained(folder)
+    CLIPImageProcessorPil(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    ).save_pretrained(folder)
+    save_file(heads, str(folder / "csd_heads.safetensors"))
 
 
 def bert_vocab() -> list[str]:

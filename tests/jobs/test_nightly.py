@@ -161,6 +161,46 @@ def test_each_night_processes_only_rows_not_yet_produced(tmp_path, s3_server, s3
     assert run_json["config"]["run"] == "2026-09-02"
 
 
+@pytest.mark.slow
+def test_a_night_scored_worse_than_the_nights_before_exits_4_and_says_which_metric(
+    tmp_path, s3_server, s3_bucket
+):
+    storage = s3_server.storage()
+    storage.write_bytes(f"{s3_bucket}/images/item.png", png_bytes(1))
+    storage.write_bytes(f"{s3_bucket}/styles/watercolor.png", png_bytes(2))
+    storage.write_bytes(f"{s3_bucket}/catalog/part-000.parquet", parquet_bytes(rows(["a1", "a2"])))
+    watch = "eval: {models: {clip: tiny}, metrics: [clip_t, clip_i]}\nregression: {margin: 0.05, nights: 3}\n"
+    text = spec_text(s3_bucket, build_tiny_weights(tmp_path / "weights")) + watch
+    spec = NightlySpec.parse(parse_spec_text(text, str(tmp_path / "n.yaml")))
+
+    def history(night: str, median: float) -> None:  # what earlier scored nights left behind
+        stats = {"n": 2, "mean": median, "median": median, "p10": median, "p90": median}
+        storage.write_bytes(
+            f"{s3_bucket}/restyled/runs/{night}/scores/summary.json",
+            json.dumps({"metrics": {"clip_t": stats, "clip_i": stats}}).encode(),
+        )
+
+    for night in ("2026-08-30", "2026-08-31"):
+        history(night, 1.0)  # perfect scores: any real night is worse by more than 0.05
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    try:
+        worse = NightlyJob(spec, s3_server.settings(), "2026-09-01", show_progress=False).run()
+        for night in ("2026-08-30", "2026-08-31"):
+            history(night, -1.0)  # the worst possible: tonight cannot be worse
+        storage.write_bytes(f"{s3_bucket}/catalog/part-001.parquet", parquet_bytes(rows(["b1"])))
+        fine = NightlyJob(spec, s3_server.settings(), "2026-09-02", show_progress=False).run()
+    finally:
+        ray.shutdown()
+    assert worse.run.ok == 2 and worse.scores["clip_t"]["n"] == 2
+    dropped = [m for m in ("clip_i", "clip_t") if 1.0 - worse.scores[m]["median"] > 0.05]
+    assert "clip_t" in dropped and sorted(worse.regressions) == dropped  # tiny CLIP-I sits near 1
+    assert worse.exit_code == 4
+    assert worse.public_dict()["quality"]["clip_t"]["baseline"] == 1.0
+    # The next night: its baseline is the last 3 scored nights, including 2026-09-01 itself.
+    assert fine.quality["clip_t"]["nights"] == 3 and fine.regressions == []
+    assert fine.exit_code == 0
+
+
 def test_nightly_spec_mistakes_name_the_key():
     base = "kind: nightly\nname: n\ncatalog: c/\noutput: o\n"
     cases = {

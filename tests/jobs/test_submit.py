@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -65,7 +66,8 @@ def test_submission_id_entrypoint_and_runtime_envs(tmp_path):
     assert project.runtime_env["py_modules"] == [str(REPO / "pipeline")]
     pip = project.runtime_env["pip"]
     assert pip == project_requirements()
-    assert "diffusers==0.42.1" in pip and not any(p.startswith("torch") for p in pip)
+    names = [re.split(r"[\s<>=!~;\[]", p, maxsplit=1)[0] for p in pip]
+    assert "diffusers==0.42.1" in pip and "torch" not in names  # torchmetrics is fine
     assert not any("pytest" in p for p in pip)  # extras are not installed on the cluster
     assert project.metadata == {
         "restyle_job": "shop",

@@ -236,6 +236,8 @@ weights: {build_tiny_weights(tmp_path / "weights")}
 options: {{device: cpu}}
 outputs: {{caption: model, caption_model: {aux_models["blip"]}}}
 scoring: {{metrics: [clip_t, style], model: {aux_models["clip"]}}}
+eval: {{metrics: [clip_i_style, clip_t], models: {{clip: {aux_models["clip"]}}}}}
+gates: {{clip_i_style: 0.9}}
 actors: 1
 rows_per_shard: 3
 """.encode(),
@@ -253,6 +255,22 @@ rows_per_shard: 3
     run = summary.runs["uso"]
     assert (run.ok, run.failed, run.shards_committed) == (4, 0, 2)  # 4 rows, 3 per shard
     assert (again.runs["uso"].shards_already_done, again.runs["uso"].shards_committed) == (2, 0)
+    # Scored after the run (resumed, not redone, the second time) and split by the gate.
+    assert (summary.evals["uso"].shards_scored, again.evals["uso"].shards_kept) == (2, 2)
+    gate = again.gates["uso"]
+    kept = pq.read_table(io.BytesIO(storage.read_bytes(gate.kept_uri))).to_pylist()
+    rejected = pq.read_table(io.BytesIO(storage.read_bytes(gate.rejected_uri))).to_pylist()
+    assert sorted(r["id"] for r in kept + rejected) == [
+        "cup__ink",
+        "cup__waves",
+        "house__ink",
+        "house__waves",
+    ]
+    assert all(r["clip_i_style"] >= 0.9 for r in kept)
+    assert all(
+        r["reason"].startswith("clip_i_style ") and " < 0.9" in r["reason"] for r in rejected
+    )
+    assert gate.kept_uri == f"{s3_bucket}/out/tri/uso/gates/kept.parquet"
 
     # A trainer's view: plain webdataset over the two shards (copied locally; webdataset has
     # no s3:// reader of its own).

@@ -9,6 +9,7 @@ import tarfile
 
 import datasets
 import jsonschema
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from support.layout_v1 import write_v1_run
@@ -23,7 +24,9 @@ from pipeline.outputs.layout import LayoutError
 from pipeline.outputs.provenance import PROVENANCE_SCHEMA
 from pipeline.outputs.records import RECORD_SCHEMA
 from pipeline.outputs.run_state import RunState
+from pipeline.outputs.scores import SCORE_SCHEMA
 from pipeline.storage import Storage, StorageSettings
+from pipeline.storage.parquet import table_to_bytes
 
 
 @pytest.fixture
@@ -55,6 +58,15 @@ def test_an_old_run_is_refused_with_the_way_to_migrate_it(old_run):
 
 def test_migrate_makes_an_old_run_a_layout_2_dataset(old_run, tmp_path):
     start, run = old_run
+    # `restyle eval` had scored the old folder: its score files follow their commits.
+    empty = pa.table({n: pa.array([], t) for n, t in zip(SCORE_SCHEMA.names, SCORE_SCHEMA.types)})
+    scores = {
+        "part-000000.parquet": table_to_bytes(empty),
+        "retry-01/part-000000.features.safetensors": b"r1",
+    }
+    for name, data in scores.items():
+        (run / "scores" / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / "scores" / name).write_bytes(data)
     result = CliRunner().invoke(app, ["migrate", str(run), "--relative-to", str(start), "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -76,7 +88,12 @@ def test_migrate_makes_an_old_run_a_layout_2_dataset(old_run, tmp_path):
         "part-000000.stats.json",
         "part-000000.tar",
         "run.json",
+        "scores",
+        "scores/000000.parquet",
+        "scores/000000.retry-01.features.safetensors",
     ]
+    assert (run / "scores/000000.retry-01.features.safetensors").read_bytes() == b"r1"
+    assert report["scores"] == 2
     status = status_of(run)
     assert (status["items"], status["ok"], status["retry_commits"], status["complete"]) == (
         3,
