@@ -101,11 +101,10 @@ class ShardEvaluator:
         provenance = json.loads(members["json"]) if "json" in members else {}
         sample = Sample(item_id, key, result, prompt=prompt or provenance.get("prompt") or "")
         sample.subject = _image(members, ("subject",)) or self._referenced(
-            provenance.get("subject"), "subject", sample
+            _first_input(provenance, "subject"), "subject", sample
         )
-        styles = provenance.get("styles") or []
         sample.style = _image(members, ("style",)) or self._referenced(
-            styles[0] if styles else None, "style", sample
+            _first_input(provenance, "style"), "style", sample
         )
         return sample
 
@@ -150,3 +149,8 @@ class ShardEvaluator:
                         yield image
             else:
                 yield Image.open(io.BytesIO(self.storage.read_bytes(uri))).convert("RGB")
+
+
+def _first_input(provenance: dict, role: str) -> str | None:
+    """The URI of the sample's first input in `role` (provenance `inputs`, layout 2)."""
+    return next((i["uri"] for i in provenance.get("inputs", []) if i.get("role") == role), None)
