@@ -288,3 +288,8 @@ def style_lora_reference(reference: str, relative_to: str | None = None) -> str:
     if "/" not in reference:
         return reference
     return "hf://" + reference.removeprefix("hf://")
+
+
+def input_uris(provenance: Mapping[str, Any], role: str) -> list[str]:
+    """The URIs of a sample's inputs in `role` ("subject", "style", ...), in input order."""
+    return [i["uri"] for i in provenance.get("inputs", []) if i.get("role") == role]

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import torch
 from PIL import Image
 
+from pipeline.outputs.provenance import input_uris
 from pipeline.outputs.records import read_records
 from pipeline.outputs.scores import write_features, write_scores
 from pipeline.outputs.tar_reading import IMAGE_EXTENSIONS, tar_samples
@@ -152,5 +153,4 @@ class ShardEvaluator:
 
 
 def _first_input(provenance: dict, role: str) -> str | None:
-    """The URI of the sample's first input in `role` (provenance `inputs`, layout 2)."""
-    return next((i["uri"] for i in provenance.get("inputs", []) if i.get("role") == role), None)
+    return next(iter(input_uris(provenance, role)), None)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from PIL import Image
 
+from pipeline.outputs.provenance import input_uris
 from pipeline.outputs.tar_reading import IMAGE_EXTENSIONS, tar_samples
 from pipeline.report.data import Item, ReportData
 from pipeline.storage import Storage
@@ -37,10 +38,10 @@ def _role_images(storage: Storage, members: dict[str, bytes]) -> dict[str, bytes
                 found[role] = members[name]
                 break
     provenance = json.loads(members["json"]) if "json" in members else {}
-    styles = provenance.get("styles") or []
+    subjects = input_uris(provenance, "subject")
     named = {
-        "subject": provenance.get("subject"),
-        **{r: u for r, u in zip(ROLES[2:], styles, strict=False)},
+        "subject": subjects[0] if subjects else None,
+        **{r: u for r, u in zip(ROLES[2:], input_uris(provenance, "style"), strict=False)},
     }
     for role, uri in named.items():
         if role in found or not uri or uri.startswith("inline:"):

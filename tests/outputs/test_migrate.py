@@ -9,7 +9,6 @@ import tarfile
 
 import datasets
 import jsonschema
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from support.layout_v1 import write_v1_run
@@ -59,7 +58,7 @@ def test_an_old_run_is_refused_with_the_way_to_migrate_it(old_run):
 def test_migrate_makes_an_old_run_a_layout_2_dataset(old_run, tmp_path):
     start, run = old_run
     # `restyle eval` had scored the old folder: its score files follow their commits.
-    empty = pa.table({n: pa.array([], t) for n, t in zip(SCORE_SCHEMA.names, SCORE_SCHEMA.types)})
+    empty = SCORE_SCHEMA.empty_table()
     scores = {
         "part-000000.parquet": table_to_bytes(empty),
         "retry-01/part-000000.features.safetensors": b"r1",

@@ -17,6 +17,7 @@ from pipeline.outputs.run_layout import committed, summary_uri
 from pipeline.outputs.run_state import RunState
 from pipeline.outputs.scores import write_scores
 from pipeline.report.build import write_report
+from pipeline.storage import Storage
 
 IDS = {0: [f"item-{i:02d}" for i in range(16)], 1: [f"item-{i:02d}" for i in range(16, 30)]}
 
@@ -104,3 +105,14 @@ def test_report_of_an_s3_run_opens_in_chromium_with_every_thumbnail(s3_server, s
         assert visit.screenshot.stat().st_size > 10_000
     finally:
         browser.close()
+
+
+def test_thumbnails_of_references_named_by_the_provenance(tmp_path):
+    """A run that did not store its references: the subject and style thumbnails come from the
+    URIs in each sample's provenance `inputs`."""
+    storage = Storage()
+    run_uri = str(tmp_path / "run")
+    write_run(storage, run_uri, {0: ["a", "b"]}, references=False)
+    summary = write_report(storage, run_uri, str(tmp_path / "report"))
+    assert summary.thumbnails == 6  # 2 ok x (result, subject, style)
+    assert (tmp_path / "report" / "thumbs" / "a.style.jpg").exists()

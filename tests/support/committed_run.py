@@ -57,12 +57,17 @@ def write_run(
             images[item_id] = roles
             key = sample_key(item_id)
             members = {f"result.{options.extension}": encode_image(roles["result"], options)}
-            if references:
-                members["subject.png"] = encode_image(roles["subject"], options)
-                members["style.png"] = encode_image(roles["style"], options)
+            inputs = []
+            for role in ("subject", "style"):
+                if references:  # a triplet run stores its references in the sample
+                    members[f"{role}.png"] = encode_image(roles[role], options)
+                else:  # else the provenance names them, as a run's does
+                    uri = f"{run_uri}-inputs/{item_id}.{role}.png"
+                    storage.write_bytes(uri, encode_image(roles[role], options))
+                    inputs.append({"role": role, "uri": uri})
             members["txt"] = f"caption {item_id}".encode()
             members["json"] = json.dumps(
-                {"id": item_id, "prompt": f"a picture of {item_id}"}
+                {"id": item_id, "prompt": f"a picture of {item_id}", "inputs": inputs}
             ).encode()
             writer.add_sample(key, members)
             writer.add_record(
