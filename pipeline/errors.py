@@ -13,6 +13,33 @@ from enum import IntEnum, StrEnum
 from pathlib import Path
 
 
+class ExitCode(IntEnum):
+    """Every exit code a `restyle` command returns on purpose: the one table (README, "Exit
+    codes") that cron, KubeRay and CI read. 1 is never used on purpose (Python's code for an
+    uncaught exception: a crash, a bug to report) and 2 keeps click's meaning (the command line
+    is wrong). When several apply, the larger problem wins: INCOMPLETE over ITEMS_FAILED."""
+
+    OK = 0  # everything asked for is done and every item came out ok
+    CRASH = 1  # not returned on purpose: an unexpected exception (a bug; please report it)
+    USAGE = 2  # the command line, a --config file or a job spec is wrong; nothing started
+    ITEMS_FAILED = 3  # the run is complete but items failed: `restyle run ... --retry-failed`
+    INCOMPLETE = 4  # shards are not committed (failed to commit, or not run yet): rerun it
+    CANNOT_START = 5  # an input cannot be used (manifest, weights, storage, Ray, run folder)
+    CHECK_FAILED = 6  # `manifest validate` / `weights verify` found problems (listed)
+    ALREADY_SUBMITTED = 7  # `submit`: this job already ran (or runs) for this night
+    JOB_FAILED = 8  # `submit --wait`: the job ended FAILED or STOPPED
+    QUALITY_REGRESSION = 9  # `nightly`: a metric's median dropped by more than the margin
+    INTERRUPTED = 75  # reserved: stopped by a signal, resumable by rerunning (EX_TEMPFAIL)
+
+    @classmethod
+    def of_run(cls, *, shards_missing: int, items_failed: int, uncommitted: int = 0) -> ExitCode:
+        """The code of a run (or a job's run) from its totals: what `run` and `status` share.
+        `uncommitted`: objects of an interrupted commit (a retry's, say) still without a marker."""
+        if shards_missing or uncommitted:
+            return cls.INCOMPLETE
+        return cls.ITEMS_FAILED if items_failed else cls.OK
+
+
 class ItemStatus(StrEnum):
     """What happened to one input item; the value is what records and markers store on disk.
 
@@ -112,13 +139,3 @@ class WeightFileError(WeightsError):
 
     def __reduce__(self) -> tuple:
         return (type(self), (self.path, self.problem, self.keys))
-
-
-class ExitCode(IntEnum):
-    """What `restyle` commands exit with (README "Exit codes"); cron and CI read these."""
-
-    OK = 0
-    ITEMS_FAILED = 1  # the command ran; some items failed (records say which)
-    FAILED = 2  # the command could not run, or whole shards failed
-    DUPLICATE_SUBMISSION = 3  # `restyle submit`: this job already ran for this night
-    QUALITY_REGRESSION = 4  # `restyle nightly`: a metric's median dropped by more than the margin

@@ -1,8 +1,10 @@
 """What every `restyle` command shares: option types, output, and one-line operator errors.
 
 A command prints a table for people or one JSON object for scripts (`emit`), and turns the
-errors an operator can fix into one red line and an exit code (`operator_errors`, `fail`)
-instead of a traceback.
+errors an operator can fix into one red line and a documented exit code (`operator_errors`,
+`fail`, `pipeline.errors.ExitCode`) instead of a traceback. Every option can also come from a
+`RESTYLE_<OPTION>` environment variable (shown in `--help`); choices are enums, so `--help`
+lists them and the shell completes them.
 """
 
 from __future__ import annotations
@@ -18,26 +20,42 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from pipeline.config import ModelName
+from pipeline.errors import ExitCode
+from pipeline.execution.logs import STDERR
 from pipeline.storage import StorageSettings
 
-console = Console(stderr=True)
+console = STDERR
+
+
+def env(option: str) -> str:
+    """The environment variable of an option: `--caption-model` -> RESTYLE_CAPTION_MODEL."""
+    return "RESTYLE_" + option.lstrip("-").replace("-", "_").upper()
+
 
 Manifest = Annotated[
     list[str],
     typer.Argument(
-        help="Manifest files, folders, globs or brace ranges; local paths or s3:// URIs."
+        help="Manifest files, folders, globs or brace ranges; local paths or s3:// URIs.",
+        envvar=env("manifest"),
     ),
 ]
-Out = Annotated[str, typer.Option("--out", "-o", help="Output root (local folder or s3:// URI).")]
+Out = Annotated[
+    str,
+    typer.Option(
+        "--out", "-o", help="Output root (local folder or s3:// URI).", envvar=env("--out")
+    ),
+]
 RunName = Annotated[
     str | None,
     typer.Option(
         "--run",
         help="Run name; outputs go to <out>/<run>/. Default: <model>-<config fingerprint>, "
         "so the same command resumes and a changed config gets its own folder.",
+        envvar=env("--run"),
     ),
 ]
-Model = Annotated[str, typer.Option("--model", "-m", help="uso | omniconsistency")]
+Model = Annotated[ModelName, typer.Option("--model", "-m", help="Model.", envvar=env("--model"))]
 Weights = Annotated[
     str,
     typer.Option(
@@ -45,6 +63,7 @@ Weights = Annotated[
         help="'tiny' (tiny random weights: pictures are noise), 'random-full' "
         "(speed benchmarks), 'hf' (Hugging Face Hub, HF_TOKEN), an s3:// mirror "
         "(restyle weights pull --to s3://...), or a local weights folder.",
+        envvar=env("--weights"),
     ),
 ]
 Endpoint = Annotated[
@@ -52,18 +71,33 @@ Endpoint = Annotated[
     typer.Option(
         "--endpoint-url",
         help="S3-compatible endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL).",
+        envvar=env("--endpoint-url"),
     ),
 ]
-Region = Annotated[str | None, typer.Option("--region", help="S3 region.")]
-Profile = Annotated[str | None, typer.Option("--profile", help="AWS profile for credentials.")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print a JSON object instead of a table.")]
+Region = Annotated[str | None, typer.Option("--region", help="S3 region.", envvar=env("--region"))]
+Profile = Annotated[
+    str | None,
+    typer.Option("--profile", help="AWS profile for credentials.", envvar=env("--profile")),
+]
+AsJson = Annotated[
+    bool,
+    typer.Option("--json", help="Print a JSON object instead of a table.", envvar=env("--json")),
+]
 Address = Annotated[
     str | None,
     typer.Option(
-        help="Ray cluster address (default: $RAY_ADDRESS inside a Ray job, else a local Ray)."
+        help="Ray cluster address: host:port, ray://host:10001 or auto (default: $RAY_ADDRESS "
+        "inside a Ray job, else a local Ray). Checked before anything starts.",
+        envvar=env("--address"),
     ),
 ]
-Progress = Annotated[bool, typer.Option(help="Show a progress bar.")]
+Progress = Annotated[
+    bool,
+    typer.Option(
+        help="Show progress: a live display on a terminal, else an INFO line every 30 s.",
+        envvar=env("--progress"),
+    ),
+]
 
 
 def emit(title: str, rows: list[tuple[str, str]], data: dict, as_json: bool) -> None:
@@ -90,17 +124,24 @@ def storage_settings(
     )
 
 
-def fail(message: object, code: int = 2) -> NoReturn:
+def error_line(message: object) -> None:
+    """One red line on stderr ("error: ..."); the text is printed as written."""
+    first = str(message).strip().splitlines() or [""]
+    console.print(f"[red]error:[/red] {escape(first[0])}", soft_wrap=True)  # "[a, b]" is text
+
+
+def fail(message: object, code: int = ExitCode.CANNOT_START) -> NoReturn:
     """One red line on stderr, then exit with `code`."""
-    console.print(f"[red]error:[/red] {escape(str(message))}", soft_wrap=True)  # "[a, b]" is text
-    raise typer.Exit(code)
+    error_line(message)
+    raise typer.Exit(int(code))
 
 
 @contextmanager
 def operator_errors(*extra: type[BaseException]) -> Iterator[None]:
-    """Turn the errors an operator can fix (bad manifest or spec, storage, weights, conflicting
-    run, and any `extra` kinds) into one clear line and exit code 2, instead of a traceback."""
-    from pipeline.errors import RunError, WeightsError
+    """Turn the errors an operator can fix into one clear line instead of a traceback: a wrong
+    option, --config file or spec (`ConfigError`, exit USAGE); an unusable manifest, storage,
+    weights, Ray address or run folder, and any `extra` kinds (exit CANNOT_START)."""
+    from pipeline.errors import ConfigError, RunError, WeightsError
     from pipeline.storage import StorageError
 
     handled: tuple[type[BaseException], ...] = (
@@ -113,5 +154,7 @@ def operator_errors(*extra: type[BaseException]) -> Iterator[None]:
     )
     try:
         yield
+    except ConfigError as error:
+        fail(error, ExitCode.USAGE)
     except handled as error:
-        fail(error)
+        fail(error, ExitCode.CANNOT_START)

@@ -2,14 +2,17 @@
 
 Registered on the main typer app by `pipeline/cli/main.py`. Each
 command reads a job spec (jobs/*.yaml, see `pipeline.jobs.specs`) or a run folder, calls the
-library, prints a table (or `--json`) and exits 0 when everything came out ok, 1 when items
-failed, 2 when the job could not run or shards failed.
+library, prints a table (or `--json`) and exits with the codes of `restyle run`
+(`pipeline.errors.ExitCode`): 0 everything ok, 3 items failed, 4 shards not committed, 2 a
+wrong option or spec, 5 an input that cannot be used; `submit` adds 7 (already submitted for
+this night) and, with --wait, 8 (the job failed).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
+import json
+from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -23,23 +26,36 @@ from pipeline.cli.common import (
     Region,
     console,
     emit,
+    env,
     fail,
     operator_errors,
     storage_settings,
 )
+from pipeline.errors import ExitCode
+
+
+class RuntimeEnv(StrEnum):
+    """How a submitted job gets restyle (see `pipeline.jobs.submit`)."""
+
+    PROJECT = "project"
+    SOURCE = "source"
+    CLUSTER = "cluster"
+
 
 SpecArg = Annotated[
     str | None,
     typer.Argument(
         help="Job spec (local path or s3:// URI). Default: the spec in $RESTYLE_JOB_SPEC, which "
-        "`restyle submit` sets for the job it starts."
+        "`restyle submit` sets for the job it starts.",
+        envvar=env("spec"),
     ),
 ]
 Night = Annotated[
     str | None,
     typer.Option(
         help="Night label, normally the date (default: today, UTC). Names the run folder and the "
-        "submission id."
+        "submission id.",
+        envvar=env("--night"),
     ),
 ]
 
@@ -68,7 +84,6 @@ def triplets(
     """Build (style, subject, result) triplet shards from a subject and a style catalog."""
     from pipeline.jobs.triplets import TripletError, TripletJob, TripletSpec
 
-    logging.basicConfig(level=logging.WARNING)
     settings = storage_settings(endpoint_url, region, profile)
     with operator_errors(TripletError):
         job = TripletJob(
@@ -114,7 +129,6 @@ def nightly(
     """Restyle the catalog rows not yet produced under this config (a no-op when none)."""
     from pipeline.jobs.nightly import NightlyError, NightlyJob, NightlySpec
 
-    logging.basicConfig(level=logging.WARNING)
     settings = storage_settings(endpoint_url, region, profile)
     with operator_errors(NightlyError):
         job = NightlyJob(
@@ -157,27 +171,43 @@ def nightly(
 
 
 def submit(
-    spec: Annotated[str, typer.Argument(help="Job spec file (nightly or triplets).")],
+    spec: Annotated[
+        str, typer.Argument(help="Job spec file (nightly or triplets).", envvar=env("spec"))
+    ],
     address: Annotated[
         str | None,
-        typer.Option(help="Ray job API address, e.g. http://head:8265 (default: $RAY_ADDRESS)."),
+        typer.Option(
+            help="Ray job API address, e.g. http://head:8265 (default: $RAY_ADDRESS).",
+            envvar=env("--job-address"),
+        ),
     ] = None,
     night: Night = None,
     wait: Annotated[
-        bool, typer.Option("--wait", help="Stream the job's logs until it ends.")
+        bool,
+        typer.Option("--wait", help="Stream the job's logs until it ends.", envvar=env("--wait")),
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print the submission (id, entrypoint, runtime environment) and submit nothing.",
+            envvar=env("--dry-run"),
+        ),
     ] = False,
     runtime_env: Annotated[
-        str,
+        RuntimeEnv,
         typer.Option(
             "--runtime-env",
-            help="project (upload restyle + pip its dependencies, not torch) | "
+            help="project (upload restyle + pip its dependencies, not torch or Ray) | "
             "source (upload restyle only) | cluster (the image has restyle).",
+            envvar=env("--runtime-env"),
         ),
-    ] = "project",
+    ] = RuntimeEnv.PROJECT,
     submission_id: Annotated[
         str | None,
         typer.Option(
-            help="Override the deterministic id <name>-<night> (for a deliberate re-run)."
+            help="Override the deterministic id <name>-<night> (for a deliberate re-run).",
+            envvar=env("--submission-id"),
         ),
     ] = None,
     endpoint_url: Endpoint = None,
@@ -186,6 +216,7 @@ def submit(
     as_json: AsJson = False,
 ) -> None:
     """Submit a job spec to a Ray cluster; refused if this job already ran for this night."""
+    from pipeline.errors import ConfigError
     from pipeline.jobs.nightly import check_night, today
     from pipeline.jobs.specs import read_spec
     from pipeline.jobs.submit import (
@@ -200,11 +231,18 @@ def submit(
 
     try:
         source = read_spec(spec, Storage(storage_settings(endpoint_url, region, profile)))
-        plan = build_submission(source, check_night(night or today()), runtime_env, submission_id)
+        plan = build_submission(
+            source, check_night(night or today()), runtime_env.value, submission_id
+        )
+        if dry_run:
+            _print_submission(plan, as_json)
+            raise typer.Exit(int(ExitCode.OK))
         client = client_for(address)
         job_id = submit_job(client, plan)
     except DuplicateSubmissionError as error:
-        fail(str(error), code=3)
+        fail(str(error), code=ExitCode.ALREADY_SUBMITTED)
+    except ConfigError as error:
+        fail(str(error), code=ExitCode.USAGE)
     except (SubmissionError, ValueError) as error:
         fail(str(error))
     emit(
@@ -216,17 +254,52 @@ def submit(
     if wait:
         status = follow(client, job_id)
         console.print(f"job {job_id}: {status}")
-        raise typer.Exit(0 if status == "SUCCEEDED" else 1)
+        raise typer.Exit(int(ExitCode.OK if status == "SUCCEEDED" else ExitCode.JOB_FAILED))
+
+
+def _print_submission(plan, as_json: bool) -> None:
+    """What `submit` would send: the id, the entrypoint and the runtime environment."""
+    data = {
+        "submission_id": plan.submission_id,
+        "entrypoint": plan.entrypoint,
+        "runtime_env": plan.runtime_env,
+        "metadata": plan.metadata,
+    }
+    if as_json:
+        print(json.dumps(data, indent=1, sort_keys=True))
+        return
+    env_vars = dict(plan.runtime_env.get("env_vars", {}))
+    shown = {k: (f"<{len(v)} characters>" if "\n" in v else v) for k, v in env_vars.items()}
+    emit(
+        "submission (dry run: nothing submitted)",
+        [
+            ("submission id", plan.submission_id),
+            ("entrypoint", plan.entrypoint),
+            ("runtime env", json.dumps({**plan.runtime_env, "env_vars": shown}, indent=1)),
+        ],
+        data,
+        as_json=False,
+    )
 
 
 def caption(
-    run_uri: Annotated[str, typer.Argument(help="A run folder: <out>/<run>.")],
+    run_uri: Annotated[
+        str, typer.Argument(help="A run folder: <out>/<run>.", envvar=env("run_uri"))
+    ],
     model: Annotated[
         str,
-        typer.Option(help="Captioning model: a transformers folder, an s3:// folder, or 'tiny'."),
+        typer.Option(
+            help="Captioning model: a transformers folder, an s3:// folder, or 'tiny'.",
+            envvar=env("--caption-model"),
+        ),
     ],
-    actors: Annotated[int, typer.Option(help="Caption actors (0 = one per GPU, or 1).")] = 0,
-    device: Annotated[str, typer.Option(help="auto | cuda | cpu")] = "auto",
+    actors: Annotated[
+        int,
+        typer.Option(help="Caption actors (0 = one per GPU, or 1).", envvar=env("--actors")),
+    ] = 0,
+    device: Annotated[
+        str, typer.Option(help="auto | cuda | cuda:N | cpu", envvar=env("--device"))
+    ] = "auto",
     address: Address = None,
     endpoint_url: Endpoint = None,
     region: Region = None,
@@ -236,7 +309,6 @@ def caption(
     """Caption a finished run's results as a separate stage (sidecar parquet per shard)."""
     from pipeline.jobs.caption import caption_run
 
-    logging.basicConfig(level=logging.WARNING)
     with operator_errors():
         summary = caption_run(
             run_uri, model, storage_settings(endpoint_url, region, profile), actors, device, address

@@ -1,13 +1,16 @@
 """`restyle weights list | pull | verify`: the registry, fetching and mirroring, checking a folder.
 
-Thin: options in, library calls (`registry`, `pull`, `verify`), a rich table out. Every
-`WeightsError` is printed as one line (it names the file or source and what to do) with exit
-code 2; `verify` exits 1 when a file has a problem.
+Thin: options in, library calls (`registry`, `pull`, `verify`), a rich table (or `--json`) out.
+Every `WeightsError` is printed as one line (it names the file or source and what to do) with
+exit code 5 (CANNOT_START); `verify` exits 6 (CHECK_FAILED) when a file has a problem. `list`
+is a light command: it imports neither torch nor Ray.
 """
 
 from __future__ import annotations
 
-import logging
+import dataclasses
+import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -16,20 +19,34 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.cli.common import (
+    AsJson,
     Endpoint,
     Profile,
     Region,
     console,
+    env,
     fail,
     operator_errors,
     storage_settings,
 )
-from pipeline.errors import WeightsError
+from pipeline.errors import ExitCode, WeightsError
+from pipeline.models.registry import MODEL_NAMES
 
 weights_app = typer.Typer(
     help="Weight registry, pulling/mirroring and verification.", no_args_is_help=True
 )
-Models = Annotated[list[str], typer.Argument(help="uso | omniconsistency | all")]
+ModelOrAll = StrEnum(  # type: ignore[misc]
+    "ModelOrAll", [(name.upper(), name) for name in (*MODEL_NAMES, "all")]
+)
+Models = Annotated[list[ModelOrAll], typer.Argument(help="Models.", envvar=env("models"))]  # type: ignore[valid-type]
+
+
+def _names(models: list | None) -> list[str]:
+    return [getattr(m, "value", m) for m in models or []]
+
+
+def _print_json(data: object) -> None:
+    print(json.dumps(data, indent=1, sort_keys=True, default=str))
 
 
 def _size(size: int | None) -> str:
@@ -39,15 +56,33 @@ def _size(size: int | None) -> str:
 
 
 @weights_app.command("list")
-def list_files(models: Models = None) -> None:  # type: ignore[assignment]
+def list_files(models: Models = None, as_json: AsJson = False) -> None:  # type: ignore[assignment]
     """The files each model needs: Hub repo and file, place in the weights root, size, sha256."""
     from pipeline.weights.registry import load_registry
 
     try:
         registry = load_registry()
-        entries = registry.files_for(models or ["all"])
+        entries = registry.files_for(_names(models) or ["all"])
     except WeightsError as error:
         fail(error)
+    if as_json:
+        _print_json(
+            {
+                "registry": str(registry.source),
+                "files": [
+                    {
+                        "component": e.component,
+                        "dest": e.dest,
+                        "repo": e.repo,
+                        "path": e.path,
+                        "size": e.size,
+                        "sha256": e.sha256,
+                    }
+                    for e in entries
+                ],
+            }
+        )
+        return
     table = Table(title=f"weight registry ({registry.source})")
     for column in (
         "component",
@@ -85,17 +120,21 @@ def pull(
             "--from",
             help="'hf' (Hugging Face Hub, token from "
             "HF_TOKEN), an s3:// mirror, or a local weights folder.",
+            envvar=env("--from"),
         ),
     ] = "hf",
     to: Annotated[
         str | None,
         typer.Option(
-            "--to", help="Local folder or s3:// mirror prefix (default: this node's weight cache)."
+            "--to",
+            help="Local folder or s3:// mirror prefix (default: this node's weight cache).",
+            envvar=env("--to"),
         ),
     ] = None,
     endpoint_url: Endpoint = None,
     region: Region = None,
     profile: Profile = None,
+    as_json: AsJson = False,
 ) -> None:
     """Fetch the files MODELS need from a source, verified, into a folder or an s3:// mirror."""
     from pipeline.storage import Storage
@@ -104,10 +143,9 @@ def pull(
     from pipeline.weights.resolve import staged_root, weight_cache_dir
     from pipeline.weights.sources import LocalSource, open_source
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     storage = Storage(storage_settings(endpoint_url, region, profile))
     try:
-        names = check_models(models)
+        names = check_models(_names(models))
         origin = open_source(source, storage)
         if to is None and isinstance(origin, LocalSource):
             raise WeightsError(
@@ -117,6 +155,9 @@ def pull(
         report = pull_files(origin, names, target, storage, weight_cache_dir() / "pull-scratch")
     except (WeightsError, OSError) as error:
         fail(error)
+    if as_json:
+        _print_json({"models": names, **dataclasses.asdict(report)})
+        return
     table = Table(title=f"pulled {', '.join(names)}", show_header=False)
     table.add_row("from", report.source)
     table.add_row("to", report.target)
@@ -132,22 +173,47 @@ def pull(
 
 @weights_app.command()
 def verify(
-    folder: Annotated[Path, typer.Argument(help="A local weights root.")],
+    folder: Annotated[
+        Path, typer.Argument(help="A local weights root.", envvar=env("weights_root"))
+    ],
     model: Annotated[
-        list[str] | None,
-        typer.Option("--model", "-m", help="Model(s) to check (default: those the folder holds)."),
+        list[ModelOrAll] | None,  # type: ignore[valid-type]
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model(s) to check (default: those the folder holds).",
+            envvar=env("--verify-models"),
+        ),
     ] = None,
     hashes: Annotated[
-        bool, typer.Option("--hash/--no-hash", help="Also check sha256 (cached per node).")
+        bool,
+        typer.Option(
+            "--hash/--no-hash", help="Also check sha256 (cached per node).", envvar=env("--hash")
+        ),
     ] = True,
+    as_json: AsJson = False,
 ) -> None:
     """Check presence, sizes, tensor names/shapes and sha256 of every file; print a table."""
     from pipeline.weights.verify import verify_root
 
     try:
-        report = verify_root(folder, model or None, check_hashes=hashes)
+        report = verify_root(folder, _names(model) or None, check_hashes=hashes)
     except WeightsError as error:
         fail(error)
+    bad = sum(not row.ok for row in report.rows)
+    code = ExitCode.CHECK_FAILED if bad else ExitCode.OK
+    if as_json:
+        _print_json(
+            {
+                "root": str(report.root),
+                "models": report.models,
+                "preset": report.preset,
+                "files": [dataclasses.asdict(row) for row in report.rows],
+                "problems": bad,
+                "exit_code": int(code),
+            }
+        )
+        raise typer.Exit(int(code))
     table = Table(
         title=f"verify {report.root} ({', '.join(report.models)}, {report.preset} architecture)"
     )
@@ -165,19 +231,26 @@ def verify(
             style=style,
         )
     Console(width=max(Console().width, 160)).print(table)
-    bad = sum(not row.ok for row in report.rows)
     Console().print(
         f"{len(report.rows)} checked, {bad} with problems"
         if bad
         else f"{len(report.rows)} checked, all ok"
     )
-    raise typer.Exit(1 if bad else 0)
+    raise typer.Exit(int(code))
 
 
 @weights_app.command("convert-csd")
 def convert_csd_command(
-    checkpoint: Annotated[Path, typer.Argument(help="CSD's checkpoint.pth (learn2phoenix/CSD).")],
-    out: Annotated[Path, typer.Argument(help="Folder to write (restyle eval --csd FOLDER).")],
+    checkpoint: Annotated[
+        Path,
+        typer.Argument(
+            help="CSD's checkpoint.pth (learn2phoenix/CSD).", envvar=env("csd_checkpoint")
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Argument(help="Folder to write (restyle eval --csd FOLDER).", envvar=env("csd_out")),
+    ],
 ) -> None:
     """Convert the CSD release checkpoint into the folder `restyle eval --csd` loads."""
     from pipeline.weights.csd_convert import convert_csd

@@ -35,6 +35,8 @@ from pipeline.config.values import (
     ImageFormatName,
     Metrics,
     ModelChoice,
+    PathRef,
+    PathRefs,
     Quality,
     Seed,
     Side,
@@ -234,6 +236,22 @@ class RunRequest(RunSettings):
         return self.run_config(
             manifest=self.manifest, output=self.output, model=self.model, run=self.run
         )
+
+
+class RunFile(RunSettings):
+    """`restyle run --config run.yaml`: the run settings of a job spec (same keys, rules and
+    messages), plus what the command line otherwise gives. Relative paths resolve beside the
+    file; an option given on the command line (or in its RESTYLE_* variable) wins over the
+    file. Published as jobs/schema/run.schema.json."""
+
+    manifest: PathRefs | None = None
+    """Manifest files, folders, globs or brace ranges (one, or a list); local or s3://."""
+    output: PathRef | None = None
+    """Output root (a local folder or an s3:// URI); the run goes to <output>/<run>/."""
+    model: ModelChoice | None = None
+    """The model every row runs with (rows for another model are skipped)."""
+    run: Text | None = None
+    """Run folder name (default: <model>-<config fingerprint>)."""
 
 
 class RunConfig(ConfigModel):

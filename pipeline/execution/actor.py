@@ -17,6 +17,8 @@ from pathlib import Path
 import ray
 
 from pipeline.config import EvalSettings, RunConfig
+from pipeline.execution.logs import configure_logging
+from pipeline.execution.metrics import record_actor_start
 from pipeline.models.registry import load_model, load_random_model
 from pipeline.models.runtime import resolve_device
 from pipeline.processing.captions import make_captioner
@@ -34,7 +36,7 @@ class StylizeActor:
     """Holds one loaded model; `process` runs a shard end to end and returns its marker."""
 
     def __init__(self, config: RunConfig, storage_settings: StorageSettings):
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        configure_logging()  # the driver's level and format, from the actor's environment
         t0 = time.perf_counter()
         self.device = str(resolve_device(config.options.device))
         options = config.options
@@ -44,18 +46,22 @@ class StylizeActor:
             options = replace(options, device=self.device)
         storage = Storage(storage_settings)
         root = local_root(config.weights, model=config.model, storage=storage)
+        self.staging_s = time.perf_counter() - t0
         model = (
             load_random_model(config.model, options)
             if root is None
             else load_model(config.model, root, options)
         )
-        self.load_s = time.perf_counter() - t0
+        self.load_s = time.perf_counter() - t0 - self.staging_s
+        record_actor_start(config.model, self.staging_s, self.load_s)
         log.info(
-            "actor pid %d loaded %s from %s in %.1f s on %s (CUDA_VISIBLE_DEVICES=%s)",
+            "actor pid %d loaded %s from %s in %.1f s (weights ready after %.1f s) on %s "
+            "(CUDA_VISIBLE_DEVICES=%s)",
             os.getpid(),
             config.model,
             config.weights,
             self.load_s,
+            self.staging_s,
             self.device,
             os.environ.get("CUDA_VISIBLE_DEVICES"),
         )
@@ -82,6 +88,7 @@ class StylizeActor:
             "pid": os.getpid(),
             "device": self.device,
             "load_s": self.load_s,
+            "staging_s": self.staging_s,
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "node": ray.get_runtime_context().get_node_id(),
         }

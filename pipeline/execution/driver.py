@@ -12,59 +12,82 @@ import dataclasses
 import logging
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pipeline.config import RunConfig, code_version
-from pipeline.errors import RunError
-from pipeline.execution.actor import SHARDS_IN_FLIGHT_PER_ACTOR, StylizeActor
-from pipeline.execution.cluster import connect
-from pipeline.execution.dispatch import dispatch
-from pipeline.execution.pool import ActorPool, ActorSpec, pool_size
+from pipeline.errors import ExitCode, RunError
 from pipeline.execution.progress import RunProgress
-from pipeline.manifests import ManifestShard, list_shards
+from pipeline.manifests import ManifestShard, count_items, list_shards
 from pipeline.outputs.commit import ShardStats
 from pipeline.outputs.run_state import RunState
+from pipeline.outputs.status import RunStatus, run_status
 from pipeline.processing.shard import ShardTask
 from pipeline.storage import Storage, StorageSettings
 from pipeline.storage.uris import public_uri
 from pipeline.weights.resolve import ResolvedWeights, resolve_weights
 
+if TYPE_CHECKING:
+    from pipeline.execution.pool import ActorPool
+
 log = logging.getLogger(__name__)
+COUNT_THREADS = 8  # manifest footers read at once when counting a run's items
 
 
 @dataclass
 class RunSummary:
+    """What `restyle run` reports. The item counts, images/s and exit code are the run's totals
+    over every commit (`restyle status` computes the very same from the same markers and
+    records); the shard counts say what this invocation did."""
+
     run_uri: str
     fingerprint: str
+    weights: str = ""  # the weights spec ("tiny", "s3://...", a folder)
+    random_weights: bool = False  # the pictures are noise
     shards_total: int = 0
     shards_already_done: int = 0
-    shards_committed: int = 0
+    shards_committed: int = 0  # by this invocation
     shards_failed: dict[int, str] = field(default_factory=dict)  # shard index -> reason
+    shards_missing: int = 0  # input shards without a commit when the run ended
+    uncommitted: int = 0  # objects of an interrupted commit still without a marker
     items: int = 0
     ok: int = 0
     failed: int = 0
     skipped: int = 0
     errors: Counter = field(default_factory=Counter)
-    wall_s: float = 0.0
+    images_per_s: float = 0.0  # the same figure as `restyle status`
+    items_retried: int = 0  # `--retry-failed`: failed items this invocation re-ran
+    wall_s: float = 0.0  # this invocation, Ray's start included
 
     @property
-    def images_per_s(self) -> float:
-        return self.ok / self.wall_s if self.wall_s else 0.0
+    def exit_code(self) -> ExitCode:
+        return ExitCode.of_run(
+            shards_missing=self.shards_missing,
+            items_failed=self.failed,
+            uncommitted=self.uncommitted,
+        )
 
-    @property
-    def exit_code(self) -> int:
-        """0 when every item of every shard came out ok; 1 when items failed; 2 when shards did."""
-        if self.shards_failed:
-            return 2
-        return 1 if self.failed else 0
+    def take_totals(self, status: RunStatus) -> None:
+        self.shards_missing = status.shards_missing
+        self.uncommitted = len(status.uncommitted)
+        self.items, self.ok, self.failed, self.skipped = (
+            status.items,
+            status.ok,
+            status.failed,
+            status.skipped,
+        )
+        self.errors = Counter(status.errors)
+        self.images_per_s = status.images_per_s
 
-    def add(self, stats: ShardStats) -> None:
-        self.shards_committed += 1
-        self.items += stats.count
-        self.ok += stats.ok
-        self.failed += stats.failed
-        self.skipped += stats.skipped
-        self.errors.update(stats.errors)
+    def advice(self) -> str | None:
+        """What to do next, when something is left to do."""
+        if self.shards_missing or self.uncommitted:
+            missing = self.shards_missing or self.uncommitted
+            return f"{missing} shard(s) not committed: rerun the same command to finish them"
+        if self.failed:
+            return f"{self.failed} item(s) failed: rerun with --retry-failed to redo only them"
+        return None
 
 
 @dataclass
@@ -134,17 +157,31 @@ class Runner:
                 done[shard.index] = stats
         return Plan(self.config, weights, fingerprint, shards, done)
 
+    def conflict(self, plan: Plan) -> None:
+        """Refuse, as `run` would, a run folder that holds another configuration."""
+        self.state.check_claim(plan.run_json(self.settings))
+
+    def count_items(self, shards: list[ManifestShard]) -> int:
+        """Items of `shards` from their footers (or tar headers), a few files at a time; a
+        manifest without an `id` column, or with a column of the wrong type, is refused here."""
+        if not shards:
+            return 0
+        with ThreadPoolExecutor(min(COUNT_THREADS, len(shards))) as pool:
+            return sum(pool.map(lambda shard: count_items(shard, self.storage), shards))
+
     # ------------------------------------------------------------------ running
     def run(self) -> RunSummary:
+        """Run the shards not yet committed. Everything that can be checked is checked before
+        Ray starts: the Ray address, the manifests' columns, the weights, the run folder."""
+        from pipeline.execution.cluster import check_address
+
+        check_address(self.address)
         plan = self.plan()
+        only = None if self.config.only_ids is None else frozenset(self.config.only_ids)
+        total_items = self.count_items(plan.todo) if only is None else len(only)
         self.state.claim(plan.run_json(self.settings))
-        summary = RunSummary(
-            self.config.run_uri,
-            plan.fingerprint,
-            shards_total=len(plan.shards),
-            shards_already_done=len(plan.done),
-        )
-        return self._execute(self.run_tasks(plan), summary)
+        summary = self._summary(plan, shards_already_done=len(plan.done))
+        return self._execute(self.run_tasks(plan), summary, total_items)
 
     def run_tasks(self, plan: Plan) -> list[ShardTask]:
         """One task per shard not yet committed: the whole shard, its first attempt."""
@@ -163,16 +200,29 @@ class Runner:
 
     def retry_failed(self) -> RunSummary:
         """Re-run only failed items of committed shards into a new retry commit per shard."""
+        from pipeline.execution.cluster import check_address
+
+        check_address(self.address)
         plan = self.plan()
         if self.state.read_run_json() is None:
             raise RunError(f"{self.config.run_uri} has no run.json: nothing to retry")
         self.state.claim(plan.run_json(self.settings))  # same fingerprint, or a clear refusal
         tasks = self.retry_tasks(plan)
-        summary = RunSummary(self.config.run_uri, plan.fingerprint, shards_total=len(tasks))
+        summary = self._summary(plan, shards_already_done=len(plan.done))
+        summary.items_retried = sum(len(t.only_ids or ()) for t in tasks)
         if not tasks:
             log.info("no failed items in %s", self.config.run_uri)
-            return summary
-        return self._execute(tasks, summary)
+        return self._execute(tasks, summary, summary.items_retried)
+
+    def _summary(self, plan: Plan, shards_already_done: int) -> RunSummary:
+        return RunSummary(
+            self.config.run_uri,
+            plan.fingerprint,
+            weights=str(plan.weights.spec),
+            random_weights=plan.weights.random,
+            shards_total=len(plan.shards),
+            shards_already_done=shards_already_done,
+        )
 
     def retry_tasks(self, plan: Plan) -> list[ShardTask]:
         """One task per committed shard with failed items: those items, its next attempt."""
@@ -193,49 +243,91 @@ class Runner:
         ]
 
     # ------------------------------------------------------------------ execution
-    def _execute(self, tasks: list[ShardTask], summary: RunSummary) -> RunSummary:
+    def _execute(self, tasks: list[ShardTask], summary: RunSummary, total_items: int) -> RunSummary:
         t0 = time.perf_counter()
+        if summary.random_weights:
+            log.warning(
+                "weights %r are RANDOM: the pictures will be noise (for real ones: --weights "
+                "hf, an s3:// mirror or a weights folder)",
+                summary.weights,
+            )
         if tasks:
+            self._run_on_ray(tasks, summary, total_items)
+        summary.take_totals(run_status(self.state))
+        summary.wall_s = time.perf_counter() - t0
+        return summary
+
+    def _run_on_ray(self, tasks: list[ShardTask], summary: RunSummary, total_items: int) -> None:
+        from pipeline.execution.actor import SHARDS_IN_FLIGHT_PER_ACTOR, StylizeActor
+        from pipeline.execution.cluster import connect
+        from pipeline.execution.dispatch import dispatch
+        from pipeline.execution.metrics import RunMetrics
+        from pipeline.execution.pool import ActorPool, ActorSpec, pool_size
+
+        progress = RunProgress(self.show_progress, len(tasks), total_items)
+        try:
+            progress.phase("starting Ray")
             connect(self.address)
+            metrics = RunMetrics(self.config.model)
+            size = pool_size(self.config.actors, len(tasks))
+            what = "actor" if size == 1 else "actors"
+            weights = str(self.config.weights)
+            progress.phase(f"loading {size} {what} (weights {weights})")
+
+            def loading(ready: int, total: int) -> None:
+                progress.set_notes([f"{ready}/{total} {what} ready (staging weights, loading)"])
+
             spec = ActorSpec(
                 StylizeActor,
                 (self.config, self.settings),
                 tasks_per_actor=SHARDS_IN_FLIGHT_PER_ACTOR,
-                what=f"model actors for {self.config.model!r} (weights "
-                f"{str(self.config.weights)!r})",
+                what=f"model actors for {self.config.model!r} (weights {weights!r})",
             )
-            self.pool = ActorPool(spec, pool_size(self.config.actors, len(tasks)))
-            progress = RunProgress(self.show_progress, total_shards=len(tasks))
+            self.pool = ActorPool(spec, size, on_loading=loading)
+            progress.set_notes([])
+            progress.phase("running")
+            progress.work_started()
+            finished = 0
 
             def committed(task: ShardTask, stats: ShardStats) -> None:
-                summary.add(stats)
+                nonlocal finished
+                finished += 1
+                summary.shards_committed += 1
                 progress.shard_committed(stats)
+                metrics.shard_committed(stats)
 
             def failed(task: ShardTask, reason: str) -> None:
+                nonlocal finished
+                finished += 1
                 summary.shards_failed[task.shard.index] = reason
+                metrics.shard_failed()
 
             def live_progress() -> None:
                 live: dict[int, tuple[int, int]] = {}
                 for answer in self.pool.poll("progress") if self.pool else []:
                     live.update(answer)
                 progress.update_live(live)
-
-            try:
-                dispatch(
-                    self.pool,
-                    tasks,
-                    submit=lambda actor, task, seq: actor.process.remote(
-                        dataclasses.replace(task, seq=seq)
-                    ),
-                    on_result=committed,
-                    on_failure=failed,
-                    max_attempts=self.config.max_shard_attempts,
-                    describe=lambda task: f"shard {task.shard.index}",
-                    on_tick=live_progress,
+                in_flight = min(len(tasks) - finished, size * SHARDS_IN_FLIGHT_PER_ACTOR)
+                metrics.tick(
+                    progress.images_per_s(),
+                    queued_shards=len(tasks) - finished - in_flight,
+                    items_in_flight=sum(done for done, _ in live.values()),
                 )
-            finally:
-                progress.close()
+
+            dispatch(
+                self.pool,
+                tasks,
+                submit=lambda actor, task, seq: actor.process.remote(
+                    dataclasses.replace(task, seq=seq)
+                ),
+                on_result=committed,
+                on_failure=failed,
+                max_attempts=self.config.max_shard_attempts,
+                describe=lambda task: f"shard {task.shard.index}",
+                on_tick=live_progress,
+            )
+        finally:
+            progress.close()
+            if self.pool is not None:
                 self.pool.shutdown()
                 self.pool = None
-        summary.wall_s = time.perf_counter() - t0
-        return summary

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, WorkerCrashedError
 
 from pipeline.errors import RunError
+from pipeline.execution.logs import actor_env
 
 log = logging.getLogger(__name__)
 
@@ -45,20 +47,28 @@ def pool_size(requested: int, tasks: int) -> int:
     return max(1, min(requested or max(1, gpus), tasks))
 
 
-class ActorPool:
-    """The live actors of one stage; `actors[i]` is the handle in slot i."""
+LOAD_POLL_S = 0.5
 
-    def __init__(self, spec: ActorSpec, size: int):
+
+class ActorPool:
+    """The live actors of one stage; `actors[i]` is the handle in slot i. `on_loading(ready,
+    total)` hears, about every half second, how many of the actors have loaded their model."""
+
+    def __init__(
+        self, spec: ActorSpec, size: int, on_loading: Callable[[int, int], None] | None = None
+    ):
         self.spec = spec
         self.size = size
+        self.on_loading = on_loading
         gpu = int(ray.cluster_resources().get("GPU", 0)) > 0
         options: dict[str, Any] = {  # actor options (Ray's type stubs know only task options)
             "num_gpus": 1 if gpu else 0,
             "num_cpus": GPU_ACTOR_CPUS if gpu else CPU_ACTOR_CPUS,
             "max_restarts": 0,
             "max_task_retries": 0,
-            "max_concurrency": spec.tasks_per_actor + 2,
-        }  # + progress polls and info calls
+            "max_concurrency": spec.tasks_per_actor + 2,  # + progress polls and info calls
+            "runtime_env": {"env_vars": actor_env()},  # log settings; libraries kept quiet
+        }
         self._remote: Any = ray.remote(**options)(spec.cls)
         self.actors = [self._start() for _ in range(size)]
         self._check_loaded(self.actors)
@@ -67,12 +77,19 @@ class ActorPool:
         return self._remote.remote(*self.spec.args)
 
     def _check_loaded(self, actors: list[Any]) -> None:
+        refs = [a.info.remote() for a in actors]
+        pending = list(refs)
+        while pending:
+            _, pending = ray.wait(pending, num_returns=len(pending), timeout=LOAD_POLL_S)
+            if self.on_loading is not None:
+                self.on_loading(len(refs) - len(pending), len(refs))
         try:
-            infos = ray.get([a.info.remote() for a in actors])
+            infos = ray.get(refs)
         except ACTOR_LOST as error:
-            raise RunError(f"{self.spec.what} could not start: {error}") from error
+            raise RunError(f"{self.spec.what} could not start: {_first_line(error)}") from error
         for info in infos:
-            log.info("%s ready: %s", self.spec.what, info)
+            log.debug("%s ready: %s", self.spec.what, info)
+        self.infos = infos
 
     def free_slots(self, busy: Counter[int]) -> list[int]:
         """One entry per task an actor can still take (`busy`: slot -> tasks it holds)."""
@@ -103,3 +120,14 @@ class ActorPool:
         for actor in self.actors:
             with contextlib.suppress(Exception):  # already gone
                 ray.kill(actor, no_restart=True)
+
+
+def _first_line(error: BaseException) -> str:
+    """The cause of an actor's death in one line: the last line of its traceback when it died
+    raising (`ValueError: ...`), else Ray's first line."""
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, BaseException) and not isinstance(cause, ACTOR_LOST):
+        return f"{type(cause).__name__}: {cause}".splitlines()[0]
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    raised = [line for line in lines if not line.startswith(("File ", "^", "("))]
+    return raised[-1] if raised else (lines[0] if lines else type(error).__name__)

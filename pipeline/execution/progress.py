@@ -1,79 +1,214 @@
-"""The driver's progress bar: items/s, failures, shards committed, ETA."""
+"""The driver's progress: a live display on a terminal, periodic INFO lines in a log.
+
+What a person reads, in both forms: the phase (starting Ray, loading N actors, running), items
+done of the total with the percentage, failures by class, images/s and the time left. Images/s
+has one definition in restyle (`pipeline.outputs.status.images_per_second`: ok images over the
+seconds shards were being processed); live, that is ok images since the first shard started.
+Extra lines under the bar (`notes`: e.g. actors waiting for resources) can be set at any time.
+"""
 
 from __future__ import annotations
 
 import logging
-import sys
 import time
+from collections import Counter
 
-from tqdm import tqdm
+from rich.console import Group
+from rich.live import Live
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.text import Text
 
+from pipeline.execution.logs import STDERR, on_terminal
 from pipeline.outputs.commit import ShardStats
 
 log = logging.getLogger("restyle.progress")
 LOG_EVERY_S = 30.0  # without a terminal, one progress line per this many seconds
 
 
+def duration(seconds: float | None) -> str:
+    """`1h 02m`, `4m 05s`, `12s`; "?" while unknown."""
+    if seconds is None:
+        return "?"
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
 class RunProgress:
-    """Counts committed shards from their markers plus live counts of shards in flight.
+    """Counts committed shards from their markers plus live counts of the shards in flight."""
 
-    On a terminal it draws a tqdm bar; in a log (Ray job, cron) it writes a line every
-    `LOG_EVERY_S` seconds instead of thousands of carriage returns.
-    """
-
-    def __init__(self, enabled: bool, total_shards: int, total_items: int | None = None):
-        self.interactive = enabled and sys.stderr.isatty()
+    def __init__(
+        self,
+        enabled: bool,
+        total_shards: int,
+        total_items: int | None = None,
+        log_every_s: float = LOG_EVERY_S,
+    ):
+        self.interactive = enabled and on_terminal()
         self.logging = enabled and not self.interactive
-        self._started = self._last_log = time.monotonic()
         self.total_shards = total_shards
-        self.committed_items = 0
-        self.committed_failed = 0
+        self.total_items = total_items
+        self.log_every_s = log_every_s
+        self.phase_text = "starting"
+        self.notes: list[str] = []
         self.committed_shards = 0
-        self.bar = tqdm(
-            total=total_items,
-            unit="img",
-            disable=not self.interactive,
-            file=sys.stderr,
-            dynamic_ncols=True,
-            desc="restyle",
-            mininterval=0.5,
+        self.committed = Counter()  # "ok", "skipped" and error classes, from markers
+        self._live_counts: dict[int, tuple[int, int]] = {}
+        self._work_started: float | None = None
+        self._last_log = time.monotonic()
+        self._bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            console=STDERR,
         )
-        self._live: dict[int, tuple[int, int]] = {}
+        self._task = self._bar.add_task("starting", total=total_items, detail="")
+        self._display: Live | None = None
+        if self.interactive:
+            self._display = Live(
+                self._renderable(), console=STDERR, refresh_per_second=4, redirect_stderr=True
+            )
+            self._display.start()
+
+    # ------------------------------------------------------------------ what happens
+    def phase(self, text: str) -> None:
+        """A new phase (starting Ray, staging weights, loading N actors, running)."""
+        self.phase_text = text
+        if self.logging:
+            log.info("%s", text, extra={"phase": text})
         self._refresh()
 
+    def set_notes(self, lines: list[str]) -> None:
+        """Extra lines shown under the bar (and logged when they change, without a terminal)."""
+        if lines != self.notes and self.logging:
+            for line in lines:
+                log.info("%s", line)
+        self.notes = list(lines)
+        self._refresh()
+
+    def work_started(self) -> None:
+        """The first shard went to an actor: images/s and the ETA count from here."""
+        if self._work_started is None:
+            self._work_started = time.monotonic()
+
     def update_live(self, live: dict[int, tuple[int, int]]) -> None:
-        self._live = live
+        self._live_counts = live
         self._refresh()
 
     def shard_committed(self, stats: ShardStats) -> None:
         self.committed_shards += 1
-        self.committed_items += stats.count
-        self.committed_failed += stats.failed
+        self.committed.update({"ok": stats.ok, "skipped": stats.skipped, **stats.errors})
         self._refresh()
 
-    def _refresh(self) -> None:
-        done = self.committed_items + sum(d for d, _ in self._live.values())
-        failed = self.committed_failed + sum(f for _, f in self._live.values())
-        self.bar.n = done
-        self.bar.set_postfix(
-            failed=failed, shards=f"{self.committed_shards}/{self.total_shards}", refresh=False
-        )
-        self.bar.refresh()
-        now = time.monotonic()
-        if self.logging and now - self._last_log >= LOG_EVERY_S:
-            self._last_log = now
-            self._log_line(done, failed, now)
+    # ------------------------------------------------------------------ the numbers
+    @property
+    def done(self) -> int:
+        """Items finished (ok or failed; skipped rows excluded, as in the live counts)."""
+        committed = sum(n for kind, n in self.committed.items() if kind != "skipped")
+        return committed + sum(d for d, _ in self._live_counts.values())
 
-    def _log_line(self, done: int, failed: int, now: float) -> None:
-        rate = done / (now - self._started) if now > self._started else 0.0
-        log.warning(
-            "progress: %d items (%d failed), %d/%d shards, %.3f items/s",
-            done,
-            failed,
+    @property
+    def failed(self) -> int:
+        committed = sum(n for kind, n in self.committed.items() if kind not in ("ok", "skipped"))
+        return committed + sum(f for _, f in self._live_counts.values())
+
+    @property
+    def ok(self) -> int:
+        return self.done - self.failed
+
+    def images_per_s(self, now: float | None = None) -> float:
+        if self._work_started is None:
+            return 0.0
+        elapsed = (now or time.monotonic()) - self._work_started
+        return self.ok / elapsed if elapsed > 0 else 0.0
+
+    def eta_s(self, now: float | None = None) -> float | None:
+        if self.total_items is None or self._work_started is None:
+            return None
+        elapsed = (now or time.monotonic()) - self._work_started
+        if self.done == 0 or elapsed <= 0:
+            return None
+        return max(0, self.total_items - self.done) * elapsed / self.done
+
+    def failures(self) -> str:
+        """`2 failed (bad_input 1, io_error 1)`; classes of shards in flight come at commit."""
+        classes = {k: n for k, n in self.committed.items() if k not in ("ok", "skipped") and n}
+        shown = ", ".join(f"{kind} {n}" for kind, n in sorted(classes.items()))
+        return f"{self.failed} failed" + (f" ({shown})" if shown else "")
+
+    def detail(self) -> str:
+        rate = self.images_per_s()
+        return (
+            f"{self.failures()} | {self.committed_shards}/{self.total_shards} shards | "
+            f"{rate:.2f} images/s | ETA {duration(self.eta_s())}"
+        )
+
+    # ------------------------------------------------------------------ drawing
+    def _renderable(self) -> Group:
+        lines = [Text(f"  {note}") for note in self.notes]
+        return Group(self._bar, *lines)
+
+    def _refresh(self) -> None:
+        self._bar.update(
+            self._task, description=self.phase_text, completed=self.done, detail=self.detail()
+        )
+        if self._display is not None:
+            self._display.update(self._renderable())
+        now = time.monotonic()
+        if (
+            self.logging
+            and self._work_started is not None
+            and now - self._last_log >= self.log_every_s
+        ):
+            self._last_log = now
+            self.log_line(now)
+
+    def log_line(self, now: float | None = None) -> None:
+        total = "?" if self.total_items is None else str(self.total_items)
+        percent = f" ({100 * self.done / self.total_items:.1f}%)" if self.total_items else ""
+        log.info(
+            "progress: %d/%s items%s, %s, %d/%d shards, %.2f images/s, ETA %s",
+            self.done,
+            total,
+            percent,
+            self.failures(),
             self.committed_shards,
             self.total_shards,
-            rate,
+            self.images_per_s(now),
+            duration(self.eta_s(now)),
+            extra={
+                "progress": {
+                    "items_done": self.done,
+                    "items_total": self.total_items,
+                    "failed": self.failed,
+                    "errors": {
+                        k: n for k, n in self.committed.items() if k not in ("ok", "skipped")
+                    },
+                    "shards_committed": self.committed_shards,
+                    "shards_total": self.total_shards,
+                    "images_per_s": self.images_per_s(now),
+                    "eta_s": self.eta_s(now),
+                }
+            },
         )
 
     def close(self) -> None:
-        self.bar.close()
+        if self.logging and self._work_started is not None:
+            self.log_line()
+        if self._display is not None:
+            self._refresh()
+            self._display.stop()
+            self._display = None

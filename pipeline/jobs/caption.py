@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from pipeline.errors import ExitCode
 from pipeline.outputs.caption_sidecars import sidecar_model, sidecar_uri
 from pipeline.outputs.card import write_card
 from pipeline.outputs.run_state import RunState
@@ -37,7 +38,7 @@ class CaptionSummary:
 
     @property
     def exit_code(self) -> int:
-        return 2 if self.failed else 0
+        return ExitCode.INCOMPLETE if self.failed else ExitCode.OK
 
 
 @dataclass

@@ -231,10 +231,11 @@ class NightSummary:
 
     @property
     def exit_code(self) -> int:
-        """The run's code; shard or eval failures (2) first, then a quality regression (4)."""
-        code = 0 if self.run is None else self.run.exit_code
-        if code == ExitCode.FAILED or self.eval_failed:
-            return ExitCode.FAILED
+        """The run's code; shards not committed or not scored (INCOMPLETE) first, then a
+        quality regression (QUALITY_REGRESSION), then the run's own (OK / ITEMS_FAILED)."""
+        code = ExitCode.OK if self.run is None else self.run.exit_code
+        if code == ExitCode.INCOMPLETE or self.eval_failed:
+            return ExitCode.INCOMPLETE
         return ExitCode.QUALITY_REGRESSION if self.regressions else code
 
     def public_dict(self) -> dict[str, Any]:

@@ -7,7 +7,7 @@ are compared with the median of the same metric over the previous `nights` night
 scored (their `runs/<night>/scores/summary.json`, nights ordered by label: dates sort). A
 metric whose median is worse than that baseline by more than `margin` (lower for a similarity,
 higher for a distance) is a regression: the night's summary records it and `restyle nightly`
-exits with `ExitCode.QUALITY_REGRESSION` (4).
+exits with `ExitCode.QUALITY_REGRESSION` (9).
 """
 
 from __future__ import annotations

@@ -12,11 +12,13 @@
   the cluster needs no copy of the file; local paths in it must exist on the cluster.
 - `--runtime-env` says how the cluster gets restyle:
     project (default)  uploads this restyle package (Ray `py_modules`) and pip-installs its
-                       dependencies except torch (the cluster image brings a torch built for
-                       its CUDA; pip must never replace it);
+                       dependencies except torch and Ray (the cluster image brings a torch
+                       built for its CUDA and the cluster's own Ray; pip must replace neither);
     source             uploads the package only: the image already has the dependencies;
     cluster            nothing: the image has restyle installed (`pip install restyle`), as
-                       in the KubeRay manifests under jobs/kuberay/.
+                       in the KubeRay manifests under jobs/kuberay/ (built from the wheel,
+                       jobs/kuberay/Dockerfile).
+- `--dry-run` prints the submission (id, entrypoint, runtime environment) and sends nothing.
 - `--wait` streams the job's logs until it ends; the exit code is 0 only if it SUCCEEDED.
 """
 
@@ -37,7 +39,9 @@ from pipeline.jobs.specs import SPEC_ENV, SPEC_ORIGIN_ENV, SpecSource
 
 RUNTIME_ENVS = ("project", "source", "cluster")
 DISTRIBUTION = "restyle"
-NOT_FROM_PIP = ("torch",)  # the cluster image's CUDA build must stay
+# The cluster brings these: its image's CUDA torch must stay, and so must its Ray (a second
+# copy of Ray in the job's environment would not match the cluster's).
+NOT_FROM_PIP = ("torch", "ray")
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 PY_MODULE_EXCLUDES = ["__pycache__", "*.pyc"]
 AGENT_NOT_READY = "No available agent to submit job"
@@ -65,7 +69,7 @@ def submission_id(name: str, night: str) -> str:
 
 
 def project_requirements() -> list[str]:
-    """restyle's own dependencies (no extras, no torch), for the pip runtime env."""
+    """restyle's own dependencies (no extras, no torch, no Ray), for the pip runtime env."""
     try:
         requires = importlib.metadata.requires(DISTRIBUTION) or []
     except importlib.metadata.PackageNotFoundError as error:

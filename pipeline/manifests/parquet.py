@@ -101,8 +101,10 @@ def read_parquet_rows(uri: str, storage: Storage) -> Iterator[tuple[int, dict[st
 
 
 def count_parquet_rows(uri: str, storage: Storage) -> int:
-    """Rows in one Parquet manifest, from its footer (no row data is read)."""
+    """Rows in one Parquet manifest, from its footer (no row data is read); its columns are
+    checked on the way, so a run or a plan refuses a manifest without `id` before it starts."""
     with _open_parquet(uri, storage) as parquet:
+        check_schema(parquet.schema_arrow, uri)
         return parquet.metadata.num_rows
 
 

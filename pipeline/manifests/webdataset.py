@@ -21,13 +21,21 @@ import tarfile
 from collections.abc import Iterator
 from typing import Any
 
-from webdataset.tariterators import base_plus_ext
-
 from pipeline.manifests.items import ManifestError, RowError
 from pipeline.storage import Storage
 
 STYLE_MEMBER = re.compile(r"^style(\d*)\.[^.]+$")
 SUBJECT_MEMBER = re.compile(r"^subject\.[^.]+$")
+_KEY_AND_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's `base_plus_ext` rule
+
+
+def base_plus_ext(path: str) -> tuple[str | None, str | None]:
+    """(key, extensions) of a member name, split at the first dot of its file name, exactly as
+    `webdataset.tariterators.base_plus_ext` does (importing webdataset would import torch)."""
+    match = _KEY_AND_EXT.match(path)
+    if not match:
+        return None, None
+    return match.group(1), match.group(2)
 
 
 def _sample_row(

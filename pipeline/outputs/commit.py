@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import re
+import tarfile
 import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import webdataset as wds
 
 from pipeline.errors import ItemStatus
 from pipeline.outputs.layout import ShardPaths
@@ -33,6 +33,8 @@ from pipeline.outputs.records import ItemRecord, overlay, read_records, records_
 from pipeline.storage import Storage
 
 TAR_MTIME = 0.0  # fixed member mtime: the same items give byte-identical tars
+TAR_MEMBER_MODE = 0o444  # member headers as webdataset's TarWriter writes them (bytes unchanged)
+TAR_OWNER = "bigdata"
 
 
 def sample_key(item_id: str) -> str:
@@ -103,11 +105,11 @@ class ShardWriter:
         self._tmp = tempfile.NamedTemporaryFile(  # noqa: SIM115 - open until commit() or abort()
             prefix="restyle-shard-", suffix=".tar", dir=scratch_dir, delete=False
         )
-        self._tar = wds.TarWriter(self._tmp, encoder=False, mtime=TAR_MTIME)
+        self._tar = SampleTarWriter(self._tmp)
 
     def add_sample(self, key: str, members: dict[str, bytes]) -> None:
         """Write one sample: members maps extension ("png", "txt", "json", ...) to bytes."""
-        self._tar.write({"__key__": key, **members})
+        self._tar.write(key, members)
 
     def add_record(self, record: ItemRecord) -> None:
         self.records.append(record)
@@ -158,6 +160,33 @@ class ShardWriter:
         s.finished_at = time.time()
         s.wall_s = s.finished_at - s.started_at
         s.images_per_s = s.ok / s.wall_s if s.wall_s > 0 else 0.0
+
+
+class SampleTarWriter:
+    """WebDataset samples into a tar stream: `<key>.<ext>` members, extensions sorted, fixed
+    mtime, mode 0444, owner "bigdata" — byte for byte what `webdataset.TarWriter(encoder=False,
+    mtime=TAR_MTIME)` writes, without importing webdataset (which imports torch: the light
+    commands that read this module must not)."""
+
+    def __init__(self, stream):
+        self._tar = tarfile.open(  # noqa: SIM115 - open until close(), like the spool file
+            fileobj=stream, mode="w|", format=tarfile.USTAR_FORMAT
+        )
+
+    def write(self, key: str, members: dict[str, bytes]) -> None:
+        for ext in sorted(members):
+            data = members[ext]
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise ValueError(f"{key}.{ext}: member must be bytes, got {type(data).__name__}")
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size = len(data)
+            info.mtime = TAR_MTIME  # type: ignore[assignment]  # webdataset's float, same bytes
+            info.mode = TAR_MEMBER_MODE
+            info.uname = info.gname = TAR_OWNER
+            self._tar.addfile(info, io.BytesIO(data))
+
+    def close(self) -> None:
+        self._tar.close()
 
 
 def read_marker(storage: Storage, uri: str) -> ShardStats | None:

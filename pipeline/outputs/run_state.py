@@ -80,18 +80,30 @@ class RunState:
             self.write_run_json(run_json)
             write_card(self.storage, self.run_uri, run_json)
             return
+        self._refuse_another_configuration(existing, run_json)
+        write_card(self.storage, self.run_uri, existing)
+
+    def check_claim(self, run_json: dict) -> bool:
+        """True when the folder is free (no run.json yet); raise `RunConflictError` when it
+        holds another fingerprint. `restyle plan` asks this too, so it never reports work for a
+        folder that `run` would refuse."""
+        existing = self.read_run_json()
+        if existing is None:
+            return True
+        self._refuse_another_configuration(existing, run_json)
+        return False
+
+    def _refuse_another_configuration(self, existing: dict, run_json: dict) -> None:
         if existing.get("fingerprint") != run_json["fingerprint"]:
-            old, new = (
-                existing.get("fingerprint_fields", {}),
-                run_json.get("fingerprint_fields", {}),
-            )
+            old = existing.get("fingerprint_fields", {})
+            # compared as stored: a tuple in memory is a list in run.json
+            new = json.loads(json.dumps(run_json.get("fingerprint_fields", {}), default=str))
             changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise RunConflictError(
                 f"{self.run_uri} already holds a run with fingerprint {existing.get('fingerprint')}, "
                 f"this configuration is {run_json['fingerprint']} (changed: {', '.join(changed) or '?'}). "
                 "Outputs of different configurations are never mixed: use another --run name."
             )
-        write_card(self.storage, self.run_uri, existing)
 
     # ------------------------------------------------------------- commits
     def main_commit(self, shard: int, input_uri: str, fingerprint: str) -> ShardStats | None:

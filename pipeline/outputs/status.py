@@ -3,17 +3,19 @@
 Item counts come from the current records (`part-*.parquet`, one row per item), so they are
 exactly what a reader of that glob counts; shard counts and throughput come from the commit
 markers. Objects without a marker (an interrupted commit) are listed, and a run with any is
-not complete.
+not complete. `run_status` is also how `restyle run` counts its totals when it ends, so the
+two always agree on items, failures by class, images/s and the exit code (`ExitCode.of_run`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from pipeline.errors import ItemStatus
+from pipeline.errors import ExitCode, ItemStatus
 from pipeline.outputs.layout import ShardPaths, parse_records, parse_tar
-from pipeline.outputs.run_state import RunState
+from pipeline.outputs.run_state import Commit, RunState
 from pipeline.storage.parquet import table_from_bytes
 
 
@@ -30,13 +32,25 @@ class RunStatus:
     skipped: int = 0
     errors: Counter = field(default_factory=Counter)
     uncommitted: list[str] = field(default_factory=list)  # tars and records without a marker
-    images_per_s: float = 0.0  # ok images over the span from first shard start to last commit
+    images_per_s: float = 0.0  # see `images_per_second`
     model_fraction: float = 0.0  # model time / actor busy time (see `model_fraction`)
+    weights: str = ""  # the weights spec the run used ("tiny", "s3://...", a folder)
+    random_weights: bool = False  # the pictures are noise
+
+    @property
+    def shards_missing(self) -> int:
+        return max(0, self.input_shards - self.shards_committed)
 
     @property
     def complete(self) -> bool:
-        return (
-            self.shards_committed == self.input_shards and self.failed == 0 and not self.uncommitted
+        return self.shards_missing == 0 and self.failed == 0 and not self.uncommitted
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return ExitCode.of_run(
+            shards_missing=self.shards_missing,
+            items_failed=self.failed,
+            uncommitted=len(self.uncommitted),
         )
 
 
@@ -47,12 +61,16 @@ def run_status(state: RunState) -> RunStatus:
     fingerprint = run_json["fingerprint"]
     commits = [c for c in state.commits() if c.stats.fingerprint == fingerprint]
     main = [c for c in commits if c.retry == 0]
+    config = run_json.get("config") or {}
     status = RunStatus(
         state.run_uri,
         fingerprint,
         len(run_json.get("input_shards", [])),
         len(main),
         len(commits) - len(main),
+        weights=str(config.get("weights", "")),
+        random_weights=bool(run_json.get("random_weights"))
+        or str(config.get("weights")) in RANDOM_SPECS,
     )
     markers = {c.paths.marker for c in commits}
     for uri in state.storage.list(state.run_uri + "/"):
@@ -67,8 +85,7 @@ def run_status(state: RunState) -> RunStatus:
                 status.uncommitted.append(uri)
             _count(status, state, uri)
     if commits:
-        span = max(c.stats.finished_at for c in commits) - min(c.stats.started_at for c in commits)
-        status.images_per_s = status.ok / span if span > 0 else 0.0
+        status.images_per_s = images_per_second(status.ok, commits)
         status.model_fraction = model_fraction(commits)
     return status
 
@@ -85,6 +102,24 @@ def _count(status: RunStatus, state: RunState, uri: str) -> None:
         else:
             status.failed += count
             status.errors[value] += count
+
+
+RANDOM_SPECS = ("tiny", "random-full")  # weights specs that are random by construction
+
+
+def images_per_second(ok: int, commits: Iterable[Commit]) -> float:
+    """The one images/s of restyle (status, the run summary and the live progress): ok images
+    over the seconds during which shards of the run were being processed, i.e. the union of
+    the commits' start-to-commit intervals. Gaps between invocations (a run stopped and
+    resumed the next day) and Ray's start-up do not count; overlapping shards count once."""
+    spans = sorted((c.stats.started_at, c.stats.finished_at) for c in commits)
+    active, end = 0.0, float("-inf")
+    for start, finish in spans:
+        if finish <= end:
+            continue
+        active += finish - max(start, end)
+        end = finish
+    return ok / active if active > 0 else 0.0
 
 
 def model_fraction(commits: list) -> float:

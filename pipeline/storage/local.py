@@ -2,8 +2,10 @@
 
 Writes publish whole files: data goes to a temporary file in the target folder, is flushed to
 disk, then `os.replace`d over the final name, so a reader never sees half a file (the same
-guarantee an S3 PUT or multipart Complete gives). OS errors become `StorageError`s that name
-the path and the operation.
+guarantee an S3 PUT or multipart Complete gives). A published file has the permissions an
+ordinary `open()` would give it (0666 less the umask: 0644 under the usual 022), not the
+temporary file's private 0600. OS errors become `StorageError`s that name the path and the
+operation.
 """
 
 from __future__ import annotations
@@ -21,6 +23,17 @@ from pipeline.storage.errors import StorageAuthError, StorageError, StorageNotFo
 from pipeline.storage.uris import local_path
 
 T = TypeVar("T")
+
+
+def _process_umask() -> int:
+    """The umask, read once at import (reading it means setting it: not done per write, where
+    another thread could create a file in between)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_process_umask()
 
 
 def _translate(uri: str, operation: str, error: OSError) -> StorageError:
@@ -53,6 +66,7 @@ def _publishing(uri: str) -> Iterator[BinaryIO]:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
+        os.fchmod(fd, FILE_MODE)  # mkstemp makes it 0600; the published file follows the umask
         with os.fdopen(fd, "wb") as out:
             yield out
             out.flush()

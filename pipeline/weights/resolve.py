@@ -22,6 +22,8 @@ string form, parsed by `WeightsSpec.of`.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +36,9 @@ from pipeline.weights.manifest import read_manifest
 from pipeline.weights.registry import MODELS, PER_ITEM_COMPONENTS, check_models
 from pipeline.weights.sources import LocalSource, S3MirrorSource, WeightSource, open_source
 from pipeline.weights.staging import StageReport, stage
+from pipeline.weights.tiny_marker import MARKER, is_complete_build, is_tiny_build
+
+TINY_MARKER = MARKER  # the tiny build's marker (pipeline.weights.tiny writes it; torch-free here)
 
 TINY, RANDOM_FULL = WeightsKind.TINY.value, WeightsKind.RANDOM_FULL.value
 
@@ -53,8 +58,14 @@ def staged_root(source: WeightSource) -> Path:
 class ResolvedWeights:
     spec: WeightsSpec
     root: Path | None  # local root when the driver has one (None: random-full, hf, s3 mirror)
-    random: bool = False  # random weights (tiny, random-full): outputs are noise, and say so
+    random: bool = False  # random weights (tiny, random-full, a tiny build's folder): noise
     sha256: dict[str, str] = field(default_factory=dict)  # file path in the root -> sha256
+
+    def describe(self) -> str:
+        """The weights as an operator reads them in a summary: the spec, and whether random."""
+        if not self.random:
+            return str(self.spec)
+        return f"{self.spec} (RANDOM weights: the pictures are noise)"
 
 
 def local_root(
@@ -77,13 +88,21 @@ def local_root(
     return stage_spec(spec, model=model, storage=storage).root
 
 
-TINY_MARKER = "tiny_build.json"  # = pipeline.weights.tiny.MARKER (that module imports torch)
-
-
-def is_random_root(root: Path) -> bool:
-    """A weights root built by the tiny preset (its completion marker is there): random
-    weights in the official formats, whether named "tiny" or by its folder."""
-    return (root / TINY_MARKER).is_file()
+def tiny_root_built_apart() -> Path:
+    """The tiny weights root, built first (once per machine) in a child process when missing:
+    the driver and the light commands never import torch (torch and pyarrow in one interpreter
+    can abort it at exit, and it costs seconds)."""
+    root = weight_cache_dir() / TINY
+    if not is_complete_build(root):
+        build = subprocess.run(
+            [sys.executable, "-m", "pipeline.weights.tiny", str(root)],
+            capture_output=True,
+            text=True,
+        )
+        if build.returncode != 0 or not is_complete_build(root):
+            last = (build.stderr.strip().splitlines() or ["no output"])[-1]
+            raise WeightsError(f"{root}: building the tiny weights failed: {last}")
+    return root
 
 
 def stage_spec(
@@ -108,13 +127,13 @@ def resolve_weights(
     if spec.kind == WeightsKind.RANDOM_FULL:
         return ResolvedWeights(spec, None, random=True, sha256={RANDOM_FULL: "random"})
     if not spec.remote:
-        root = local_root(spec)
+        root = tiny_root_built_apart() if spec.kind == WeightsKind.TINY else local_root(spec)
         assert root is not None
         files = model_files(root, model, per_item=False)
         return ResolvedWeights(
             spec,
             root,
-            random=is_random_root(root),
+            random=is_tiny_build(root),
             sha256={p: file_sha256(root / p) for p in sorted(files)},
         )
     source = open_source(spec, storage)

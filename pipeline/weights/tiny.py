@@ -58,11 +58,10 @@ from pipeline.models.weight_tables import (
     uso_projector_tensors,
 )
 from pipeline.weights.atomic_build import build_atomically
+from pipeline.weights.tiny_marker import MARKER, is_complete_build, marker_header
 
 _ModuleT = TypeVar("_ModuleT", bound=torch.nn.Module)
 
-BUILD_FORMAT = 2  # bump when the content of a tiny build changes, so old builds are replaced
-MARKER = "tiny_build.json"
 FLUX_LAYOUTS = ("bfl", "diffusers", "both")
 
 TINY_STYLE_NAMES = SHIPPED_STYLES  # all 22, so every shipped style name works in the demo
@@ -384,29 +383,6 @@ def _inventory(root: Path) -> dict[str, dict]:
     }
 
 
-def _marker_header(seed: int, flux_layout: str) -> dict:
-    return {"format": BUILD_FORMAT, "seed": seed, "flux_layout": flux_layout}
-
-
-def is_complete_build(root: Path, seed: int = 0, flux_layout: str = "bfl") -> bool:
-    """True when `root` holds a finished build for (seed, layout) whose files are all present
-    with their recorded sizes (sizes, not hashes: cheap enough to call before every test)."""
-    try:
-        marker = json.loads((root / MARKER).read_text())
-    except (OSError, ValueError):
-        return False
-    if {k: marker.get(k) for k in ("format", "seed", "flux_layout")} != _marker_header(
-        seed, flux_layout
-    ):
-        return False
-    files = marker.get("files") or {}
-    for rel, info in files.items():
-        path = root / rel
-        if not path.is_file() or path.stat().st_size != info.get("size"):
-            return False
-    return bool(files)
-
-
 def build_tiny_weights(root: Path, seed: int = 0, flux_layout: str = "bfl") -> Path:
     """Write (or reuse) a complete tiny weights root at `root`; return `root`.
 
@@ -420,8 +396,14 @@ def build_tiny_weights(root: Path, seed: int = 0, flux_layout: str = "bfl") -> P
 
     def write(staging: Path) -> dict:
         _write_all(staging, seed, flux_layout)
-        return {**_marker_header(seed, flux_layout), "files": _inventory(staging)}
+        return {**marker_header(seed, flux_layout), "files": _inventory(staging)}
 
     return build_atomically(
         Path(root), MARKER, lambda f: is_complete_build(f, seed, flux_layout), write, "tiny weights"
     )
+
+
+if __name__ == "__main__":  # `python -m pipeline.weights.tiny ROOT`: build in a child process
+    import sys
+
+    build_tiny_weights(Path(sys.argv[1]))

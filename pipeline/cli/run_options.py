@@ -1,0 +1,177 @@
+"""The options of `restyle run` / `restyle plan`, and how they (with a `--config` file) become a
+validated `RunRequest`.
+
+Each option fills one field of `pipeline.config.RunRequest` (`OPTION_FIELDS`); its choices
+are the config's own vocabularies (`pipeline.config.values`), so `--help` lists them and the
+shell completes them; each can also come from its `RESTYLE_*` environment variable. A
+`--config run.yaml` holds the run settings of a job spec (`RunFile`,
+jobs/schema/run.schema.json); an option given on the command line or in the environment wins.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from pipeline.cli.common import env
+from pipeline.config import (
+    CaptionSource,
+    ConfigError,
+    Dtype,
+    ImageFormat,
+    PathBase,
+    RunFile,
+    RunRequest,
+    key_path,
+    validate,
+)
+
+# The field of `RunRequest` each option of `restyle run` / `restyle plan` fills.
+OPTION_FIELDS = {
+    "MANIFEST": "manifest",
+    "--out": "output",
+    "--run": "run",
+    "--model": "model",
+    "--weights": "weights",
+    "--seed": "seed",
+    "--actors": "actors",
+    "--width": "sampling.width",
+    "--height": "sampling.height",
+    "--steps": "sampling.steps",
+    "--guidance": "sampling.guidance",
+    "--image-format": "outputs.image_format",
+    "--quality": "outputs.quality",
+    "--caption": "outputs.caption",
+    "--caption-template": "outputs.caption_template",
+    "--caption-model": "outputs.caption_model",
+    "--device": "options.device",
+    "--dtype": "options.dtype",
+    "--compile": "options.compile",
+    "--fp8": "options.fp8",
+    "--offload": "options.offload",
+    "--fuse-lora": "options.fuse_lora",
+    "--max-batch-size": "options.max_batch_size",
+}
+OPTION_OF_FIELD = {path: option for option, path in OPTION_FIELDS.items()}
+DEVICES = ["auto", "cpu", "cuda", "cuda:0", "cuda:1"]
+
+
+def _opt(*decls: str, help: str, **kwargs: Any) -> Any:
+    return typer.Option(*decls, help=help, envvar=env(decls[0]), **kwargs)
+
+
+def _complete_device(incomplete: str) -> list[str]:
+    return [device for device in DEVICES if device.startswith(incomplete)]
+
+
+OptionalManifest = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="Manifest files, folders, globs or brace ranges; local paths or s3:// URIs "
+        "(or `manifest:` in --config).",
+        envvar=env("manifest"),
+        show_default=False,
+    ),
+]
+OptionalOut = Annotated[
+    str | None,
+    _opt("--out", "-o", help="Output root (local folder or s3:// URI), or `output:` in --config."),
+]
+ConfigOpt = Annotated[
+    str | None,
+    _opt(
+        "--config",
+        help="A YAML file with the run settings of a job spec (weights, seed, sampling, "
+        "options, outputs, scoring, actors) and optionally manifest, output, model, run; "
+        "schema: jobs/schema/run.schema.json. Options given here win over the file.",
+    ),
+]
+SeedOpt = Annotated[int, _opt("--seed", help="Run seed; item seed = hash(run seed, item id).")]
+WidthOpt = Annotated[int | None, _opt("--width", help="Output width, 16-4096 (model: 1024).")]
+HeightOpt = Annotated[int | None, _opt("--height", help="Output height, 16-4096 (model: 1024).")]
+StepsOpt = Annotated[int | None, _opt("--steps", help="Denoising steps (model: 25).")]
+GuidanceOpt = Annotated[
+    float | None, _opt("--guidance", help="Distilled guidance (USO 4.0, Omni 3.5).")
+]
+ImageFormatOpt = Annotated[ImageFormat, _opt("--image-format", help="Result encoding.")]
+QualityOpt = Annotated[int, _opt("--quality", help="JPEG/WebP quality, 1-100.")]
+CaptionOpt = Annotated[CaptionSource, _opt("--caption", help="Caption source.")]
+CaptionTemplateOpt = Annotated[
+    str, _opt("--caption-template", help="str.format template over item fields.")
+]
+CaptionModelOpt = Annotated[
+    str,
+    _opt(
+        "--caption-model",
+        help="Captioning model for --caption model: a transformers folder, an s3:// folder, "
+        "or 'tiny'.",
+    ),
+]
+ActorsOpt = Annotated[
+    int, _opt("--actors", help="Model actors (0 = one per GPU, or 1 without GPUs).")
+]
+MaxBatchOpt = Annotated[
+    int, _opt("--max-batch-size", help="Items of equal token layout per forward.")
+]
+DtypeOpt = Annotated[Dtype, _opt("--dtype", help="auto = bf16 on CUDA, fp32 on CPU.")]
+CompileOpt = Annotated[bool, _opt("--compile", help="torch.compile (changes kernels).")]
+Fp8Opt = Annotated[bool, _opt("--fp8", help="fp8 weight storage (changes numerics).")]
+OffloadOpt = Annotated[
+    bool, _opt("--offload", help="Offload idle components to the CPU (small GPUs).")
+]
+FuseLoraOpt = Annotated[
+    bool, _opt("--fuse-lora", help="Fuse LoRAs into weights (changes bf16 rounding).")
+]
+DeviceOpt = Annotated[
+    str,
+    _opt(
+        "--device",
+        help="auto | cpu | cuda | cuda:N.",
+        autocompletion=_complete_device,
+    ),
+]
+
+
+def run_request(options: dict[str, Any], config_file: str | None = None) -> RunRequest:
+    """The command line's door: option values by option name (None: not given), over the
+    settings of `config_file` when there is one, validated as a `RunRequest`; a mistake is one
+    `ConfigError` line naming the option, or the file and its key."""
+    data: dict[str, Any] = _read_run_file(config_file) if config_file else {}
+    for option, value in options.items():
+        if option not in OPTION_FIELDS or value is None:
+            continue
+        *sections, key = OPTION_FIELDS[option].split(".")
+        node = data
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[key] = value
+    given = {OPTION_FIELDS[o] for o, v in options.items() if o in OPTION_FIELDS and v is not None}
+
+    def name(loc: tuple[str | int, ...]) -> str:
+        path = key_path(loc)
+        if config_file and path not in given and path.split("[")[0] not in given:
+            return f"{config_file}: {path}"
+        return OPTION_OF_FIELD.get(path, path)
+
+    return validate(RunRequest, data, paths=PathBase(), name=name)
+
+
+def _read_run_file(path: str) -> dict[str, Any]:
+    """The file's settings, relative paths resolved beside it (checked on their own first, so
+    a mistake names the file and the key)."""
+    import yaml
+
+    from pipeline.storage import Storage
+
+    try:
+        text = Storage().read_bytes(path).decode("utf-8")
+        data = yaml.safe_load(text)
+    except Exception as error:  # missing, unreadable, not UTF-8, not YAML
+        raise ConfigError("--config", f"cannot read {path}: {error}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("--config", f"{path}: must be a YAML mapping, got {type(data).__name__}")
+    settings = validate(RunFile, data, paths=PathBase(path), origin=path)
+    return settings.model_dump(mode="json", exclude_unset=True, exclude_none=True)
