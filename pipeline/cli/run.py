@@ -57,6 +57,7 @@ from pipeline.cli.usage import DEFAULT
 from pipeline.config import CaptionSource, Dtype, ImageFormat, ModelName, RunConfig
 from pipeline.storage import StorageSettings
 
+DEFAULT_MODEL = ModelName("uso")
 RANDOM_NOTE = "RANDOM weights: the pictures are noise"
 
 if TYPE_CHECKING:
@@ -74,21 +75,20 @@ def resolve_run(config: RunConfig, settings: StorageSettings) -> tuple[RunConfig
     return config.named(weights.sha256), weights
 
 
-def given_options(ctx: typer.Context) -> dict[str, Any]:
-    """The options of the running command, by option name ("--width", "MANIFEST"), with None
-    for those left at their default when a --config file may supply them."""
-    from_file = ctx.params.get("config") is not None
+def given_options(ctx: typer.Context) -> tuple[dict[str, Any], set[str]]:
+    """The options of the running command by option name ("--width", "MANIFEST"), and the
+    names of those left at their default (a --config file's value replaces those)."""
     values: dict[str, Any] = {}
+    defaults: set[str] = set()
     for param in ctx.command.params:
         name = param.opts[0] if param.param_type_name == "option" else "MANIFEST"
         if param.name is None or param.name not in ctx.params:
             continue
         value = ctx.params[param.name]
-        source = ctx.get_parameter_source(param.name)
-        if from_file and source == DEFAULT:
-            value = None
         values[name] = value.value if hasattr(value, "value") else value
-    return values
+        if ctx.get_parameter_source(param.name) == DEFAULT:
+            defaults.add(name)
+    return values, defaults
 
 
 def run(
@@ -96,7 +96,7 @@ def run(
     manifest: OptionalManifest = None,
     out: OptionalOut = None,
     run: RunName = None,
-    model: Model = ModelName.USO,  # type: ignore[valid-type]
+    model: Model = DEFAULT_MODEL,
     weights: Weights = "tiny",
     config: ConfigOpt = None,
     seed: SeedOpt = 0,
@@ -139,7 +139,7 @@ def run(
     """
     settings = storage_settings(endpoint_url, region, profile)
     with operator_errors():
-        request = run_request(given_options(ctx), config)
+        request = run_request(*given_options(ctx), config)
         config_, resolved = resolve_run(request.config(), settings)
         from pipeline.execution.driver import Runner
 
@@ -183,7 +183,7 @@ def plan(
     manifest: OptionalManifest = None,
     out: OptionalOut = None,
     run: RunName = None,
-    model: Model = ModelName.USO,  # type: ignore[valid-type]
+    model: Model = DEFAULT_MODEL,
     weights: Weights = "tiny",
     config: ConfigOpt = None,
     seed: SeedOpt = 0,
@@ -203,9 +203,7 @@ def plan(
     anything; refused as `run` would refuse it (a --run folder of another configuration)."""
     settings = storage_settings(endpoint_url, region, profile)
     with operator_errors():
-        options = given_options(ctx)
-        options.pop("--seconds-table", None)
-        request = run_request(options, config)
+        request = run_request(*given_options(ctx), config)
         config_, resolved = resolve_run(request.config(), settings)
         from pipeline.execution.driver import Runner
         from pipeline.execution.estimate import gpu_hours, load_table

@@ -10,6 +10,7 @@ jobs/schema/run.schema.json); an option given on the command line or in the envi
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Annotated, Any
 
 import typer
@@ -133,11 +134,15 @@ DeviceOpt = Annotated[
 ]
 
 
-def run_request(options: dict[str, Any], config_file: str | None = None) -> RunRequest:
+def run_request(
+    options: dict[str, Any], defaults: Collection[str] = (), config_file: str | None = None
+) -> RunRequest:
     """The command line's door: option values by option name (None: not given), over the
-    settings of `config_file` when there is one, validated as a `RunRequest`; a mistake is one
+    settings of `config_file` when there is one (an option left at its default, named in
+    `defaults`, gives way to the file), validated as a `RunRequest`; a mistake is one
     `ConfigError` line naming the option, or the file and its key."""
     data: dict[str, Any] = _read_run_file(config_file) if config_file else {}
+    given: set[str] = set()
     for option, value in options.items():
         if option not in OPTION_FIELDS or value is None:
             continue
@@ -145,8 +150,11 @@ def run_request(options: dict[str, Any], config_file: str | None = None) -> RunR
         node = data
         for section in sections:
             node = node.setdefault(section, {})
+        if option in defaults and key in node:
+            continue  # the file's value
         node[key] = value
-    given = {OPTION_FIELDS[o] for o, v in options.items() if o in OPTION_FIELDS and v is not None}
+        if option not in defaults:
+            given.add(OPTION_FIELDS[option])
 
     def name(loc: tuple[str | int, ...]) -> str:
         path = key_path(loc)

@@ -46,7 +46,9 @@ def one_line(error: Exception) -> str:
     if isinstance(error, click_errors.BadParameter) and error.param is not None:
         param = error.param
         opts = getattr(param, "opts", None) or []
-        name = next((o for o in opts if o.startswith("--")), None) or param.human_readable_name
+        name = next((o for o in opts if o.startswith("--")), None) or str(
+            getattr(param, "human_readable_name", param.name)
+        )
         return f"{name}: {_door_wording(error.message)}"
     message = error.format_message() if hasattr(error, "format_message") else str(error)
     ctx = getattr(error, "ctx", None)
@@ -58,7 +60,7 @@ def one_line(error: Exception) -> str:
 class RestyleGroup(TyperGroup):
     """The `restyle` command group: usage errors in one line, exit codes as documented."""
 
-    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def main(self, *args: Any, **kwargs: Any) -> Any:
         from pipeline.cli.common import error_line
 
         kwargs["standalone_mode"] = False

@@ -35,10 +35,10 @@ from pipeline.models.registry import MODEL_NAMES
 weights_app = typer.Typer(
     help="Weight registry, pulling/mirroring and verification.", no_args_is_help=True
 )
-ModelOrAll = StrEnum(  # type: ignore[misc]
+ModelOrAll = StrEnum(  # type: ignore[misc]  # members from the model registry
     "ModelOrAll", [(name.upper(), name) for name in (*MODEL_NAMES, "all")]
 )
-Models = Annotated[list[ModelOrAll], typer.Argument(help="Models.", envvar=env("models"))]  # type: ignore[valid-type]
+Models = Annotated[list[ModelOrAll], typer.Argument(help="Models.", envvar=env("models"))]
 
 
 def _names(models: list | None) -> list[str]:
@@ -177,7 +177,7 @@ def verify(
         Path, typer.Argument(help="A local weights root.", envvar=env("weights_root"))
     ],
     model: Annotated[
-        list[ModelOrAll] | None,  # type: ignore[valid-type]
+        list[ModelOrAll] | None,
         typer.Option(
             "--model",
             "-m",

@@ -62,7 +62,7 @@ class RunProgress:
         self.phase_text = "starting"
         self.notes: list[str] = []
         self.committed_shards = 0
-        self.committed = Counter()  # "ok", "skipped" and error classes, from markers
+        self.committed: Counter[str] = Counter()  # "ok", "skipped" and error classes, from markers
         self._live_counts: dict[int, tuple[int, int]] = {}
         self._work_started: float | None = None
         self._last_log = time.monotonic()

@@ -1,4 +1,5 @@
-"""JSON Schemas of the job specs, generated from their models and published under jobs/schema/.
+"""JSON Schemas of the job specs and of `restyle run --config` files, generated from their
+models and published under jobs/schema/.
 
     python -m pipeline.jobs.schemas --write jobs/schema    # after changing a spec model
     python -m pipeline.jobs.schemas --check jobs/schema    # exit 1 when a committed one is stale
@@ -21,7 +22,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pipeline.config import ConfigModel, RunFile
 from pipeline.jobs.specs import JobKind, JobSpec
+
+RUN_FILE = "run"  # `restyle run --config run.yaml`: a job spec's run settings (`RunFile`)
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -33,16 +37,22 @@ def spec_models() -> dict[str, type[JobSpec]]:
     return {JobKind.NIGHTLY.value: NightlySpec, JobKind.TRIPLETS.value: TripletSpec}
 
 
+def schema_models() -> dict[str, type[ConfigModel]]:
+    """Every published schema: the job specs', and the run file's of `restyle run --config`."""
+    return {**spec_models(), RUN_FILE: RunFile}
+
+
 def schema_file(kind: str) -> str:
     return f"{kind}.schema.json"
 
 
 def spec_schema(kind: str) -> dict[str, Any]:
-    model = spec_models()[kind]
+    model = schema_models()[kind]
     schema = model.model_json_schema(mode="validation")
+    title = "restyle run --config file" if kind == RUN_FILE else f"restyle {kind} job spec"
     return {
         "$schema": DIALECT,
-        "title": f"restyle {kind} job spec",
+        "title": title,
         **{key: value for key, value in schema.items() if key != "title"},
     }
 
@@ -54,7 +64,7 @@ def schema_text(kind: str) -> str:
 def write_schemas(folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for kind in spec_models():
+    for kind in schema_models():
         path = folder / schema_file(kind)
         path.write_text(schema_text(kind))
         written.append(path)
@@ -65,7 +75,7 @@ def stale_schemas(folder: Path) -> list[Path]:
     """The schema files under `folder` that differ from what the models generate, or are
     missing."""
     stale = []
-    for kind in spec_models():
+    for kind in schema_models():
         path = folder / schema_file(kind)
         if not path.is_file() or path.read_text() != schema_text(kind):
             stale.append(path)

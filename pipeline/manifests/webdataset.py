@@ -122,7 +122,7 @@ def _sample_members(archive: tarfile.TarFile) -> Iterator[tuple[str, str, tarfil
     for info in archive:
         if info.isfile():
             key, suffix = base_plus_ext(info.name)
-            if key is not None:  # no extension, or a dot-file: not part of any sample
+            if key is not None and suffix is not None:  # no extension, or a dot-file: no sample
                 yield key, suffix, info
 
 

@@ -180,7 +180,7 @@ class SampleTarWriter:
                 raise ValueError(f"{key}.{ext}: member must be bytes, got {type(data).__name__}")
             info = tarfile.TarInfo(f"{key}.{ext}")
             info.size = len(data)
-            info.mtime = TAR_MTIME  # type: ignore[assignment]  # webdataset's float, same bytes
+            info.mtime = TAR_MTIME  # webdataset's float: the same header bytes
             info.mode = TAR_MEMBER_MODE
             info.uname = info.gname = TAR_OWNER
             self._tar.addfile(info, io.BytesIO(data))

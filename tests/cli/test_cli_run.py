@@ -15,6 +15,8 @@ import psutil
 import pytest
 from support.run_helpers import SMALL, parquet_bytes, uso_rows, write_images
 
+from pipeline.errors import ExitCode
+
 pytestmark = pytest.mark.slow
 
 RESTYLE = [sys.executable, "-m", "pipeline.cli"]
@@ -167,7 +169,7 @@ def test_wrong_credentials_give_a_clear_error_without_the_secret(
             "AWS_ENDPOINT_URL": s3_server.endpoint_url,
         },
     )
-    assert result.returncode == 2
+    assert result.returncode == ExitCode.CANNOT_START
     output = result.stdout + result.stderr
     assert "error:" in output and s3_bucket.removeprefix("s3://") in output
     assert secret not in output

@@ -12,7 +12,7 @@ import pickle
 
 import pytest
 
-from pipeline.cli.run import OPTION_FIELDS, run_request
+from pipeline.cli.run_options import OPTION_FIELDS, run_request
 from pipeline.config import (
     ConfigError,
     ExecutionOptions,

@@ -27,7 +27,7 @@ from support.run_helpers import (
     write_images,
 )
 
-from pipeline.errors import RunConflictError
+from pipeline.errors import ExitCode, RunConflictError
 from pipeline.execution.driver import Runner
 from pipeline.outputs.run_state import RunState
 from pipeline.outputs.status import run_status
@@ -82,7 +82,7 @@ def test_parquet_run_writes_committed_shards_with_records_for_every_item(
     assert summary.shards_committed == 2 and not summary.shards_failed
     assert (summary.ok, summary.failed) == (4, 2)
     assert summary.errors == {"bad_input": 1, "io_error": 1}
-    assert summary.exit_code == 1  # items failed: a non-zero exit with a summary
+    assert summary.exit_code == ExitCode.ITEMS_FAILED  # a non-zero exit with a summary
     run = out / "test"
     assert sorted(p.name for p in run.iterdir()) == [
         "README.md",
@@ -160,7 +160,10 @@ def test_retry_failed_reruns_only_failed_items_into_a_separate_commit(
     (tmp_path / "images" / "does-not-exist.png").write_bytes(png_bytes(7))
     summary = Runner(config, StorageSettings(), show_progress=False).retry_failed()
 
-    assert (summary.ok, summary.failed) == (1, 1)  # the corrupt style still fails
+    # The run's totals, as `restyle status` counts them: one retried item now ok, the
+    # corrupt style still failing.
+    assert (summary.items_retried, summary.ok, summary.failed) == (2, 5, 1)
+    assert summary.exit_code == ExitCode.ITEMS_FAILED
     # The shard's records now hold each item's newest result, pointing at its image.
     records = pq.read_table(run / "part-000001.parquet").to_pylist()
     assert {r["id"]: (r["status"], r["attempts"], r["retry"]) for r in records} == {
@@ -299,7 +302,7 @@ def test_storage_errors_fail_only_that_shard_and_a_rerun_completes_it(
 
         assert summary.shards_committed == 1 and list(summary.shards_failed) == [1]
         assert "part-000001" in summary.shards_failed[1]
-        assert summary.exit_code == 2
+        assert summary.exit_code == ExitCode.INCOMPLETE
         assert len([r for r in proxy.requests("PUT") if "part-000001" in r[1]]) >= 2  # retried
         assert storage.exists(f"{s3_bucket}/out/test/part-000000.stats.json")
         assert not storage.exists(f"{s3_bucket}/out/test/part-000001.stats.json")

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from support.paths import REPO
 
-from pipeline.jobs.schemas import main, schema_file, schema_text, spec_models, stale_schemas
+from pipeline.jobs.schemas import main, schema_file, schema_models, schema_text, stale_schemas
 
 SCHEMAS = REPO / "jobs" / "schema"
 HEADER = re.compile(r"^# yaml-language-server: \$schema=(\S+)$")
@@ -26,7 +26,7 @@ def test_committed_schemas_are_what_the_models_generate():
         "regenerate with: python -m pipeline.jobs.schemas --write jobs/schema"
     )
     assert sorted(p.name for p in SCHEMAS.glob("*.json")) == sorted(
-        schema_file(kind) for kind in spec_models()
+        schema_file(kind) for kind in schema_models()
     )
 
 

@@ -26,6 +26,7 @@ import pytest
 from support.paths import REPO
 from support.run_helpers import SMALL, parquet_bytes, png_bytes
 
+from pipeline.errors import ExitCode
 from pipeline.jobs.specs import SPEC_ENV, SPEC_ORIGIN_ENV, parse_spec_text
 from pipeline.jobs.submit import (
     SubmissionError,
@@ -262,7 +263,7 @@ def test_submitted_nightly_job_runs_once_per_night(tmp_path, s3_server, s3_bucke
         assert "2 ok, 0 failed" in first.stdout  # the job's own summary, streamed back
 
         second = submit()
-        assert second.returncode == 3, second.stdout + second.stderr
+        assert second.returncode == ExitCode.ALREADY_SUBMITTED, second.stdout + second.stderr
         assert "'shop-2026-09-01' exists already (status SUCCEEDED)" in " ".join(
             second.stderr.split()
         )
@@ -274,7 +275,10 @@ def test_submitted_nightly_job_runs_once_per_night(tmp_path, s3_server, s3_bucke
             timeout=120,
             env={**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "not-the-token"},
         )
-        assert wrong_token.returncode == 2 and "RAY_AUTH_TOKEN" in wrong_token.stderr
+        assert (
+            wrong_token.returncode == ExitCode.CANNOT_START
+            and "RAY_AUTH_TOKEN" in wrong_token.stderr
+        )
         assert "not-the-token" not in wrong_token.stderr
     finally:
         head.stop()

@@ -13,7 +13,7 @@ from support.paths import REPO
 from typer.testing import CliRunner
 
 from pipeline.cli.main import app
-from pipeline.errors import WeightsError
+from pipeline.errors import ExitCode, WeightsError
 from pipeline.weights.inventory import component_of
 from pipeline.weights.registry import MODELS, default_registry_path, load_registry, parse_registry
 
@@ -220,4 +220,5 @@ def test_weights_list_prints_the_files_of_a_model():
     assert "showlab/OmniConsistency" in result.output
     assert "siglip" not in result.output
     bad = CliRunner().invoke(app, ["weights", "list", "sdxl"])
-    assert bad.exit_code == 2 and "unknown model 'sdxl'" in bad.output
+    assert bad.exit_code == ExitCode.USAGE
+    assert "MODELS...: must be one of uso, omniconsistency, all, got 'sdxl'" in bad.output

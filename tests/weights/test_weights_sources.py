@@ -13,7 +13,7 @@ from support.hub_server import LocalHub
 from typer.testing import CliRunner
 
 from pipeline.cli.main import app
-from pipeline.errors import HubAccessError, WeightIntegrityError, WeightsError
+from pipeline.errors import ExitCode, HubAccessError, WeightIntegrityError, WeightsError
 from pipeline.models.base import ModelOptions
 from pipeline.models.registry import load_model
 from pipeline.storage import Storage, join
@@ -194,7 +194,10 @@ def test_cli_pulls_to_a_mirror_and_back_to_a_folder(s3_server, tiny_weights: Pat
     checked = CliRunner().invoke(app, ["weights", "verify", str(tmp_path / "local")], env=env)
     assert checked.exit_code == 0, checked.output
     missing = CliRunner().invoke(app, ["weights", "pull", "uso", "--from", uri], env=env)
-    assert missing.exit_code == 2 and "do not include model 'uso'" in missing.output
+    assert (
+        missing.exit_code == ExitCode.CANNOT_START
+        and "do not include model 'uso'" in missing.output
+    )
 
 
 # ----------------------------------------------------------------------------- the Hub

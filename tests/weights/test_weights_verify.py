@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from pipeline.cli.main import app
+from pipeline.errors import ExitCode
 from pipeline.weights.tiny import MARKER
 from pipeline.weights.verify import verify_root
 
@@ -142,7 +143,7 @@ def test_verify_prints_a_table_and_fails_on_a_bad_file(root: Path):
     result = CliRunner().invoke(
         app, ["weights", "verify", str(root), "--model", "uso"], env={"COLUMNS": "250"}
     )
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == ExitCode.CHECK_FAILED, result.output
     assert "uso/projector.safetensors" in result.output and "truncated" in result.output
     assert "1 with problems" in result.output
     good = CliRunner().invoke(
