@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
-# Create .venv and install restyle into it (with the test and dev extras when called with "test").
+# Create .venv and install restyle into it (with the test and dev extras when called with "test"),
+# at the exact versions CI tests (scripts/constraints.txt; pyproject.toml keeps ranges).
 # torch is pinned to 2.13.0 first so that nothing later pulls another build; on a machine
 # without a GPU, set PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu beforehand to get
 # the small CPU build instead of the CUDA one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+started=$SECONDS
+step() { printf 'install: %s (%ds)\n' "$*" "$((SECONDS - started))" >&2; }
 if [ ! -x .venv/bin/python ]; then
+  step "creating .venv"
   python3 -m venv .venv
 fi
 . .venv/bin/activate
-python -m pip install --quiet "torch==2.13.0"
+PIP=(python -m pip install --quiet --progress-bar off -c scripts/constraints.txt)
+step "torch 2.13.0 (the largest download: about a minute the first time)"
+"${PIP[@]}" "torch==2.13.0"
 if [ "${1:-}" = "test" ]; then
-  python -m pip install --quiet -e ".[test,dev]"
+  step "restyle and its dependencies, with the test and dev tools"
+  "${PIP[@]}" -e ".[test,dev]"
 else
-  python -m pip install --quiet -e .
+  step "restyle and its dependencies"
+  "${PIP[@]}" -e .
 fi
+step "done: $(restyle --version)"

@@ -11,9 +11,12 @@ a job spec's run keys); `RunSettings.run_config` is the one builder of a `RunCon
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import subprocess
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -316,5 +319,29 @@ def derive_seed(run_seed: int, item_id: str) -> int:
     return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
 
 
+@functools.cache
 def code_version() -> str:
-    return f"restyle {__version__}"
+    """The code that made an output, for run.json, markers and provenance: the version (which
+    names the commit it was built from, `0.1.dev45+g6a600be`), and, when running from a git
+    checkout (an editable install), the commit checked out now, `-dirty` with uncommitted
+    changes: an editable install's version is only as new as its last `pip install`."""
+    return f"restyle {__version__}{_checkout_commit()}"
+
+
+def _checkout_commit() -> str:
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return ""
+    try:
+        sha = _git(root, "rev-parse", "--short=10", "HEAD")
+        dirty = bool(_git(root, "status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return f" (git {sha}{'-dirty' if dirty else ''})" if sha else ""
+
+
+def _git(root: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True
+    )
+    return done.stdout.strip()

@@ -295,6 +295,7 @@ class Runner:
                 summary.shards_committed += 1
                 progress.shard_committed(stats)
                 metrics.shard_committed(stats)
+                publish()
 
             def failed(task: ShardTask, reason: str) -> None:
                 nonlocal finished
@@ -302,17 +303,22 @@ class Runner:
                 summary.shards_failed[task.shard.index] = reason
                 metrics.shard_failed()
 
-            def live_progress() -> None:
-                live: dict[int, tuple[int, int]] = {}
-                for answer in self.pool.poll("progress") if self.pool else []:
-                    live.update(answer)
-                progress.update_live(live)
+            live: dict[int, tuple[int, int]] = {}
+
+            def publish() -> None:
                 in_flight = min(len(tasks) - finished, size * SHARDS_IN_FLIGHT_PER_ACTOR)
                 metrics.tick(
                     progress.images_per_s(),
                     queued_shards=len(tasks) - finished - in_flight,
                     items_in_flight=sum(done for done, _ in live.values()),
                 )
+
+            def live_progress() -> None:
+                live.clear()
+                for answer in self.pool.poll("progress") if self.pool else []:
+                    live.update(answer)
+                progress.update_live(live)
+                publish()
 
             dispatch(
                 self.pool,

@@ -164,14 +164,14 @@ class ShardWriter:
 
 class SampleTarWriter:
     """WebDataset samples into a tar stream: `<key>.<ext>` members, extensions sorted, fixed
-    mtime, mode 0444, owner "bigdata" — byte for byte what `webdataset.TarWriter(encoder=False,
-    mtime=TAR_MTIME)` writes, without importing webdataset (which imports torch: the light
-    commands that read this module must not)."""
+    mtime, mode 0444, owner "bigdata": byte for byte what `webdataset.TarWriter(encoder=False,
+    mtime=TAR_MTIME)` writes (a test compares them), without importing webdataset, which
+    imports torch: the light commands that read this module must not."""
 
     def __init__(self, stream):
-        self._tar = tarfile.open(  # noqa: SIM115 - open until close(), like the spool file
-            fileobj=stream, mode="w|", format=tarfile.USTAR_FORMAT
-        )
+        # tarfile's default (PAX) format and a float mtime, as webdataset's TarWriter leaves
+        # them: each member carries a small PAX header "mtime=0.0".
+        self._tar = tarfile.open(fileobj=stream, mode="w|")  # noqa: SIM115 - until close()
 
     def write(self, key: str, members: dict[str, bytes]) -> None:
         for ext in sorted(members):

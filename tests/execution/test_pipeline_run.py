@@ -342,3 +342,44 @@ def test_omniconsistency_items_are_grouped_by_style_lora(ray_cpu, tiny_weights, 
     assert provenance["style_lora"]["name"] == "Van_Gogh"
     assert len(provenance["style_lora"]["sha256"]) == 64
     assert json.loads(members["o3.json"])["style_lora"]["name"] == ""  # no LoRA, same shape
+
+
+def test_run_and_status_agree_on_every_path_reruns_duplicates_skips_and_retries(
+    ray_cpu, tiny_weights, tmp_path
+):
+    """`restyle run` prints the run's totals and exit code, the very ones `restyle status`
+    gives: after a first run with failures, after a rerun with nothing left to do (it used to
+    say "0 failed" and exit 0), with a repeated id and a row for another model, and after
+    --retry-failed."""
+    write_images(tmp_path / "images", 2)
+    folder = tmp_path / "manifest"
+    folder.mkdir()
+    rows = [
+        {**row, "model": None}
+        for row in uso_rows("d", 4, "../images/img0.png", "../images/img1.png")
+    ]
+    rows[1]["subject"] = "../images/missing.png"  # fails
+    rows[2]["id"] = rows[0]["id"]  # a repeated id: refused as such
+    rows[3]["model"] = "omniconsistency"  # another model's row: skipped
+    (folder / "part-0.parquet").write_bytes(parquet_bytes(rows))
+    config = run_config([str(folder)], str(tmp_path / "out"), tiny_weights)
+
+    def agree(summary):
+        status = run_status(RunState(local_storage(), config.run_uri))
+        ours = (summary.ok, summary.failed, summary.skipped, dict(summary.errors))
+        assert ours == (status.ok, status.failed, status.skipped, dict(status.errors))
+        assert summary.exit_code == status.exit_code
+        assert summary.images_per_s == pytest.approx(status.images_per_s)
+        return ours, summary.exit_code
+
+    first = Runner(config, StorageSettings(), show_progress=False).run()
+    assert agree(first) == ((1, 2, 1, {"bad_input": 1, "io_error": 1}), ExitCode.ITEMS_FAILED)
+    assert "--retry-failed" in first.advice()
+    again = Runner(config, StorageSettings(), show_progress=False).run()
+    assert (again.shards_committed, again.shards_already_done) == (0, 1)
+    assert agree(again) == agree(first)
+    assert "--retry-failed" in again.advice()
+
+    (tmp_path / "images" / "missing.png").write_bytes(png_bytes(3))
+    retried = Runner(config, StorageSettings(), show_progress=False).retry_failed()
+    assert agree(retried) == ((2, 1, 1, {"bad_input": 1}), ExitCode.ITEMS_FAILED)

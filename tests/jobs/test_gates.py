@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from support.committed_run import write_run
 
+from pipeline.errors import ExitCode
 from pipeline.jobs.gates import apply_gates, verdict
 from pipeline.jobs.nightly import NightlySpec, NightSummary
 from pipeline.jobs.regression import compare_night
@@ -116,7 +117,7 @@ def test_a_night_whose_median_drops_past_the_margin_exits_4_and_records_it(tmp_p
     assert quality["dreamsim"]["drop"] == pytest.approx(0.01)  # a distance: higher is worse
     assert not quality["dreamsim"]["regressed"]
     summary = NightSummary("job", "2026-09-13", "fp", f"{runs}/2026-09-13", quality=quality)
-    assert summary.regressions == ["clip_t"] and summary.exit_code == 4
+    assert summary.regressions == ["clip_t"] and summary.exit_code == ExitCode.QUALITY_REGRESSION
     assert summary.public_dict()["regressions"] == ["clip_t"]
     assert (
         compare_night(storage, runs, "2026-09-13", margin=0.1, nights=7)["clip_t"]["regressed"]

@@ -16,7 +16,7 @@ import pytest
 import ray
 from support.run_helpers import SMALL, parquet_bytes, png_bytes
 
-from pipeline.errors import DerivedManifestConflict
+from pipeline.errors import DerivedManifestConflict, ExitCode
 from pipeline.jobs.nightly import NightlyError, NightlyJob, NightlySpec
 from pipeline.jobs.specs import SpecError, parse_spec_text
 from pipeline.weights.tiny import build_tiny_weights
@@ -194,7 +194,7 @@ def test_a_night_scored_worse_than_the_nights_before_exits_4_and_says_which_metr
     assert worse.run.ok == 2 and worse.scores["clip_t"]["n"] == 2
     dropped = [m for m in ("clip_i", "clip_t") if 1.0 - worse.scores[m]["median"] > 0.05]
     assert "clip_t" in dropped and sorted(worse.regressions) == dropped  # tiny CLIP-I sits near 1
-    assert worse.exit_code == 4
+    assert worse.exit_code == ExitCode.QUALITY_REGRESSION
     assert worse.public_dict()["quality"]["clip_t"]["baseline"] == 1.0
     # The next night: its baseline is the last 3 scored nights, including 2026-09-01 itself.
     assert fine.quality["clip_t"]["nights"] == 3 and fine.regressions == []

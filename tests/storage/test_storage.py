@@ -444,3 +444,20 @@ def test_no_stray_environment_credentials_leak_into_error_text(
     assert "env-secret-value" not in str(info.value) and "env-secret-value" not in caplog.text
     assert storage.settings.public_dict()["credentials"] == "explicit keys"
     assert os.environ["AWS_SECRET_ACCESS_KEY"] not in repr(storage)
+
+
+def test_published_files_are_readable_as_the_umask_allows(tmp_path):
+    """A temp file is private (0600); the published file gets what open() would give it."""
+    import os
+    import stat
+
+    storage = Storage(StorageSettings())
+    mask = os.umask(0o022)
+    os.umask(mask)
+    storage.write_bytes(str(tmp_path / "a" / "written.json"), b"{}")
+    source = tmp_path / "source.tar"
+    source.write_bytes(b"tar")
+    storage.upload_file(str(tmp_path / "a" / "uploaded.tar"), source)
+    for name in ("written.json", "uploaded.tar"):
+        mode = stat.S_IMODE((tmp_path / "a" / name).stat().st_mode)
+        assert mode == 0o666 & ~mask, (name, oct(mode))

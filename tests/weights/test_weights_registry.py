@@ -221,4 +221,4 @@ def test_weights_list_prints_the_files_of_a_model():
     assert "siglip" not in result.output
     bad = CliRunner().invoke(app, ["weights", "list", "sdxl"])
     assert bad.exit_code == ExitCode.USAGE
-    assert "MODELS...: must be one of uso, omniconsistency, all, got 'sdxl'" in bad.output
+    assert "models: must be one of uso, omniconsistency, all, got 'sdxl'" in bad.output

@@ -1,0 +1,76 @@
+"""What an operator reads while a run goes: in a log (no terminal), periodic INFO lines with the
+total, percentage, failures by class, images/s and time left, and the phases; with
+`--log-format json`, one JSON object per line; no colour codes."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from pipeline.execution.logs import configure_logging
+from pipeline.execution.progress import RunProgress, duration
+from pipeline.outputs.commit import ShardStats
+
+
+@pytest.fixture
+def restore_logging():
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def stats(ok: int, errors: dict[str, int]) -> ShardStats:
+    failed = sum(errors.values())
+    return ShardStats(0, "in", "r", "f", count=ok + failed, ok=ok, failed=failed, errors=errors)
+
+
+def test_without_a_terminal_progress_is_periodic_info_lines_with_totals_and_eta(
+    capsys, restore_logging
+):
+    configure_logging("info", "text")
+    progress = RunProgress(enabled=True, total_shards=4, total_items=40, log_every_s=0)
+    assert not progress.interactive  # pytest captures stderr: not a terminal
+    progress.phase("loading 2 actors (weights tiny)")
+    progress.work_started()
+    progress.shard_committed(stats(8, {"bad_input": 1, "io_error": 1}))
+    progress.update_live({7: (5, 0)})
+    progress.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert any(" INFO restyle.progress: loading 2 actors (weights tiny)" in ln for ln in lines)
+    heartbeat = [ln for ln in lines if "progress: " in ln][-1]
+    assert " INFO restyle.progress: progress: 15/40 items (37.5%), 2 failed (bad_input 1, " in (
+        heartbeat
+    )
+    assert "io_error 1), 1/4 shards, " in heartbeat and "images/s, ETA " in heartbeat
+    assert "\x1b[" not in "\n".join(lines)  # no colour codes in a log
+
+
+def test_json_logs_are_one_object_per_line_with_the_progress_fields(capsys, restore_logging):
+    configure_logging("info", "json")
+    progress = RunProgress(enabled=True, total_shards=1, total_items=4, log_every_s=0)
+    progress.work_started()
+    progress.shard_committed(stats(3, {"out_of_memory": 1}))
+    progress.close()
+    records = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    last = records[-1]
+    assert (last["levelname"], last["name"]) == ("INFO", "restyle.progress")
+    assert last["progress"]["items_done"] == 4 and last["progress"]["items_total"] == 4
+    assert last["progress"]["errors"] == {"out_of_memory": 1}
+
+
+def test_the_log_level_hides_info_and_ray_token_notice_unless_debug(capsys, restore_logging):
+    token_notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    configure_logging("warning", "text")
+    logging.getLogger("restyle.progress").info("hidden")
+    assert capsys.readouterr().err == ""
+    assert not token_notice.isEnabledFor(logging.WARNING)  # Ray's own handler never sees it
+    configure_logging("debug", "text")
+    assert token_notice.isEnabledFor(logging.WARNING)
+
+
+def test_durations_read_like_a_person_writes_them():
+    assert [duration(s) for s in (None, 12, 245, 3725)] == ["?", "12s", "4m 05s", "1h 02m"]
