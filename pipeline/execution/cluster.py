@@ -1,7 +1,8 @@
 """Joining the Ray cluster a stage runs on: the one place that calls `ray.init`.
 
-`check_address` runs before anything starts: an address nobody answers at fails in seconds
-with one line, instead of Ray retrying the connection for minutes.
+`check_address` runs before anything starts: an address nobody answers at, or where something
+other than Ray answers, fails in seconds with one line, instead of Ray retrying (or waiting on)
+the connection for minutes.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from pipeline.errors import RunError
 from pipeline.execution.logs import debugging, on_terminal
 
 REACH_TIMEOUT_S = 5.0
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+EMPTY_SETTINGS_FRAME = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # length 0, type 4, no flags
+SETTINGS_FRAME_TYPE = 0x04
 DEFAULT_GCS_PORT = 6379
 DEFAULT_CLIENT_PORT = 10001
 
@@ -49,15 +53,34 @@ def check_address(address: str | None, timeout_s: float = REACH_TIMEOUT_S) -> No
         return
     host, port = target
     try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return
+        with socket.create_connection((host, port), timeout=timeout_s) as connection:
+            connection.settimeout(timeout_s)
+            if _speaks_grpc(connection):
+                return
+            reason = "something answers there, but not Ray (no gRPC on that port)"
     except OSError as error:
         reason = "no answer" if isinstance(error, TimeoutError) else (error.strerror or str(error))
-        raise ClusterUnreachable(
-            f"cannot reach the Ray cluster at {address} ({host}:{port}: {reason}); check "
-            "--address (host:port of the head's GCS, ray://host:10001, or auto) and that the "
-            "cluster is up"
-        ) from None
+    raise ClusterUnreachable(
+        f"cannot reach the Ray cluster at {address} ({host}:{port}: {reason}); check "
+        "--address (host:port of the head's GCS, ray://host:10001, or auto) and that the "
+        "cluster is up"
+    )
+
+
+def _speaks_grpc(connection: socket.socket) -> bool:
+    """True when the peer answers the HTTP/2 connection preface with a SETTINGS frame, as
+    Ray's GCS and client servers (gRPC) do; Ray itself would wait minutes on a silent port."""
+    connection.sendall(HTTP2_PREFACE + EMPTY_SETTINGS_FRAME)
+    header = b""
+    try:
+        while len(header) < 9:
+            chunk = connection.recv(9 - len(header))
+            if not chunk:
+                return False
+            header += chunk
+    except TimeoutError:
+        return False
+    return header[3] == SETTINGS_FRAME_TYPE
 
 
 def connect(address: str | None = None) -> None:
@@ -72,7 +95,12 @@ def connect(address: str | None = None) -> None:
     if not on_terminal():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     quiet = logging.DEBUG if debugging() else logging.WARNING
-    if address:
-        ray.init(address=address, log_to_driver=True, logging_level=quiet)
-    else:
-        ray.init(include_dashboard=False, log_to_driver=True, logging_level=quiet)
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=True, logging_level=quiet)
+        else:
+            ray.init(include_dashboard=False, log_to_driver=True, logging_level=quiet)
+    except (ConnectionError, RuntimeError, ValueError) as error:  # version mismatch, auth, ...
+        where = address or os.environ.get("RAY_ADDRESS") or "a local Ray"
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ClusterUnreachable(f"cannot join the Ray cluster at {where}: {first}") from error

@@ -1,0 +1,51 @@
+"""`--address` is checked before anything starts: a real Ray answers, a closed port or a port
+where something else listens is refused in seconds (Ray itself would wait for minutes)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+import ray
+
+from pipeline.execution.cluster import ClusterUnreachable, check_address
+
+
+def silent_listener() -> tuple[socket.socket, int]:
+    """A loopback port that accepts connections and never says a word."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    threading.Thread(target=lambda: [server.accept() for _ in range(8)], daemon=True).start()
+    return server, server.getsockname()[1]
+
+
+def test_a_port_that_answers_but_is_not_ray_is_refused_in_seconds():
+    server, port = silent_listener()
+    with server:
+        started = time.monotonic()
+        with pytest.raises(ClusterUnreachable, match="something answers there, but not Ray"):
+            check_address(f"127.0.0.1:{port}", timeout_s=1)
+        assert time.monotonic() - started < 5
+
+
+def test_a_closed_port_is_refused_and_auto_is_left_to_ray():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(ClusterUnreachable, match="Connection refused"):
+        check_address(f"127.0.0.1:{port}")
+    check_address("auto")  # Ray finds the local cluster itself
+    with pytest.raises(ClusterUnreachable, match="the port must be a number"):
+        check_address("head:http")
+
+
+@pytest.mark.slow
+def test_the_gcs_of_a_real_ray_passes_the_check():
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        check_address(ray.get_runtime_context().gcs_address)
+    finally:
+        ray.shutdown()
