@@ -120,7 +120,7 @@ def main() -> None:
     )
     from pipeline.config import derive_seed
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     from pipeline.execution.pool import CPU_ACTOR_CPUS
 
     remote_bare = ray.remote(num_cpus=CPU_ACTOR_CPUS)(bare_loop)

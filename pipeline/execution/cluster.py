@@ -96,10 +96,12 @@ def connect(address: str | None = None) -> None:
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     quiet = logging.DEBUG if debugging() else logging.WARNING
     try:
-        if address:
-            ray.init(address=address, log_to_driver=True, logging_level=quiet)
-        else:
-            ray.init(include_dashboard=False, log_to_driver=True, logging_level=quiet)
+        if address or os.environ.get("RAY_ADDRESS"):
+            ray.init(address=address or None, log_to_driver=True, logging_level=quiet)
+        else:  # "local": a new Ray here, never a `ray start` cluster Ray would find on its own
+            ray.init(
+                address="local", include_dashboard=False, log_to_driver=True, logging_level=quiet
+            )
     except (ConnectionError, RuntimeError, ValueError) as error:  # version mismatch, auth, ...
         where = address or os.environ.get("RAY_ADDRESS") or "a local Ray"
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]

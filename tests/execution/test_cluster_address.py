@@ -44,7 +44,7 @@ def test_a_closed_port_is_refused_and_auto_is_left_to_ray():
 
 @pytest.mark.slow
 def test_the_gcs_of_a_real_ray_passes_the_check():
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         check_address(ray.get_runtime_context().gcs_address)
     finally:

@@ -44,7 +44,13 @@ def test_a_run_publishes_items_by_status_rate_busy_commit_and_staging_metrics(
     tiny_weights, tmp_path
 ):
     port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _metrics_export_port=port)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _metrics_export_port=port,
+    )
     try:
         write_images(tmp_path / "images", 2)
         rows = uso_rows("m", 3, "images/img0.png", "images/img1.png")

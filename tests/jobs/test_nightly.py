@@ -82,7 +82,7 @@ def test_each_night_processes_only_rows_not_yet_produced(tmp_path, s3_server, s3
     def night(label: str, job_spec: NightlySpec = spec):
         return NightlyJob(job_spec, settings, label, show_progress=False).run()
 
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
     try:
         first = night("2026-09-01")
         assert (first.new, first.run.ok, first.run.failed, first.indexed) == (4, 4, 0, 4)

@@ -243,7 +243,7 @@ rows_per_shard: 3
 """.encode(),
     )
     spec = TripletSpec.parse(read_spec(spec_uri, storage))
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
     try:
         summary = TripletJob(spec, s3_server.settings(), show_progress=False).run()
         again = TripletJob(spec, s3_server.settings(), show_progress=False).run()

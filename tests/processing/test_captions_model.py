@@ -130,7 +130,7 @@ def test_caption_stage_writes_sidecars_for_committed_shards_on_s3(
         "a-3",
     ]
 
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
     try:
         summary = caption_run(run_uri, str(blip), s3_server.settings(), actors=1, device="cpu")
         assert (summary.shards_captioned, summary.captions, summary.failed) == (2, 4, {})

@@ -51,6 +51,7 @@ def ray_node(tmp_path_factory: pytest.TempPathFactory) -> Path:
     node_cache = tmp_path_factory.mktemp("node") / "weights-cache"
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     ray.init(
+        address="local",  # a new local Ray, never a `ray start` cluster found on the machine
         num_cpus=2,
         num_gpus=0,
         include_dashboard=False,
