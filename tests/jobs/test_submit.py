@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -260,6 +261,12 @@ def test_submitted_nightly_job_runs_once_per_night(tmp_path, s3_server, s3_bucke
         "AWS_REGION": "us-east-1",
     }
     cluster_env.pop("RAY_ADDRESS", None)
+    # A cluster image has Ray and the libraries in its base Python; this cluster runs from the
+    # test's virtualenv, so the job's virtualenv (Ray's pip runtime env inherits the *base*
+    # site-packages) is given this one's: restyle's pip list leaves Ray to the cluster.
+    cluster_env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [sysconfig.get_paths()["purelib"], cluster_env.get("PYTHONPATH")])
+    )
     head = RayHead(tmp_path, cluster_env)
     try:
 
