@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -21,11 +21,16 @@ from pipeline.cli.common import (
     Profile,
     Region,
     emit,
+    env,
     operator_errors,
     storage_settings,
 )
 
-ModelOpt = Annotated[str, typer.Option(help="Backbone folder (local or s3://) or 'tiny'.")]
+
+def _backbone(name: str) -> Any:
+    """The option of one backbone folder (each with its own RESTYLE_* variable)."""
+    return typer.Option(help="Backbone folder (local or s3://) or 'tiny'.", envvar=env(f"--{name}"))
+
 
 # The papers' tables: (column title, metric) in their order.
 USO_BENCH = (("CLIP-I", "clip_i"), ("DINO", "dino"), ("CSD", "csd"), ("CLIP-T", "clip_t"))
@@ -41,30 +46,52 @@ OMNI_TABLE1 = (
 
 
 def eval_command(
-    run_uri: Annotated[str, typer.Argument(help="A run folder: <out>/<run>.")],
+    run_uri: Annotated[
+        str, typer.Argument(help="A run folder: <out>/<run>.", envvar=env("run_uri"))
+    ],
     compare: Annotated[
         str | None,
-        typer.Option(help="Another run: print per-metric deltas (it minus RUN) with 95% CIs."),
+        typer.Option(
+            help="Another run: print per-metric deltas (it minus RUN) with 95% CIs.",
+            envvar=env("--compare"),
+        ),
     ] = None,
     metrics: Annotated[
-        str, typer.Option(help="Comma-separated metrics (default: every one with a backbone).")
+        str,
+        typer.Option(
+            help="Comma-separated metrics (default: every one with a backbone).",
+            envvar=env("--metrics"),
+        ),
     ] = "",
     models: Annotated[
-        str, typer.Option(help="'tiny': tiny random backbones for every kind that has one.")
+        str,
+        typer.Option(
+            help="'tiny': tiny random backbones for every kind that has one.",
+            envvar=env("--models"),
+        ),
     ] = "",
-    clip: ModelOpt = "",
-    dino: ModelOpt = "",
-    csd: ModelOpt = "",
-    dreamsim: ModelOpt = "",
-    fid: ModelOpt = "",
-    cmmd: ModelOpt = "",
+    clip: Annotated[str, _backbone("clip")] = "",
+    dino: Annotated[str, _backbone("dino")] = "",
+    csd: Annotated[str, _backbone("csd")] = "",
+    dreamsim: Annotated[str, _backbone("dreamsim")] = "",
+    fid: Annotated[str, _backbone("fid")] = "",
+    cmmd: Annotated[str, _backbone("cmmd")] = "",
     reference: Annotated[
-        str | None, typer.Option(help="FID/CMMD reference: image folder, manifest or run.")
+        str | None,
+        typer.Option(
+            help="FID/CMMD reference: image folder, manifest or run.", envvar=env("--reference")
+        ),
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Items per forward pass.")] = 16,
-    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for --compare.")] = 1000,
-    actors: Annotated[int, typer.Option(help="Eval actors (0 = one per GPU, or 1).")] = 0,
-    device: Annotated[str, typer.Option(help="auto | cuda | cpu")] = "auto",
+    batch_size: Annotated[
+        int, typer.Option(help="Items per forward pass.", envvar=env("--batch-size"))
+    ] = 16,
+    bootstrap: Annotated[
+        int, typer.Option(help="Bootstrap resamples for --compare.", envvar=env("--bootstrap"))
+    ] = 1000,
+    actors: Annotated[
+        int, typer.Option(help="Eval actors (0 = one per GPU, or 1).", envvar=env("--actors"))
+    ] = 0,
+    device: Annotated[str, typer.Option(help="auto | cuda | cpu", envvar=env("--device"))] = "auto",
     address: Address = None,
     endpoint_url: Endpoint = None,
     region: Region = None,
@@ -169,10 +196,18 @@ def _compare(run_a: str, run_b: str, settings, resamples: int, as_json: bool) ->
 
 
 def report_command(
-    run_uri: Annotated[str, typer.Argument(help="A run folder: <out>/<run> (local or s3://).")],
+    run_uri: Annotated[
+        str,
+        typer.Argument(help="A run folder: <out>/<run> (local or s3://).", envvar=env("run_uri")),
+    ],
     out: Annotated[
         str | None,
-        typer.Option("--out", "-o", help="Report folder (default: <run>/report/)."),
+        typer.Option(
+            "--out",
+            "-o",
+            help="Report folder (default: <run>/report/).",
+            envvar=env("--report-out"),
+        ),
     ] = None,
     endpoint_url: Endpoint = None,
     region: Region = None,

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.config import EvalSettings
+from pipeline.errors import ExitCode
 from pipeline.outputs.run_layout import CommitFiles, committed, summary_uri
 from pipeline.outputs.run_state import RunState
 from pipeline.outputs.score_stats import current_scores, summarise
@@ -45,7 +46,8 @@ class EvalSummary:
 
     @property
     def exit_code(self) -> int:
-        return 2 if self.failed else 0
+        """INCOMPLETE when shards could not be scored (rerun the same command), else OK."""
+        return ExitCode.INCOMPLETE if self.failed else ExitCode.OK
 
     @property
     def images_per_s(self) -> float:
