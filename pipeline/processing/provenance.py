@@ -49,6 +49,9 @@ def item_provenance(
             scale=lora.scale,
         )
     subject = image_ref_uri(item.subject)
+    # Random either way: the run's weights (tiny, random-full, a folder the tiny builder made)
+    # or a model that initialised itself randomly (the benchmarks).
+    random_weights = random_weights or bool(outcome.parameters.get("random_weights"))
     return provenance(
         item_id=item.id,
         key=key,

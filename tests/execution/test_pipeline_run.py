@@ -102,6 +102,9 @@ def test_parquet_run_writes_committed_shards_with_records_for_every_item(
     assert members["a-1.txt"] == b"item 1"  # default caption: the prompt
     provenance = json.loads(members["a-1.json"])
     assert provenance["model"] == "uso" and provenance["parameters"]["width"] == 64
+    # tiny weights are random: every output says so, at the top and among its parameters
+    assert provenance["random_weights"] is True
+    assert provenance["parameters"]["random_weights"] is True
     assert {w["name"] for w in provenance["weights"]} >= {
         "flux1-dev/flux1-dev.safetensors",
         "uso/dit_lora.safetensors",
