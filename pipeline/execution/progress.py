@@ -30,6 +30,7 @@ from pipeline.outputs.commit import ShardStats
 
 log = logging.getLogger("restyle.progress")
 LOG_EVERY_S = 30.0  # without a terminal, one progress line per this many seconds
+BAR_WIDTH = 32  # the bar line stays under 80 columns up to 10^9 items
 
 
 def duration(seconds: float | None) -> str:
@@ -66,20 +67,21 @@ class RunProgress:
         self._live_counts: dict[int, tuple[int, int]] = {}
         self._work_started: float | None = None
         self._last_log = time.monotonic()
+        # The bar line has a fixed width (under 80 columns); the phase and the figures go on
+        # the line above it, which wraps instead of cutting numbers off on a narrow terminal.
         self._bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=BAR_WIDTH),
             MofNCompleteColumn(),
             TaskProgressColumn(),
-            TextColumn("{task.fields[detail]}"),
+            TextColumn("ETA {task.fields[eta]}"),
             TimeElapsedColumn(),
             console=STDERR,
         )
-        self._task = self._bar.add_task("starting", total=total_items, detail="")
+        self._task = self._bar.add_task("starting", total=total_items, eta="?")
         self._display: Live | None = None
         if self.interactive:
             self._display = Live(
-                self._renderable(), console=STDERR, refresh_per_second=4, redirect_stderr=True
+                self.view(), console=STDERR, refresh_per_second=4, redirect_stderr=True
             )
             self._display.start()
 
@@ -150,23 +152,30 @@ class RunProgress:
         return f"{self.failed} failed" + (f" ({shown})" if shown else "")
 
     def detail(self) -> str:
+        """The line above the bar: `running | 2 failed (bad_input 1, io_error 1) | 1/2 shards |
+        2.59 images/s`."""
         rate = self.images_per_s()
         return (
-            f"{self.failures()} | {self.committed_shards}/{self.total_shards} shards | "
-            f"{rate:.2f} images/s | ETA {duration(self.eta_s())}"
+            f"{self.phase_text} | {self.failures()} | {self.committed_shards}/"
+            f"{self.total_shards} shards | {rate:.2f} images/s"
         )
 
     # ------------------------------------------------------------------ drawing
-    def _renderable(self) -> Group:
+    def view(self) -> Group:
+        """What the terminal shows: the figures, the bar, the notes."""
+        header = Text(self.detail(), style="bold")
         lines = [Text(f"  {note}") for note in self.notes]
-        return Group(self._bar, *lines)
+        return Group(header, self._bar, *lines)
 
     def _refresh(self) -> None:
         self._bar.update(
-            self._task, description=self.phase_text, completed=self.done, detail=self.detail()
+            self._task,
+            description=self.phase_text,
+            completed=self.done,
+            eta=duration(self.eta_s()),
         )
         if self._display is not None:
-            self._display.update(self._renderable())
+            self._display.update(self.view())
         now = time.monotonic()
         if (
             self.logging

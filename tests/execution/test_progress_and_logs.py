@@ -4,10 +4,12 @@ total, percentage, failures by class, images/s and time left, and the phases; wi
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 
 import pytest
+from rich.console import Console
 
 from pipeline.execution.logs import configure_logging
 from pipeline.execution.progress import RunProgress, duration
@@ -74,3 +76,21 @@ def test_the_log_level_hides_info_and_ray_token_notice_unless_debug(capsys, rest
 
 def test_durations_read_like_a_person_writes_them():
     assert [duration(s) for s in (None, 12, 245, 3725)] == ["?", "12s", "4m 05s", "1h 02m"]
+
+
+def test_on_an_80_column_terminal_the_display_keeps_every_figure(restore_logging):
+    progress = RunProgress(enabled=False, total_shards=2, total_items=40)
+    progress.phase("running")
+    progress.work_started()
+    progress.shard_committed(stats(18, {"bad_input": 1, "io_error": 1}))
+    progress.shard_committed(stats(20, {}))
+    progress.set_notes(["1/2 actors ready (staging weights, loading)"])
+    console = Console(width=80, file=io.StringIO(), record=True, color_system=None)
+    console.print(progress.view())
+    lines = console.export_text().splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    assert "…" not in "\n".join(lines)  # nothing cut off
+    assert lines[0].startswith("running | 2 failed (bad_input 1, io_error 1) | 2/2 shards | ")
+    assert "images/s" in lines[0]
+    assert " 40/40 100% ETA 0s " in lines[1]
+    assert lines[2] == "  1/2 actors ready (staging weights, loading)"
