@@ -2,7 +2,8 @@
 
 `check_address` runs before anything starts: an address nobody answers at, or where something
 other than Ray answers, fails in seconds with one line, instead of Ray retrying (or waiting on)
-the connection for minutes.
+the connection for minutes. Something else includes a gRPC or HTTP/2 server that is not Ray's
+GCS (a proxy, an ingress): it is asked for the cluster id, as Ray itself asks first.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 EMPTY_SETTINGS_FRAME = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # length 0, type 4, no flags
 SETTINGS_FRAME_TYPE = 0x04
 DEFAULT_GCS_PORT = 6379
+# The GCS call `ray.init` makes first (an empty request); any answer but "no such method" or
+# "no server" is Ray's, "unauthenticated" included (a cluster with token authentication).
+GCS_CLUSTER_ID_METHOD = "/ray.rpc.NodeInfoGcsService/GetClusterId"
 DEFAULT_CLIENT_PORT = 10001
 
 
@@ -55,9 +59,18 @@ def check_address(address: str | None, timeout_s: float = REACH_TIMEOUT_S) -> No
     try:
         with socket.create_connection((host, port), timeout=timeout_s) as connection:
             connection.settimeout(timeout_s)
-            if _speaks_grpc(connection):
-                return
+            answers_grpc = _speaks_grpc(connection)
+        if not answers_grpc:
             reason = "something answers there, but not Ray (no gRPC on that port)"
+        elif address.startswith("ray://"):
+            return  # the Ray client server: its gRPC preface is the check
+        else:
+            not_gcs = _not_gcs_because(
+                f"[{host}]:{port}" if ":" in host else f"{host}:{port}", timeout_s
+            )
+            if not_gcs is None:
+                return
+            reason = f"something answers there, but not Ray's GCS ({not_gcs})"
     except OSError as error:
         reason = "no answer" if isinstance(error, TimeoutError) else (error.strerror or str(error))
     raise ClusterUnreachable(
@@ -81,6 +94,30 @@ def _speaks_grpc(connection: socket.socket) -> bool:
     except TimeoutError:
         return False
     return header[3] == SETTINGS_FRAME_TYPE
+
+
+def _not_gcs_because(target: str, timeout_s: float) -> str | None:
+    """None when a Ray GCS answers at `target` (host:port), else what answered instead."""
+    import grpc
+
+    with grpc.insecure_channel(target) as channel:
+        ask = channel.unary_unary(
+            GCS_CLUSTER_ID_METHOD,
+            request_serializer=lambda _: b"",
+            response_deserializer=lambda data: data,
+        )
+        try:
+            ask(None, timeout=timeout_s)
+        except grpc.RpcError as error:
+            code = error.code()
+            not_ray = (
+                grpc.StatusCode.UNIMPLEMENTED,
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            )
+            if code in not_ray:
+                return error.details() or code.name.lower()
+    return None
 
 
 def connect(address: str | None = None) -> None:

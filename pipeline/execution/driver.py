@@ -179,9 +179,12 @@ class Runner:
         plan = self.plan()
         only = None if self.config.only_ids is None else frozenset(self.config.only_ids)
         total_items = self.count_items(plan.todo) if only is None else len(only)
-        self.state.claim(plan.run_json(self.settings))
+        run_json = plan.run_json(self.settings)
+        # A folder of another configuration is refused now; run.json is written once Ray is
+        # up, so a run that cannot start leaves nothing behind.
+        self.state.check_claim(run_json)
         summary = self._summary(plan, shards_already_done=len(plan.done))
-        return self._execute(self.run_tasks(plan), summary, total_items)
+        return self._execute(self.run_tasks(plan), summary, total_items, claim=run_json)
 
     def run_tasks(self, plan: Plan) -> list[ShardTask]:
         """One task per shard not yet committed: the whole shard, its first attempt."""
@@ -243,7 +246,14 @@ class Runner:
         ]
 
     # ------------------------------------------------------------------ execution
-    def _execute(self, tasks: list[ShardTask], summary: RunSummary, total_items: int) -> RunSummary:
+    def _execute(
+        self,
+        tasks: list[ShardTask],
+        summary: RunSummary,
+        total_items: int,
+        claim: dict | None = None,
+    ) -> RunSummary:
+        """Run `tasks` on Ray; `claim`: the run.json to write once Ray is up."""
         t0 = time.perf_counter()
         if summary.random_weights:
             log.warning(
@@ -252,12 +262,20 @@ class Runner:
                 summary.weights,
             )
         if tasks:
-            self._run_on_ray(tasks, summary, total_items)
+            self._run_on_ray(tasks, summary, total_items, claim)
+        elif claim is not None:
+            self.state.claim(claim)
         summary.take_totals(run_status(self.state))
         summary.wall_s = time.perf_counter() - t0
         return summary
 
-    def _run_on_ray(self, tasks: list[ShardTask], summary: RunSummary, total_items: int) -> None:
+    def _run_on_ray(
+        self,
+        tasks: list[ShardTask],
+        summary: RunSummary,
+        total_items: int,
+        claim: dict | None,
+    ) -> None:
         from pipeline.execution.actor import SHARDS_IN_FLIGHT_PER_ACTOR, StylizeActor
         from pipeline.execution.cluster import connect
         from pipeline.execution.dispatch import dispatch
@@ -268,6 +286,8 @@ class Runner:
         try:
             progress.phase("starting Ray")
             connect(self.address)
+            if claim is not None:
+                self.state.claim(claim)
             metrics = RunMetrics(self.config.model)
             size = pool_size(self.config.actors, len(tasks))
             what = "actor" if size == 1 else "actors"
