@@ -251,10 +251,14 @@ def convert_csd_command(
         Path,
         typer.Argument(help="Folder to write (restyle eval --csd FOLDER).", envvar=env("csd_out")),
     ],
+    as_json: AsJson = False,
 ) -> None:
     """Convert the CSD release checkpoint into the folder `restyle eval --csd` loads."""
     from pipeline.weights.csd_convert import convert_csd
 
     with operator_errors():
         folder = convert_csd(checkpoint, out)
-    console.print(f"CSD folder written: {folder}")
+    if as_json:
+        print(json.dumps({"folder": str(folder), "exit_code": int(ExitCode.OK)}))
+    else:
+        console.print(f"CSD folder written: {folder}")

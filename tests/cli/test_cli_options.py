@@ -139,6 +139,24 @@ def test_every_option_can_come_from_a_restyle_environment_variable():
     assert missing == []
 
 
+def test_every_command_answers_in_json_for_scripts():
+    import typer
+
+    def leaves(command, path=()):
+        subcommands = getattr(command, "commands", {})
+        if not subcommands:
+            yield path, command
+        for name, sub in subcommands.items():
+            yield from leaves(sub, (*path, name))
+
+    without = [
+        f"restyle {' '.join(path)}"
+        for path, command in leaves(typer.main.get_command(app))
+        if not any("--json" in getattr(param, "opts", ()) for param in command.params)
+    ]
+    assert without == []
+
+
 def test_an_option_from_its_environment_variable_is_checked_like_the_option(tmp_path):
     result = subprocess.run(
         [*RESTYLE, "run", "m.parquet", "--out", str(tmp_path / "o")],

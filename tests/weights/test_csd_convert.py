@@ -8,6 +8,7 @@ with random weights, saved the way CSD's training script saves it, and converted
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 
 import numpy as np
@@ -105,9 +106,10 @@ def test_converted_csd_checkpoint_gives_the_authors_descriptors(tmp_path):
         checkpoint,
     )
     result = CliRunner().invoke(
-        app, ["weights", "convert-csd", str(checkpoint), str(tmp_path / "csd")]
+        app, ["weights", "convert-csd", str(checkpoint), str(tmp_path / "csd"), "--json"]
     )
     assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"folder": str(tmp_path / "csd"), "exit_code": 0}
     ours = CsdEmbedder(tmp_path / "csd")
     rng = np.random.default_rng(1)
     images = [Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)) for _ in range(3)]
