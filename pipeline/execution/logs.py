@@ -4,7 +4,8 @@
   per event, no colour codes unless stderr is a terminal;
 - `--log-format json`: one JSON object per line with the key names of Ray's own structured logs
   (`asctime`, `levelname`, `name`, `message`, `filename`, `lineno`, plus the event's fields,
-  e.g. the progress counts), for log collectors on a cluster.
+  e.g. the progress counts), for log collectors on a cluster; the actors' lines Ray forwards to
+  the driver stay JSON too (no "(StylizeActor pid=...)" prefix).
 
 Every line goes through `STDERR`, the one rich console of a command, so a log line printed while
 the live progress display is up lands above it instead of being glued onto the bar. The driver
@@ -36,6 +37,9 @@ QUIET_LIBRARIES_ENV = {
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
 }
 QUIET_LOGGERS = ("ray._private.authentication",)  # "Token authentication is enabled ..."
+# With JSON logs, the lines Ray forwards from actors must stay JSON: no "(Actor pid=...)" prefix,
+# no "[repeated 3x across cluster]" suffix. Read by Ray when it is imported.
+RAY_JSON_FORWARDING_ENV = {"RAY_DISABLE_WORKER_LOG_PREFIX": "1", "RAY_DEDUP_LOGS": "0"}
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
@@ -88,6 +92,8 @@ def configure_logging(level: str | None = None, log_format: str | None = None) -
     os.environ[LEVEL_ENV], os.environ[FORMAT_ENV] = level.value, log_format.value
     for name, value in QUIET_LIBRARIES_ENV.items():
         os.environ.setdefault(name, value)
+    if log_format == LogFormat.JSON:
+        os.environ.update(RAY_JSON_FORWARDING_ENV)
     handler = ConsoleHandler()
     handler.setFormatter(
         JsonFormatter() if log_format == LogFormat.JSON else logging.Formatter(TEXT_FORMAT)

@@ -7,6 +7,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 from rich.console import Console
@@ -19,10 +22,12 @@ from pipeline.outputs.commit import ShardStats
 @pytest.fixture
 def restore_logging():
     root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
+    handlers, level, environ = list(root.handlers), root.level, dict(os.environ)
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+    os.environ.clear()
+    os.environ.update(environ)
 
 
 def stats(ok: int, errors: dict[str, int]) -> ShardStats:
@@ -62,6 +67,45 @@ def test_json_logs_are_one_object_per_line_with_the_progress_fields(capsys, rest
     assert (last["levelname"], last["name"]) == ("INFO", "restyle.progress")
     assert last["progress"]["items_done"] == 4 and last["progress"]["items_total"] == 4
     assert last["progress"]["errors"] == {"out_of_memory": 1}
+
+
+JSON_DRIVER = """
+import logging, sys
+from pipeline.execution.logs import actor_env, configure_logging
+configure_logging("info", "json")  # as `restyle --log-format json` does, before Ray is imported
+import ray
+from pipeline.execution.cluster import connect
+
+@ray.remote(num_cpus=0.5)
+class Worker:
+    def work(self):
+        configure_logging()  # as an actor does, from the driver's settings
+        logging.getLogger("pipeline.execution.actor").info("actor loaded")
+        return True
+
+connect()  # a local Ray, as `restyle run` starts it
+workers = [Worker.options(runtime_env={"env_vars": actor_env()}).remote() for _ in range(2)]
+assert all(ray.get([w.work.remote() for w in workers]))
+import time; time.sleep(3)  # Ray forwards actor lines a moment later
+logging.getLogger("restyle.progress").info("done")
+ray.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_json_logs_stay_json_with_the_lines_ray_forwards_from_actors(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", JSON_DRIVER],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # no "(Worker pid=...)" prefixes
+    actor_lines = [r for r in records if r.get("name") == "pipeline.execution.actor"]
+    assert len(actor_lines) == 2 and all(r["message"] == "actor loaded" for r in actor_lines)
 
 
 def test_the_log_level_hides_info_and_ray_token_notice_unless_debug(capsys, restore_logging):
