@@ -253,6 +253,9 @@ def test_list_shards_specs(tmp_path: Path, local: Storage) -> None:
         ({"seed": "42"}, "seed", "must be an integer, got str"),
         ({"width": 512.5}, "width", "must be an integer, got 512.5"),
         ({"height": True}, "height", "must be an integer, got bool"),
+        # one bound everywhere: what a run refuses, a manifest row is refused for up front
+        ({"width": 8192}, "width", "must be between 16 and 4096, got 8192"),
+        ({"height": 8}, "height", "must be between 16 and 4096, got 8"),
         ({"steps": 0}, "steps", "between 1 and 1000"),
         ({"guidance": -1}, "guidance", "must be >= 0"),
         ({"style_lora_scale": "x"}, "style_lora_scale", "must be a number"),
