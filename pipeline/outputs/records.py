@@ -120,7 +120,8 @@ def read_records(storage: Storage, uri: str) -> list[ItemRecord]:
 
 def overlay(current: list[ItemRecord], newer: list[ItemRecord]) -> list[ItemRecord]:
     """`current` with each item of `newer` replaced by its newer record (input order kept;
-    items `current` lacks come last)."""
-    by_id = {r.id: r for r in newer}
-    merged = [by_id.pop(r.id, r) for r in current]
-    return merged + [r for r in newer if r.id in by_id]
+    items `current` lacks come last). An item is a manifest row: (id, input row), so a row that
+    repeats an id (a failed record of its own) never replaces the first row's record."""
+    by_row = {(r.id, r.input_row): r for r in newer}
+    merged = [by_row.pop((r.id, r.input_row), r) for r in current]
+    return merged + [r for r in newer if (r.id, r.input_row) in by_row]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from pipeline.errors import RunConflictError
+from pipeline.errors import ItemStatus, RunConflictError
 from pipeline.outputs.card import write_card
 from pipeline.outputs.commit import ShardStats, read_marker
 from pipeline.outputs.layout import (
@@ -154,7 +154,13 @@ class RunState:
         work = []
         for shard, last in sorted(committed.items()):
             prior: dict[str, int] = {}
-            for record in self.current_records(shard):
+            records = self.current_records(shard)
+            # An id with an ok record is done: its failed rows repeat the id, and a retry would
+            # only redo the ok row and refuse the repeat again.
+            done = {r.id for r in records if r.status == ItemStatus.OK and r.retry <= last}
+            for record in records:
+                if record.id in done:
+                    continue
                 if record.retry > last:  # written by the interrupted retry: redo it
                     prior[record.id] = record.attempts - 1
                 elif record.failed:

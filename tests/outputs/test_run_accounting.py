@@ -1,5 +1,5 @@
 """What a run wrote, counted the one way `restyle run` and `restyle status` both count it: every
-record (a repeated id included), the newest commit of each row, one images/s, one exit code."""
+record (a repeated id included), the newest record of each row, one images/s, one exit code."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from pipeline.outputs.commit import (
     ShardWriter,
     sample_key,
 )
+from pipeline.outputs.layout import LAYOUT_VERSION
 from pipeline.outputs.run_state import RunState
 from pipeline.outputs.status import images_per_second, run_status
 from pipeline.storage import Storage
@@ -25,29 +26,33 @@ from pipeline.storage import Storage
 FINGERPRINT = "f" * 16
 
 
-def commit(storage, folder, shard, rows, started=0.0, finished=10.0, retry_of=()):
-    """Commit `rows` [(id, row, status)] as shard `shard` into `folder` with the real writer."""
-    stats = ShardStats(shard, f"in/part-{shard}.parquet", "r", FINGERPRINT, retry_of=list(retry_of))
-    writer = ShardWriter(storage, ShardPaths(folder, shard), stats)
+def commit(storage, folder, shard, rows, started=0.0, finished=10.0, retry=0):
+    """Commit `rows` [(id, row, status)] as shard `shard` (or its retry) into `folder` with the
+    real writer."""
+    stats = ShardStats(shard, f"in/part-{shard}.parquet", "r", FINGERPRINT)
+    paths = ShardPaths(folder, shard, retry)
+    writer = ShardWriter(storage, paths, stats)
     for item_id, row, status in rows:
         key = sample_key(item_id)
         if status == "ok":
             writer.add_sample(key, {"png": b"png", "txt": b"t", "json": b"{}"})
-        writer.add_record(ItemRecord(item_id, key, status, input_row=row))
+        writer.add_record(ItemRecord(item_id, key, status, input_row=row, retry=retry))
     committed = writer.commit()
     committed.started_at, committed.finished_at = started, finished  # a known span
-    storage.write_bytes(ShardPaths(folder, shard).marker, committed.to_json())
+    storage.write_bytes(paths.marker, committed.to_json())
     return committed
 
 
 def claim(storage, run, shards=2):
-    RunState(storage, run).claim(
+    """run.json as a run writes it, as far as status reads it."""
+    RunState(storage, run).write_run_json(
         {
             "fingerprint": FINGERPRINT,
             "fingerprint_fields": {},
             "config": {"weights": "tiny"},
             "random_weights": True,
             "input_shards": [f"in/part-{k}.parquet" for k in range(shards)],
+            "layout": LAYOUT_VERSION,
         }
     )
 
@@ -64,8 +69,10 @@ def test_a_repeated_id_counts_as_the_failed_row_it_is_in_status_as_in_the_marker
         1,
         {"bad_input": 1},
     )
-    # With a retry commit, records are read row by row: the duplicate still counts once.
-    commit(storage, f"{run}/retry-01", 0, [("a", 0, "ok"), ("a", 1, "bad_input")], retry_of=[0])
+    # A retry never redoes an id that has an ok record (its other row repeats it)...
+    assert RunState(storage, run).retry_plan(FINGERPRINT) == []
+    # ...and a retry commit overlays rows, not ids: the repeat never replaces the first row.
+    commit(storage, run, 0, [("a", 0, "ok"), ("a", 1, "bad_input")], retry=1)
     status = run_status(RunState(storage, run))
     assert (status.items, status.ok, status.failed, status.retry_commits) == (3, 2, 1, 1)
     assert status.exit_code == ExitCode.ITEMS_FAILED
@@ -97,7 +104,9 @@ def test_a_changed_config_is_refused_naming_only_what_changed(tmp_path):
     storage, run = Storage(), str(tmp_path / "run")
     fields = {"seed": 0, "scoring": {"metrics": (), "model": ""}, "sampling": {"steps": 2}}
     state = RunState(storage, run)
-    state.claim({"fingerprint": "a" * 16, "fingerprint_fields": fields})
+    state.write_run_json(
+        {"fingerprint": "a" * 16, "fingerprint_fields": fields, "layout": LAYOUT_VERSION}
+    )
     changed = {**fields, "seed": 1}
     with pytest.raises(RunConflictError, match=r"\(changed: seed\)"):
         state.claim({"fingerprint": "b" * 16, "fingerprint_fields": changed})
