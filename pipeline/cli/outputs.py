@@ -13,19 +13,23 @@ from pipeline.cli.common import (
     Profile,
     Region,
     emit,
+    env,
     operator_errors,
     storage_settings,
 )
 
 
 def migrate(
-    run_uri: Annotated[str, typer.Argument(help="The run folder: <out>/<run>.")],
+    run_uri: Annotated[
+        str, typer.Argument(help="The run folder: <out>/<run>.", envvar=env("run_uri"))
+    ],
     relative_to: Annotated[
         str | None,
         typer.Option(
             "--relative-to",
             help="The folder the run was started from: relative local paths in its records and "
             "provenance are made absolute against it (default: the current folder).",
+            envvar=env("--relative-to"),
         ),
     ] = None,
     endpoint_url: Endpoint = None,

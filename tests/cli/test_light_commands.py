@@ -16,6 +16,7 @@ from support.run_helpers import parquet_bytes, uso_rows, write_images
 
 from pipeline.errors import ExitCode
 from pipeline.outputs.commit import ItemRecord, ShardPaths, ShardStats, ShardWriter, sample_key
+from pipeline.outputs.layout import LAYOUT_VERSION
 from pipeline.outputs.run_state import RunState
 from pipeline.storage import Storage
 
@@ -27,8 +28,9 @@ def committed_run(folder: Path, statuses: list[str]) -> Path:
     (written by the real commit code, no Ray needed)."""
     storage = Storage()
     run = folder / "uso-test"
-    RunState(storage, str(run)).claim(
+    RunState(storage, str(run)).write_run_json(
         {
+            "layout": LAYOUT_VERSION,
             "fingerprint": "f" * 16,
             "fingerprint_fields": {},
             "config": {"weights": "tiny"},

@@ -17,6 +17,7 @@ from support.run_helpers import run_config
 from typer.testing import CliRunner
 
 from pipeline.cli.main import app
+from pipeline.errors import ExitCode
 from pipeline.execution.driver import Runner
 from pipeline.jobs.caption import caption_plan
 from pipeline.outputs.layout import LayoutError
@@ -41,7 +42,7 @@ def old_run(tmp_path, monkeypatch):
 def test_an_old_run_is_refused_with_the_way_to_migrate_it(old_run):
     start, run = old_run
     result = CliRunner().invoke(app, ["status", str(run)])
-    assert result.exit_code == 2
+    assert result.exit_code == ExitCode.CANNOT_START  # an input that cannot be used as it is
     assert "layout 1" in result.output and f"restyle migrate {run}" in result.output
     state = RunState(Storage(), str(run))
     with pytest.raises(LayoutError, match="restyle migrate"):  # resume and --retry-failed
