@@ -26,7 +26,7 @@ Documented deviations (all deliberate):
 - fuse_lora: merge the LoRA into the base weights (bf16 rounding differs slightly).
 - fp8: store the transformer blocks' Linear weights in row-scaled float8 (`models.fp8`); not
   together with fuse_lora.
-- compile: torch.compile each transformer block (diffusers' regional compilation).
+- compile: torch.compile each transformer block (regional compilation, `models.compilation`).
 - offload: keep components on the CPU and move each to the GPU only while it runs.
 - max_batch_size: items with the same token layout (size, steps, subject size, number of
   styles) share one forward.
@@ -34,10 +34,10 @@ Documented deviations (all deliberate):
   default d), "content_ref" (512), "subject_latent" ("mean"/"sample"), "style_cache_size" (256
   images, 0 = off), "subject_cache_size" (64 subject latents, "mean" mode only),
   "text_cache_size" (64 prompts), "siglip_dtype" / "vae_dtype" ("float32"), "max_side" (4096:
-  larger sides are impossible sizes), "compile_mode" (passed to torch.compile),
-  "attention_backend" (a diffusers attention backend such as "_native_cudnn" or "flash";
-  default: torch SDPA's own choice; no Hub kernels), "default_size", "default_steps",
-  "default_guidance".
+  larger sides are impossible sizes), "attention_backend" (a diffusers attention backend such
+  as "_native_cudnn" or "flash" instead of torch SDPA; no Hub kernels), "default_size",
+  "default_steps", "default_guidance"; and the speed switches both models share
+  (`models.speed`: "sdpa_backend", "fp8_matmul", "compile_mode", "compile_backend").
 """
 
 from __future__ import annotations
@@ -104,11 +104,7 @@ class USOModel(StylizationModel):
         runtime.store_in_fp8(flux)
         if settings.attention_backend:
             flux.set_attention_backend(settings.attention_backend)
-        if runtime.options.compile:
-            kwargs: dict[str, bool | str] = {"fullgraph": True}
-            if settings.compile_mode:
-                kwargs["mode"] = settings.compile_mode
-            flux.compile_repeated_blocks(**kwargs)
+        runtime.compile(flux)
 
     @property
     def device(self) -> torch.device:
@@ -248,7 +244,7 @@ class USOModel(StylizationModel):
         )
         started = time.perf_counter()
         transformer = self.components.transformer
-        with self.runtime.resident(transformer):
+        with self.runtime.resident(transformer), self.runtime.attention():
             packed = denoise(transformer, batch)
             self.runtime.synchronize()
         denoised = time.perf_counter()
