@@ -89,7 +89,7 @@ class Float8WeightLinear(nn.Linear):
             quantized,
             self.weight_fp8.t(),  # column-major view of [out, in]: what the kernel expects
             scale_a=scale,
-            scale_b=self.weight_scale_row,
+            scale_b=self.weight_scale_row.float(),  # float32 even after a module.to(bf16)
             out_dtype=x.dtype,
         )
         if self.bias is not None:

@@ -244,7 +244,7 @@ class OmniConsistencyModel(StylizationModel):
             timings["denoise_s"] = time.perf_counter() - mark
         mark = time.perf_counter()
         with runtime.resident(sampler.vae):
-            images = to_uint8(sampler.decode(latent))
+            images = to_uint8(sampler.decode(latent), sampler.transfers)
         timings["decode_s"] = time.perf_counter() - mark
         timings["model_s"] = (time.perf_counter() - start) / len(group)
         return [

@@ -43,6 +43,7 @@ from pipeline.models.omniconsistency.attention import (
     install_processors,
 )
 from pipeline.models.omniconsistency.lora import ConsistencyLora
+from pipeline.models.transfers import HostTransfers
 
 POSTERIOR_CHOICES = ("sample", "mean")
 NOISE_DESCRIPTION = "diffusers randn_tensor on a CPU generator seeded with seed, in the model dtype"
@@ -176,10 +177,12 @@ def euler_step(
     return (latents.to(torch.float32) + (sigma_next - sigma) * velocity).to(velocity.dtype)
 
 
-def to_uint8(decoded: torch.Tensor) -> list[np.ndarray]:
+def to_uint8(decoded: torch.Tensor, transfers: HostTransfers | None = None) -> list[np.ndarray]:
     """diffusers' postprocess: clamp(x/2 + 0.5) in the decode dtype, then round(x*255) -> HWC
-    uint8."""
-    images = (decoded / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).float().numpy()
+    uint8 (the copy to the host through `transfers` when given)."""
+    scaled = (decoded / 2 + 0.5).clamp(0, 1)
+    host = scaled.cpu() if transfers is None else transfers.to_host(scaled).wait()
+    images = host.permute(0, 2, 3, 1).float().numpy()
     return list((images * 255).round().astype(np.uint8))
 
 
@@ -216,6 +219,7 @@ class OmniConsistencySampler:
         self.apply_proj_loras = bool(apply_proj_loras)
         # The reference's pipeline factor (16 for FLUX's 4-level VAE; the VAE itself is x8).
         self.latent_factor = 2 ** len(vae.config.block_out_channels)
+        self.transfers = HostTransfers(self.device)
 
     def layout(self, width: int, height: int, cond_size: int) -> TokenLayout:
         return TokenLayout(width, height, cond_size, self.latent_factor)
@@ -227,9 +231,12 @@ class OmniConsistencySampler:
     def initial_noise(
         self, layout: TokenLayout, generators: Sequence[torch.Generator]
     ) -> torch.Tensor:
-        """[B, 16, h, w] in the pipeline dtype, drawn on the CPU from each item's generator."""
+        """[B, 16, h, w] in the pipeline dtype, drawn on the CPU from each item's generator (as
+        diffusers' randn_tensor does for a device other than the generators'), then moved."""
         shape = (len(generators), LATENT_CHANNELS, *layout.latent_hw)
-        return randn_tensor(shape, generator=list(generators), device=self.device, dtype=self.dtype)
+        cpu = torch.device("cpu")
+        noise = randn_tensor(shape, generator=list(generators), device=cpu, dtype=self.dtype)
+        return self.transfers.to_device(noise)
 
     def encode_condition(
         self,

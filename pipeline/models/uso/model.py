@@ -56,6 +56,7 @@ from pipeline.models.base import (
 )
 from pipeline.models.flux.text_encoders import FluxTextEncoders
 from pipeline.models.runtime import Runtime, prepare_all, run_splitting_failures
+from pipeline.models.transfers import HostTransfers
 from pipeline.models.uso.components import USOComponents, load_components, random_components
 from pipeline.models.uso.prepare import PreparedItem, USOSettings, prepare_request, subject_grid
 from pipeline.models.uso.projector import ImageTensorCache
@@ -100,6 +101,7 @@ class USOModel(StylizationModel):
         self._files = files
         self.random_weights = random_weights  # True: benchmark-only weights, no provenance
         self.subject_cache = ImageTensorCache(settings.subject_cache_size)
+        self.transfers = HostTransfers(runtime.device)
         flux = components.transformer.flux
         runtime.store_in_fp8(flux)
         if settings.attention_backend:
@@ -233,7 +235,7 @@ class USOModel(StylizationModel):
     def _run_batch(self, group: Sequence[PreparedItem]) -> list[GenerationOutcome]:
         first = group[0]
         batch = DenoiseBatch(
-            noise=torch.cat([it.noise for it in group]),
+            noise=self.transfers.to_device(torch.cat([it.noise for it in group])),
             t5_states=torch.cat([it.t5_states for it in group]),
             pooled=torch.cat([it.pooled for it in group]),
             guidance=torch.tensor([it.guidance for it in group]),
@@ -249,11 +251,12 @@ class USOModel(StylizationModel):
             self.runtime.synchronize()
         denoised = time.perf_counter()
         latents = unpack_to_latents(packed, batch.latent_size)
-        images = []
+        copies = []
         with self.runtime.resident(self.components.vae):
             for row in range(latents.shape[0]):  # one at a time: VAE decode memory is per image
                 decoded = decode_latents(self.components.vae, latents[row : row + 1])
-                images.append(to_uint8_images(decoded)[0].cpu().numpy())
+                copies.append(self.transfers.to_host(to_uint8_images(decoded)[0]))
+        images = [copy.wait().numpy() for copy in copies]
         batch_timings = {
             "denoise_s": denoised - started,
             "decode_s": time.perf_counter() - denoised,
