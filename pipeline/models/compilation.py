@@ -19,9 +19,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch._dynamo
 from torch import nn
 
 REPEATED_BLOCKS = ("transformer_blocks", "single_transformer_blocks")
+# Graphs dynamo may keep per block kind: one per phase (OmniConsistency: warm-up, steps, plain
+# FLUX) x batch size x LoRA structure (none / mounted) a run meets; dynamo's default of 8 would
+# fail a compiled run (fullgraph) that sees two batch sizes of both phases with a style LoRA.
+RECOMPILE_LIMIT = 32
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")  # the last two: tests and debugging only
 
 
@@ -76,6 +81,8 @@ def compile_repeated_blocks(transformer: nn.Module, settings: CompileSettings) -
 
     `fullgraph=True`: a graph break inside a block is a bug to fix, not a silent slowdown."""
     mode = settings.mode if settings.backend == "inductor" else None
+    dynamo_config = torch._dynamo.config
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
     blocks = repeated_blocks(transformer)
     for block in blocks:
         if not getattr(block, "_restyle_compiled", False):
