@@ -44,6 +44,8 @@ REQUIRED_MODULES = (
     "yaml",
     "webdataset",
     "braceexpand",
+    "sentencepiece",
+    "google.protobuf",
 )
 MIN_VERSIONS = {"transformers": (5, 17), "torch": (2, 11), "diffusers": (0, 42)}
 MODELS = ("uso", "omniconsistency")

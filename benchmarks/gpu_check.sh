@@ -14,5 +14,7 @@ if [ -d .whl ] && compgen -G ".whl/*.whl" > /dev/null; then
   fi
   export PYTHONPATH="$PWD/.device-site${PYTHONPATH:+:$PYTHONPATH}"
 fi
+# One stack after another in one process: expandable segments keep freed memory reusable.
+export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"
 export TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-$PWD/.gpu-check-cache/inductor}"
 exec "$PYTHON" benchmarks/gpu_check.py "$@"

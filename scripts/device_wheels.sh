@@ -42,6 +42,8 @@ WHEELS=(
   typing_inspection==0.4.5     # pydantic
   webdataset==1.0.2            # output shards (tar)
   braceexpand==0.1.7           # manifest URI patterns
+  sentencepiece==0.2.3         # the locally trained T5 tokenizer of random-weight models
+  protobuf==7.36.2             # transformers reads that sentencepiece model through it
 )
 mkdir -p "$DEST"
 python3 -m pip download --quiet --no-deps --only-binary=:all: \
