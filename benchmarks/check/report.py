@@ -128,7 +128,7 @@ def markdown(data: dict[str, Any]) -> str:
         + (f" (stopped during {check['stopped_during']})" if check.get("stopped_during") else "")
         + f", {check['elapsed_s']} s of a {check.get('deadline_s')} s deadline; size "
         f"{check.get('size')}, {check.get('resolution')}x{check.get('resolution')}, "
-        f"{check.get('steps')} steps, random weights; torch {hardware.get('torch')}, "
+        f"{check.get('steps')} step(s), random weights; torch {hardware.get('torch')}, "
         f"transformers {hardware.get('transformers')}, diffusers {hardware.get('diffusers')}; "
         f"measured bf16 matmul peak {_cell(hardware.get('matmul_peak_tflops'))} TFLOP/s "
         f"({hardware.get('matmul_side')}^3).",
