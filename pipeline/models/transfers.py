@@ -19,6 +19,18 @@ from dataclasses import dataclass
 import torch
 
 
+def upload(
+    tensor: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """A small host tensor (RoPE ids, guidance) on `device`, without making the host wait: on
+    CUDA through pinned memory with a non-blocking copy on the current stream (PyTorch's host
+    allocator keeps the pinned block until the copy is done). Elsewhere a plain `.to`."""
+    device = torch.device(device)
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device, dtype)
+    return tensor.pin_memory().to(device, dtype, non_blocking=True)
+
+
 @dataclass
 class HostTensor:
     """A device-to-host copy in flight; `wait()` returns the CPU tensor when it has landed."""

@@ -43,7 +43,7 @@ from pipeline.models.omniconsistency.attention import (
     install_processors,
 )
 from pipeline.models.omniconsistency.lora import ConsistencyLora
-from pipeline.models.transfers import HostTransfers
+from pipeline.models.transfers import HostTransfers, upload
 
 POSTERIOR_CHOICES = ("sample", "mean")
 NOISE_DESCRIPTION = "diffusers randn_tensor on a CPU generator seeded with seed, in the model dtype"
@@ -265,7 +265,7 @@ class OmniConsistencySampler:
     def _guidance(self, guidance: Sequence[float]) -> torch.Tensor | None:
         if not self.transformer.config.guidance_embeds:
             return None
-        return torch.tensor(list(guidance), dtype=torch.float32, device=self.device)
+        return upload(torch.tensor(list(guidance), dtype=torch.float32), self.device)
 
     def _text_ids(self, prompt_embeds: torch.Tensor) -> torch.Tensor:
         return torch.zeros(prompt_embeds.shape[1], 3, device=self.device, dtype=self.dtype)
@@ -295,7 +295,7 @@ class OmniConsistencySampler:
             pooled_projections=pooled.to(self.device, self.dtype),
             encoder_hidden_states=prompt_embeds.to(self.device, self.dtype),
             txt_ids=self._text_ids(prompt_embeds),
-            img_ids=layout.cond_ids(self.dtype).to(self.device),
+            img_ids=upload(layout.cond_ids(self.dtype), self.device),
             joint_attention_kwargs={CONTEXT_KWARG: context},
             return_dict=False,
         )
@@ -320,8 +320,8 @@ class OmniConsistencySampler:
         batch = noise.shape[0]
         context = OmniAttentionContext(Phase.DENOISE, cache)
         latents = pack_latents(noise.to(self.device, self.dtype))
-        img_ids = torch.cat([layout.noise_ids(self.dtype), layout.cond_ids(self.dtype)]).to(
-            self.device
+        img_ids = upload(
+            torch.cat([layout.noise_ids(self.dtype), layout.cond_ids(self.dtype)]), self.device
         )
         prompt_embeds = prompt_embeds.to(self.device, self.dtype)
         pooled = pooled.to(self.device, self.dtype)
