@@ -63,6 +63,7 @@ SHARED_PARAMETER_KEYS = (
     # execution choices (`runtime.Runtime.parameters`)
     "dtype",
     "fp8",
+    "fp8_matmul",
     "compile",
     "fuse_lora",
     "random_weights",

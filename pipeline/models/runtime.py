@@ -12,7 +12,7 @@ import gc
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 import torch
@@ -20,7 +20,9 @@ from torch import nn
 
 from pipeline.errors import ItemError, ItemStatus
 from pipeline.models.base import DTYPE_ALIASES, GenerationOutcome, GenerationRequest, ModelOptions
+from pipeline.models.compilation import compile_repeated_blocks
 from pipeline.models.fp8 import FP8_SCHEME, store_blocks_in_fp8
+from pipeline.models.speed import SPEED_KEYS, SpeedSettings, sdpa_preference
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +57,9 @@ def check_options(options: ModelOptions) -> None:
 
 
 def check_extra_keys(model: str, extra: Mapping, known: Iterable[str]) -> None:
-    """Refuse `ModelOptions.extra` keys `model` does not know (a typo must not be ignored)."""
-    unknown = sorted(set(extra) - set(known))
+    """Refuse `ModelOptions.extra` keys `model` does not know (a typo must not be ignored); the
+    shared speed keys (`speed.SPEED_KEYS`) are known to every model."""
+    unknown = sorted(set(extra) - set(known) - set(SPEED_KEYS))
     if unknown:
         raise ValueError(f"unknown {model} option(s) {unknown}; known: {sorted(known)}")
 
@@ -85,17 +88,25 @@ def free_accelerator_memory(device: torch.device) -> None:
 
 @dataclass(frozen=True)
 class Runtime:
-    """How one loaded model executes: its options, resolved device and compute dtype."""
+    """How one loaded model executes: its options, resolved device and compute dtype, and the
+    shared speed switches (`speed.SpeedSettings`)."""
 
     options: ModelOptions
     device: torch.device
     dtype: torch.dtype
+    speed: SpeedSettings = field(default_factory=SpeedSettings)
 
     @classmethod
     def from_options(cls, options: ModelOptions) -> Runtime:
         check_options(options)
         device = resolve_device(options.device)
-        return cls(options, device, resolve_dtype(options.dtype, device))
+        speed = SpeedSettings.from_extra(options.extra)
+        return cls(options, device, resolve_dtype(options.dtype, device), speed)
+
+    @staticmethod
+    def model_extra(extra: Mapping) -> dict:
+        """`extra` without the shared speed keys: what a model's own settings parse."""
+        return {key: value for key, value in extra.items() if key not in SPEED_KEYS}
 
     @property
     def home(self) -> torch.device:
@@ -106,10 +117,24 @@ class Runtime:
         """Context manager: `modules` on the device for the block (see `resident`)."""
         return resident(self.device, self.options.offload, *modules)
 
+    @property
+    def fp8_matmul(self) -> str | None:
+        """The fp8 kernel ("scaled_mm" | "dequantize"), None without fp8."""
+        return self.speed.resolved_fp8_matmul(self.device) if self.options.fp8 else None
+
     def store_in_fp8(self, transformer: nn.Module) -> None:
         """The one fp8 path (`fp8.store_blocks_in_fp8`), when the option is on."""
-        if self.options.fp8:
-            store_blocks_in_fp8(transformer)
+        if self.fp8_matmul is not None:
+            store_blocks_in_fp8(transformer, self.fp8_matmul)
+
+    def compile(self, transformer: nn.Module) -> None:
+        """Regional compilation of the transformer's blocks (`compilation`), when asked."""
+        if self.options.compile:
+            compile_repeated_blocks(transformer, self.speed.compile_settings())
+
+    def attention(self):
+        """Context manager: the transformer's SDPA calls use the chosen kernel (`speed`)."""
+        return sdpa_preference(self.speed.resolved_sdpa_backend(self.device))
 
     def synchronize(self) -> None:
         """Wait for the device (once per batch, for honest stage timings)."""
@@ -125,6 +150,7 @@ class Runtime:
         return {
             "dtype": str(self.dtype),
             "fp8": FP8_SCHEME if options.fp8 else False,
+            "fp8_matmul": self.fp8_matmul,
             "compile": options.compile,
             "fuse_lora": options.fuse_lora,
             "random_weights": random_weights,

@@ -6,7 +6,8 @@ empty list anywhere. Readers that infer a schema from the first samples (Hugging
 `datasets`' webdataset builder reads five) would type a null `null` and then refuse the first
 real value of another sample or run; so "none" is spelled in the value's own type:
 
-- a text that does not apply is "" (no style LoRA: `style_lora.name` is ""; fp8 off: "");
+- a text that does not apply is "" (no style LoRA: `style_lora.name` is ""; fp8 off: "" for
+  `fp8` and `fp8_matmul`);
 - no style LoRA has `scale` 0.0, which is what a LoRA at scale 0 computes;
 - what differs between models or manifests is a JSON text of one object: the model-specific
   sampling parameters (`parameters.model_specific`) and the manifest row's other columns
@@ -53,10 +54,12 @@ SHARED_PARAMETERS: dict[str, str] = {
     "batch_size": "integer",
     "dtype": "string",
     "fp8": "string",  # the fp8 scheme, "" when off
+    "fp8_matmul": "string",  # the fp8 kernel ("scaled_mm" | "dequantize"), "" when off
     "compile": "boolean",
     "fuse_lora": "boolean",
     "random_weights": "boolean",
 }
+_OFF_WHEN_EMPTY = ("fp8", "fp8_matmul")  # None or False: "" (the option is off)
 _CASTS = {"string": str, "integer": int, "number": float, "boolean": bool}
 INPUT_ROLES = ("manifest", "subject", "style", "style_lora")
 
@@ -116,9 +119,12 @@ PROVENANCE_SCHEMA: dict[str, Any] = {
                     **{
                         name: {"type": kind}
                         for name, kind in SHARED_PARAMETERS.items()
-                        if name != "fp8"
+                        if name not in _OFF_WHEN_EMPTY
                     },
                     "fp8": _string('the fp8 scheme, "" when off'),
+                    "fp8_matmul": _string(
+                        'the fp8 kernel, "scaled_mm" or "dequantize"; "" when fp8 is off'
+                    ),
                     "model_specific": _string(
                         "JSON text of one object: the parameters only this model has"
                     ),
@@ -191,7 +197,7 @@ def shared_parameters(parameters: dict, *, fill_missing: bool = False) -> dict:
     out: dict[str, Any] = {}
     for name, kind in SHARED_PARAMETERS.items():
         value = parameters.get(name)
-        if name == "fp8":
+        if name in _OFF_WHEN_EMPTY:
             value = "" if value in (None, False) else str(value)
         elif value is None:
             if not fill_missing:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import builtins
 import os
-from typing import Any, BinaryIO
+import threading
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pipeline.storage import local
 from pipeline.storage.errors import StorageAuthError, StorageError, StorageNotFoundError
-from pipeline.storage.s3 import S3Backend
 from pipeline.storage.settings import StorageSettings
 from pipeline.storage.uris import (
     S3_PREFIX,
@@ -30,6 +30,9 @@ from pipeline.storage.uris import (
     split_s3,
     wildcard_regex,
 )
+
+if TYPE_CHECKING:
+    from pipeline.storage.s3 import S3Backend
 
 # How pyarrow's S3 filesystem words refused credentials (it raises plain OSErrors).
 ARROW_AUTH_MARKERS = (
@@ -53,14 +56,27 @@ class Storage:
     def __init__(self, settings: StorageSettings | None = None):
         """`settings=None` reads them from the standard AWS environment variables."""
         self.settings = settings if settings is not None else StorageSettings.from_env()
-        self._s3 = S3Backend(self.settings)
+        self._s3_backend: S3Backend | None = None
+        self._s3_lock = threading.Lock()
+
+    @property
+    def _s3(self) -> S3Backend:
+        """The S3 backend, made (and boto3 imported) on first use: a run that only touches
+        local paths never needs boto3 installed (the GPU device check relies on it)."""
+        with self._s3_lock:
+            if self._s3_backend is None:
+                from pipeline.storage.s3 import S3Backend
+
+                self._s3_backend = S3Backend(self.settings)
+            return self._s3_backend
 
     def __getstate__(self) -> dict[str, Any]:
         return {"settings": self.settings}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.settings = state["settings"]
-        self._s3 = S3Backend(self.settings)
+        self._s3_backend = None
+        self._s3_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Storage({self.settings!r})"

@@ -98,6 +98,7 @@ def test_runtime_reports_the_execution_parameters():
     assert runtime.parameters(random_weights=False) == {
         "dtype": "torch.float32",
         "fp8": "e4m3fn-rowwise",
+        "fp8_matmul": "dequantize",  # no fp8 tensor cores on a CPU
         "compile": True,
         "fuse_lora": False,
         "random_weights": False,

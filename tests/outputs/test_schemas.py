@@ -10,6 +10,7 @@ import jsonschema
 import pytest
 from support.paths import REPO
 
+from pipeline.models.base import SHARED_PARAMETER_KEYS
 from pipeline.outputs.features import image_features
 from pipeline.outputs.provenance import PROVENANCE_SCHEMA, SHARED_PARAMETERS, provenance
 from pipeline.outputs.schemas import main, published, stale_schemas, text
@@ -23,6 +24,12 @@ def test_committed_schemas_are_what_the_code_generates():
         "regenerate with: python -m pipeline.outputs.schemas --write pipeline/outputs/schema"
     )
     assert sorted(p.name for p in SCHEMAS.iterdir()) == sorted(published())
+
+
+def test_provenance_types_every_parameter_the_models_share():
+    """A key models report as shared (fp8_matmul came with the fp8 kernels) has a fixed type in
+    the schema instead of landing untyped in model_specific."""
+    assert set(SHARED_PARAMETERS) == set(SHARED_PARAMETER_KEYS)
 
 
 def test_the_check_command_notices_a_stale_schema(tmp_path, capsys):
@@ -39,6 +46,7 @@ def example(**changes) -> dict:
     parameters = {name: 1 for name, kind in SHARED_PARAMETERS.items() if kind == "integer"}
     parameters.update(model="uso", prompt="p", guidance=4.0, mu=1.2, noise="n", dtype="float32")
     parameters.update(compile=False, fuse_lora=False, random_weights=True, fp8=False, pe="d")
+    parameters.update(fp8_matmul=None)  # what Runtime.parameters reports with fp8 off
     arguments = dict(
         item_id="a",
         key="a",
@@ -66,6 +74,7 @@ def test_provenance_has_no_nulls_and_no_empty_lists_even_for_a_bare_item():
     jsonschema.Draft202012Validator(PROVENANCE_SCHEMA).validate(bare)
     assert bare["inputs"] == [{"role": "manifest", "uri": "/m/part-0.parquet"}]
     assert bare["extra"] == "{}" and bare["parameters"]["fp8"] == ""
+    assert bare["parameters"]["fp8_matmul"] == ""
     assert bare["scores"]["style"] == {"computed": False, "value": 0.0}
     assert json.loads(bare["parameters"]["model_specific"]) == {"pe": "d"}
 

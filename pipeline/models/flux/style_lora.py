@@ -20,6 +20,16 @@ model bit for bit). With `fuse=True` the deltas are merged into the base weights
 steps, different bf16 rounding) and the exact original weights, kept on the CPU, are copied
 back on unload: fuse/unfuse arithmetic in bf16 is lossy, a copy is not.
 
+On a compiled transformer (`models.compilation`) a swap must not change what dynamo guards on:
+the module structure, the LoRA's shapes and its scale. With `hotswap_rank` set, the first LoRA is
+mounted through diffusers' `enable_lora_hotswap` (PEFT pads every LoRA to that rank and turns each
+scale into a tensor), and every later one is copied into the same parameters
+(`load_lora_adapter(hotswap=True)`); "no LoRA" and a new scale are written into the scale tensors
+in place (a zero scale adds exact zeros). A LoRA of higher rank, or one that targets a layer the
+mounted one does not, is remounted instead (a recompile, logged and counted in `remounts`). The
+price: while nothing is mounted after a LoRA, the zeroed branch still runs (rank-`hotswap_rank`
+FLOPs).
+
 Base Linears stored in fp8 (`pipeline.models.fp8`) are `nn.Linear` subclasses whose `weight` is
 the dequantised weight: PEFT wraps them like any Linear and creates the adapters in that
 (compute) dtype. Fusing into them is not possible (models refuse fp8 with fuse_lora).
@@ -27,6 +37,7 @@ the dequantised weight: PEFT wraps them like any Linear and creates the adapters
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +47,8 @@ from diffusers import FluxTransformer2DModel
 from diffusers.loaders import FluxLoraLoaderMixin
 from safetensors import SafetensorError
 from safetensors.torch import load_file
+
+log = logging.getLogger(__name__)
 
 ADAPTER_NAME = "style"
 _FLUX_DEV_LINEAR1_SPLIT = (3072, 3072, 3072, 12288)
@@ -167,6 +180,8 @@ def _check_targets(
             continue
         module_name = key.split(".lora_")[0]
         module = modules.get(module_name)
+        if module is not None and hasattr(module, "get_base_layer"):  # a mounted hot-swap LoRA
+            module = module.get_base_layer()
         if not isinstance(module, torch.nn.Linear):
             problems.append(f"{key} (no Linear {module_name!r} in the transformer)")
         elif ".lora_A." in key and tensor.ndim == 2 and tensor.shape[1] != module.in_features:
@@ -188,16 +203,35 @@ def _file_identity(path: Path) -> tuple[str, int, int]:
     return str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns
 
 
+def _max_rank(converted: ConvertedStyleLora) -> int:
+    return max(
+        (t.shape[0] for k, t in converted.state_dict.items() if ".lora_A." in k and t.ndim == 2),
+        default=0,
+    )
+
+
 class StyleLoraSlot:
     """The (at most one) style LoRA mounted on a transformer; see the module docstring."""
 
-    def __init__(self, transformer: FluxTransformer2DModel, *, fuse: bool = False):
+    def __init__(
+        self,
+        transformer: FluxTransformer2DModel,
+        *,
+        fuse: bool = False,
+        hotswap_rank: int | None = None,
+    ):
+        if fuse and hotswap_rank is not None:
+            raise ValueError("a fused style LoRA leaves no LoRA layers to hot-swap")
         self.transformer = transformer
         self.fuse = fuse
+        self.hotswap_rank = hotswap_rank
         self._identity: tuple | None = None
         self._scale: float | None = None
         self._originals: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._hot = False  # a hot-swappable (padded, tensor-scaled) adapter is mounted
+        self._unit_scaling: dict[str, float] = {}  # module -> alpha/rank of the current LoRA
         self.loads = 0  # how many times a file was read and mounted (for tests and stats)
+        self.remounts = 0  # hot-swaps that had to change the module structure instead
         self.current: ConvertedStyleLora | None = None
 
     @property
@@ -210,38 +244,105 @@ class StyleLoraSlot:
         On failure nothing stays mounted and `StyleLoraError` names the file.
         """
         if path is None:
-            self.unload()
+            if self._hot:
+                self._set_scale(0.0)
+                self._identity, self._scale, self.current = None, None, None
+            else:
+                self.unload()
             return
         identity = _file_identity(path) if Path(path).is_file() else None
         if identity is not None and identity == self._identity:
             if scale == self._scale:
                 return
+            if self._hot:
+                self._set_scale(float(scale))
+                self._scale = scale
+                return
             if not self.fuse:
                 self.transformer.set_adapters([ADAPTER_NAME], weights=[float(scale)])
                 self._scale = scale
                 return
-        self.unload()
+        if self._hot:
+            self._set_scale(0.0)  # nothing active until the new LoRA is in
+            self._identity, self._scale, self.current = None, None, None
+        else:
+            self.unload()
         converted = read_style_lora(Path(path), self.transformer)
         try:
-            self._mount(converted, float(scale))
+            if not (self._hot and self._hotswap(converted)):
+                self.unload()
+                self._mount(converted)
+            self._set_scale(float(scale))
         except Exception as exc:
             self.unload()
             raise StyleLoraError(path, f"cannot be applied ({type(exc).__name__}: {exc})") from exc
         self._identity, self._scale, self.current = identity, scale, converted
         self.loads += 1
 
-    def _mount(self, converted: ConvertedStyleLora, scale: float) -> None:
+    def _load(self, converted: ConvertedStyleLora, hotswap: bool) -> None:
         with torch.no_grad():
             self.transformer.load_lora_adapter(
                 {f"transformer.{k}": v for k, v in converted.state_dict.items()},
                 prefix="transformer",
                 network_alphas=converted.network_alphas,
                 adapter_name=ADAPTER_NAME,
+                hotswap=hotswap,
+            )
+
+    def _hotswap(self, converted: ConvertedStyleLora) -> bool:
+        """Copy `converted` into the mounted adapter's parameters; False when it cannot be (the
+        caller remounts, which recompiles a compiled model)."""
+        rank = _max_rank(converted)
+        if self.hotswap_rank is not None and rank > self.hotswap_rank:
+            reason = f"rank {rank} > the hot-swap rank {self.hotswap_rank}"
+        else:
+            try:
+                self._load(converted, hotswap=True)
+                self._remember_unit_scaling()
+                return True
+            except (RuntimeError, ValueError) as error:  # PEFT: new target layers, odd config
+                reason = str(error).splitlines()[0][:200]
+        log.warning("style LoRA %s is remounted, not hot-swapped: %s", converted.path.name, reason)
+        self.remounts += 1
+        return False
+
+    def _mount(self, converted: ConvertedStyleLora) -> None:
+        hot = self.hotswap_rank is not None and _max_rank(converted) <= self.hotswap_rank
+        if hot:
+            self.transformer.enable_lora_hotswap(
+                target_rank=self.hotswap_rank, check_compiled="ignore"
             )
         self._identity = ("mounting",)  # so a failure below unloads the PEFT layers
-        self.transformer.set_adapters([ADAPTER_NAME], weights=[scale])
-        if self.fuse:
-            self._fuse()
+        self._load(converted, hotswap=False)
+        self._hot = hot
+        if hot:
+            self._remember_unit_scaling()
+
+    def _lora_layers(self):
+        from peft.tuners.lora import LoraLayer
+
+        for name, module in self.transformer.named_modules():
+            if isinstance(module, LoraLayer) and ADAPTER_NAME in module.scaling:
+                yield name, module
+
+    def _remember_unit_scaling(self) -> None:
+        """alpha/rank of each layer for the LoRA just loaded (read once per swap, on the host)."""
+        self._unit_scaling = {
+            name: float(module.scaling[ADAPTER_NAME]) for name, module in self._lora_layers()
+        }
+
+    def _set_scale(self, scale: float) -> None:
+        """The LoRA's strength: in place in the scale tensors when hot-swappable (no new guard
+        values for a compiled model), else PEFT's own `set_adapters` (and the fuse, if asked)."""
+        if not self._hot:
+            if getattr(self.transformer, "peft_config", None):
+                self.transformer.set_adapters([ADAPTER_NAME], weights=[scale])
+                if self.fuse:
+                    self._fuse()
+            return
+        with torch.no_grad():
+            for name, module in self._lora_layers():
+                module.scaling[ADAPTER_NAME].fill_(self._unit_scaling[name] * scale)
 
     def _fuse(self) -> None:
         """Merge into the base weights, drop the PEFT wrappers, keep exact originals on the CPU."""
@@ -272,4 +373,6 @@ class StyleLoraSlot:
                     if bias is not None:
                         modules[name].bias.copy_(bias, non_blocking=True)
             self._originals.clear()
+        self._hot = False
+        self._unit_scaling = {}
         self._identity, self._scale, self.current = None, None, None

@@ -16,6 +16,14 @@ Unlike the reference, nothing here lives in the processors: the cache and the Lo
 `OmniAttentionContext` passed as `joint_attention_kwargs={"omni": context}`, so a cache belongs
 to exactly one generation, and two models or two interleaved generations cannot see each other's
 state. Without a context the processors compute stock FLUX attention (diffusers' own processor).
+
+Why each block gets a `BlockAttention` view from a forward pre-hook: diffusers hands the same
+`joint_attention_kwargs` to every block, and a block must find its own cache entry and LoRA. If
+the processor looked them up by its block's name, every block's code would differ by a constant
+and a regionally compiled block would recompile once per block (57 graphs for FLUX.1-dev, far
+past dynamo's recompile limit). The pre-hook runs eagerly, outside the compiled block forward
+(`models.compilation.compile_repeated_blocks`), and hands the block a view whose fields are
+tensors and modules of the same shapes in every block: one graph per block kind and phase.
 """
 
 from __future__ import annotations
@@ -39,16 +47,39 @@ class Phase(enum.Enum):
 
 
 @dataclass
+class BlockKV:
+    """One block's slot in a generation's cache; the warm-up pass fills it (also from inside a
+    compiled block: an attribute write on an existing object, replayed by dynamo)."""
+
+    key: torch.Tensor | None = None
+    value: torch.Tensor | None = None
+
+
+@dataclass
 class CondKVCache:
     """Every block's condition key and value ([B, heads, n_cond, head_dim], pre-norm, pre-RoPE)
     for ONE generation. It depends on the condition latent, pooled text, guidance and weights
     (base, consistency LoRA, style LoRA), never on T5 embeddings, noise or the step."""
 
     n_cond: int
-    entries: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    slots: dict[str, BlockKV] = field(default_factory=dict)
+
+    @property
+    def entries(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Block name -> (key, value) of every filled slot."""
+        return {
+            name: (slot.key, slot.value)
+            for name, slot in self.slots.items()
+            if slot.key is not None and slot.value is not None
+        }
+
+    def slot(self, block: str) -> BlockKV:
+        """The slot of `block`, created empty on first use."""
+        return self.slots.setdefault(block, BlockKV())
 
     def store(self, block: str, key: torch.Tensor, value: torch.Tensor) -> None:
-        self.entries[block] = (key, value)
+        slot = self.slot(block)
+        slot.key, slot.value = key, value
 
     def get(self, block: str) -> tuple[torch.Tensor, torch.Tensor]:
         try:
@@ -67,7 +98,20 @@ class CondKVCache:
         )
 
     def clear(self) -> None:
-        self.entries.clear()
+        self.slots.clear()
+
+
+@dataclass
+class BlockAttention:
+    """What one block's processor needs for one transformer call: the same fields, of the same
+    shapes, in every block of a kind (see the module docstring)."""
+
+    phase: Phase
+    slot: BlockKV  # warm-up: filled here; denoising: read
+    n_cond: int
+    lora: ConsistencyLoraBlock | None = None  # warm-up only
+    lora_weight: float = 1.0
+    apply_proj_loras: bool = False
 
 
 @dataclass
@@ -79,6 +123,27 @@ class OmniAttentionContext:
     lora: ConsistencyLora | None = None  # needed in the warm-up only
     lora_weight: float = 1.0  # the reference's lora_weights[0]
     apply_proj_loras: bool = False  # EasyControl behaviour; the released OmniConsistency skips it
+
+    def for_block(self, kind: str, index: int) -> BlockAttention:
+        """The view of block `index` of `kind` ("double" | "single"); raises if a denoising
+        pass finds no warm-up entry for it."""
+        name = f"{kind}{index}"
+        lora = None
+        if self.phase is Phase.WARMUP:
+            if self.lora is None:
+                raise ValueError("the warm-up pass needs the consistency LoRA")
+            block = self.lora.double_block if kind == "double" else self.lora.single_block
+            lora = block(index)
+        else:
+            self.cache.get(name)  # a clear error, before any compiled code runs
+        return BlockAttention(
+            self.phase,
+            self.cache.slot(name),
+            self.cache.n_cond,
+            lora,
+            self.lora_weight,
+            self.apply_proj_loras,
+        )
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -123,11 +188,9 @@ def _with_consistency_lora(
 
 
 class OmniDoubleStreamProcessor:
-    """Attention of double-stream block `index` (image stream = condition or noise tokens)."""
+    """Attention of a double-stream block (image stream = condition or noise tokens)."""
 
-    def __init__(self, index: int):
-        self.index = index
-        self.block_name = f"double{index}"
+    def __init__(self):
         self._stock = FluxAttnProcessor()
 
     def __call__(
@@ -137,7 +200,7 @@ class OmniDoubleStreamProcessor:
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         image_rotary_emb=None,
-        omni: OmniAttentionContext | None = None,
+        omni: BlockAttention | None = None,
     ):
         if omni is None:
             return self._stock(
@@ -157,8 +220,8 @@ class OmniDoubleStreamProcessor:
             attn.to_v(hidden_states),
         )
         if omni.phase is Phase.WARMUP:
-            assert omni.lora is not None  # a warm-up context always carries the LoRA (sampling)
-            lora = omni.lora.double_block(self.index)
+            lora = omni.lora
+            assert lora is not None  # a warm-up view always carries its block's LoRA (for_block)
             query = _with_consistency_lora(query, hidden_states, lora, "q", omni.lora_weight, 0)
             key = _with_consistency_lora(key, hidden_states, lora, "k", omni.lora_weight, 0)
             value = _with_consistency_lora(value, hidden_states, lora, "v", omni.lora_weight, 0)
@@ -166,10 +229,11 @@ class OmniDoubleStreamProcessor:
         n_image = query.shape[2]
 
         if omni.phase is Phase.WARMUP:
-            omni.cache.store(self.block_name, key, value)
+            omni.slot.key, omni.slot.value = key, value
             mask = warmup_mask(n_text, n_image, query.device)
         else:
-            cond_key, cond_value = omni.cache.get(self.block_name)
+            cond_key, cond_value = omni.slot.key, omni.slot.value
+            assert cond_key is not None and cond_value is not None  # checked by for_block
             key = torch.cat([key, cond_key], dim=2)
             value = torch.cat([value, cond_value], dim=2)
             mask = None
@@ -189,19 +253,15 @@ class OmniDoubleStreamProcessor:
         image_out = attn.to_out[0](image_out)
         if omni.phase is Phase.WARMUP and omni.apply_proj_loras:
             # EasyControl: the proj LoRA reads the *projected* output of the condition rows.
-            assert omni.lora is not None  # a warm-up context always carries the LoRA (sampling)
-            image_out = image_out + omni.lora_weight * omni.lora.double_block(self.index).pair(
-                "proj"
-            )(image_out)
+            assert omni.lora is not None
+            image_out = image_out + omni.lora_weight * omni.lora.pair("proj")(image_out)
         return image_out, attn.to_add_out(text_out)
 
 
 class OmniSingleStreamProcessor:
-    """Attention of single-stream block `index` (sequence = [text ; condition or noise])."""
+    """Attention of a single-stream block (sequence = [text ; condition or noise])."""
 
-    def __init__(self, index: int):
-        self.index = index
-        self.block_name = f"single{index}"
+    def __init__(self):
         self._stock = FluxAttnProcessor()
 
     def __call__(
@@ -211,7 +271,7 @@ class OmniSingleStreamProcessor:
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         image_rotary_emb=None,
-        omni: OmniAttentionContext | None = None,
+        omni: BlockAttention | None = None,
     ):
         if omni is None:
             return self._stock(
@@ -225,10 +285,10 @@ class OmniSingleStreamProcessor:
             attn.to_v(hidden_states),
         )
         if omni.phase is Phase.WARMUP:
-            n_cond = omni.cache.n_cond
+            n_cond = omni.n_cond
             first_cond = length - n_cond
-            assert omni.lora is not None  # a warm-up context always carries the LoRA (sampling)
-            lora = omni.lora.single_block(self.index)
+            lora = omni.lora
+            assert lora is not None  # a warm-up view always carries its block's LoRA (for_block)
             query = _with_consistency_lora(
                 query, hidden_states, lora, "q", omni.lora_weight, first_cond
             )
@@ -241,10 +301,11 @@ class OmniSingleStreamProcessor:
         query, key, value = (_split_heads(t, heads) for t in (query, key, value))
 
         if omni.phase is Phase.WARMUP:
-            omni.cache.store(self.block_name, key[:, :, first_cond:], value[:, :, first_cond:])
+            omni.slot.key, omni.slot.value = key[:, :, first_cond:], value[:, :, first_cond:]
             mask = warmup_mask(first_cond, n_cond, query.device)
         else:
-            cond_key, cond_value = omni.cache.get(self.block_name)
+            cond_key, cond_value = omni.slot.key, omni.slot.value
+            assert cond_key is not None and cond_value is not None  # checked by for_block
             key = torch.cat([key, cond_key], dim=2)
             value = torch.cat([value, cond_value], dim=2)
             mask = None
@@ -257,12 +318,37 @@ class OmniSingleStreamProcessor:
         return _merge_heads(out).to(query.dtype)
 
 
+class _BindBlock:
+    """Forward pre-hook of one block: replaces the generation's context in the block's
+    `joint_attention_kwargs` by this block's `BlockAttention` view (runs eagerly)."""
+
+    def __init__(self, kind: str, index: int):
+        self.kind, self.index = kind, index
+
+    def __call__(self, module, args, kwargs):
+        extra = kwargs.get("joint_attention_kwargs")
+        context = extra.get(CONTEXT_KWARG) if extra else None
+        if isinstance(context, OmniAttentionContext):
+            kwargs["joint_attention_kwargs"] = {
+                **extra,
+                CONTEXT_KWARG: context.for_block(self.kind, self.index),
+            }
+        return args, kwargs
+
+
 def install_processors(transformer: FluxTransformer2DModel) -> None:
-    """Give every block an OmniConsistency processor (stock FLUX attention when no context)."""
-    for i, block in enumerate(transformer.transformer_blocks):
-        block.attn.set_processor(OmniDoubleStreamProcessor(i))
-    for i, block in enumerate(transformer.single_transformer_blocks):
-        block.attn.set_processor(OmniSingleStreamProcessor(i))
+    """Give every block an OmniConsistency processor (stock FLUX attention when no context) and
+    the pre-hook that hands it its own view of the context. Idempotent."""
+    if getattr(transformer, "_omni_processors_installed", False):
+        return
+    for kind, blocks, processor in (
+        ("double", transformer.transformer_blocks, OmniDoubleStreamProcessor),
+        ("single", transformer.single_transformer_blocks, OmniSingleStreamProcessor),
+    ):
+        for i, block in enumerate(blocks):
+            block.attn.set_processor(processor())
+            block.register_forward_pre_hook(_BindBlock(kind, i), with_kwargs=True)
+    transformer._omni_processors_installed = True
 
 
 def check_lora_matches(transformer: FluxTransformer2DModel, lora: ConsistencyLora) -> None:

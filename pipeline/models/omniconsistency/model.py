@@ -19,9 +19,10 @@ are `pipeline.models.runtime`'s):
 - `fp8`: store the transformer blocks' Linear weights in row-scaled float8 (`models.fp8`, the
   same scheme as USO): ~half the transformer memory, not faster, lossy. Style LoRAs mount on
   the fp8 layers through PEFT and stay in the compute dtype. Not together with fuse_lora.
-- `compile`: torch.compile the whole transformer (same math, different kernels). Two graphs per
-  output size (warm-up, steps). A PEFT style LoRA changes the module structure, so each swap
-  or scale recompiles; combine with `fuse_lora` for runs that change LoRAs often.
+- `compile`: regional compilation of the repeated blocks (`models.compilation`; same math,
+  different kernels): two graphs per block kind and layout (warm-up, steps), plus two more once
+  a style LoRA is mounted. Style LoRAs are then hot-swapped (`StyleLoraSlot`, up to
+  extra["style_lora_max_rank"]) so a swap, a new scale or "no LoRA" never recompiles.
 - `offload`: keep the transformer and VAE on the CPU and move each to the GPU while it runs
   (text encoders offload themselves). Slow; for GPUs too small to hold everything.
 - `max_batch_size`: consecutive items with the same style LoRA, size and steps run in one
@@ -99,11 +100,15 @@ class OmniConsistencyModel(StylizationModel):
             consistency_weight=settings.consistency_weight,
             apply_proj_loras=settings.apply_proj_loras,
         )
-        self.style_slot = StyleLoraSlot(transformer, fuse=runtime.options.fuse_lora)
-        if runtime.options.compile:
-            # The whole transformer, not its repeated blocks: each block's processor reads its own
-            # cache entry, so per-block graphs would differ and exhaust dynamo's recompile limit.
-            transformer.compile(dynamic=False)
+        options = runtime.options
+        hot = options.compile and not options.fuse_lora
+        self.style_slot = StyleLoraSlot(
+            transformer,
+            fuse=options.fuse_lora,
+            hotswap_rank=settings.style_lora_max_rank if hot else None,
+        )
+        # Regional: the per-block cache views come from eager pre-hooks (`attention`).
+        runtime.compile(transformer)
 
     # ----------------------------------------------------------------------------- loading
     @classmethod
@@ -226,7 +231,7 @@ class OmniConsistencyModel(StylizationModel):
                 torch.cat([item.pixels for item in group]), generators, self.settings.posterior
             )
         schedule = sampler.schedule(steps, layout)
-        with runtime.resident(sampler.transformer):
+        with runtime.resident(sampler.transformer), runtime.attention():
             cache = sampler.warm_up(cond_latent, prompt_embeds, pooled, guidance, layout)
             runtime.synchronize()
             timings["prepare_s"] = time.perf_counter() - mark
@@ -239,7 +244,7 @@ class OmniConsistencyModel(StylizationModel):
             timings["denoise_s"] = time.perf_counter() - mark
         mark = time.perf_counter()
         with runtime.resident(sampler.vae):
-            images = to_uint8(sampler.decode(latent))
+            images = to_uint8(sampler.decode(latent), sampler.transfers)
         timings["decode_s"] = time.perf_counter() - mark
         timings["model_s"] = (time.perf_counter() - start) / len(group)
         return [

@@ -25,7 +25,7 @@ from pipeline.models.omniconsistency.sampling import (
     condition_pixels,
 )
 from pipeline.models.omniconsistency.styles import shipped_style, with_trigger
-from pipeline.models.runtime import check_extra_keys
+from pipeline.models.runtime import Runtime, check_extra_keys
 
 DEFAULT_SIZE, DEFAULT_STEPS, DEFAULT_GUIDANCE = 1024, 25, 3.5
 MAX_STEPS = 1000
@@ -41,19 +41,23 @@ class OmniConsistencySettings:
     - apply_proj_loras: apply the file's proj_loras in the warm-up as EasyControl does; the
       released inference code loads them and never applies them.
     - consistency_weight: the reference's `lora_weights[0]`.
+    - style_lora_max_rank: with `compile`, style LoRAs up to this rank swap without a
+      recompile (`flux.style_lora.StyleLoraSlot`); the shipped styles are rank 128.
     """
 
     cond_size: int = 512
     posterior: str = "sample"
     apply_proj_loras: bool = False
     consistency_weight: float = 1.0
+    style_lora_max_rank: int = 128
 
     @classmethod
     def from_extra(cls, extra: Mapping) -> OmniConsistencySettings:
         """Validate `extra`; an unknown key or a bad value raises ValueError naming it."""
         check_extra_keys("OmniConsistency", extra, [f.name for f in fields(cls)])
-        values = dict(extra)
+        values = Runtime.model_extra(extra)  # the shared speed keys are the Runtime's
         for key, kind in (
+            ("style_lora_max_rank", int),
             ("cond_size", int),
             ("consistency_weight", float),
             ("apply_proj_loras", bool),
@@ -66,6 +70,10 @@ class OmniConsistencySettings:
                 f"extra['posterior'] must be one of {POSTERIOR_CHOICES}, got {settings.posterior!r}"
             )
         TokenLayout(DEFAULT_SIZE, DEFAULT_SIZE, settings.cond_size)  # validates cond_size
+        if settings.style_lora_max_rank < 1:
+            raise ValueError(
+                f"extra['style_lora_max_rank'] must be >= 1, got {settings.style_lora_max_rank!r}"
+            )
         return settings
 
 

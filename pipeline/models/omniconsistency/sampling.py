@@ -43,6 +43,7 @@ from pipeline.models.omniconsistency.attention import (
     install_processors,
 )
 from pipeline.models.omniconsistency.lora import ConsistencyLora
+from pipeline.models.transfers import HostTransfers, upload
 
 POSTERIOR_CHOICES = ("sample", "mean")
 NOISE_DESCRIPTION = "diffusers randn_tensor on a CPU generator seeded with seed, in the model dtype"
@@ -176,10 +177,12 @@ def euler_step(
     return (latents.to(torch.float32) + (sigma_next - sigma) * velocity).to(velocity.dtype)
 
 
-def to_uint8(decoded: torch.Tensor) -> list[np.ndarray]:
+def to_uint8(decoded: torch.Tensor, transfers: HostTransfers | None = None) -> list[np.ndarray]:
     """diffusers' postprocess: clamp(x/2 + 0.5) in the decode dtype, then round(x*255) -> HWC
-    uint8."""
-    images = (decoded / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).float().numpy()
+    uint8 (the copy to the host through `transfers` when given)."""
+    scaled = (decoded / 2 + 0.5).clamp(0, 1)
+    host = scaled.cpu() if transfers is None else transfers.to_host(scaled).wait()
+    images = host.permute(0, 2, 3, 1).float().numpy()
     return list((images * 255).round().astype(np.uint8))
 
 
@@ -216,6 +219,7 @@ class OmniConsistencySampler:
         self.apply_proj_loras = bool(apply_proj_loras)
         # The reference's pipeline factor (16 for FLUX's 4-level VAE; the VAE itself is x8).
         self.latent_factor = 2 ** len(vae.config.block_out_channels)
+        self.transfers = HostTransfers(self.device)
 
     def layout(self, width: int, height: int, cond_size: int) -> TokenLayout:
         return TokenLayout(width, height, cond_size, self.latent_factor)
@@ -227,9 +231,12 @@ class OmniConsistencySampler:
     def initial_noise(
         self, layout: TokenLayout, generators: Sequence[torch.Generator]
     ) -> torch.Tensor:
-        """[B, 16, h, w] in the pipeline dtype, drawn on the CPU from each item's generator."""
+        """[B, 16, h, w] in the pipeline dtype, drawn on the CPU from each item's generator (as
+        diffusers' randn_tensor does for a device other than the generators'), then moved."""
         shape = (len(generators), LATENT_CHANNELS, *layout.latent_hw)
-        return randn_tensor(shape, generator=list(generators), device=self.device, dtype=self.dtype)
+        cpu = torch.device("cpu")
+        noise = randn_tensor(shape, generator=list(generators), device=cpu, dtype=self.dtype)
+        return self.transfers.to_device(noise)
 
     def encode_condition(
         self,
@@ -258,7 +265,7 @@ class OmniConsistencySampler:
     def _guidance(self, guidance: Sequence[float]) -> torch.Tensor | None:
         if not self.transformer.config.guidance_embeds:
             return None
-        return torch.tensor(list(guidance), dtype=torch.float32, device=self.device)
+        return upload(torch.tensor(list(guidance), dtype=torch.float32), self.device)
 
     def _text_ids(self, prompt_embeds: torch.Tensor) -> torch.Tensor:
         return torch.zeros(prompt_embeds.shape[1], 3, device=self.device, dtype=self.dtype)
@@ -288,7 +295,7 @@ class OmniConsistencySampler:
             pooled_projections=pooled.to(self.device, self.dtype),
             encoder_hidden_states=prompt_embeds.to(self.device, self.dtype),
             txt_ids=self._text_ids(prompt_embeds),
-            img_ids=layout.cond_ids(self.dtype).to(self.device),
+            img_ids=upload(layout.cond_ids(self.dtype), self.device),
             joint_attention_kwargs={CONTEXT_KWARG: context},
             return_dict=False,
         )
@@ -313,8 +320,8 @@ class OmniConsistencySampler:
         batch = noise.shape[0]
         context = OmniAttentionContext(Phase.DENOISE, cache)
         latents = pack_latents(noise.to(self.device, self.dtype))
-        img_ids = torch.cat([layout.noise_ids(self.dtype), layout.cond_ids(self.dtype)]).to(
-            self.device
+        img_ids = upload(
+            torch.cat([layout.noise_ids(self.dtype), layout.cond_ids(self.dtype)]), self.device
         )
         prompt_embeds = prompt_embeds.to(self.device, self.dtype)
         pooled = pooled.to(self.device, self.dtype)

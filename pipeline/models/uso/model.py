@@ -26,7 +26,7 @@ Documented deviations (all deliberate):
 - fuse_lora: merge the LoRA into the base weights (bf16 rounding differs slightly).
 - fp8: store the transformer blocks' Linear weights in row-scaled float8 (`models.fp8`); not
   together with fuse_lora.
-- compile: torch.compile each transformer block (diffusers' regional compilation).
+- compile: torch.compile each transformer block (regional compilation, `models.compilation`).
 - offload: keep components on the CPU and move each to the GPU only while it runs.
 - max_batch_size: items with the same token layout (size, steps, subject size, number of
   styles) share one forward.
@@ -34,10 +34,10 @@ Documented deviations (all deliberate):
   default d), "content_ref" (512), "subject_latent" ("mean"/"sample"), "style_cache_size" (256
   images, 0 = off), "subject_cache_size" (64 subject latents, "mean" mode only),
   "text_cache_size" (64 prompts), "siglip_dtype" / "vae_dtype" ("float32"), "max_side" (4096:
-  larger sides are impossible sizes), "compile_mode" (passed to torch.compile),
-  "attention_backend" (a diffusers attention backend such as "_native_cudnn" or "flash";
-  default: torch SDPA's own choice; no Hub kernels), "default_size", "default_steps",
-  "default_guidance".
+  larger sides are impossible sizes), "attention_backend" (a diffusers attention backend such
+  as "_native_cudnn" or "flash" instead of torch SDPA; no Hub kernels), "default_size",
+  "default_steps", "default_guidance"; and the speed switches both models share
+  (`models.speed`: "sdpa_backend", "fp8_matmul", "compile_mode", "compile_backend").
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ from pipeline.models.base import (
 )
 from pipeline.models.flux.text_encoders import FluxTextEncoders
 from pipeline.models.runtime import Runtime, prepare_all, run_splitting_failures
+from pipeline.models.transfers import HostTransfers
 from pipeline.models.uso.components import USOComponents, load_components, random_components
 from pipeline.models.uso.prepare import PreparedItem, USOSettings, prepare_request, subject_grid
 from pipeline.models.uso.projector import ImageTensorCache
@@ -100,15 +101,12 @@ class USOModel(StylizationModel):
         self._files = files
         self.random_weights = random_weights  # True: benchmark-only weights, no provenance
         self.subject_cache = ImageTensorCache(settings.subject_cache_size)
+        self.transfers = HostTransfers(runtime.device)
         flux = components.transformer.flux
         runtime.store_in_fp8(flux)
         if settings.attention_backend:
             flux.set_attention_backend(settings.attention_backend)
-        if runtime.options.compile:
-            kwargs: dict[str, bool | str] = {"fullgraph": True}
-            if settings.compile_mode:
-                kwargs["mode"] = settings.compile_mode
-            flux.compile_repeated_blocks(**kwargs)
+        runtime.compile(flux)
 
     @property
     def device(self) -> torch.device:
@@ -237,7 +235,7 @@ class USOModel(StylizationModel):
     def _run_batch(self, group: Sequence[PreparedItem]) -> list[GenerationOutcome]:
         first = group[0]
         batch = DenoiseBatch(
-            noise=torch.cat([it.noise for it in group]),
+            noise=self.transfers.to_device(torch.cat([it.noise for it in group])),
             t5_states=torch.cat([it.t5_states for it in group]),
             pooled=torch.cat([it.pooled for it in group]),
             guidance=torch.tensor([it.guidance for it in group]),
@@ -248,16 +246,17 @@ class USOModel(StylizationModel):
         )
         started = time.perf_counter()
         transformer = self.components.transformer
-        with self.runtime.resident(transformer):
+        with self.runtime.resident(transformer), self.runtime.attention():
             packed = denoise(transformer, batch)
             self.runtime.synchronize()
         denoised = time.perf_counter()
         latents = unpack_to_latents(packed, batch.latent_size)
-        images = []
+        copies = []
         with self.runtime.resident(self.components.vae):
             for row in range(latents.shape[0]):  # one at a time: VAE decode memory is per image
                 decoded = decode_latents(self.components.vae, latents[row : row + 1])
-                images.append(to_uint8_images(decoded)[0].cpu().numpy())
+                copies.append(self.transfers.to_host(to_uint8_images(decoded)[0]))
+        images = [copy.wait().numpy() for copy in copies]
         batch_timings = {
             "denoise_s": denoised - started,
             "decode_s": time.perf_counter() - denoised,

@@ -53,7 +53,6 @@ class USOSettings:
     siglip_dtype: torch.dtype = torch.float32
     vae_dtype: torch.dtype = torch.float32
     max_side: int = 4096
-    compile_mode: str | None = None
     attention_backend: str | None = None
     default_size: int = 1024
     default_steps: int = 25
@@ -64,7 +63,7 @@ class USOSettings:
         """Validate `extra`; an unknown key or a bad value of a known key raises ValueError
         naming it."""
         check_extra_keys("USO", extra, [f.name for f in fields(cls)])
-        values = dict(extra)
+        values = Runtime.model_extra(extra)  # the shared speed keys are the Runtime's
         for key in ("siglip_dtype", "vae_dtype"):
             if key in values and not isinstance(values[key], torch.dtype):
                 if values[key] not in DTYPES:

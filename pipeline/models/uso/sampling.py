@@ -29,6 +29,7 @@ from pipeline.models.flux.packing import (
     time_shift,
     unpack_latents,
 )
+from pipeline.models.transfers import upload
 from pipeline.models.uso.transformer import USOTransformer, subject_position_ids
 
 SUBJECT_LATENT_MODES = ("mean", "sample")
@@ -160,11 +161,11 @@ def denoise(
     subject = None
     if batch.subject_latents is not None:
         subject = pack_latents(batch.subject_latents.to(device, dtype))
-    img_ids, txt_ids = (ids.to(device) for ids in position_ids(batch))
+    img_ids, txt_ids = (upload(ids, device) for ids in position_ids(batch))
     t5 = batch.t5_states.to(device, dtype)
     pooled = batch.pooled.to(device, dtype)
     uses_guidance = model.flux.config.guidance_embeds
-    guidance = batch.guidance.to(device, dtype) if uses_guidance else None
+    guidance = upload(batch.guidance, device, dtype) if uses_guidance else None
     rows = x.shape[0]
     with model.style_tokens(
         None if batch.style_tokens is None else batch.style_tokens.to(device, dtype)

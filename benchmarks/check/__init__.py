@@ -1,0 +1,1 @@
+"""The one-shot device check (`benchmarks/gpu_check.py`): its parts, one per concern."""
