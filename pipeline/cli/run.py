@@ -261,11 +261,11 @@ def plan(
         config, resolved = resolve_run(request.config(), settings)
         from pipeline.execution.driver import Runner
         from pipeline.execution.estimate import gpu_hours, load_table
-        from pipeline.manifests import count_items
+        from pipeline.manifests import count_all_items
 
         runner = Runner(config, settings, show_progress=False, weights=resolved)
         p = runner.plan()
-        todo_items = sum(count_items(s, runner.storage) for s in p.todo)
+        todo_items = count_all_items(p.todo, runner.storage)
         done_items = sum(stats.count for stats in p.done.values())
         sampling = config.sampling
         hours = gpu_hours(

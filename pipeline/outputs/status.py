@@ -4,6 +4,11 @@ Item counts come from the current records (`part-*.parquet`, one row per item), 
 exactly what a reader of that glob counts; shard counts and throughput come from the commit
 markers. Objects without a marker (an interrupted commit) are listed, and a run with any is
 not complete.
+
+Bounded memory at catalog scale (10^7 items in 10^4 record files): the folder is listed once,
+each marker read once, and of each records file only the `status` column is decoded and
+counted column-wise (`pyarrow.compute.value_counts`), `REQUEST_WORKERS` files at a time; no
+per-item Python object is ever made.
 """
 
 from __future__ import annotations
@@ -11,9 +16,11 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+import pyarrow.compute as pc
+
 from pipeline.errors import ItemStatus
-from pipeline.outputs.layout import ShardPaths, parse_records, parse_tar
 from pipeline.outputs.run_state import RunState
+from pipeline.storage.concurrent import map_bounded
 from pipeline.storage.parquet import table_from_bytes
 
 
@@ -45,7 +52,8 @@ def run_status(state: RunState) -> RunStatus:
     if run_json is None:
         raise FileNotFoundError(f"{state.run_uri}: no run.json (not a restyle run folder)")
     fingerprint = run_json["fingerprint"]
-    commits = [c for c in state.commits() if c.stats.fingerprint == fingerprint]
+    listing = state.listing()
+    commits = [c for c in state.commits(listing) if c.stats.fingerprint == fingerprint]
     main = [c for c in commits if c.retry == 0]
     status = RunStatus(
         state.run_uri,
@@ -54,18 +62,14 @@ def run_status(state: RunState) -> RunStatus:
         len(main),
         len(commits) - len(main),
     )
-    markers = {c.paths.marker for c in commits}
-    for uri in state.storage.list(state.run_uri + "/"):
-        folder, _, name = uri.rpartition("/")
-        if folder.rstrip("/") != state.run_uri:
-            continue
-        if (tar := parse_tar(name)) is not None:
-            if ShardPaths(state.run_uri, *tar).marker not in markers:
-                status.uncommitted.append(uri)
-        elif (shard := parse_records(name)) is not None:
-            if ShardPaths(state.run_uri, shard).marker not in markers:
-                status.uncommitted.append(uri)
-            _count(status, state, uri)
+    committed = {(c.shard, c.retry) for c in commits}
+    status.uncommitted = sorted(
+        [uri for key, uri in listing.tars.items() if key not in committed]
+        + [uri for shard, uri in listing.records.items() if (shard, 0) not in committed]
+    )
+    records = [uri for _, uri in sorted(listing.records.items())]
+    for counts in map_bounded(lambda uri: status_counts(state, uri), records):
+        _add(status, counts)
     if commits:
         span = max(c.stats.finished_at for c in commits) - min(c.stats.started_at for c in commits)
         status.images_per_s = status.ok / span if span > 0 else 0.0
@@ -73,10 +77,14 @@ def run_status(state: RunState) -> RunStatus:
     return status
 
 
-def _count(status: RunStatus, state: RunState, uri: str) -> None:
-    """Add one records file's statuses (only that column is read)."""
+def status_counts(state: RunState, uri: str) -> dict[str, int]:
+    """status -> items in one records file; only that column is decoded, and counted in Arrow."""
     column = table_from_bytes(state.storage.read_bytes(uri), columns=["status"])["status"]
-    for value, count in Counter(column.to_pylist()).items():
+    return {entry["values"].as_py(): entry["counts"].as_py() for entry in pc.value_counts(column)}
+
+
+def _add(status: RunStatus, counts: dict[str, int]) -> None:
+    for value, count in counts.items():
         status.items += count
         if value == ItemStatus.OK:
             status.ok += count
