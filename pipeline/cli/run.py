@@ -207,11 +207,12 @@ def plan(
         config_, resolved = resolve_run(request.config(), settings)
         from pipeline.execution.driver import Runner
         from pipeline.execution.estimate import gpu_hours, load_table
+        from pipeline.manifests import count_all_items
 
         runner = Runner(config_, settings, show_progress=False, weights=resolved)
         p = runner.plan()
         runner.conflict(p)
-        todo_items = runner.count_items(p.todo)
+        todo_items = count_all_items(p.todo, runner.storage)
         done_items = sum(stats.count for stats in p.done.values())
         sampling = config_.sampling
         hours = gpu_hours(

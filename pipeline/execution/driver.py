@@ -150,11 +150,7 @@ class Runner:
             )
         weights = self.weights
         fingerprint = self.config.fingerprint(weights.sha256)
-        done = {}
-        for shard in shards:
-            stats = self.state.main_commit(shard.index, shard.uri, fingerprint)
-            if stats is not None:
-                done[shard.index] = stats
+        done = self.state.main_commits([(s.index, s.uri) for s in shards], fingerprint)
         return Plan(self.config, weights, fingerprint, shards, done)
 
     def conflict(self, plan: Plan) -> None:

@@ -21,7 +21,7 @@ from pipeline.manifests.items import (
     ManifestShard,
     RowError,
 )
-from pipeline.manifests.reading import count_items, read_shard
+from pipeline.manifests.reading import count_all_items, count_items, read_shard
 from pipeline.manifests.validation import ValidationReport, validate_manifest
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "ManifestShard",
     "RowError",
     "ValidationReport",
+    "count_all_items",
     "count_items",
     "list_shards",
     "load_image",

@@ -7,7 +7,7 @@ type, truncated tar) raises `ManifestError`; a storage failure raises `StorageEr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from pipeline.manifests.fields import parse_row
@@ -22,6 +22,7 @@ from pipeline.manifests.items import (
 from pipeline.manifests.parquet import count_parquet_rows, read_parquet_rows
 from pipeline.manifests.webdataset import count_samples, read_webdataset_rows
 from pipeline.storage import Storage
+from pipeline.storage.concurrent import map_bounded
 
 
 def parsed_rows(
@@ -81,3 +82,9 @@ def count_items(shard: ManifestShard, storage: Storage) -> int:
     if shard.format == WEBDATASET:
         return count_samples(shard.uri, storage)
     raise ManifestError(shard.uri, f"unknown manifest format {shard.format!r}")
+
+
+def count_all_items(shards: Iterable[ManifestShard], storage: Storage) -> int:
+    """Rows in all `shards`, their footers (or tar headers) read `REQUEST_WORKERS` at a time:
+    10^4 Parquet footers on S3 cost ~2 x 10^4 requests, which must not wait on each other."""
+    return sum(map_bounded(lambda shard: count_items(shard, storage), shards))

@@ -3,25 +3,33 @@ what a `--retry-failed` has to redo. Names and globs are in `pipeline.outputs.la
 
 An item's current record is its row in `part-<k>.parquet`: the commits keep that file current,
 so nothing here (or in a reader) has to pick the newest record among several commits.
+
+Catalog scale (~10^4 shards on S3): what a folder holds is learnt from one listing of its top
+level (`RunListing`), never from one existence check per shard; the objects that must then be
+read (markers, records) are read `REQUEST_WORKERS` at a time (`storage.concurrent`).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from pipeline.errors import ItemStatus, RunConflictError
 from pipeline.outputs.card import write_card
-from pipeline.outputs.commit import ShardStats, read_marker
+from pipeline.outputs.commit import ShardStats
 from pipeline.outputs.layout import (
     LAYOUT_VERSION,
     RUN_JSON,
     ShardPaths,
     check_layout,
     parse_marker,
+    parse_records,
+    parse_tar,
 )
 from pipeline.outputs.records import ItemRecord, read_records
-from pipeline.storage import Storage
+from pipeline.storage import Storage, StorageNotFoundError
+from pipeline.storage.concurrent import map_bounded
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,16 @@ class RetryWork:
     retry: int
     only_ids: frozenset[str]
     prior_attempts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunListing:
+    """The shard objects at a run folder's top level, from one listing: markers and tars by
+    (shard, attempt), records files by shard."""
+
+    markers: dict[tuple[int, int], str]
+    tars: dict[tuple[int, int], str]
+    records: dict[int, str]
 
 
 class RunState:
@@ -106,37 +124,77 @@ class RunState:
             )
 
     # ------------------------------------------------------------- commits
-    def main_commit(self, shard: int, input_uri: str, fingerprint: str) -> ShardStats | None:
-        """The shard's first-run marker if it is committed for this input and fingerprint."""
-        stats = read_marker(self.storage, ShardPaths(self.run_uri, shard).marker)
-        if stats is None or stats.fingerprint != fingerprint or stats.input_shard != input_uri:
-            return None
-        return stats
-
-    def commits(self) -> list[Commit]:
-        """Every committed shard attempt (first runs and retries), by shard then attempt."""
-        found = []
-        for uri in self.storage.list(self.run_uri + "/"):
+    def listing(self) -> RunListing:
+        """One listing of the folder's own objects (S3: one paged request per 1000 objects;
+        sub-folders such as captions/ and scores/ are not descended into)."""
+        markers, tars, records = {}, {}, {}
+        for uri in self.storage.list(self.run_uri + "/", recursive=False):
             folder, _, name = uri.rpartition("/")
-            parsed = parse_marker(name)
-            if parsed is None or folder.rstrip("/") != self.run_uri:
+            if folder.rstrip("/") != self.run_uri:
                 continue
-            paths = ShardPaths(self.run_uri, *parsed)
-            found.append(Commit(paths, ShardStats.from_json(self.storage.read_bytes(uri))))
-        return sorted(found, key=lambda c: (c.shard, c.retry))
+            if (marker := parse_marker(name)) is not None:
+                markers[marker] = uri
+            elif (tar := parse_tar(name)) is not None:
+                tars[tar] = uri
+            elif (shard := parse_records(name)) is not None:
+                records[shard] = uri
+        return RunListing(markers, tars, records)
+
+    def _read_markers(self, uris: Iterable[str]) -> Iterable[ShardStats | None]:
+        """The markers at `uris`, read concurrently, in order; None for one deleted since the
+        listing."""
+
+        def read(uri: str) -> ShardStats | None:
+            try:
+                return ShardStats.from_json(self.storage.read_bytes(uri))
+            except StorageNotFoundError:
+                return None
+
+        return map_bounded(read, uris)
+
+    def main_commits(
+        self, shards: Iterable[tuple[int, str]], fingerprint: str
+    ) -> dict[int, ShardStats]:
+        """Of `shards` (index, input URI), those whose first-run marker is committed for this
+        input and fingerprint: one listing, then only the listed markers are read."""
+        listed = self.listing().markers
+        wanted = [(index, uri) for index, uri in shards if (index, 0) in listed]
+        stats = self._read_markers(listed[(index, 0)] for index, _ in wanted)
+        return {
+            index: marker
+            for (index, input_uri), marker in zip(wanted, stats, strict=True)
+            if marker is not None
+            and marker.fingerprint == fingerprint
+            and marker.input_shard == input_uri
+        }
+
+    def commits(self, listing: RunListing | None = None) -> list[Commit]:
+        """Every committed shard attempt (first runs and retries), by shard then attempt; each
+        marker is read once. `listing`: one the caller already made, so the folder is listed
+        once."""
+        listed = sorted((listing or self.listing()).markers.items())
+        found = []
+        stats_of = self._read_markers(uri for _, uri in listed)
+        for (key, _), stats in zip(listed, stats_of, strict=True):
+            if stats is not None:
+                found.append(Commit(ShardPaths(self.run_uri, *key), stats))
+        return found
 
     # ------------------------------------------------------------- records
     def current_records(self, shard: int) -> list[ItemRecord]:
         """The shard's current records (empty when it has none yet)."""
-        uri = ShardPaths(self.run_uri, shard).records
-        return read_records(self.storage, uri) if self.storage.exists(uri) else []
+        try:
+            return read_records(self.storage, ShardPaths(self.run_uri, shard).records)
+        except StorageNotFoundError:
+            return []
 
     def latest_records(self, fingerprint: str) -> dict[int, dict[str, ItemRecord]]:
         """shard -> id -> current record, for the shards first committed under `fingerprint`."""
-        shards = {
-            c.shard for c in self.commits() if c.retry == 0 and c.stats.fingerprint == fingerprint
-        }
-        return {k: {r.id: r for r in self.current_records(k)} for k in sorted(shards)}
+        shards = sorted(
+            {c.shard for c in self.commits() if c.retry == 0 and c.stats.fingerprint == fingerprint}
+        )
+        records = map_bounded(self.current_records, shards)
+        return {k: {r.id: r for r in rs} for k, rs in zip(shards, records, strict=True)}
 
     def retry_plan(self, fingerprint: str) -> list[RetryWork]:
         """Per committed shard, the items a `--retry-failed` redoes: those whose current record
@@ -151,8 +209,9 @@ class RunState:
                 committed.setdefault(commit.shard, 0)
             elif commit.shard in committed:
                 committed[commit.shard] = max(committed[commit.shard], commit.retry)
-        work = []
-        for shard, last in sorted(committed.items()):
+
+        def redo(entry: tuple[int, int]) -> RetryWork | None:
+            shard, last = entry
             prior: dict[str, int] = {}
             records = self.current_records(shard)
             # An id with an ok record is done: its failed rows repeat the id, and a retry would
@@ -165,6 +224,6 @@ class RunState:
                     prior[record.id] = record.attempts - 1
                 elif record.failed:
                     prior[record.id] = record.attempts
-            if prior:
-                work.append(RetryWork(shard, last + 1, frozenset(prior), prior))
-        return work
+            return RetryWork(shard, last + 1, frozenset(prior), prior) if prior else None
+
+        return [w for w in map_bounded(redo, sorted(committed.items())) if w is not None]

@@ -5,6 +5,11 @@ exactly what a reader of that glob counts; shard counts and throughput come from
 markers. Objects without a marker (an interrupted commit) are listed, and a run with any is
 not complete. `run_status` is also how `restyle run` counts its totals when it ends, so the
 two always agree on items, failures by class, images/s and the exit code (`ExitCode.of_run`).
+
+Bounded memory at catalog scale (10^7 items in 10^4 record files): the folder is listed once,
+each marker read once, and of each records file only the `status` column is decoded and
+counted column-wise (`pyarrow.compute.value_counts`), `REQUEST_WORKERS` files at a time; no
+per-item Python object is ever made.
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import pyarrow.compute as pc
+
 from pipeline.errors import ExitCode, ItemStatus
-from pipeline.outputs.layout import ShardPaths, parse_records, parse_tar
 from pipeline.outputs.run_state import Commit, RunState
+from pipeline.storage.concurrent import map_bounded
 from pipeline.storage.parquet import table_from_bytes
 
 
@@ -59,7 +66,8 @@ def run_status(state: RunState) -> RunStatus:
     if run_json is None:
         raise FileNotFoundError(f"{state.run_uri}: no run.json (not a restyle run folder)")
     fingerprint = run_json["fingerprint"]
-    commits = [c for c in state.commits() if c.stats.fingerprint == fingerprint]
+    listing = state.listing()
+    commits = [c for c in state.commits(listing) if c.stats.fingerprint == fingerprint]
     main = [c for c in commits if c.retry == 0]
     config = run_json.get("config") or {}
     status = RunStatus(
@@ -72,28 +80,28 @@ def run_status(state: RunState) -> RunStatus:
         random_weights=bool(run_json.get("random_weights"))
         or str(config.get("weights")) in RANDOM_SPECS,
     )
-    markers = {c.paths.marker for c in commits}
-    for uri in state.storage.list(state.run_uri + "/"):
-        folder, _, name = uri.rpartition("/")
-        if folder.rstrip("/") != state.run_uri:
-            continue
-        if (tar := parse_tar(name)) is not None:
-            if ShardPaths(state.run_uri, *tar).marker not in markers:
-                status.uncommitted.append(uri)
-        elif (shard := parse_records(name)) is not None:
-            if ShardPaths(state.run_uri, shard).marker not in markers:
-                status.uncommitted.append(uri)
-            _count(status, state, uri)
+    committed = {(c.shard, c.retry) for c in commits}
+    status.uncommitted = sorted(
+        [uri for key, uri in listing.tars.items() if key not in committed]
+        + [uri for shard, uri in listing.records.items() if (shard, 0) not in committed]
+    )
+    records = [uri for _, uri in sorted(listing.records.items())]
+    for counts in map_bounded(lambda uri: status_counts(state, uri), records):
+        _add(status, counts)
     if commits:
         status.images_per_s = images_per_second(status.ok, commits)
         status.model_fraction = model_fraction(commits)
     return status
 
 
-def _count(status: RunStatus, state: RunState, uri: str) -> None:
-    """Add one records file's statuses (only that column is read)."""
+def status_counts(state: RunState, uri: str) -> dict[str, int]:
+    """status -> items in one records file; only that column is decoded, and counted in Arrow."""
     column = table_from_bytes(state.storage.read_bytes(uri), columns=["status"])["status"]
-    for value, count in Counter(column.to_pylist()).items():
+    return {entry["values"].as_py(): entry["counts"].as_py() for entry in pc.value_counts(column)}
+
+
+def _add(status: RunStatus, counts: dict[str, int]) -> None:
+    for value, count in counts.items():
         status.items += count
         if value == ItemStatus.OK:
             status.ok += count

@@ -101,6 +101,16 @@ class Storage:
         else:
             local.upload_file(uri, source)
 
+    def download_file(self, uri: str, local_target: str | os.PathLike[str]) -> None:
+        """Copy the object at `uri` into a local file. On S3 a big object comes down as
+        parallel ranged GETs (many streams, not one), for weights that must reach a new node
+        fast; the file appears at `local_target` only when complete."""
+        target = os.fspath(local_target)
+        if self._remote(uri):
+            self._s3.download_file(uri, target)
+        else:
+            local.download_file(uri, target)
+
     def open_read(self, uri: str) -> BinaryIO:
         """A streaming binary file object (use it as a context manager). On S3 it resumes a
         broken download where it stopped; it does not seek."""
@@ -123,16 +133,19 @@ class Storage:
             local.delete(uri)
 
     # ------------------------------------------------------------------ listing
-    def list(self, prefix: str) -> list[str]:
-        """Sorted full URIs of every object below the folder `prefix` (recursively).
+    def list(self, prefix: str, recursive: bool = True) -> list[str]:
+        """Sorted full URIs of every object below the folder `prefix` (recursively, or only
+        the folder's own objects with `recursive=False`: on S3 one delimited listing that does
+        not page through sub-folders).
 
         "s3://b/run" and "s3://b/run/" both list the folder run/, not "run-old/...".
         """
         if not self._remote(prefix):
-            return local.list_files(os.fspath(prefix))
+            return local.list_files(os.fspath(prefix), recursive)
         bucket, key = split_s3(prefix)
         folder = key if not key or key.endswith("/") else key + "/"
-        return sorted(f"{S3_PREFIX}{bucket}/{k}" for k in self._s3.iter_keys(bucket, folder))
+        keys = self._s3.iter_keys(bucket, folder, delimiter=None if recursive else "/")
+        return sorted(f"{S3_PREFIX}{bucket}/{k}" for k in keys)
 
     def glob(self, pattern: str) -> builtins.list[str]:
         """Sorted, de-duplicated URIs of objects matching `pattern`.

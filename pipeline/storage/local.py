@@ -107,6 +107,16 @@ def upload_file(uri: str, source: str) -> None:
     _guarded(uri, "upload", copy)
 
 
+def download_file(uri: str, target: str) -> None:
+    """Copy the file at `uri` to the local path `target` (published whole)."""
+
+    def copy() -> None:
+        with open(local_path(uri), "rb") as src, _publishing(target) as out:
+            shutil.copyfileobj(src, out, length=8 * 1024 * 1024)
+
+    _guarded(uri, "download", copy)
+
+
 def open_read(uri: str) -> BinaryIO:
     return _guarded(uri, "open", lambda: open(local_path(uri), "rb"))
 
@@ -135,14 +145,17 @@ def delete(uri: str) -> None:
     _guarded(uri, "delete", remove)
 
 
-def list_files(prefix: str) -> list[str]:
-    """Every file below the folder `prefix`, recursively, as `prefix`-relative paths joined on."""
+def list_files(prefix: str, recursive: bool = True) -> list[str]:
+    """Every file below the folder `prefix` (recursively, or only its own files), as
+    `prefix`-relative paths joined on."""
     prefix = os.fspath(prefix)
     root = local_path(prefix)
     if not os.path.isdir(root):
         return []
     found: list[str] = []
-    for folder, _dirs, files in os.walk(root):
+    if not recursive:
+        found = [entry.path for entry in os.scandir(root) if entry.is_file()]
+    for folder, _dirs, files in os.walk(root) if recursive else ():
         found.extend(os.path.join(folder, name) for name in files)
     if prefix.startswith("file://"):
         found = ["file://" + path for path in found]

@@ -33,6 +33,7 @@ from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
+from pipeline.storage.concurrent import REQUEST_WORKERS
 from pipeline.storage.errors import StorageError, StorageNotFoundError
 from pipeline.storage.s3_errors import STREAM_ERRORS, boto_cause, translate
 from pipeline.storage.settings import StorageSettings
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_REGION = "us-east-1"
 READ_CHUNK = 8 * 1024 * 1024
+DOWNLOAD_PART = 16 * 1024 * 1024  # ranged GETs of a parallel download (`download_file`)
 MAX_BREAKS_PER_ATTEMPT = 10  # a stream may break 10 x max_attempts times if each retry progresses
 
 
@@ -98,7 +100,8 @@ class S3Backend:
             retries={"mode": "standard", "total_max_attempts": s.max_attempts},
             connect_timeout=s.connect_timeout_s,
             read_timeout=s.read_timeout_s,
-            max_pool_connections=max(10, s.max_concurrency * 2),
+            # room for a transfer's parts and for `map_bounded`'s requests at once
+            max_pool_connections=max(REQUEST_WORKERS, s.max_concurrency * 2),
             # Only send/verify checksums S3 requires: several S3-compatible services reject the
             # CRC headers boto3 adds by default since 1.36.
             request_checksum_calculation="when_required",
@@ -117,6 +120,15 @@ class S3Backend:
             multipart_threshold=s.multipart_threshold_bytes,
             multipart_chunksize=s.multipart_chunk_bytes,
             max_concurrency=s.max_concurrency,
+            use_threads=True,
+        )
+
+    def download_config(self) -> TransferConfig:
+        """Big objects come down as `max_concurrency` ranged GETs of `DOWNLOAD_PART` at once."""
+        return TransferConfig(
+            multipart_threshold=DOWNLOAD_PART,
+            multipart_chunksize=DOWNLOAD_PART,
+            max_concurrency=self.settings.max_concurrency,
             use_threads=True,
         )
 
@@ -220,6 +232,21 @@ class S3Backend:
             bucket,
             key,
             Config=self.transfer_config(),
+        )
+
+    def download_file(self, uri: str, target: str) -> None:
+        """The object into the local file `target`, in parallel ranged parts (boto3's transfer
+        manager: each part retried by botocore, the file assembled beside `target` and renamed
+        onto it when complete)."""
+        bucket, key = split_s3(uri)
+        self.call(
+            uri,
+            "download",
+            self.client().download_file,
+            bucket,
+            key,
+            target,
+            Config=self.download_config(),
         )
 
     def head(self, uri: str, operation: str) -> dict:

@@ -30,8 +30,6 @@ from pipeline.weights.inventory import model_files
 from pipeline.weights.manifest import MANIFEST_NAME, FileFacts, WeightManifest, read_manifest
 from pipeline.weights.registry import check_models
 
-_COPY_CHUNK = 16 << 20
-
 
 class WeightSource(Protocol):
     description: str  # for messages and provenance ("s3://bucket/weights", "/data/weights", ...)
@@ -106,12 +104,11 @@ class S3MirrorSource:
         return self.full_manifest().subset(check_models(models))
 
     def fetch(self, path: str, target: Path) -> None:
-        """Stream the object to `target` (Storage resumes a broken stream; a crashed process
-        restarts the file from its first byte)."""
+        """Download the object to `target` in parallel ranged parts (`Storage.download_file`:
+        each part retried on its own; a crashed process restarts the file)."""
         uri = join(self.uri, path)
         try:
-            with self.storage.open_read(uri) as source, open(target, "wb") as out:
-                shutil.copyfileobj(source, out, _COPY_CHUNK)
+            self.storage.download_file(uri, target)
         except StorageError as error:
             raise WeightsError(f"cannot download {path} from mirror {self.uri}: {error}") from error
 

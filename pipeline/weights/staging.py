@@ -8,9 +8,11 @@ small files), and only then renamed into `root`: a partial or corrupt download i
 path a loader reads. A `.partial` left by a crashed process is discarded and the file restarted
 (the Hub library and the S3 reader resume broken streams within one process).
 
-`root/restyle-weights.json` records each staged file's size and sha256; it is rewritten after
-every file, so a crash loses at most the file in flight, and a file whose source digest changed
-is fetched again. The lock is a local-filesystem lock: keep the weight cache on node-local disk.
+Files come down `FILE_WORKERS` at a time (Hub files are separate downloads; an S3 mirror's big
+files are also split into parallel ranged GETs by `Storage.download_file`), so a new node is not
+held to one stream per file. `root/restyle-weights.json` records each staged file's size and
+sha256; it is rewritten as each file lands, so a crash loses at most the files in flight, and a
+file whose source digest changed is fetched again. The lock is a local-filesystem lock: keep the weight cache on node-local disk.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +41,7 @@ log = logging.getLogger(__name__)
 PARTIAL_SUFFIX = ".partial"
 SPACE_MARGIN_BYTES = 256 << 20  # headroom left free on the cache disk
 GiB = float(1 << 30)
+FILE_WORKERS = 4  # files downloading at once while a node stages
 
 
 @dataclass
@@ -109,12 +113,12 @@ def stage(
             check_space(source, root, todo, offered)
             marker = marker.without_files(todo)
             write_manifest(storage, str(root), marker)
-            for path in todo:
-                facts = fetch_verified(source, path, offered.files[path], root)
+            for path, facts in fetch_all(source, todo, offered, root):
                 marker.files[path] = facts
                 write_manifest(storage, str(root), marker)
                 report.fetched.append(path)
                 report.bytes_fetched += facts.size or 0
+            report.fetched.sort()
         if only is None:
             marker = marker.merged_with(
                 WeightManifest(
@@ -155,6 +159,25 @@ def check_space(source: WeightSource, root: Path, todo: list[str], offered: Weig
             f"{free / GiB:.2f} GiB is free; free some space or point RESTYLE_WEIGHTS_CACHE at a "
             "larger local disk"
         )
+
+
+def fetch_all(
+    source: WeightSource, todo: list[str], offered: WeightManifest, root: Path
+) -> Iterator[tuple[str, FileFacts]]:
+    """(path, facts) of each file of `todo` as it lands, `FILE_WORKERS` downloads at once.
+    On the first failure the downloads not yet started are cancelled, those in flight finish
+    (and are discarded unless verified), and the error is raised."""
+    with ThreadPoolExecutor(FILE_WORKERS, thread_name_prefix="stage") as pool:
+        futures = {
+            pool.submit(fetch_verified, source, path, offered.files[path], root): path
+            for path in todo
+        }
+        try:
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+        finally:
+            for future in futures:
+                future.cancel()
 
 
 def fetch_verified(source: WeightSource, path: str, wanted: FileFacts, root: Path) -> FileFacts:

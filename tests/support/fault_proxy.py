@@ -4,13 +4,21 @@ Requests pass through unchanged (the Host header too, so SigV4 signatures stay v
 real SeaweedFS server, except those a test scripts to fail: answered with an S3 error such as
 503 SlowDown, or forwarded but with the response body cut off after some bytes (a connection
 dropped mid-download). Every request is logged, so a test can count the attempts a client made.
-Nothing here imitates S3: successes come from the real server.
+`delay_s` adds a fixed latency to every request (a far-away store, for the catalog-scale
+benchmarks). Nothing here imitates S3: successes come from the real server.
+
+Benchmarks run it in a process of its own, so its threads do not compete with the measured
+driver for the GIL: `python tests/support/fault_proxy.py <upstream> --delay-ms 20` prints the
+proxy's endpoint on its first line and serves until killed.
 """
 
 from __future__ import annotations
 
+import argparse
 import http.client
+import sys
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -40,17 +48,24 @@ class Fault:
     sticky: bool = False  # keep failing every matching request until `clear()`
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # many clients connect at once; the default backlog of 5 stalls them
+    daemon_threads = True
+
+
 class FaultProxy:
     """`endpoint_url` of a proxy to `upstream`; `fail_next` / `cut_next` script faults."""
 
-    def __init__(self, upstream: str):
+    def __init__(self, upstream: str, delay_s: float = 0.0):
         parts = urlsplit(upstream)
+        self.delay_s = delay_s
         self.upstream_host, self.upstream_port = parts.hostname, parts.port
         self.faults: list[Fault] = []
         self.log: list[tuple[str, str, str]] = []  # (method, path, "forwarded" | fault)
+        self.in_flight = 0
+        self.max_in_flight = 0  # the most requests the proxy held at once
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), self._handler_class())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
@@ -119,8 +134,20 @@ class FaultProxy:
                 pass
 
             def _serve(self) -> None:
+                with proxy._lock:
+                    proxy.in_flight += 1
+                    proxy.max_in_flight = max(proxy.max_in_flight, proxy.in_flight)
+                try:
+                    self._forward()
+                finally:
+                    with proxy._lock:
+                        proxy.in_flight -= 1
+
+            def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                if proxy.delay_s:
+                    time.sleep(proxy.delay_s)
                 fault = proxy._take_fault(self.command, self.path)
                 if fault is not None and fault.status is not None:
                     proxy._record(self.command, self.path, f"{fault.status} {fault.code}")
@@ -178,3 +205,17 @@ class FaultProxy:
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _serve
 
         return Handler
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="A latency-adding proxy in front of an S3 server.")
+    parser.add_argument("upstream", help="http://host:port of the real S3 server")
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="latency added per request")
+    args = parser.parse_args()
+    with FaultProxy(args.upstream, delay_s=args.delay_ms / 1000) as proxy:
+        print(proxy.endpoint_url, flush=True)
+        sys.stdin.read()  # serve until the parent closes our stdin (or kills us)
+
+
+if __name__ == "__main__":
+    main()

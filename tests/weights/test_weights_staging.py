@@ -188,3 +188,37 @@ def test_too_little_disk_space_is_refused_before_any_download(
 def test_local_root_of_a_local_folder_stages_nothing(tiny_weights: Path, tmp_path: Path):
     assert local_root(str(tiny_weights), model="uso") == tiny_weights
     assert not (tmp_path / "weights-cache").exists()
+
+
+def test_a_mirror_stages_byte_identical_files_several_at_a_time(
+    s3_server, tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Staging downloads files concurrently (and big ones in ranged parts); each staged file
+    has the sha256 of the file the mirror was pulled from."""
+    from pipeline.weights.sources import S3MirrorSource
+
+    mirror = s3_server.new_bucket("ranged") + "/weights"
+    pull(LocalSource(tiny_weights), ["uso"], mirror, s3_server.storage(), tmp_path / "scratch")
+    in_flight, most = [0], [0]
+    lock = threading.Lock()
+    fetch = staging.fetch_verified
+
+    def counting_fetch(*args, **kwargs):
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        try:
+            time.sleep(0.05)  # long enough for the pool's other downloads to start
+            return fetch(*args, **kwargs)
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    monkeypatch.setattr(staging, "fetch_verified", counting_fetch)
+    root = tmp_path / "node" / "staged"
+    report = stage(S3MirrorSource(mirror, s3_server.storage()), ["uso"], root)
+    files = sorted(model_files(tiny_weights, "uso"))
+    assert report.fetched == files
+    assert {p: _sha(root / p) for p in files} == {p: _sha(tiny_weights / p) for p in files}
+    assert 1 < most[0] <= staging.FILE_WORKERS
+    assert verify_root(root, ["uso"]).ok

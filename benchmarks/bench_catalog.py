@@ -1,0 +1,286 @@
+"""Catalog scale: `restyle plan`, a resume and `restyle status` over many shards on S3.
+
+    python benchmarks/bench_catalog.py --shards 1000 2000 --items-per-shard 1000 --delay-ms 20
+
+For each shard count, a real SeaweedFS server on loopback gets a manifest folder of N Parquet
+files (`--manifest-rows` rows each) and a run folder as the runner leaves it: half the shards
+committed (tar, records, marker) for the plan and resume, then all of them for status. Every
+request of the measured driver goes through the project's fault proxy (tests/support/
+fault_proxy.py), run in a process of its own, adding `--delay-ms` per request. Each measured
+pass runs in a fresh driver process, which reports its wall time, CPU time and peak RSS:
+
+- resume: what `restyle run` does before Ray starts (`list_shards` + `RunState.main_commits`);
+- plan: the resume pass plus the row counts of the shards to do (`count_all_items`), as
+  `restyle plan` does;
+- status: `outputs.status.run_status` over the whole run (N x items-per-shard items);
+- the sequential baseline (`--baseline-shards`): one HEAD + GET per marker and one footer
+  read after another, the code before this benchmark, on a smaller folder (it is linear).
+
+Figures are per shard count; fit them to extrapolate (cost = a + b x shards).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+FINGERPRINT = "bench-catalog"
+
+
+# ---------------------------------------------------------------------------- population
+def manifest_bytes(rows: int) -> bytes:
+    import pyarrow as pa
+
+    from pipeline.storage.parquet import table_to_bytes
+
+    return table_to_bytes(
+        pa.table(
+            {
+                "id": [f"item-{i:07d}" for i in range(rows)],
+                "prompt": [f"a photo in the style {i % 17}" for i in range(rows)],
+                "subject": [f"s3://catalog/images/{i:07d}.jpg" for i in range(rows)],
+            }
+        )
+    )
+
+
+def records_bytes(items: int, input_uri: str) -> bytes:
+    """A records file as a commit writes it: mostly ok, a few failures, one skipped row."""
+    from pipeline.outputs.records import ItemRecord, records_to_parquet
+
+    records = []
+    for i in range(items):
+        status = "ok" if i % 100 else ("bad_input" if i % 200 else "generation_failed")
+        if i == items - 1:
+            status = "skipped"
+        records.append(
+            ItemRecord(
+                id=f"item-{i:07d}",
+                key=f"item-{i:07d}",
+                status=status,
+                error=None if status in ("ok", "skipped") else "subject: cannot decode image",
+                seed=1000 + i,
+                width=1024,
+                height=1024,
+                steps=28,
+                guidance=3.5,
+                prompt=f"a photo in the style {i % 17}",
+                output_key=f"s3://out/run/part-000000.tar#item-{i:07d}" if status == "ok" else None,
+                input_shard=input_uri,
+                input_row=i,
+                read_s=0.01,
+                model_s=2.5,
+                encode_s=0.02,
+            )
+        )
+    return records_to_parquet(records)
+
+
+def populate(storage, bucket: str, shards: int, items: int, rows: int, done: int) -> dict:
+    """Manifest files for `shards`, and commits for the first `done` of them."""
+    from pipeline.outputs.commit import ShardStats
+    from pipeline.outputs.layout import LAYOUT_VERSION, ShardPaths
+
+    manifest = f"{bucket}/catalog-{shards}"
+    run = f"{bucket}/out-{shards}/run"
+    inputs = [f"{manifest}/part-{k:06d}.parquet" for k in range(shards)]
+    manifest_data = manifest_bytes(rows)
+    records_data = records_bytes(items, inputs[0])
+
+    def write_shard(k: int) -> None:
+        storage.write_bytes(inputs[k], manifest_data)
+        if k >= done:
+            return
+        paths = ShardPaths(run, k)
+        stats = ShardStats(
+            shard=k,
+            input_shard=inputs[k],
+            run="run",
+            fingerprint=FINGERPRINT,
+            count=items,
+            started_at=1000.0 + k,
+            finished_at=1400.0 + k,
+            model_s=380.0,
+            worker={"host": f"node-{k % 8}", "pid": 100 + k % 8},
+        )
+        storage.write_bytes(paths.tar, b"")  # listed, never read by these passes
+        storage.write_bytes(paths.records, records_data)
+        storage.write_bytes(paths.marker, stats.to_json())
+
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(write_shard, range(shards)))
+    storage.write_bytes(
+        f"{run}/run.json",
+        json.dumps(
+            {"fingerprint": FINGERPRINT, "layout": LAYOUT_VERSION, "input_shards": inputs}
+        ).encode(),
+    )
+    return {"manifest": manifest + "/", "run": run, "inputs": inputs}
+
+
+def complete(storage, bucket: str, shards: int, items: int, done: int) -> None:
+    """Commit the rest of the shards (for status over the whole catalog)."""
+    from pipeline.outputs.commit import ShardStats
+    from pipeline.outputs.layout import ShardPaths
+
+    run = f"{bucket}/out-{shards}/run"
+    manifest = f"{bucket}/catalog-{shards}"
+    records_data = records_bytes(items, f"{manifest}/part-000000.parquet")
+
+    def commit(k: int) -> None:
+        paths = ShardPaths(run, k)
+        stats = ShardStats(
+            shard=k,
+            input_shard=f"{manifest}/part-{k:06d}.parquet",
+            run="run",
+            fingerprint=FINGERPRINT,
+            count=items,
+            started_at=1000.0 + k,
+            finished_at=1400.0 + k,
+            model_s=380.0,
+            worker={"host": f"node-{k % 8}", "pid": 100 + k % 8},
+        )
+        storage.write_bytes(paths.tar, b"")
+        storage.write_bytes(paths.records, records_data)
+        storage.write_bytes(paths.marker, stats.to_json())
+
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(commit, range(done, shards)))
+
+
+# ---------------------------------------------------------------------------- measured passes
+def measured(phase: str, manifest: str, run: str) -> dict:
+    """One pass in this (fresh) process; returns its figures."""
+    from pipeline.manifests import count_all_items, count_items, list_shards
+    from pipeline.outputs.commit import read_marker
+    from pipeline.outputs.layout import ShardPaths
+    from pipeline.outputs.run_state import RunState
+    from pipeline.outputs.status import run_status
+    from pipeline.storage import Storage
+
+    storage = Storage()
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    result: dict = {}
+    if phase in ("resume", "plan"):
+        shards = list_shards(manifest, storage)
+        done = RunState(storage, run).main_commits([(s.index, s.uri) for s in shards], FINGERPRINT)
+        result.update(shards=len(shards), done=len(done))
+        if phase == "plan":
+            todo = [s for s in shards if s.index not in done]
+            result["items_todo"] = count_all_items(todo, storage)
+    elif phase in ("baseline-resume", "baseline-plan"):
+        shards = list_shards(manifest, storage)
+        done = {}
+        for s in shards:  # the code before: one HEAD (+ GET) per marker
+            stats = read_marker(storage, ShardPaths(run, s.index).marker)
+            if stats is not None and stats.fingerprint == FINGERPRINT:
+                done[s.index] = stats
+        result.update(shards=len(shards), done=len(done))
+        if phase == "baseline-plan":
+            todo = [s for s in shards if s.index not in done]
+            result["items_todo"] = sum(count_items(s, storage) for s in todo)
+    elif phase == "status":
+        status = run_status(RunState(storage, run))
+        result.update(items=status.items, ok=status.ok, failed=status.failed)
+    result.update(
+        wall_s=time.perf_counter() - wall0,
+        cpu_s=time.process_time() - cpu0,
+        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    )
+    return result
+
+
+def run_child(phase: str, manifest: str, run: str, env: dict) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", phase, manifest, run],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def proxy_process(upstream: str, delay_ms: float) -> tuple[subprocess.Popen, str]:
+    proxy = Path(__file__).resolve().parents[1] / "tests" / "support" / "fault_proxy.py"
+    process = subprocess.Popen(
+        [sys.executable, str(proxy), upstream, "--delay-ms", str(delay_ms)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    return process, process.stdout.readline().strip()
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        print(json.dumps(measured(*sys.argv[2:5])))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shards", type=int, nargs="+", default=[1000, 2000])
+    parser.add_argument("--items-per-shard", type=int, default=1000)
+    parser.add_argument("--manifest-rows", type=int, default=1000)
+    parser.add_argument("--delay-ms", type=float, default=20.0)
+    parser.add_argument("--baseline-shards", type=int, default=200)
+    parser.add_argument("--skip-status", action="store_true")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    from support.s3_server import SeaweedS3Server
+
+    figures: dict = {"delay_ms": args.delay_ms, "items_per_shard": args.items_per_shard, "runs": []}
+    with tempfile.TemporaryDirectory(prefix="bench-catalog-") as tmp:
+        server = SeaweedS3Server.start(Path(tmp))
+        proxy, endpoint = proxy_process(server.endpoint_url, args.delay_ms)
+        try:
+            storage = server.storage()  # population goes straight to the server
+            bucket = server.new_bucket("catalog")
+            env = {
+                **os.environ,
+                "AWS_ENDPOINT_URL_S3": endpoint,
+                "AWS_ACCESS_KEY_ID": server.access_key,
+                "AWS_SECRET_ACCESS_KEY": server.secret_key,
+                "AWS_REGION": "us-east-1",
+            }
+            sizes = [("baseline", args.baseline_shards)] if args.baseline_shards else []
+            sizes += [("new", n) for n in args.shards]
+            for kind, shards in sizes:
+                t0 = time.perf_counter()
+                done = shards // 2
+                where = populate(
+                    storage, bucket, shards, args.items_per_shard, args.manifest_rows, done
+                )
+                row: dict = {"shards": shards, "populate_s": time.perf_counter() - t0}
+                phases = ["resume", "plan"]
+                if kind == "baseline":
+                    phases = ["baseline-resume", "baseline-plan", *phases]
+                for phase in phases:
+                    row[phase] = run_child(phase, where["manifest"], where["run"], env)
+                    print(shards, phase, row[phase], flush=True)
+                if not args.skip_status:
+                    complete(storage, bucket, shards, args.items_per_shard, done)
+                    row["status"] = run_child("status", where["manifest"], where["run"], env)
+                    print(shards, "status", row["status"], flush=True)
+                figures["runs"].append(row)
+        finally:
+            assert proxy.stdin is not None
+            proxy.stdin.close()
+            proxy.wait(timeout=30)
+            server.stop()
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
+
+
+if __name__ == "__main__":
+    main()
