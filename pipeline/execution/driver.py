@@ -24,6 +24,7 @@ from pipeline.execution.progress import RunProgress
 from pipeline.manifests import ManifestShard, list_shards
 from pipeline.outputs.commit import ShardStats
 from pipeline.outputs.run_state import RunState
+from pipeline.processing.run_identity import check_run_identity
 from pipeline.processing.shard import ShardTask
 from pipeline.storage import Storage, StorageSettings
 from pipeline.storage.uris import public_uri
@@ -121,6 +122,7 @@ class Runner:
             dataclasses.replace(s, uri=public_uri(s.uri))
             for s in list_shards(list(self.config.manifest), self.storage)
         ]
+        check_run_identity(shards, self.storage)  # one key per item, one item per id
         if self.weights is None:
             self.weights = resolve_weights(
                 self.config.weights, self.config.model, storage=self.storage

@@ -102,14 +102,14 @@ def _sample_row(
     return raw, labels, problems
 
 
-def _open_tar(stream: Any, uri: str) -> tarfile.TarFile:
+def open_tar(stream: Any, uri: str) -> tarfile.TarFile:
     try:
         return tarfile.open(fileobj=stream, mode="r|*")  # a stream: no seeking, any compression
     except tarfile.TarError as error:
         raise ManifestError(uri, f"not a readable tar archive: {error}") from error
 
 
-def _sample_members(archive: tarfile.TarFile) -> Iterator[tuple[str, str, tarfile.TarInfo]]:
+def sample_member_infos(archive: tarfile.TarFile) -> Iterator[tuple[str, str, tarfile.TarInfo]]:
     """(sample key, member suffix, info) of every file that belongs to a sample."""
     for info in archive:
         if info.isfile():
@@ -122,13 +122,13 @@ def read_webdataset_rows(
     uri: str, storage: Storage
 ) -> Iterator[tuple[int, dict[str, Any], dict[str, str], list[RowError]]]:
     """(sample index, raw row, labels, member problems) for every sample of one tar shard."""
-    with storage.open_read(uri) as stream, _open_tar(stream, uri) as archive:
+    with storage.open_read(uri) as stream, open_tar(stream, uri) as archive:
         row: int = 0
         key: str | None = None
         members: dict[str, bytes] = {}
         duplicates: list[str] = []
         try:
-            for member_key, suffix, info in _sample_members(archive):
+            for member_key, suffix, info in sample_member_infos(archive):
                 if member_key != key:  # the previous sample is complete: hand it out first
                     if key is not None:
                         yield _finish(key, members, duplicates, uri, row)
@@ -169,9 +169,9 @@ def _finish(
 def count_samples(uri: str, storage: Storage) -> int:
     """Samples in one tar shard: one streaming pass over member headers (data is skipped)."""
     count, key = 0, None
-    with storage.open_read(uri) as stream, _open_tar(stream, uri) as archive:
+    with storage.open_read(uri) as stream, open_tar(stream, uri) as archive:
         try:
-            for member_key, _, _ in _sample_members(archive):
+            for member_key, _, _ in sample_member_infos(archive):
                 if member_key != key:
                     count, key = count + 1, member_key
         except (tarfile.TarError, EOFError) as error:

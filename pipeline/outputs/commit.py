@@ -33,18 +33,21 @@ from pipeline.outputs.records import ItemRecord, overlay, read_records, records_
 from pipeline.storage import Storage
 
 TAR_MTIME = 0.0  # fixed member mtime: the same items give byte-identical tars
+MAX_KEY_CHARS = 100
 
 
 def sample_key(item_id: str) -> str:
     """A WebDataset-safe key for an item id: no dots, slashes or odd characters.
 
-    Ids that need changing get a short hash of the original appended, so two ids never
-    collapse onto one key ("a.b" and "a_b" stay distinct).
+    Ids that need changing (odd characters, or longer than `MAX_KEY_CHARS`, which keeps
+    "<key>.json" a valid file name where a tar is unpacked) get a short hash of the original
+    appended, so "a.b" and "a_b" stay distinct. An id that happens to equal another id's hashed
+    key is refused when the run is planned (`processing.run_identity`).
     """
     safe = re.sub(r"[^A-Za-z0-9_-]", "_", item_id)
-    if safe == item_id and safe:
+    if safe == item_id and 0 < len(safe) <= MAX_KEY_CHARS:
         return safe
-    return f"{safe[:100]}-{hashlib.sha256(item_id.encode()).hexdigest()[:8]}"
+    return f"{safe[:MAX_KEY_CHARS]}-{hashlib.sha256(item_id.encode()).hexdigest()[:8]}"
 
 
 @dataclass
