@@ -19,6 +19,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from pipeline import __version__
+from pipeline.config.input_limits import InputLimits
 from pipeline.config.problems import ConfigProblem
 from pipeline.config.values import (
     AtLeastOne,
@@ -186,6 +187,8 @@ class RunSettings(ConfigModel):
     scoring: ScoringOptions = ScoringOptions()
     actors: Count = 0
     """Model actors (0 = one per GPU, or 1 without GPUs)."""
+    limits: InputLimits = InputLimits()
+    """Budgets for what a manifest makes an actor read (bytes, pixels, local roots)."""
 
     def run_config(
         self,
@@ -212,6 +215,7 @@ class RunSettings(ConfigModel):
             ),
             scoring=self.scoring,
             actors=self.actors,
+            limits=self.limits,
         )
 
 
@@ -250,6 +254,7 @@ class RunConfig(ConfigModel):
     outputs: OutputOptions = OutputOptions()
     scoring: ScoringOptions = ScoringOptions()
     actors: Count = 0  # 0 = one per GPU in the cluster (or 1 without GPUs)
+    limits: InputLimits = InputLimits()  # input budgets: not in the fingerprint
     prefetch_items: AtLeastOne = 8  # decoded items buffered ahead of the model, per shard
     max_shard_attempts: AtLeastOne = 3  # an actor that dies mid-shard: retried elsewhere
     only_ids: tuple[Text, ...] | None = None  # restrict to these ids (retry-failed, nightly)

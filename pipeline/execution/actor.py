@@ -71,7 +71,7 @@ class StylizeActor:
             model,
             storage,
             make_captioner(config.outputs, self.device),
-            StyleLoraResolver(storage, root, weight_cache_dir() / "downloads"),
+            StyleLoraResolver(storage, root, weight_cache_dir() / "downloads", config.limits),
             device=self.device,
             scratch_dir=str(scratch),
             scorer=scorer,

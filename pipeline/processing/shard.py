@@ -140,7 +140,7 @@ class ShardProcessor:
         loads each LoRA once per group and batches equal layouts. The shard's rows are held in
         memory while it runs, so shard size bounds an actor's memory."""
         entries = []
-        for entry in read_shard(task.shard, self.storage):
+        for entry in read_shard(task.shard, self.storage, self.config.limits):
             item_id = entry.item_id if isinstance(entry, RowError) else entry.id
             if task.only_ids is None or item_id in task.only_ids:
                 entries.append(entry)
@@ -163,8 +163,11 @@ class ShardProcessor:
             )
             return prepared
         try:
-            subject = load_image(item.subject, self.storage, item.id) if item.subject else None
-            styles = [load_image(ref, self.storage, item.id) for ref in item.styles]
+            limits = self.config.limits
+            subject = (
+                load_image(item.subject, self.storage, item.id, limits) if item.subject else None
+            )
+            styles = [load_image(ref, self.storage, item.id, limits) for ref in item.styles]
             lora = None
             if item.style_lora:
                 lora = self.style_loras.resolve(item.style_lora, item.style_lora_scale, item.id)
