@@ -17,6 +17,7 @@ from pathlib import Path
 import ray
 
 from pipeline.config import EvalSettings, RunConfig
+from pipeline.errors import StartError
 from pipeline.models.registry import load_model, load_random_model
 from pipeline.models.runtime import resolve_device
 from pipeline.processing.captions import make_captioner
@@ -43,12 +44,15 @@ class StylizeActor:
 
             options = replace(options, device=self.device)
         storage = Storage(storage_settings)
-        root = local_root(config.weights, model=config.model, storage=storage)
-        model = (
-            load_random_model(config.model, options)
-            if root is None
-            else load_model(config.model, root, options)
-        )
+        try:
+            root = local_root(config.weights, model=config.model, storage=storage)
+            model = (
+                load_random_model(config.model, options)
+                if root is None
+                else load_model(config.model, root, options)
+            )
+        except Exception as error:  # loaders raise library types Ray cannot always pickle
+            raise StartError(f"{type(error).__name__}: {error}".splitlines()[0]) from None
         self.load_s = time.perf_counter() - t0
         log.info(
             "actor pid %d loaded %s from %s in %.1f s on %s (CUDA_VISIBLE_DEVICES=%s)",

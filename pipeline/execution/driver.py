@@ -29,6 +29,7 @@ from pipeline.processing.shard import ShardTask
 from pipeline.storage import Storage, StorageSettings
 from pipeline.storage.uris import public_uri
 from pipeline.weights.resolve import ResolvedWeights, resolve_weights
+from pipeline.weights.verify import check_before_run
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,8 @@ class Runner:
                 self.config.weights, self.config.model, storage=self.storage
             )
         weights = self.weights
+        if weights.root is not None:  # remote weights are checked where actors stage them
+            check_before_run(weights.root, self.config.model)
         fingerprint = self.config.fingerprint(weights.sha256)
         done = {}
         for shard in shards:

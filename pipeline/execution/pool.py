@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, WorkerCrashedError
 
-from pipeline.errors import RunError
+from pipeline.errors import StartError
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class ActorPool:
         try:
             infos = ray.get([a.info.remote() for a in actors])
         except ACTOR_LOST as error:
-            raise RunError(f"{self.spec.what} could not start: {error}") from error
+            raise StartError(f"{self.spec.what} could not start: {_reason(error)}") from None
         for info in infos:
             log.info("%s ready: %s", self.spec.what, info)
 
@@ -103,3 +104,14 @@ class ActorPool:
         for actor in self.actors:
             with contextlib.suppress(Exception):  # already gone
                 ray.kill(actor, no_restart=True)
+
+
+def _reason(error: BaseException) -> str:
+    """One line from an actor's failed start: the actor's own `StartError` when it raised one
+    (Ray embeds it in a long traceback), else the traceback's last line."""
+    text = str(error)
+    found = re.findall(r"StartError: (.+)", text)
+    if found:
+        return found[-1].strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:500]

@@ -7,13 +7,13 @@ import unicodedata
 from pathlib import Path
 
 import pytest
+from support.run_helpers import parquet_bytes, run_config, webdataset_tar
 
 from pipeline.execution.driver import Runner
 from pipeline.manifests import list_shards
 from pipeline.outputs.commit import sample_key
 from pipeline.processing.run_identity import IdentityError, check_run_identity
 from pipeline.storage import Storage, StorageSettings
-from tests.support.run_helpers import parquet_bytes, run_config, webdataset_tar
 
 LOOKALIKES = [
     "Photo",
