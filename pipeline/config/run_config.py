@@ -37,6 +37,7 @@ from pipeline.config.values import (
     Metrics,
     ModelChoice,
     Quality,
+    RunNameText,
     Seed,
     Side,
     Steps,
@@ -232,7 +233,7 @@ class RunRequest(RunSettings):
     manifest: Annotated[tuple[Text, ...], AfterValidator(_at_least_one_manifest)]
     output: Text
     model: ModelChoice
-    run: Text = ""
+    run: RunNameText = ""
 
     def config(self) -> RunConfig:
         return self.run_config(
@@ -245,7 +246,7 @@ class RunConfig(ConfigModel):
 
     manifest: tuple[Text, ...]
     output: Text  # output root (local path or s3:// URI)
-    run: Text  # run name: outputs go to <output>/<run>/ ("" until `named`)
+    run: RunNameText  # run name: outputs go to <output>/<run>/ ("" until `named`)
     model: ModelChoice
     weights: WeightsSpec = TINY_WEIGHTS
     seed: Seed = 0  # run seed; item seed = derive_seed(seed, id) unless the row gives one
