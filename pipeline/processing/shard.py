@@ -34,6 +34,7 @@ from pipeline.outputs.layout import ShardPaths
 from pipeline.outputs.records import ItemRecord
 from pipeline.outputs.samples import encode_image, sample_members
 from pipeline.processing.captions import Captioner
+from pipeline.processing.output_checks import output_problem
 from pipeline.processing.provenance import item_provenance
 from pipeline.processing.style_loras import StyleLoraResolver
 from pipeline.processing.turns import ModelTurns, Progress
@@ -354,6 +355,10 @@ class ShardProcessor:
             return record, None
         assert outcome is not None and outcome.image is not None  # no error: the model ran it
         assert item is not None and request is not None  # no error: it was read and prepared
+        problem = output_problem(outcome.image, request)
+        if problem is not None:
+            record.status, record.error = ItemStatus.MODEL_ERROR, f"item {item.id!r}: {problem}"
+            return record, None
         record.model_s = outcome.timings.get("model_s")
         params = outcome.parameters
         record.width, record.height = params.get("width"), params.get("height")
