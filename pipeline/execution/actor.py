@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
-from pathlib import Path
 
 import ray
 
@@ -21,6 +19,7 @@ from pipeline.errors import StartError
 from pipeline.models.registry import load_model, load_random_model
 from pipeline.models.runtime import resolve_device
 from pipeline.processing.captions import make_captioner
+from pipeline.processing.scratch import actor_scratch
 from pipeline.processing.shard import ShardProcessor, ShardTask
 from pipeline.processing.style_loras import StyleLoraResolver
 from pipeline.storage import Storage, StorageSettings
@@ -63,8 +62,7 @@ class StylizeActor:
             self.device,
             os.environ.get("CUDA_VISIBLE_DEVICES"),
         )
-        scratch = Path(tempfile.gettempdir()) / "restyle-scratch"
-        scratch.mkdir(exist_ok=True)
+        scratch = actor_scratch()  # its own folder; dead actors' folders are removed first
         scorer = None
         if config.scoring.enabled:
             from pipeline.processing.scoring import make_scorer

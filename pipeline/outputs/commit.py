@@ -120,6 +120,7 @@ class ShardWriter:
         self._tar.close()
         self._tmp.close()
         t0 = time.perf_counter()
+        self.remove_leftovers()
         try:
             self.storage.upload_file(self.paths.tar, self._tmp.name)
             self.storage.write_bytes(self.paths.records, records_to_parquet(self._current()))
@@ -128,6 +129,16 @@ class ShardWriter:
         finally:
             Path(self._tmp.name).unlink(missing_ok=True)
         return self.stats
+
+    def remove_leftovers(self) -> None:
+        """Delete the temp files an interrupted commit of this shard left beside its objects
+        (a local publish writes `.<name>.<random>.tmp`, then renames it). S3 uploads leave no
+        visible object."""
+        if self.storage.is_remote(self.paths.folder):
+            return
+        prefix = f"{self.paths.folder}/.part-{self.paths.index:06d}"
+        for uri in self.storage.glob(f"{prefix}.*.tmp"):
+            self.storage.delete(uri)
 
     def _current(self) -> list[ItemRecord]:
         """The shard's records after this commit: its own for a first run; for a retry, the
