@@ -26,7 +26,6 @@ from pipeline.cli.common import (
     RunName,
     Weights,
     emit,
-    fail,
     operator_errors,
     storage_settings,
 )
@@ -305,16 +304,13 @@ def status(
 ) -> None:
     """Totals of a run folder: items from its current records (`part-*.parquet`), shards and
     images/s from its commit markers; objects of interrupted commits."""
-    from pipeline.errors import RunError
     from pipeline.outputs.run_state import RunState
     from pipeline.outputs.status import run_status
     from pipeline.storage import Storage
 
     storage = Storage(storage_settings(endpoint_url, region, profile))
-    try:
+    with operator_errors():  # a missing run, a layout to migrate first, refused credentials
         s = run_status(RunState(storage, run_uri))
-    except (FileNotFoundError, RunError) as error:  # RunError: a layout to migrate first
-        fail(str(error))
     rows = [
         ("fingerprint", s.fingerprint or "?"),
         (
@@ -333,7 +329,8 @@ def status(
         )
     )
     data = {**dataclasses.asdict(s), "errors": dict(s.errors), "complete": s.complete}
-    scores = run_scores(RunState(storage, run_uri))
+    with operator_errors():
+        scores = run_scores(RunState(storage, run_uri))
     if scores:
         data["scores"] = scores
         rows += score_rows(scores)
@@ -379,6 +376,7 @@ def manifest_validate(
     from pipeline.storage import Storage
 
     storage = Storage(storage_settings(endpoint_url, region, profile))
-    report = validate_manifest(manifest, storage, check_images=check_images)
+    with operator_errors():  # refused credentials, an unreachable endpoint: one line
+        report = validate_manifest(manifest, storage, check_images=check_images)
     Console().print(report.format() if hasattr(report, "format") else str(report))
     raise typer.Exit(0 if report.ok else 1)

@@ -164,6 +164,12 @@ class ShardProcessor:
             )
             return prepared
         try:
+            check_caption = getattr(self.captioner, "check", None)
+            if check_caption is not None:  # a template the item cannot fill: before the model
+                try:
+                    check_caption(self._caption_fields(item))
+                except KeyError as error:
+                    raise ItemError(item.id, ItemStatus.BAD_INPUT, str(error.args[0])) from None
             limits = self.config.limits
             subject = (
                 load_image(item.subject, self.storage, item.id, limits) if item.subject else None
@@ -193,6 +199,16 @@ class ShardProcessor:
             )
         prepared.read_s = time.perf_counter() - t0
         return prepared
+
+    def _caption_fields(self, item: ManifestItem) -> dict:
+        """What a caption template may name: the item's own fields and extra columns."""
+        return {
+            "id": item.id,
+            "prompt": item.prompt or "",
+            "model": self.config.model,
+            "style_lora": item.style_lora or "",
+            **(item.extra or {}),
+        }
 
     def _prefetch(self, task: ShardTask, out: queue.Queue, stop: threading.Event) -> None:
         """Feed futures of prepared items, in input order, into a bounded queue."""
@@ -365,13 +381,7 @@ class ShardProcessor:
         record.steps, record.guidance = params.get("steps"), params.get("guidance")
         t0 = time.perf_counter()
         try:
-            fields = {
-                "id": item.id,
-                "prompt": item.prompt or "",
-                "model": self.config.model,
-                "style_lora": item.style_lora or "",
-                **(item.extra or {}),
-            }
+            fields = self._caption_fields(item)
             caption = self.captioner.caption(fields, outcome.image)
             if self.scorer is not None:
                 record.scores = self.scorer.score(fields, request, outcome.image)
