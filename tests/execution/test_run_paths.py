@@ -45,14 +45,17 @@ def test_outputs_inside_the_manifest_folder_are_never_read_as_input(
     catalog: Path, tiny_weights: Path
 ):
     out = catalog / "out"
-    (out / "test").mkdir(parents=True)
-    (out / "test" / "part-000000.parquet").write_bytes(
-        parquet_bytes([{"id": "a", "key": "a", "status": "ok"}])
-    )
+    records = parquet_bytes([{"id": "a", "key": "a", "status": "ok"}])
+    for run in ("test", "an-older-run"):  # this run's folder, and another run's
+        (out / run / "captions").mkdir(parents=True)
+        (out / run / "run.json").write_text('{"layout": 2}')
+        (out / run / "part-000000.parquet").write_bytes(records)
+        (out / run / "captions" / "000000.parquet").write_bytes(records)
+    (out / "test" / "part-000001.parquet").write_bytes(records)
     plan = Runner(run_config(str(catalog), str(out), tiny_weights), StorageSettings()).plan()
     assert [s.uri for s in plan.shards] == [str(catalog.resolve() / "a.parquet")]
     only_outputs = run_config(str(out), str(out), tiny_weights)
-    with pytest.raises(ManifestError, match="inside the output folder"):
+    with pytest.raises(ManifestError, match="is an output of a run"):
         Runner(only_outputs, StorageSettings()).plan()
 
 
