@@ -95,6 +95,16 @@ class RunError(RuntimeError):
     """The run cannot start or continue (bad manifest, conflicting config, model won't load)."""
 
 
+class StartError(RunError):
+    """Something every actor needs (weights, a model) cannot be loaded: the run cannot start.
+
+    Plain and picklable (one string), so it crosses Ray intact, whatever library raised the
+    original error in the actor."""
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (str(self),))
+
+
 class RunConflictError(RunError):
     """The run folder holds outputs of another configuration."""
 

@@ -115,13 +115,14 @@ def storage_settings(
     endpoint: str | None, region: str | None, profile: str | None
 ) -> StorageSettings:
     """The standard AWS environment, with the command line's overrides."""
-    settings = StorageSettings.from_env()
-    return dataclasses.replace(
-        settings,
-        endpoint_url=endpoint or settings.endpoint_url,
-        region=region or settings.region,
-        profile=profile or settings.profile,
-    )
+    with operator_errors():  # e.g. credentials inside the endpoint URL: refused, never shown
+        settings = StorageSettings.from_env()
+        return dataclasses.replace(
+            settings,
+            endpoint_url=endpoint or settings.endpoint_url,
+            region=region or settings.region,
+            profile=profile or settings.profile,
+        )
 
 
 def error_line(message: object) -> None:

@@ -21,6 +21,7 @@ from pipeline.cli.common import (
     emit,
     env,
     fail,
+    operator_errors,
     storage_settings,
 )
 from pipeline.errors import ExitCode
@@ -83,7 +84,8 @@ def status(
         "complete": s.complete,
         "exit_code": int(s.exit_code),
     }
-    scores = run_scores(RunState(storage, run_uri))
+    with operator_errors():  # a score file that cannot be read or reached: one line
+        scores = run_scores(RunState(storage, run_uri))
     if scores:
         data["scores"] = scores
         rows += score_rows(scores)
@@ -133,7 +135,8 @@ def manifest_validate(
     from pipeline.storage import Storage
 
     storage = Storage(storage_settings(endpoint_url, region, profile))
-    report = validate_manifest(manifest, storage, check_images=check_images)
+    with operator_errors():  # refused credentials, an unreachable endpoint: one line
+        report = validate_manifest(manifest, storage, check_images=check_images)
     code = ExitCode.OK if report.ok else ExitCode.CHECK_FAILED
     if as_json:
         emit(

@@ -13,6 +13,7 @@ the same value types (`values`), and call `RunSettings.run_config`. A mistake is
 """
 
 from pipeline.config.eval_settings import EvalSettings, Gates, MetricModels
+from pipeline.config.input_limits import DEFAULT_LIMITS, InputLimits
 from pipeline.config.problems import ConfigProblem, key_path, validate
 from pipeline.config.run_config import (
     ConfigModel,
@@ -46,6 +47,7 @@ from pipeline.config.weights_spec import WeightsKind, WeightsSpec
 from pipeline.errors import ConfigError
 
 __all__ = [
+    "DEFAULT_LIMITS",
     "MAX_SEED",
     "MAX_SIDE",
     "MAX_STEPS",
@@ -60,6 +62,7 @@ __all__ = [
     "ExecutionOptions",
     "Gates",
     "ImageFormat",
+    "InputLimits",
     "MetricModels",
     "ModelName",
     "OutputOptions",

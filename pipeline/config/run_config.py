@@ -22,6 +22,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from pipeline import __version__
+from pipeline.config.input_limits import InputLimits
 from pipeline.config.problems import ConfigProblem
 from pipeline.config.values import (
     AtLeastOne,
@@ -41,6 +42,7 @@ from pipeline.config.values import (
     PathRef,
     PathRefs,
     Quality,
+    RunNameText,
     Seed,
     Side,
     Steps,
@@ -191,6 +193,8 @@ class RunSettings(ConfigModel):
     scoring: ScoringOptions = ScoringOptions()
     actors: Count = 0
     """Model actors (0 = one per GPU, or 1 without GPUs)."""
+    limits: InputLimits = InputLimits()
+    """Budgets for what a manifest makes an actor read (bytes, pixels, local roots)."""
 
     def run_config(
         self,
@@ -217,6 +221,7 @@ class RunSettings(ConfigModel):
             ),
             scoring=self.scoring,
             actors=self.actors,
+            limits=self.limits,
         )
 
 
@@ -233,7 +238,7 @@ class RunRequest(RunSettings):
     manifest: Annotated[tuple[Text, ...], AfterValidator(_at_least_one_manifest)]
     output: Text
     model: ModelChoice
-    run: Text = ""
+    run: RunNameText = ""
 
     def config(self) -> RunConfig:
         return self.run_config(
@@ -262,7 +267,7 @@ class RunConfig(ConfigModel):
 
     manifest: tuple[Text, ...]
     output: Text  # output root (local path or s3:// URI)
-    run: Text  # run name: outputs go to <output>/<run>/ ("" until `named`)
+    run: RunNameText  # run name: outputs go to <output>/<run>/ ("" until `named`)
     model: ModelChoice
     weights: WeightsSpec = TINY_WEIGHTS
     seed: Seed = 0  # run seed; item seed = derive_seed(seed, id) unless the row gives one
@@ -271,6 +276,7 @@ class RunConfig(ConfigModel):
     outputs: OutputOptions = OutputOptions()
     scoring: ScoringOptions = ScoringOptions()
     actors: Count = 0  # 0 = one per GPU in the cluster (or 1 without GPUs)
+    limits: InputLimits = InputLimits()  # input budgets: not in the fingerprint
     prefetch_items: AtLeastOne = 8  # decoded items buffered ahead of the model, per shard
     max_shard_attempts: AtLeastOne = 3  # an actor that dies mid-shard: retried elsewhere
     only_ids: tuple[Text, ...] | None = None  # restrict to these ids (retry-failed, nightly)

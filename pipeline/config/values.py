@@ -156,6 +156,19 @@ Steps = Annotated[int, Strict(), Range(1, MAX_STEPS)]
 Seed = Annotated[int, Strict(), Range(0, MAX_SEED)]
 Quality = Annotated[int, Strict(), Range(1, MAX_QUALITY)]
 Guidance = Annotated[float, Strict(), Range(0)]
+
+
+def check_run_name(name: str) -> str:
+    """A run name is one folder name inside the output root, never a path: "../x", "a/b" or
+    "." would write outside `<out>/` or onto it."""
+    if name and (
+        "/" in name or "\\" in name or name in (".", "..") or any(ord(c) < 32 for c in name)
+    ):
+        raise ValueError(f"must be a single folder name (no '/', '\\', '.' or '..'), got {name!r}")
+    return name
+
+
+RunNameText = Annotated[str, Strict(), AfterValidator(check_run_name)]
 Count = Annotated[int, Strict(), Range(0)]  # actors: 0 = one per GPU
 AtLeastOne = Annotated[int, Strict(), Range(1)]
 

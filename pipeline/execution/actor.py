@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
-from pathlib import Path
 
 import ray
 
 from pipeline.config import EvalSettings, RunConfig
+from pipeline.errors import StartError
 from pipeline.execution.logs import configure_logging
 from pipeline.execution.metrics import record_actor_start
 from pipeline.models.registry import load_model, load_random_model
 from pipeline.models.runtime import resolve_device
 from pipeline.processing.captions import make_captioner
+from pipeline.processing.scratch import actor_scratch
 from pipeline.processing.shard import ShardProcessor, ShardTask
 from pipeline.processing.style_loras import StyleLoraResolver
 from pipeline.storage import Storage, StorageSettings
@@ -45,13 +45,16 @@ class StylizeActor:
 
             options = replace(options, device=self.device)
         storage = Storage(storage_settings)
-        root = local_root(config.weights, model=config.model, storage=storage)
-        self.staging_s = time.perf_counter() - t0
-        model = (
-            load_random_model(config.model, options)
-            if root is None
-            else load_model(config.model, root, options)
-        )
+        try:
+            root = local_root(config.weights, model=config.model, storage=storage)
+            self.staging_s = time.perf_counter() - t0
+            model = (
+                load_random_model(config.model, options)
+                if root is None
+                else load_model(config.model, root, options)
+            )
+        except Exception as error:  # loaders raise library types Ray cannot always pickle
+            raise StartError(f"{type(error).__name__}: {error}".splitlines()[0]) from None
         self.load_s = time.perf_counter() - t0 - self.staging_s
         record_actor_start(config.model, self.staging_s, self.load_s)
         log.info(
@@ -65,8 +68,7 @@ class StylizeActor:
             self.device,
             os.environ.get("CUDA_VISIBLE_DEVICES"),
         )
-        scratch = Path(tempfile.gettempdir()) / "restyle-scratch"
-        scratch.mkdir(exist_ok=True)
+        scratch = actor_scratch()  # its own folder; dead actors' folders are removed first
         scorer = None
         if config.scoring.enabled:
             from pipeline.processing.scoring import make_scorer
@@ -77,7 +79,7 @@ class StylizeActor:
             model,
             storage,
             make_captioner(config.outputs, self.device),
-            StyleLoraResolver(storage, root, weight_cache_dir() / "downloads"),
+            StyleLoraResolver(storage, root, weight_cache_dir() / "downloads", config.limits),
             device=self.device,
             scratch_dir=str(scratch),
             scorer=scorer,

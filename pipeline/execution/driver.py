@@ -23,10 +23,12 @@ from pipeline.manifests import ManifestShard, count_items, list_shards
 from pipeline.outputs.commit import ShardStats
 from pipeline.outputs.run_state import RunState
 from pipeline.outputs.status import RunStatus, run_status
+from pipeline.processing.run_identity import check_run_identity
 from pipeline.processing.shard import ShardTask
 from pipeline.storage import Storage, StorageSettings
-from pipeline.storage.uris import public_uri
+from pipeline.storage.uris import canonical_uri, public_uri
 from pipeline.weights.resolve import ResolvedWeights, resolve_weights
+from pipeline.weights.verify import check_before_run
 
 if TYPE_CHECKING:
     from pipeline.execution.pool import ActorPool
@@ -140,15 +142,18 @@ class Runner:
     # ------------------------------------------------------------------ planning
     def plan(self) -> Plan:
         self.state.read_run_json()  # a folder of another output layout is refused here
-        shards = [  # absolute: records and provenance name them, and actors may run elsewhere
-            dataclasses.replace(s, uri=public_uri(s.uri))
-            for s in list_shards(list(self.config.manifest), self.storage)
-        ]
+        # Canonical (absolute, symlinks resolved): a shard's identity in markers, records and
+        # provenance, whatever the spelling of the spec; run folders are never input.
+        listed = list_shards(list(self.config.manifest), self.storage, exclude=self.config.run_uri)
+        shards = [dataclasses.replace(s, uri=canonical_uri(s.uri)) for s in listed]
+        check_run_identity(shards, self.storage)  # one key per item, one item per id
         if self.weights is None:
             self.weights = resolve_weights(
                 self.config.weights, self.config.model, storage=self.storage
             )
         weights = self.weights
+        if weights.root is not None:  # remote weights are checked where actors stage them
+            check_before_run(weights.root, self.config.model)
         fingerprint = self.config.fingerprint(weights.sha256)
         done = self.state.main_commits([(s.index, s.uri) for s in shards], fingerprint)
         return Plan(self.config, weights, fingerprint, shards, done)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import Any
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, WorkerCrashedError
 
-from pipeline.errors import RunError
+from pipeline.errors import StartError
 from pipeline.execution.logs import actor_env
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class ActorPool:
         try:
             infos = ray.get(refs)
         except ACTOR_LOST as error:
-            raise RunError(f"{self.spec.what} could not start: {_first_line(error)}") from error
+            raise StartError(f"{self.spec.what} could not start: {_reason(error)}") from None
         for info in infos:
             log.debug("%s ready: %s", self.spec.what, info)
         self.infos = infos
@@ -131,3 +132,13 @@ def _first_line(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     raised = [line for line in lines if not line.startswith(("File ", "^", "("))]
     return raised[-1] if raised else (lines[0] if lines else type(error).__name__)
+
+
+def _reason(error: BaseException) -> str:
+    """One line from an actor's failed start: the actor's own `StartError` when it raised one
+    (Ray embeds it in a long traceback), else the traceback's last line."""
+    text = str(error)
+    found = re.findall(r"StartError: (.+)", text)
+    if found:
+        return found[-1].strip()
+    return _first_line(error)[:500]

@@ -11,7 +11,7 @@ import posixpath
 
 from pipeline.manifests.items import PARQUET, WEBDATASET, ManifestError, ManifestShard
 from pipeline.storage import Storage
-from pipeline.storage.uris import check_supported, has_wildcards
+from pipeline.storage.uris import canonical_uri, check_supported, has_wildcards
 
 EXTENSIONS = {
     ".parquet": PARQUET,
@@ -77,10 +77,40 @@ def _files_of(spec: str, storage: Storage) -> list[str]:
     return files
 
 
-def list_shards(spec: str | list[str] | tuple[str, ...], storage: Storage) -> list[ManifestShard]:
-    """Every manifest file named by `spec` (one spec or several), sorted, numbered from 0."""
+def _in_run_folder(uri: str, storage: Storage) -> bool:
+    """True for a file of a run folder: records and marker-named files at its top, caption and
+    score sidecars one folder down (`outputs.layout`; a run folder holds run.json)."""
+    parent = posixpath.dirname(uri.rstrip("/"))
+    for folder in (parent, posixpath.dirname(parent)):
+        if folder and storage.exists(f"{folder}/run.json"):
+            return True
+    return False
+
+
+def list_shards(
+    spec: str | list[str] | tuple[str, ...], storage: Storage, exclude: str | None = None
+) -> list[ManifestShard]:
+    """Every manifest file named by `spec` (one spec or several), sorted, numbered from 0.
+
+    With `exclude` (the run's own folder), files under it and files of any other run folder
+    (one holding a run.json) are never input: outputs written inside a manifest folder must not
+    come back as new shards on the next run."""
     specs = [spec] if isinstance(spec, str) else list(spec)
     if not specs:
         raise ManifestError("<manifest>", "no manifest given")
     uris = sorted({uri for s in specs for uri in _files_of(str(s), storage)})
+    if exclude is not None:
+        folder = canonical_uri(exclude).rstrip("/") + "/"
+        kept = [
+            uri
+            for uri in uris
+            if not canonical_uri(uri).startswith(folder) and not _in_run_folder(uri, storage)
+        ]
+        if uris and not kept:
+            raise ManifestError(
+                ", ".join(map(str, specs)),
+                f"every manifest file it names is an output of a run ({exclude} or another "
+                "folder holding a run.json)",
+            )
+        uris = kept
     return [ManifestShard(index, uri, manifest_format(uri) or "") for index, uri in enumerate(uris)]

@@ -86,7 +86,7 @@ def check_schema(schema: pa.Schema, uri: str) -> None:
 
 def read_parquet_rows(uri: str, storage: Storage) -> Iterator[tuple[int, dict[str, Any]]]:
     """(row index, raw row dict) for every row of one Parquet manifest file."""
-    with _open_parquet(uri, storage) as parquet:
+    with open_parquet(uri, storage) as parquet:
         check_schema(parquet.schema_arrow, uri)
         row = 0
         try:
@@ -103,13 +103,13 @@ def read_parquet_rows(uri: str, storage: Storage) -> Iterator[tuple[int, dict[st
 def count_parquet_rows(uri: str, storage: Storage) -> int:
     """Rows in one Parquet manifest, from its footer (no row data is read); its columns are
     checked on the way, so a run or a plan refuses a manifest without `id` before it starts."""
-    with _open_parquet(uri, storage) as parquet:
+    with open_parquet(uri, storage) as parquet:
         check_schema(parquet.schema_arrow, uri)
         return parquet.metadata.num_rows
 
 
 @contextmanager
-def _open_parquet(uri: str, storage: Storage) -> Iterator[pq.ParquetFile]:
+def open_parquet(uri: str, storage: Storage) -> Iterator[pq.ParquetFile]:
     """The manifest's ParquetFile, through the storage's Arrow filesystem; errors name the file."""
     filesystem, path = storage.arrow_location(uri)
     try:

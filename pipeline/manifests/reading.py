@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from pipeline.config.input_limits import DEFAULT_LIMITS, InputLimits
 from pipeline.manifests.fields import parse_row
 from pipeline.manifests.items import (
     PARQUET,
@@ -26,7 +27,7 @@ from pipeline.storage.concurrent import map_bounded
 
 
 def parsed_rows(
-    shard: ManifestShard, storage: Storage
+    shard: ManifestShard, storage: Storage, limits: InputLimits = DEFAULT_LIMITS
 ) -> Iterator[tuple[int, ManifestItem | None, list[RowError]]]:
     """(row, item or None, every problem of the row) for each row: for validation, which
     wants all problems, and for `read_shard`, which wants the first."""
@@ -34,7 +35,7 @@ def parsed_rows(
     if shard.format == PARQUET:
         rows = ((row, raw, {}, []) for row, raw in read_parquet_rows(shard.uri, storage))
     elif shard.format == WEBDATASET:
-        rows = read_webdataset_rows(shard.uri, storage)
+        rows = read_webdataset_rows(shard.uri, storage, limits.max_member_bytes)
     else:
         raise ManifestError(shard.uri, f"unknown manifest format {shard.format!r}")
     for row, raw, labels, member_problems in rows:
@@ -43,10 +44,12 @@ def parsed_rows(
         yield row, (None if problems else item), problems
 
 
-def read_shard(shard: ManifestShard, storage: Storage) -> Iterator[ManifestItem | RowError]:
+def read_shard(
+    shard: ManifestShard, storage: Storage, limits: InputLimits = DEFAULT_LIMITS
+) -> Iterator[ManifestItem | RowError]:
     """Items of one shard in file order; a bad row (or a repeated id) is a `RowError`."""
     first_row: dict[str, int] = {}
-    for row, item, problems in parsed_rows(shard, storage):
+    for row, item, problems in parsed_rows(shard, storage, limits):
         if problems:
             first = problems[0]
             if len(problems) > 1:

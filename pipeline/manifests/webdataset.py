@@ -10,7 +10,10 @@ up to the first dot of the file name, `webdataset.tariterators.base_plus_ext`). 
                             a bare <key>.style.<ext> counts as style0)
 
 The id is the json's "id", else the key. Image URIs in the json resolve against the tar's
-folder. Other members are ignored. Nothing is shelled out: the tar is read as a stream.
+folder. Any other member (`<key>.png`, `<key>.png.json`, ...) is an error of its sample, never a
+sample silently generated without it. A member larger than `limits.max_member_bytes` (its
+header's size, after decompression) is that sample's error and is skipped, not read. Nothing is
+shelled out: the tar is read as a stream.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import tarfile
 from collections.abc import Iterator
 from typing import Any
 
+from pipeline.config.input_limits import DEFAULT_LIMITS
 from pipeline.manifests.items import ManifestError, RowError
 from pipeline.storage import Storage
 
@@ -36,6 +40,16 @@ def base_plus_ext(path: str) -> tuple[str | None, str | None]:
     if not match:
         return None, None
     return match.group(1), match.group(2)
+
+
+KNOWN_MEMBERS = "json, txt, subject.<ext>, style<N>.<ext>"
+
+
+def known_member(suffix: str) -> bool:
+    """True for the member names the schema defines (after `<key>.`)."""
+    return suffix in ("json", "txt") or bool(
+        SUBJECT_MEMBER.match(suffix) or STYLE_MEMBER.match(suffix)
+    )
 
 
 def _sample_row(
@@ -110,14 +124,14 @@ def _sample_row(
     return raw, labels, problems
 
 
-def _open_tar(stream: Any, uri: str) -> tarfile.TarFile:
+def open_tar(stream: Any, uri: str) -> tarfile.TarFile:
     try:
         return tarfile.open(fileobj=stream, mode="r|*")  # a stream: no seeking, any compression
     except tarfile.TarError as error:
         raise ManifestError(uri, f"not a readable tar archive: {error}") from error
 
 
-def _sample_members(archive: tarfile.TarFile) -> Iterator[tuple[str, str, tarfile.TarInfo]]:
+def sample_member_infos(archive: tarfile.TarFile) -> Iterator[tuple[str, str, tarfile.TarInfo]]:
     """(sample key, member suffix, info) of every file that belongs to a sample."""
     for info in archive:
         if info.isfile():
@@ -127,21 +141,34 @@ def _sample_members(archive: tarfile.TarFile) -> Iterator[tuple[str, str, tarfil
 
 
 def read_webdataset_rows(
-    uri: str, storage: Storage
+    uri: str, storage: Storage, max_member_bytes: int = DEFAULT_LIMITS.max_member_bytes
 ) -> Iterator[tuple[int, dict[str, Any], dict[str, str], list[RowError]]]:
     """(sample index, raw row, labels, member problems) for every sample of one tar shard."""
-    with storage.open_read(uri) as stream, _open_tar(stream, uri) as archive:
+    with storage.open_read(uri) as stream, open_tar(stream, uri) as archive:
         row: int = 0
         key: str | None = None
         members: dict[str, bytes] = {}
         duplicates: list[str] = []
+        refused: list[tuple[str, str]] = []  # (member suffix, why it was not read)
         try:
-            for member_key, suffix, info in _sample_members(archive):
+            for member_key, suffix, info in sample_member_infos(archive):
                 if member_key != key:  # the previous sample is complete: hand it out first
                     if key is not None:
-                        yield _finish(key, members, duplicates, uri, row)
+                        yield _finish(key, members, duplicates, refused, uri, row)
                         row += 1
-                    key, members, duplicates = member_key, {}, []
+                    key, members, duplicates, refused = member_key, {}, [], []
+                if not known_member(suffix):
+                    refused.append((suffix, f"unknown member (the schema knows {KNOWN_MEMBERS})"))
+                    continue
+                if info.size > max_member_bytes:
+                    refused.append(
+                        (
+                            suffix,
+                            f"{info.size} bytes, larger than the {max_member_bytes}-byte "
+                            "budget (limits.max_member_bytes)",
+                        )
+                    )
+                    continue
                 file = archive.extractfile(info)
                 assert file is not None  # regular files always have data
                 with file:
@@ -154,32 +181,34 @@ def read_webdataset_rows(
                 uri, f"corrupt or truncated tar after sample {row}: {error}"
             ) from error
         if key is not None:
-            yield _finish(key, members, duplicates, uri, row)
+            yield _finish(key, members, duplicates, refused, uri, row)
 
 
 def _finish(
-    key: str, members: dict[str, bytes], duplicates: list[str], uri: str, row: int
+    key: str,
+    members: dict[str, bytes],
+    duplicates: list[str],
+    refused: list[tuple[str, str]],
+    uri: str,
+    row: int,
 ) -> tuple[int, dict[str, Any], dict[str, str], list[RowError]]:
     raw, labels, problems = _sample_row(key, members, uri, row)
+    item_id = raw["id"] if isinstance(raw.get("id"), str) else key
     for suffix in duplicates:
         problems.append(
-            RowError(
-                uri,
-                row,
-                f"{key}.{suffix}",
-                "member appears twice in the sample",
-                raw["id"] if isinstance(raw.get("id"), str) else key,
-            )
+            RowError(uri, row, f"{key}.{suffix}", "member appears twice in the sample", item_id)
         )
+    for suffix, why in refused:
+        problems.append(RowError(uri, row, f"{key}.{suffix}", why, item_id))
     return row, raw, labels, problems
 
 
 def count_samples(uri: str, storage: Storage) -> int:
     """Samples in one tar shard: one streaming pass over member headers (data is skipped)."""
     count, key = 0, None
-    with storage.open_read(uri) as stream, _open_tar(stream, uri) as archive:
+    with storage.open_read(uri) as stream, open_tar(stream, uri) as archive:
         try:
-            for member_key, _, _ in _sample_members(archive):
+            for member_key, _, _ in sample_member_infos(archive):
                 if member_key != key:
                     count, key = count + 1, member_key
         except (tarfile.TarError, EOFError) as error:

@@ -27,7 +27,9 @@ class ClipEmbedder(Embedder):
 
         super().__init__(folder, device)
         self.processor = AutoProcessor.from_pretrained(folder, backend="pil", local_files_only=True)
-        model = AutoModel.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+        model = AutoModel.from_pretrained(
+            folder, local_files_only=True, use_safetensors=True, dtype=torch.float32
+        )
         if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
             raise ValueError(
                 f"CLIP model {folder}: {type(model).__name__} is not a CLIP-family model "

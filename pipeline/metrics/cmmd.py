@@ -36,7 +36,9 @@ class CmmdEmbedder(Embedder):
         super().__init__(folder, device)
         self.processor = CLIPImageProcessorPil.from_pretrained(folder, local_files_only=True)
         self.size = int(self.processor.crop_size["height"])
-        model = AutoModel.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+        model = AutoModel.from_pretrained(
+            folder, local_files_only=True, use_safetensors=True, dtype=torch.float32
+        )
         self.model = model.to(device).eval()
 
     def _embed(self, images: list[Image.Image]) -> torch.Tensor:

@@ -38,7 +38,9 @@ class CsdEmbedder(Embedder):
             raise ValueError(f"CSD model {folder}: no {HEADS_FILE} (the style/content heads)")
         self.style_head = load_file(str(heads))["style"].float().to(device)
         self.processor = CLIPImageProcessorPil.from_pretrained(folder, local_files_only=True)
-        model = CLIPVisionModel.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+        model = CLIPVisionModel.from_pretrained(
+            folder, local_files_only=True, use_safetensors=True, dtype=torch.float32
+        )
         self.model = model.to(device).eval()
         width = self.model.config.hidden_size
         if self.style_head.shape[0] != width:

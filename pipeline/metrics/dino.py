@@ -26,7 +26,11 @@ class DinoEmbedder(Embedder):
             folder, backend="pil", local_files_only=True
         )
         model = AutoModel.from_pretrained(
-            folder, local_files_only=True, dtype=torch.float32, add_pooling_layer=False
+            folder,
+            local_files_only=True,
+            use_safetensors=True,
+            dtype=torch.float32,
+            add_pooling_layer=False,
         )
         self.model = model.to(device).eval()
 

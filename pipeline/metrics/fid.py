@@ -36,7 +36,9 @@ class TransformersFeatures(nn.Module):
         self.processor = AutoImageProcessor.from_pretrained(
             folder, backend="pil", local_files_only=True
         )
-        self.model = AutoModel.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+        self.model = AutoModel.from_pretrained(
+            folder, local_files_only=True, use_safetensors=True, dtype=torch.float32
+        )
         self.model.to(device).eval()
         self.device = device
         self.num_features = int(

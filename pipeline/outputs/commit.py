@@ -35,18 +35,21 @@ from pipeline.storage import Storage
 TAR_MTIME = 0.0  # fixed member mtime: the same items give byte-identical tars
 TAR_MEMBER_MODE = 0o444  # member headers as webdataset's TarWriter writes them (bytes unchanged)
 TAR_OWNER = "bigdata"
+MAX_KEY_CHARS = 100
 
 
 def sample_key(item_id: str) -> str:
     """A WebDataset-safe key for an item id: no dots, slashes or odd characters.
 
-    Ids that need changing get a short hash of the original appended, so two ids never
-    collapse onto one key ("a.b" and "a_b" stay distinct).
+    Ids that need changing (odd characters, or longer than `MAX_KEY_CHARS`, which keeps
+    "<key>.json" a valid file name where a tar is unpacked) get a short hash of the original
+    appended, so "a.b" and "a_b" stay distinct. An id that happens to equal another id's hashed
+    key is refused when the run is planned (`processing.run_identity`).
     """
     safe = re.sub(r"[^A-Za-z0-9_-]", "_", item_id)
-    if safe == item_id and safe:
+    if safe == item_id and 0 < len(safe) <= MAX_KEY_CHARS:
         return safe
-    return f"{safe[:100]}-{hashlib.sha256(item_id.encode()).hexdigest()[:8]}"
+    return f"{safe[:MAX_KEY_CHARS]}-{hashlib.sha256(item_id.encode()).hexdigest()[:8]}"
 
 
 @dataclass
@@ -119,6 +122,7 @@ class ShardWriter:
         self._tar.close()
         self._tmp.close()
         t0 = time.perf_counter()
+        self.remove_leftovers()
         try:
             self.storage.upload_file(self.paths.tar, self._tmp.name)
             self.storage.write_bytes(self.paths.records, records_to_parquet(self._current()))
@@ -127,6 +131,16 @@ class ShardWriter:
         finally:
             Path(self._tmp.name).unlink(missing_ok=True)
         return self.stats
+
+    def remove_leftovers(self) -> None:
+        """Delete the temp files an interrupted commit of this shard left beside its objects
+        (a local publish writes `.<name>.<random>.tmp`, then renames it). S3 uploads leave no
+        visible object."""
+        if self.storage.is_remote(self.paths.folder):
+            return
+        prefix = f"{self.paths.folder}/.part-{self.paths.index:06d}"
+        for uri in self.storage.glob(f"{prefix}.*.tmp"):
+            self.storage.delete(uri)
 
     def _current(self) -> list[ItemRecord]:
         """The shard's records after this commit: its own for a first run; for a retry, the

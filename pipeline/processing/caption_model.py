@@ -51,7 +51,7 @@ class ModelCaptioner:
         self.processor = AutoProcessor.from_pretrained(folder, backend="pil", local_files_only=True)
         try:
             model = AutoModelForImageTextToText.from_pretrained(
-                folder, local_files_only=True, dtype=torch.float32
+                folder, local_files_only=True, use_safetensors=True, dtype=torch.float32
             )
         except ValueError as error:
             raise ValueError(

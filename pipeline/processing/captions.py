@@ -36,13 +36,18 @@ class TemplateCaptioner:
         self.template = template
         self.fields = {name for _, name, _, _ in string.Formatter().parse(template) if name}
 
-    def caption(self, fields: dict, image: np.ndarray) -> str:
+    def check(self, fields: dict) -> None:
+        """Raise when the item lacks a field the template names: called before the model runs,
+        so such an item costs no generation."""
         missing = self.fields - fields.keys()
         if missing:
             raise KeyError(
                 f"caption template needs field(s) {sorted(missing)} "
                 f"that the item does not have (it has {sorted(fields)})"
             )
+
+    def caption(self, fields: dict, image: np.ndarray) -> str:
+        self.check(fields)
         values = {k: ("" if v is None else v) for k, v in fields.items()}
         return self.template.format(**values)
 

@@ -67,7 +67,9 @@ class ClipScorer:
         config = AutoConfig.from_pretrained(folder, local_files_only=True)
         self.model_type = config.model_type
         self.processor = AutoProcessor.from_pretrained(folder, backend="pil", local_files_only=True)
-        model = AutoModel.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+        model = AutoModel.from_pretrained(
+            folder, local_files_only=True, use_safetensors=True, dtype=torch.float32
+        )
         if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
             raise ValueError(
                 f"scoring model {folder}: {type(model).__name__} is not a "

@@ -34,6 +34,7 @@ from pipeline.outputs.layout import ShardPaths
 from pipeline.outputs.records import ItemRecord
 from pipeline.outputs.samples import encode_image, sample_members
 from pipeline.processing.captions import Captioner
+from pipeline.processing.output_checks import output_problem
 from pipeline.processing.provenance import item_provenance
 from pipeline.processing.style_loras import StyleLoraResolver
 from pipeline.processing.turns import ModelTurns, Progress
@@ -140,7 +141,7 @@ class ShardProcessor:
         loads each LoRA once per group and batches equal layouts. The shard's rows are held in
         memory while it runs, so shard size bounds an actor's memory."""
         entries = []
-        for entry in read_shard(task.shard, self.storage):
+        for entry in read_shard(task.shard, self.storage, self.config.limits):
             item_id = entry.item_id if isinstance(entry, RowError) else entry.id
             if task.only_ids is None or item_id in task.only_ids:
                 entries.append(entry)
@@ -163,8 +164,17 @@ class ShardProcessor:
             )
             return prepared
         try:
-            subject = load_image(item.subject, self.storage, item.id) if item.subject else None
-            styles = [load_image(ref, self.storage, item.id) for ref in item.styles]
+            check_caption = getattr(self.captioner, "check", None)
+            if check_caption is not None:  # a template the item cannot fill: before the model
+                try:
+                    check_caption(self._caption_fields(item))
+                except KeyError as error:
+                    raise ItemError(item.id, ItemStatus.BAD_INPUT, str(error.args[0])) from None
+            limits = self.config.limits
+            subject = (
+                load_image(item.subject, self.storage, item.id, limits) if item.subject else None
+            )
+            styles = [load_image(ref, self.storage, item.id, limits) for ref in item.styles]
             lora = None
             if item.style_lora:
                 lora = self.style_loras.resolve(item.style_lora, item.style_lora_scale, item.id)
@@ -189,6 +199,16 @@ class ShardProcessor:
             )
         prepared.read_s = time.perf_counter() - t0
         return prepared
+
+    def _caption_fields(self, item: ManifestItem) -> dict:
+        """What a caption template may name: the item's own fields and extra columns."""
+        return {
+            "id": item.id,
+            "prompt": item.prompt or "",
+            "model": self.config.model,
+            "style_lora": item.style_lora or "",
+            **(item.extra or {}),
+        }
 
     def _prefetch(self, task: ShardTask, out: queue.Queue, stop: threading.Event) -> None:
         """Feed futures of prepared items, in input order, into a bounded queue."""
@@ -351,19 +371,17 @@ class ShardProcessor:
             return record, None
         assert outcome is not None and outcome.image is not None  # no error: the model ran it
         assert item is not None and request is not None  # no error: it was read and prepared
+        problem = output_problem(outcome.image, request)
+        if problem is not None:
+            record.status, record.error = ItemStatus.MODEL_ERROR, f"item {item.id!r}: {problem}"
+            return record, None
         record.model_s = outcome.timings.get("model_s")
         params = outcome.parameters
         record.width, record.height = params.get("width"), params.get("height")
         record.steps, record.guidance = params.get("steps"), params.get("guidance")
         t0 = time.perf_counter()
         try:
-            fields = {
-                "id": item.id,
-                "prompt": item.prompt or "",
-                "model": self.config.model,
-                "style_lora": item.style_lora or "",
-                **(item.extra or {}),
-            }
+            fields = self._caption_fields(item)
             caption = self.captioner.caption(fields, outcome.image)
             if self.scorer is not None:
                 record.scores = self.scorer.score(fields, request, outcome.image)

@@ -11,6 +11,9 @@ A reference is one of:
 - a Hugging Face reference, `hf://owner/repo/file.safetensors` or `owner/repo/file.safetensors`
   (or `owner/repo` for the repo's first .safetensors file, as the authors' demo does), through
   huggingface_hub with the usual HF_TOKEN.
+Only safetensors files are ever opened: a reference to a pickle format (.bin, .pt, .ckpt, ...)
+is refused as such. Every file is held to `limits.max_lora_bytes` (an s3:// object before it is
+downloaded), local paths to `limits.local_roots`, and devices or kernel files are refused.
 Failures are `ItemError(kind=lora_error)` naming the item and the reference.
 """
 
@@ -19,20 +22,31 @@ from __future__ import annotations
 import hashlib
 import shutil
 import threading
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
+from pipeline.config.input_limits import DEFAULT_LIMITS, InputLimits
 from pipeline.errors import ItemError, ItemStatus
 from pipeline.models.base import StyleLora
 from pipeline.models.omniconsistency.styles import shipped_style, style_name_of
 from pipeline.models.weight_layout import STYLE_LORA_DIR
 from pipeline.outputs.provenance import style_lora_reference
 from pipeline.storage import Storage
+from pipeline.storage.local import check_regular_file
 from pipeline.weights.hashing import file_sha256
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
 class StyleLoraResolver:
-    def __init__(self, storage: Storage, weights_root: Path | None, cache_dir: Path):
+    def __init__(
+        self,
+        storage: Storage,
+        weights_root: Path | None,
+        cache_dir: Path,
+        limits: InputLimits = DEFAULT_LIMITS,
+    ):
         self.storage = storage
+        self.limits = limits
         self.styles_dir = (weights_root / STYLE_LORA_DIR) if weights_root else None
         self.cache_dir = Path(cache_dir)
         self._lock = threading.Lock()
@@ -53,7 +67,21 @@ class StyleLoraResolver:
             raise ItemError(
                 item_id, ItemStatus.LORA_ERROR, f"style LoRA {reference!r}: {path} not found"
             )
+        try:
+            check_regular_file(str(path), "read")
+        except OSError as error:
+            raise ItemError(
+                item_id, ItemStatus.LORA_ERROR, f"style LoRA {reference!r}: {error}"
+            ) from error
+        if path.stat().st_size > self.limits.max_lora_bytes:
+            raise ItemError(item_id, ItemStatus.LORA_ERROR, self._too_large(reference, path))
         return StyleLora(path=path, scale=scale, name=name)
+
+    def _too_large(self, reference: str, path: Path | str) -> str:
+        return (
+            f"style LoRA {reference!r}: {path} is larger than the {self.limits.max_lora_bytes}-"
+            "byte budget (limits.max_lora_bytes)"
+        )
 
     def sha256(self, path: Path) -> str:
         return file_sha256(path)
@@ -78,10 +106,21 @@ class StyleLoraResolver:
         return reference
 
     def _fetch(self, reference: str) -> Path:
+        suffix = PurePosixPath(reference).suffix.lower()
+        if suffix in PICKLE_SUFFIXES:
+            raise ValueError(
+                f"a {suffix} file is a pickle format, which restyle never loads: convert the "
+                "LoRA to .safetensors"
+            )
         if reference.startswith("s3://"):
             return self._download_s3(reference)
         local = Path(reference).expanduser()
         if reference.endswith(".safetensors") and (local.is_absolute() or local.exists()):
+            if not self.limits.allows_local(str(local)):
+                raise PermissionError(
+                    f"{local} lies outside the allowed local roots (limits.local_roots: "
+                    f"{', '.join(self.limits.local_roots)})"
+                )
             return local
         if "/" not in reference:
             return self._shipped(reference)
@@ -111,6 +150,12 @@ class StyleLoraResolver:
         )
         if target.exists():
             return target
+        size = self.storage.size(uri)
+        if size > self.limits.max_lora_bytes:
+            raise ValueError(
+                f"{size} bytes, larger than the {self.limits.max_lora_bytes}-byte budget "
+                "(limits.max_lora_bytes); not downloaded"
+            )
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(".partial")
         with self.storage.open_read(uri) as src, open(tmp, "wb") as dst:

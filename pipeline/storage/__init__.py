@@ -9,7 +9,13 @@ Modules: `settings` (what to connect to, credentials that never print), `errors`
 backends), `facade` (`Storage`, the only class callers need).
 """
 
-from pipeline.storage.errors import StorageAuthError, StorageError, StorageNotFoundError
+from pipeline.storage.errors import (
+    StorageAuthError,
+    StorageError,
+    StorageNotFoundError,
+    StorageSpecialFileError,
+    StorageTooLargeError,
+)
 from pipeline.storage.facade import Storage
 from pipeline.storage.settings import StaticCredentials, StorageSettings
 from pipeline.storage.uris import is_s3, join, parent, resolve, split_s3
@@ -21,6 +27,8 @@ __all__ = [
     "StorageError",
     "StorageNotFoundError",
     "StorageSettings",
+    "StorageSpecialFileError",
+    "StorageTooLargeError",
     "is_s3",
     "join",
     "parent",

@@ -44,6 +44,14 @@ class StorageAuthError(StorageError, PermissionError):
     """The service refused the credentials, or they may not do this."""
 
 
+class StorageTooLargeError(StorageError):
+    """The object is larger than the caller's budget for it; nothing past the budget was read."""
+
+
+class StorageSpecialFileError(StorageError):
+    """A local path names a device, FIFO, socket or kernel file (/dev, /proc, /sys), not data."""
+
+
 def _rebuild(
     cls: type[StorageError], uri: str, operation: str, reason: str, transient: bool, attempts: int
 ) -> StorageError:

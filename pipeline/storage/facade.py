@@ -14,7 +14,12 @@ import threading
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pipeline.storage import local
-from pipeline.storage.errors import StorageAuthError, StorageError, StorageNotFoundError
+from pipeline.storage.errors import (
+    StorageAuthError,
+    StorageError,
+    StorageNotFoundError,
+    StorageTooLargeError,
+)
 from pipeline.storage.settings import StorageSettings
 from pipeline.storage.uris import (
     S3_PREFIX,
@@ -82,9 +87,19 @@ class Storage:
         return f"Storage({self.settings!r})"
 
     # ------------------------------------------------------------------ objects
-    def read_bytes(self, uri: str) -> bytes:
-        """The whole object."""
-        return self._s3.read_bytes(uri) if self._remote(uri) else local.read_bytes(uri)
+    def read_bytes(self, uri: str, max_bytes: int | None = None) -> bytes:
+        """The whole object; with `max_bytes`, an object larger than that raises
+        `StorageTooLargeError` after reading at most one byte past the budget. Local devices,
+        FIFOs and kernel files are refused (`StorageSpecialFileError`)."""
+        if self._remote(uri):
+            data = self._s3.read_bytes(uri, max_bytes)
+        else:
+            data = local.read_bytes(uri, max_bytes)
+        if max_bytes is not None and len(data) > max_bytes:
+            raise StorageTooLargeError(
+                uri, "read", f"larger than the {max_bytes}-byte budget for this object"
+            )
+        return data
 
     def write_bytes(self, uri: str, data: bytes) -> None:
         """Create or replace the object with `data`, published whole."""

@@ -14,12 +14,18 @@ import errno
 import glob as globlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import BinaryIO, TypeVar
 
-from pipeline.storage.errors import StorageAuthError, StorageError, StorageNotFoundError
+from pipeline.storage.errors import (
+    StorageAuthError,
+    StorageError,
+    StorageNotFoundError,
+    StorageSpecialFileError,
+)
 from pipeline.storage.uris import local_path
 
 T = TypeVar("T")
@@ -78,10 +84,33 @@ def _publishing(uri: str) -> Iterator[BinaryIO]:
         raise
 
 
-def read_bytes(uri: str) -> bytes:
+KERNEL_FOLDERS = ("/dev", "/proc", "/sys")  # files there are devices or live kernel state
+
+
+def check_regular_file(uri: str, operation: str) -> str:
+    """The path of `uri` when it is a regular file outside the kernel's folders; a device, FIFO,
+    socket or /proc file is refused before it is opened (opening a FIFO blocks, reading
+    /dev/zero never ends, /proc/self/environ holds the process's secrets)."""
+    path = local_path(uri)
+    real = os.path.realpath(path)
+    if any(real == folder or real.startswith(folder + "/") for folder in KERNEL_FOLDERS):
+        raise StorageSpecialFileError(uri, operation, f"{real} is a device or kernel file")
+    mode = _guarded(uri, operation, lambda: os.stat(path)).st_mode
+    if stat.S_ISDIR(mode):
+        raise StorageError(uri, operation, "is a directory, not a file")
+    if not stat.S_ISREG(mode):
+        raise StorageSpecialFileError(
+            uri, operation, "not a regular file (a device, FIFO or socket)"
+        )
+    return path
+
+
+def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
+    path = check_regular_file(uri, "read")
+
     def read() -> bytes:
-        with open(local_path(uri), "rb") as f:
-            return f.read()
+        with open(path, "rb") as f:
+            return f.read() if max_bytes is None else f.read(max_bytes + 1)
 
     return _guarded(uri, "read", read)
 
@@ -118,7 +147,8 @@ def download_file(uri: str, target: str) -> None:
 
 
 def open_read(uri: str) -> BinaryIO:
-    return _guarded(uri, "open", lambda: open(local_path(uri), "rb"))
+    path = check_regular_file(uri, "open")
+    return _guarded(uri, "open", lambda: open(path, "rb"))
 
 
 def exists(uri: str) -> bool:

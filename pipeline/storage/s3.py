@@ -34,7 +34,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
 from pipeline.storage.concurrent import REQUEST_WORKERS
-from pipeline.storage.errors import StorageError, StorageNotFoundError
+from pipeline.storage.errors import StorageError, StorageNotFoundError, StorageTooLargeError
 from pipeline.storage.s3_errors import STREAM_ERRORS, boto_cause, translate
 from pipeline.storage.settings import StorageSettings
 from pipeline.storage.uris import S3_PREFIX, split_s3
@@ -198,8 +198,16 @@ class S3Backend:
     def open_read(self, uri: str) -> io.BufferedReader:
         return io.BufferedReader(S3ObjectReader(self, uri), buffer_size=1024 * 1024)
 
-    def read_bytes(self, uri: str) -> bytes:
+    def read_bytes(self, uri: str, max_bytes: int | None = None) -> bytes:
+        """The object; with `max_bytes`, a larger object is refused from its size (the GET's
+        Content-Length) before its body is read."""
         with S3ObjectReader(self, uri) as reader:
+            if max_bytes is not None and reader.size > max_bytes:
+                raise StorageTooLargeError(
+                    uri,
+                    "read",
+                    f"{reader.size} bytes, larger than the {max_bytes}-byte budget for this object",
+                )
             return reader.readall()
 
     def write_bytes(self, uri: str, data: bytes) -> None:
@@ -366,6 +374,11 @@ class S3ObjectReader(io.RawIOBase):
                 )
                 time.sleep(delay)
         return b""
+
+    @property
+    def size(self) -> int:
+        """The object's size in bytes, from the first response."""
+        return self._size
 
     def readable(self) -> bool:
         return True

@@ -159,3 +159,13 @@ def public_uri(uri: str) -> str:
     if scheme is None or scheme == "file":
         return os.path.abspath(local_path(uri))
     return without_credentials(uri)
+
+
+def canonical_uri(uri: str) -> str:
+    """One spelling per object, for identity: a local path absolute with symlinks resolved
+    (relative, `./`, `//` and a symlinked folder all name one file), other URIs as
+    `public_uri` writes them."""
+    scheme = scheme_of(uri)
+    if scheme is None or scheme == "file":
+        return os.path.realpath(local_path(uri))
+    return public_uri(uri)

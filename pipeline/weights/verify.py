@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.errors import WeightsError
+from pipeline.errors import StartError, WeightsError
 from pipeline.storage import Storage, StorageSettings
 from pipeline.weights.hashing import file_sha256
 from pipeline.weights.header_checks import (
@@ -211,3 +211,17 @@ def _model_folders(expected: dict[str, str]) -> list[tuple[str, str]]:
         if name == "config.json" and folder and component in FOLDER_COMPONENTS:
             folders[folder] = component
     return sorted(folders.items())
+
+
+def check_before_run(root: Path, model: str) -> None:
+    """The checks of `restyle weights verify` (hashes aside: the run just hashed every file
+    for its fingerprint), made on the driver before any actor loads: a truncated, zero-byte,
+    renamed-tensor or pickle-only folder fails the run before its first item, in one line
+    naming the file (`StartError`)."""
+    problems = verify_root(root, [model], check_hashes=False).problems()
+    if problems:
+        more = f"; {len(problems) - 1} more problem(s)" if len(problems) > 1 else ""
+        raise StartError(
+            f"cannot start: weights {root}: {problems[0]}{more} "
+            f"(`restyle weights verify {root}` lists every file)"
+        )

@@ -359,7 +359,6 @@ def test_webdataset_members(tmp_path: Path, local: Storage) -> None:
             ("k1.style10.png", png_bytes((1, 1, 1))),
             ("k1.style2.png", png_bytes((2, 2, 2))),
             ("k1.subject.png", img),
-            ("k1.cls", b"3"),
             ("k2.txt", b"only text\n"),
             ("k2.style.jpg", jpeg_bytes()),
             ("dir/k3.json", b'{"id": "custom-id"}'),

@@ -131,3 +131,20 @@ def test_an_interrupted_retry_is_redone_under_its_own_names(tmp_path):
     assert state.retry_plan("f") == [RetryWork(3, 1, frozenset({"bad"}), {"bad": 1})]
     retry_shard(RecordingStorage(), str(tmp_path), 1, {"bad": "bad_input"})
     assert state.retry_plan("f") == [RetryWork(3, 2, frozenset({"bad"}), {"bad": 2})]
+
+
+def test_a_commit_removes_the_temp_files_an_interrupted_commit_of_its_shard_left(tmp_path):
+    leftovers = [
+        tmp_path / ".part-000003.tar.k1l2m3.tmp",  # a kill between write and rename
+        tmp_path / ".part-000003.stats.json.x9y8.tmp",
+        tmp_path / ".part-000003.retry-01.tar.abcd.tmp",
+    ]
+    other_shard = tmp_path / ".part-000004.tar.zzzz.tmp"
+    for path in [*leftovers, other_shard]:
+        path.write_bytes(b"half a tar")
+    write_shard(Storage(StorageSettings()), str(tmp_path), ["a"])
+    assert not any(p.exists() for p in leftovers)
+    assert other_shard.exists()  # another shard's commit may still be running
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [
+        other_shard.name
+    ]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.config import InputLimits
 from pipeline.errors import ItemError, ItemStatus
 from pipeline.models.omniconsistency.styles import shipped_file_name, style_name_of
 from pipeline.models.weight_layout import STYLE_LORA_DIR
@@ -59,3 +60,26 @@ def test_style_file_names_belong_to_the_model():
     assert shipped_file_name("Van_Gogh") == "Van_Gogh_rank128_bf16.safetensors"
     assert style_name_of(Path("x") / "Van_Gogh_rank128_bf16.safetensors") == "Van_Gogh"
     assert style_name_of("Comic_kohya.safetensors") == "Comic_kohya"
+
+
+@pytest.mark.parametrize("name", ["loras/Ghibli.bin", "/abs/style.pt", "owner/repo/lora.ckpt"])
+def test_pickle_lora_files_are_refused_as_pickle_never_as_hub_names(tmp_path, name):
+    with pytest.raises(ItemError) as error:
+        resolver(tmp_path, tmp_path).resolve(name, 1.0, "item-5")
+    assert error.value.kind == ItemStatus.LORA_ERROR and "pickle format" in str(error.value)
+    assert "'item-5'" in str(error.value) and "Hugging Face" not in str(error.value)
+
+
+def test_a_lora_over_its_budget_or_outside_the_local_roots_is_that_items_error(
+    tiny_weights, tmp_path
+):
+    example = tiny_weights / STYLE_LORA_DIR / "examples" / "Comic_kohya.safetensors"
+    storage = Storage(StorageSettings())
+    small = StyleLoraResolver(storage, None, tmp_path, InputLimits(max_lora_bytes=1000))
+    with pytest.raises(ItemError) as error:
+        small.resolve(str(example), 1.0, "item-6")
+    assert "max_lora_bytes" in str(error.value) and str(example) in str(error.value)
+    fenced = StyleLoraResolver(storage, None, tmp_path, InputLimits(local_roots=(str(tmp_path),)))
+    with pytest.raises(ItemError) as error:
+        fenced.resolve(str(example), 1.0, "item-6")
+    assert "outside the allowed local roots" in str(error.value)

@@ -78,7 +78,11 @@ def _load_model_strictly(
         folder,
         what,
         lambda: model_class.from_pretrained(
-            folder, dtype=dtype, local_files_only=True, output_loading_info=True
+            folder,
+            dtype=dtype,
+            local_files_only=True,
+            use_safetensors=True,  # never a pickle, not even weights-only
+            output_loading_info=True,
         ),
     )
     missing = sorted(info.get("missing_keys") or ())

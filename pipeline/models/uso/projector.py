@@ -108,7 +108,11 @@ def load_siglip(
     transformers.utils.logging.disable_progress_bar()
     try:
         model, info = SiglipVisionModel.from_pretrained(
-            str(folder), dtype=dtype, output_loading_info=True, local_files_only=True
+            str(folder),
+            dtype=dtype,
+            output_loading_info=True,
+            local_files_only=True,
+            use_safetensors=True,
         )
         processor = SiglipImageProcessorPil.from_pretrained(str(folder), local_files_only=True)
     except Exception as err:  # transformers/safetensors raise many types for a bad folder

@@ -1,0 +1,47 @@
+"""Each actor spools into a scratch folder of its own; a killed actor's folder is removed by the
+next actor that starts on the node, and a live actor's never is."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline.processing.scratch import actor_scratch, remove_stale
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_dead_actors_scratch_and_loose_spools_are_removed_a_live_ones_kept(tmp_path: Path):
+    host = socket.gethostname()
+    dead = tmp_path / f"actor-{host}-{_dead_pid()}"
+    live = tmp_path / f"actor-{host}-{os.getppid()}"
+    other_host = tmp_path / f"actor-elsewhere-{_dead_pid()}"
+    for folder in (dead, live, other_host):
+        folder.mkdir()
+        (folder / "restyle-shard-x.tar").write_bytes(b"spool")
+    loose = tmp_path / "restyle-shard-abc.tar"  # written by restyle before per-actor folders
+    loose.write_bytes(b"spool")
+    mine = actor_scratch(tmp_path)
+    assert mine.name == f"actor-{host}-{os.getpid()}" and mine.is_dir()
+    assert not dead.exists() and not loose.exists()
+    assert live.exists() and other_host.exists()  # alive, or not this node's to judge
+    assert remove_stale(tmp_path) == []
+
+
+def test_the_folder_goes_when_the_actor_process_exits(tmp_path: Path):
+    code = (
+        "import sys; from pathlib import Path; from pipeline.processing.scratch import "
+        "actor_scratch; f = actor_scratch(Path(sys.argv[1])); (f / 'spool').write_bytes(b'x');"
+        " print(f)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    assert not Path(out.stdout.strip()).exists()
