@@ -28,7 +28,6 @@ from pipeline.processing.shard import ShardTask
 from pipeline.storage import Storage, StorageSettings
 from pipeline.storage.uris import canonical_uri, public_uri
 from pipeline.weights.resolve import ResolvedWeights, resolve_weights
-from pipeline.weights.verify import check_before_run
 
 if TYPE_CHECKING:
     from pipeline.execution.pool import ActorPool
@@ -152,11 +151,18 @@ class Runner:
                 self.config.weights, self.config.model, storage=self.storage
             )
         weights = self.weights
-        if weights.root is not None:  # remote weights are checked where actors stage them
-            check_before_run(weights.root, self.config.model)
         fingerprint = self.config.fingerprint(weights.sha256)
         done = self.state.main_commits([(s.index, s.uri) for s in shards], fingerprint)
         return Plan(self.config, weights, fingerprint, shards, done)
+
+    def check_weights(self, plan: Plan) -> None:
+        """The checks of `restyle weights verify` (without hashes) on the driver, before any
+        actor starts: one line naming the file. After the manifests' checks, because it imports
+        torch and a wrong manifest should be refused in a light process."""
+        if plan.weights.root is not None:  # remote weights are checked where actors stage them
+            from pipeline.weights.verify import check_before_run
+
+            check_before_run(plan.weights.root, self.config.model)
 
     def conflict(self, plan: Plan) -> None:
         """Refuse, as `run` would, a run folder that holds another configuration."""
@@ -180,6 +186,7 @@ class Runner:
         plan = self.plan()
         only = None if self.config.only_ids is None else frozenset(self.config.only_ids)
         total_items = self.count_items(plan.todo) if only is None else len(only)
+        self.check_weights(plan)
         run_json = plan.run_json(self.settings)
         # A folder of another configuration is refused now; run.json is written once Ray is
         # up, so a run that cannot start leaves nothing behind.
@@ -210,6 +217,7 @@ class Runner:
         plan = self.plan()
         if self.state.read_run_json() is None:
             raise RunError(f"{self.config.run_uri} has no run.json: nothing to retry")
+        self.check_weights(plan)
         self.state.claim(plan.run_json(self.settings))  # same fingerprint, or a clear refusal
         tasks = self.retry_tasks(plan)
         summary = self._summary(plan, shards_already_done=len(plan.done))

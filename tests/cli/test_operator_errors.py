@@ -15,7 +15,7 @@ from pipeline.errors import ExitCode
 def _one_line(result) -> str:
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in result.output, result.output
-    assert result.exit_code == ExitCode.FAILED
+    assert result.exit_code == ExitCode.CANNOT_START
     return lines[0]
 
 

@@ -30,7 +30,7 @@ def test_a_run_name_that_is_a_path_is_refused_in_one_line(catalog: Path, tmp_pat
     result = CliRunner().invoke(
         app, ["plan", str(catalog), "--out", str(tmp_path / "out"), "--run", name]
     )
-    assert result.exit_code == ExitCode.FAILED
+    assert result.exit_code == ExitCode.USAGE
     assert "--run: must be a single folder name" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "ESCAPED").exists()

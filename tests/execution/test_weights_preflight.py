@@ -65,7 +65,7 @@ def test_broken_weights_stop_the_run_at_plan_time_naming_the_file(
     named = damage(root)
     runner = Runner(run_config(manifest, str(tmp_path / "out"), root), StorageSettings())
     with pytest.raises(StartError) as error:
-        runner.plan()
+        runner.check_weights(runner.plan())  # what run, --retry-failed and plan do first
     message = str(error.value)
     assert message.startswith("cannot start: weights") and named in message
     assert "\n" not in message and "restyle weights verify" in message
@@ -80,7 +80,7 @@ def test_the_command_line_says_it_in_one_line_with_the_cannot_start_code(
         app,
         ["run", manifest, "--out", str(tmp_path / "out"), "--weights", str(root), "--run", "r"],
     )
-    assert result.exit_code == ExitCode.FAILED
+    assert result.exit_code == ExitCode.CANNOT_START
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "uso/dit_lora.safetensors" in lines[0], result.output
     assert not (tmp_path / "out" / "r").exists()  # refused before anything was written
