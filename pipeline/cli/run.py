@@ -213,7 +213,6 @@ def plan(
         p = runner.plan()
         runner.conflict(p)
         todo_items = count_all_items(p.todo, runner.storage)
-        runner.check_weights(p)
         done_items = sum(stats.count for stats in p.done.values())
         sampling = config_.sampling
         hours = gpu_hours(

@@ -158,7 +158,8 @@ class Runner:
     def check_weights(self, plan: Plan) -> None:
         """The checks of `restyle weights verify` (without hashes) on the driver, before any
         actor starts: one line naming the file. After the manifests' checks, because it imports
-        torch and a wrong manifest should be refused in a light process."""
+        torch: a wrong manifest is refused in a light process, and `restyle plan` (a light
+        command) leaves this check to `run`."""
         if plan.weights.root is not None:  # remote weights are checked where actors stage them
             from pipeline.weights.verify import check_before_run
 
