@@ -6,13 +6,13 @@ from __future__ import annotations
 import io
 import json
 import logging
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from PIL import Image
 
 from pipeline.outputs.caption_sidecars import write_sidecar
+from pipeline.outputs.tar_reading import tar_samples
 from pipeline.processing.caption_model import ModelCaptioner
 from pipeline.storage import Storage
 
@@ -31,24 +31,13 @@ class ResultImage:
 
 def result_images(storage: Storage, tar_uri: str) -> Iterator[ResultImage]:
     """The result image of every sample of an output tar, streamed in tar order."""
-    with storage.open_read(tar_uri) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
-        key: str | None = None
-        members: dict[str, bytes] = {}
-        for member in tar:
-            if not member.isfile():
-                continue
-            name = member.name.rsplit("/", 1)[-1]
-            this_key, _, ext = name.partition(".")
-            if key is not None and this_key != key:
-                yield from _result_of(tar_uri, key, members)
-                members = {}
-            key = this_key
-            if ext in RESULT_EXTENSIONS or ext == "json":
-                file = tar.extractfile(member)
-                assert file is not None  # regular files always have data
-                members[ext] = file.read()
-        if key is not None:
-            yield from _result_of(tar_uri, key, members)
+    for key, members in tar_samples(storage, tar_uri, _captioned_member):
+        yield from _result_of(tar_uri, key, members)
+
+
+def _captioned_member(ext: str) -> bool:
+    """Only what captioning reads: the result image and the provenance (for the id)."""
+    return ext in RESULT_EXTENSIONS or ext == "json"
 
 
 def _result_of(tar_uri: str, key: str, members: dict[str, bytes]) -> Iterator[ResultImage]:
