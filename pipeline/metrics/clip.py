@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -19,23 +20,29 @@ from PIL import Image
 from pipeline.metrics.embedding import Embedder, l2_normalised, pooled
 
 
+def load_clip_family(folder: str | Path, device: str, role: str) -> tuple[Any, Any]:
+    """(processor, model in eval mode, fp32) of a local CLIP-family folder (CLIP, SigLIP...):
+    anything with image and text features; `role` names it in the refusal of another kind."""
+    from transformers import AutoModel, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(folder, backend="pil", local_files_only=True)
+    model = AutoModel.from_pretrained(
+        folder, local_files_only=True, use_safetensors=True, dtype=torch.float32
+    )
+    if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
+        raise ValueError(
+            f"{role} {folder}: {type(model).__name__} is not a CLIP-family model "
+            "(needs get_image_features and get_text_features)"
+        )
+    return processor, model.to(device).eval()
+
+
 class ClipEmbedder(Embedder):
     name = "clip"
 
     def __init__(self, folder: str | Path, device: str = "cpu"):
-        from transformers import AutoModel, AutoProcessor
-
         super().__init__(folder, device)
-        self.processor = AutoProcessor.from_pretrained(folder, backend="pil", local_files_only=True)
-        model = AutoModel.from_pretrained(
-            folder, local_files_only=True, use_safetensors=True, dtype=torch.float32
-        )
-        if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
-            raise ValueError(
-                f"CLIP model {folder}: {type(model).__name__} is not a CLIP-family model "
-                "(needs get_image_features and get_text_features)"
-            )
-        self.model = model.to(device).eval()
+        self.processor, self.model = load_clip_family(folder, device, "CLIP model")
 
     def _embed(self, images: list[Image.Image]) -> torch.Tensor:
         inputs = self.processor(images=images, return_tensors="pt")

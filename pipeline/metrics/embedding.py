@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,7 +26,7 @@ def rgb(images: Sequence[Image.Image]) -> list[Image.Image]:
     return [image.convert("RGB") for image in images]
 
 
-class Embedder:
+class Embedder(ABC):
     """A backbone loaded once; `embed_images` may be called from several threads."""
 
     name = "embedder"
@@ -42,8 +43,9 @@ class Embedder:
         with self._lock, torch.inference_mode():
             return l2_normalised(self._embed(rgb(images)))
 
+    @abstractmethod
     def _embed(self, images: list[Image.Image]) -> torch.Tensor:
-        raise NotImplementedError
+        """The backbone's image features, [len(images), d], any scale (normalised above)."""
 
 
 def cosines(a: torch.Tensor, b: torch.Tensor) -> list[float]:

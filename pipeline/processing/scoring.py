@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 
 from pipeline.config import SCORE_METRICS, ScoringOptions, check_metrics
+from pipeline.metrics.clip import load_clip_family
 from pipeline.models.base import GenerationRequest
 from pipeline.weights.aux_models import SCORER, model_folder
 
@@ -59,23 +60,14 @@ class ClipScorer:
     """Embeds results, prompts and style images with one CLIP-family model."""
 
     def __init__(self, folder: Path, metrics: Iterable[str], device: str = "cpu"):
-        from transformers import AutoConfig, AutoModel, AutoProcessor
+        from transformers import AutoConfig
 
         self.metrics = check_metrics(metrics)
         self.device = device
         self.folder = Path(folder)
         config = AutoConfig.from_pretrained(folder, local_files_only=True)
         self.model_type = config.model_type
-        self.processor = AutoProcessor.from_pretrained(folder, backend="pil", local_files_only=True)
-        model = AutoModel.from_pretrained(
-            folder, local_files_only=True, use_safetensors=True, dtype=torch.float32
-        )
-        if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
-            raise ValueError(
-                f"scoring model {folder}: {type(model).__name__} is not a "
-                "CLIP-family model (needs get_image_features and get_text_features)"
-            )
-        self.model = model.to(device).eval()
+        self.processor, self.model = load_clip_family(folder, device, "scoring model")
         self._lock = threading.Lock()
         self._texts = _Lru(CACHE_ENTRIES)
         self._styles = _Lru(CACHE_ENTRIES)
