@@ -52,7 +52,7 @@ def status(
     try:
         s = run_status(RunState(storage, run_uri))
     except (FileNotFoundError, StorageError, RunError) as error:  # RunError: a layout to migrate
-        fail(str(error))
+        fail(str(error), as_json=as_json)
     rows = [
         ("fingerprint", s.fingerprint or "?"),
         (
@@ -84,7 +84,7 @@ def status(
         "complete": s.complete,
         "exit_code": int(s.exit_code),
     }
-    with operator_errors():  # a score file that cannot be read or reached: one line
+    with operator_errors(as_json=as_json):  # a score file that cannot be read or reached: one line
         scores = run_scores(RunState(storage, run_uri))
     if scores:
         data["scores"] = scores
@@ -135,7 +135,7 @@ def manifest_validate(
     from pipeline.storage import Storage
 
     storage = Storage(storage_settings(endpoint_url, region, profile))
-    with operator_errors():  # refused credentials, an unreachable endpoint: one line
+    with operator_errors(as_json=as_json):  # refused credentials, an unreachable endpoint: one line
         report = validate_manifest(manifest, storage, check_images=check_images)
     code = ExitCode.OK if report.ok else ExitCode.CHECK_FAILED
     if as_json:
