@@ -17,7 +17,9 @@ pass runs in a fresh driver process, which reports its wall time, CPU time and p
 - the baseline (`--baseline-shards`), on a smaller folder (it is linear): one HEAD + GET per
   marker and one footer read after another, the code before issue 13 item 1; and status over
   markers without `shard_counts` (as restyle wrote them before), which reads every records
-  file's status column, the code before item 2.
+  file's status column;
+- baseline-status, on every folder: the status of the code before item 2 (every marker and
+  every records file's status column read), for the ratio in one run.
 
 Figures are per shard count; fit them to extrapolate (cost = a + b x shards).
 """
@@ -186,8 +188,9 @@ def measured(phase: str, manifest: str, run: str) -> dict:
     from pipeline.outputs.commit import read_marker
     from pipeline.outputs.layout import ShardPaths
     from pipeline.outputs.run_state import RunState
-    from pipeline.outputs.status import run_status
+    from pipeline.outputs.status import run_status, status_counts
     from pipeline.storage import Storage
+    from pipeline.storage.concurrent import map_bounded
 
     storage = Storage()
     wall0, cpu0 = time.perf_counter(), time.process_time()
@@ -213,6 +216,15 @@ def measured(phase: str, manifest: str, run: str) -> dict:
     elif phase == "status":
         status = run_status(RunState(storage, run))
         result.update(items=status.items, ok=status.ok, failed=status.failed)
+    elif phase == "baseline-status":  # the code before item 2: every records file read
+        state = RunState(storage, run)
+        listing = state.listing()
+        state.commits(listing)  # each marker read once, for shards and images/s
+        records = [uri for _, uri in sorted(listing.records.items())]
+        counts: Counter = Counter()
+        for shard in map_bounded(lambda uri: status_counts(state, uri), records):
+            counts.update(shard)
+        result.update(items=sum(counts.values()), ok=counts["ok"])
     result.update(
         wall_s=time.perf_counter() - wall0,
         cpu_s=time.process_time() - cpu0,
@@ -298,8 +310,9 @@ def main() -> None:
                     print(shards, phase, row[phase], flush=True)
                 if not args.skip_status:
                     complete(storage, bucket, shards, args.items_per_shard, done, with_counts)
-                    row["status"] = run_child("status", where["manifest"], where["run"], env)
-                    print(shards, "status", row["status"], flush=True)
+                    for phase in ("status", "baseline-status"):
+                        row[phase] = run_child(phase, where["manifest"], where["run"], env)
+                        print(shards, phase, row[phase], flush=True)
                 figures["runs"].append(row)
         finally:
             assert proxy.stdin is not None
