@@ -40,8 +40,9 @@ def status(
     profile: Profile = None,
     as_json: AsJson = False,
 ) -> None:
-    """Totals of a run folder: items from its current records (`part-*.parquet`), shards and
-    images/s from its commit markers, the weights, objects of interrupted commits. Exits with
+    """Totals of a run folder: items as its current records (`part-*.parquet`) hold them,
+    counted from its commit markers (a records file is read only where no marker holds its
+    counts), shards and images/s, the weights, objects of interrupted commits. Exits with
     the code the run would: 0 complete and all ok, 3 items failed, 4 shards missing."""
     from pipeline.errors import RunError
     from pipeline.outputs.run_state import RunState
