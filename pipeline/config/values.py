@@ -171,6 +171,7 @@ def check_run_name(name: str) -> str:
 RunNameText = Annotated[str, Strict(), AfterValidator(check_run_name)]
 Count = Annotated[int, Strict(), Range(0)]  # actors: 0 = one per GPU
 AtLeastOne = Annotated[int, Strict(), Range(1)]
+Seconds = Annotated[float, Strict(), Range(0)]  # a duration; an int is accepted
 
 
 # ------------------------------------------------------------------ checked strings
