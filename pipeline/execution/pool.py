@@ -205,6 +205,14 @@ class ActorPool:
         if now >= self._next_scan:
             self._scan()
         target = self.target(wanted)
+        if len(self.slots) < target:
+            log.info(
+                "starting %d %s (%d wanted, %d running)",
+                target - len(self.slots),
+                self.spec.what,
+                target,
+                len(self.slots),
+            )
         while len(self.slots) < target:
             self._start(now)
         for slot in [s for s in reversed(self.slots) if s.state == "placing"]:
@@ -270,7 +278,7 @@ class ActorPool:
             raise StartError(f"{self.spec.what} could not start: {_reason(error)}") from None
         slot.state = "ready"
         self._ever_ready = True
-        log.debug("%s ready: %s", self.spec.what, slot.info)
+        log.info("%s: one ready on node %s (pid %s)", self.spec.what, slot.info.get("node"), slot.info.get("pid"))
 
     def _died_loading(self, slot: Slot, error: BaseException) -> None:
         """An actor died before it was ready (its node left, the process was killed): dropped,
