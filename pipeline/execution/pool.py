@@ -278,7 +278,12 @@ class ActorPool:
             raise StartError(f"{self.spec.what} could not start: {_reason(error)}") from None
         slot.state = "ready"
         self._ever_ready = True
-        log.info("%s: one ready on node %s (pid %s)", self.spec.what, slot.info.get("node"), slot.info.get("pid"))
+        log.info(
+            "%s: one ready on node %s (pid %s)",
+            self.spec.what,
+            slot.info.get("node"),
+            slot.info.get("pid"),
+        )
 
     def _died_loading(self, slot: Slot, error: BaseException) -> None:
         """An actor died before it was ready (its node left, the process was killed): dropped,
