@@ -292,20 +292,19 @@ class ActorPool:
         self._drop(slot)
         self._load_deaths += 1
         log.warning("%s died while starting: %s", self.spec.what, _first_line(error))
-        if not self._ever_ready and self._load_deaths >= 3 + 2 * max(1, self.requested):
+        expected = max(1, self.requested or self.room)  # a whole node's actors may go at once
+        if not self._ever_ready and self._load_deaths >= 3 + 2 * expected:
             self.shutdown()
             raise StartError(
                 f"{self.spec.what} could not start: died {self._load_deaths} times while "
                 f"loading, last: {_reason(error)}"
             )
 
-    def wait_ready(self) -> dict:
-        """Block until one actor is ready (eval asks one for its fingerprint); its info."""
-        while True:
-            ready = self.ready()
-            if ready:
-                return ready[0].info or {}
-            self.maintain(1)
+    def wait_ready(self, count: int = 1) -> dict:
+        """Block until `count` actors are ready (eval asks one for its fingerprint); the first
+        one's info. No actor placed within the capacity wait: `StartError` with the reason."""
+        while len(self.ready()) < count:
+            self.maintain(count)
             starved = self.starved_for()
             if starved is not None and starved >= self.capacity_wait_s:
                 raise StartError(self.capacity_reason())
@@ -316,6 +315,7 @@ class ActorPool:
             done, _ = ray.wait(pending, num_returns=1, timeout=0.5)
             for ref in done:
                 self.settle(ref)
+        return self.ready()[0].info or {}
 
     # ------------------------------------------------------------------ the actors at work
     def ready(self) -> list[Slot]:

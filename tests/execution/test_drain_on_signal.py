@@ -17,8 +17,7 @@ import pytest
 from support.run_helpers import parquet_bytes, uso_rows, write_images
 
 from pipeline.errors import ExitCode
-
-pytestmark = pytest.mark.slow
+from pipeline.execution.drain import drain_on_signals
 
 SHARDS, ITEMS = 6, 2
 
@@ -45,6 +44,20 @@ def restyle_run(manifest: str, out: Path, weights: Path) -> list[str]:
     ]
 
 
+def test_a_first_signal_starts_the_grace_a_second_ends_it_and_handlers_come_back():
+    before = signal.getsignal(signal.SIGTERM)
+    with drain_on_signals(grace_s=30) as drain:
+        assert not drain.requested
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the handler runs between bytecodes of this thread
+        assert drain.requested and not drain.expired() and 29 < drain.left_s() <= 30
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        assert drain.expired()
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.slow
 def test_sigterm_drains_in_flight_shards_exits_75_and_a_rerun_gives_identical_bytes(
     tiny_weights, tmp_path
 ):
