@@ -76,8 +76,8 @@ def dispatch(
                     "stopping: %d task(s) still running at the end of the grace", len(in_flight)
                 )
                 break
-        pool.maintain(len(queue) + len(in_flight))
         busy = Counter(entry.slot.id for entry in in_flight.values())
+        pool.maintain(len(queue) + len(busy))  # an actor per queued task, plus the busy ones
         for slot in pool.ready():
             for _ in range(pool.spec.tasks_per_actor - busy[slot.id]):
                 if not queue:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -32,12 +31,11 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 
 from pipeline.errors import StartError
 from pipeline.execution.logs import actor_env
+from pipeline.execution.placement import CPU_ACTOR_CPUS, GPU_ACTOR_CPUS, Demand, cluster_room
 
 log = logging.getLogger(__name__)
 
 ACTOR_LOST = (RayActorError, ActorDiedError, ActorUnavailableError, WorkerCrashedError)
-CPU_ACTOR_CPUS = 0.5  # CPU-only actors take half a CPU, so Ray never starves its own tasks
-GPU_ACTOR_CPUS = 1.0
 RESCAN_S = 5.0  # the cluster's nodes are re-read this often (an autoscaler adds, spot removes)
 STARTING_S = 5.0  # an actor still unplaced after this long is "waiting for resources"
 REPORT_EVERY_S = 60.0  # while actors wait, the log repeats why at most this often
@@ -53,43 +51,6 @@ class ActorSpec:
     args: tuple[Any, ...]
     tasks_per_actor: int = 1
     what: str = "actors"
-
-
-@dataclass(frozen=True)
-class Demand:
-    """The resources one actor asks Ray for."""
-
-    gpus: int
-    cpus: float
-
-    def __str__(self) -> str:
-        cpus = f"{self.cpus:g} CPU"
-        return f"{self.gpus} GPU + {cpus}" if self.gpus else cpus
-
-    def fits(self, resources: dict[str, float]) -> int:
-        """How many such actors `resources` (one node's, or the free ones) can hold."""
-        count = math.floor(resources.get("CPU", 0.0) / self.cpus + 1e-9)
-        if self.gpus:
-            count = min(count, math.floor(resources.get("GPU", 0.0) / self.gpus + 1e-9))
-        return max(0, count)
-
-
-def cluster_room(demand: Demand) -> tuple[int, str]:
-    """How many actors of `demand` the live nodes can hold (node by node: a GPU without a free
-    CPU on its node holds none), and the cluster in words: `free 2 GPU, 0 CPU of 8 GPU, 2 CPU
-    on 1 node`."""
-    nodes = [node for node in ray.nodes() if node.get("Alive")]
-    room = sum(demand.fits(node.get("Resources", {})) for node in nodes)
-    return room, _cluster_words(len(nodes))
-
-
-def _cluster_words(nodes: int) -> str:
-    total, free = ray.cluster_resources(), ray.available_resources()
-
-    def amounts(resources: dict[str, float]) -> str:
-        return f"{resources.get('GPU', 0):g} GPU, {resources.get('CPU', 0):g} CPU"
-
-    return f"free {amounts(free)} of {amounts(total)} on {nodes} node{'s' * (nodes != 1)}"
 
 
 def pool_size(requested: int, tasks: int) -> int:
@@ -188,7 +149,8 @@ class ActorPool:
         self._next_scan = time.monotonic() + RESCAN_S
 
     def target(self, wanted: int) -> int:
-        """Actors to keep for `wanted` tasks still to run: never more than the tasks."""
+        """Actors to keep when `wanted` actors would have work (the busy ones plus one per
+        queued task): never more actors than work."""
         if self.requested:
             size = self.requested
         elif self.demand.gpus:
@@ -198,7 +160,7 @@ class ActorPool:
         return min(size, wanted)
 
     def maintain(self, wanted: int) -> None:
-        """Start actors up to the target for `wanted` tasks, drop unplaced ones beyond it;
+        """Start actors up to the target for `wanted` (see `target`), drop unplaced ones beyond;
         re-read the cluster every `RESCAN_S`. Cheap between scans (the dispatch loop calls it
         every turn)."""
         now = time.monotonic()
