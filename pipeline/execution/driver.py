@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config import RunConfig, code_version
 from pipeline.errors import ExitCode, RunError
@@ -321,8 +321,11 @@ class Runner:
                 capacity_wait_s=self.config.capacity_wait,
             )
             progress.phase(f"running (weights {weights})")
-            progress.work_started()
             finished = 0
+
+            def submit(actor: Any, task: ShardTask, seq: int) -> Any:
+                progress.work_started()  # images/s counts from the first shard handed out
+                return actor.process.remote(dataclasses.replace(task, seq=seq))
 
             def committed(task: ShardTask, stats: ShardStats) -> None:
                 nonlocal finished
@@ -361,9 +364,7 @@ class Runner:
                 dispatch(
                     self.pool,
                     tasks,
-                    submit=lambda actor, task, seq: actor.process.remote(
-                        dataclasses.replace(task, seq=seq)
-                    ),
+                    submit=submit,
                     on_result=committed,
                     on_failure=failed,
                     max_attempts=self.config.max_shard_attempts,
