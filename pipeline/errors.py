@@ -29,7 +29,7 @@ class ExitCode(IntEnum):
     ALREADY_SUBMITTED = 7  # `submit`: this job already ran (or runs) for this night
     JOB_FAILED = 8  # `submit --wait`: the job ended FAILED or STOPPED
     QUALITY_REGRESSION = 9  # `nightly`: a metric's median dropped by more than the margin
-    INTERRUPTED = 75  # reserved: stopped by a signal, resumable by rerunning (EX_TEMPFAIL)
+    INTERRUPTED = 75  # SIGTERM/SIGINT stopped the run after draining: rerun it (EX_TEMPFAIL)
 
     @classmethod
     def of_run(cls, *, shards_missing: int, items_failed: int, uncommitted: int = 0) -> ExitCode:

@@ -89,7 +89,10 @@ def eval_command(
         int, typer.Option(help="Bootstrap resamples for --compare.", envvar=env("--bootstrap"))
     ] = 1000,
     actors: Annotated[
-        int, typer.Option(help="Eval actors (0 = one per GPU, or 1).", envvar=env("--actors"))
+        int,
+        typer.Option(
+            help="Eval actors (0 = one per GPU that can be placed, or 1).", envvar=env("--actors")
+        ),
     ] = 0,
     device: Annotated[str, typer.Option(help="auto | cuda | cpu", envvar=env("--device"))] = "auto",
     address: Address = None,

@@ -295,7 +295,10 @@ def caption(
     ],
     actors: Annotated[
         int,
-        typer.Option(help="Caption actors (0 = one per GPU, or 1).", envvar=env("--actors")),
+        typer.Option(
+            help="Caption actors (0 = one per GPU that can be placed, or 1).",
+            envvar=env("--actors"),
+        ),
     ] = 0,
     device: Annotated[
         str, typer.Option(help="auto | cuda | cuda:N | cpu", envvar=env("--device"))

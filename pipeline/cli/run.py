@@ -31,12 +31,14 @@ from pipeline.cli.common import (
 )
 from pipeline.cli.run_options import (
     ActorsOpt,
+    CapacityWaitOpt,
     CaptionModelOpt,
     CaptionOpt,
     CaptionTemplateOpt,
     CompileOpt,
     ConfigOpt,
     DeviceOpt,
+    DrainGraceOpt,
     DtypeOpt,
     Fp8Opt,
     FuseLoraOpt,
@@ -110,6 +112,8 @@ def run(
     caption_template: CaptionTemplateOpt = "",
     caption_model: CaptionModelOpt = "",
     actors: ActorsOpt = 0,
+    capacity_wait: CapacityWaitOpt = 900.0,
+    drain_grace: DrainGraceOpt = 60.0,
     max_batch_size: MaxBatchOpt = 1,
     dtype: DtypeOpt = Dtype.AUTO,
     compile_model: CompileOpt = False,
@@ -135,7 +139,8 @@ def run(
     """Stylize every item of the manifest; commit one output shard per input shard.
 
     Exit codes: 0 every item ok; 3 items failed (rerun with --retry-failed); 4 shards not
-    committed (rerun the same command); 2 a wrong option; 5 an input that cannot be used.
+    committed (rerun the same command); 2 a wrong option; 5 an input that cannot be used;
+    75 stopped by SIGTERM/SIGINT after the shards in flight committed (rerun to resume).
     """
     settings = storage_settings(endpoint_url, region, profile)
     with operator_errors(as_json=as_json):

@@ -37,6 +37,8 @@ OPTION_FIELDS = {
     "--weights": "weights",
     "--seed": "seed",
     "--actors": "actors",
+    "--capacity-wait": "capacity_wait",
+    "--drain-grace": "drain_grace",
     "--width": "sampling.width",
     "--height": "sampling.height",
     "--steps": "sampling.steps",
@@ -110,7 +112,26 @@ CaptionModelOpt = Annotated[
     ),
 ]
 ActorsOpt = Annotated[
-    int, _opt("--actors", help="Model actors (0 = one per GPU, or 1 without GPUs).")
+    int,
+    _opt(
+        "--actors",
+        help="Model actors (0 = as many as the cluster can place: one per GPU with a CPU "
+        "beside it, or 1 without GPUs).",
+    ),
+]
+CapacityWaitOpt = Annotated[
+    float,
+    _opt(
+        "--capacity-wait",
+        help="Seconds queued shards may wait while no actor can be placed before they fail.",
+    ),
+]
+DrainGraceOpt = Annotated[
+    float,
+    _opt(
+        "--drain-grace",
+        help="On SIGTERM/SIGINT: seconds the shards in flight get to commit; then exit 75.",
+    ),
 ]
 MaxBatchOpt = Annotated[
     int, _opt("--max-batch-size", help="Items of equal token layout per forward.")

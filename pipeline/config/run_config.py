@@ -43,6 +43,7 @@ from pipeline.config.values import (
     PathRefs,
     Quality,
     RunNameText,
+    Seconds,
     Seed,
     Side,
     Steps,
@@ -192,7 +193,14 @@ class RunSettings(ConfigModel):
     outputs: OutputSettings = OutputSettings()
     scoring: ScoringOptions = ScoringOptions()
     actors: Count = 0
-    """Model actors (0 = one per GPU, or 1 without GPUs)."""
+    """Model actors (0 = as many as the cluster can place: one per GPU with a CPU free beside
+    it, or 1 without GPUs)."""
+    capacity_wait: Seconds = 900.0
+    """Seconds queued shards may wait while no actor can be placed (the cluster has no room
+    for one) before they fail with that reason."""
+    drain_grace: Seconds = 60.0
+    """On SIGTERM or SIGINT: seconds the shards in flight get to commit before the run stops
+    (exit 75; rerun the same command to resume)."""
     limits: InputLimits = InputLimits()
     """Budgets for what a manifest makes an actor read (bytes, pixels, local roots)."""
 
@@ -221,6 +229,8 @@ class RunSettings(ConfigModel):
             ),
             scoring=self.scoring,
             actors=self.actors,
+            capacity_wait=self.capacity_wait,
+            drain_grace=self.drain_grace,
             limits=self.limits,
         )
 
@@ -275,7 +285,9 @@ class RunConfig(ConfigModel):
     options: CheckedModelOptions = ModelOptions()
     outputs: OutputOptions = OutputOptions()
     scoring: ScoringOptions = ScoringOptions()
-    actors: Count = 0  # 0 = one per GPU in the cluster (or 1 without GPUs)
+    actors: Count = 0  # 0 = as many as the cluster can place (or 1 without GPUs)
+    capacity_wait: Seconds = 900.0  # queued shards fail after this long with no actor placed
+    drain_grace: Seconds = 60.0  # SIGTERM/SIGINT: time the shards in flight get to commit
     limits: InputLimits = InputLimits()  # input budgets: not in the fingerprint
     prefetch_items: AtLeastOne = 8  # decoded items buffered ahead of the model, per shard
     max_shard_attempts: AtLeastOne = 3  # an actor that dies mid-shard: retried elsewhere

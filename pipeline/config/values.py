@@ -169,8 +169,9 @@ def check_run_name(name: str) -> str:
 
 
 RunNameText = Annotated[str, Strict(), AfterValidator(check_run_name)]
-Count = Annotated[int, Strict(), Range(0)]  # actors: 0 = one per GPU
+Count = Annotated[int, Strict(), Range(0)]  # actors: 0 = as many as the cluster can place
 AtLeastOne = Annotated[int, Strict(), Range(1)]
+Seconds = Annotated[float, Strict(), Range(0)]  # a duration; an int is accepted
 
 
 # ------------------------------------------------------------------ checked strings

@@ -2,8 +2,9 @@
 
 One actor per GPU (`num_gpus=1`, so Ray pins it with CUDA_VISIBLE_DEVICES), or CPU-only actors
 holding a fraction of a CPU when the cluster has no GPU (a 2-core machine hangs if actors hold
-every CPU). The actor is threaded (`max_concurrency`) so the driver can queue a second shard
-(read-ahead, see `worker.ModelTurns`) and poll progress while a shard runs.
+every CPU). An actor given a GPU it cannot use stops with one line (`device.actor_device`).
+The actor is threaded (`max_concurrency`) so the driver can queue a second shard (read-ahead,
+see `worker.ModelTurns`) and poll progress while a shard runs.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import ray
 
 from pipeline.config import EvalSettings, RunConfig
 from pipeline.errors import StartError
+from pipeline.execution.device import actor_device
 from pipeline.execution.logs import configure_logging
 from pipeline.execution.metrics import record_actor_start
 from pipeline.models.registry import load_model, load_random_model
-from pipeline.models.runtime import resolve_device
 from pipeline.processing.captions import make_captioner
 from pipeline.processing.scratch import actor_scratch
 from pipeline.processing.shard import ShardProcessor, ShardTask
@@ -38,7 +39,7 @@ class StylizeActor:
     def __init__(self, config: RunConfig, storage_settings: StorageSettings):
         configure_logging()  # the driver's level and format, from the actor's environment
         t0 = time.perf_counter()
-        self.device = str(resolve_device(config.options.device))
+        self.device = actor_device(config.options.device)
         options = config.options
         if options.device == "auto":
             from dataclasses import replace
@@ -109,7 +110,7 @@ class CaptionActor:
         from pipeline.processing.caption_model import ModelCaptioner
         from pipeline.processing.caption_shard import ShardCaptioner
 
-        self.device = str(resolve_device(device))
+        self.device = actor_device(device)
         self.shards = ShardCaptioner(
             ModelCaptioner(model_spec, device=self.device), Storage(storage_settings), model_spec
         )
@@ -132,7 +133,7 @@ class EvalActor:
         from pipeline.processing.eval_shard import ShardEvaluator
         from pipeline.processing.metric_suite import MetricSuite
 
-        self.device = str(resolve_device(device))
+        self.device = actor_device(device)
         storage = Storage(storage_settings)
         self.evaluator = ShardEvaluator(MetricSuite(settings, storage, self.device), storage)
 

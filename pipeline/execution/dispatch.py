@@ -1,14 +1,18 @@
 """Handing tasks to a pool's actors until each one has an answer: the one dispatch loop.
 
-Both the run (shards to model actors) and the caption stage (committed shards to caption
-actors) use it, so they share one policy: keep every actor busy with up to `tasks_per_actor`
-tasks; a task whose actor died goes to a fresh actor, up to `max_attempts`; a task that raised
-fails alone (its error, unwrapped, is the reason) and the others go on.
+The run (shards to model actors), the caption stage and eval all use it, so they share one
+policy: a task goes to an actor as soon as one is loaded, up to `tasks_per_actor` each; a task
+whose actor died (killed, or lost with its node) goes back to the queue for another actor, up to
+`max_attempts`; a task that raised fails alone (its error, unwrapped, is the reason) and the
+others go on; when no actor has been placed for `pool.capacity_wait_s`, the queued tasks fail
+with that reason. A `Drain` (a signal) stops handing out tasks and waits for those in flight
+until its deadline.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,7 +20,8 @@ from typing import Any, Generic, TypeVar
 
 import ray
 
-from pipeline.execution.pool import ACTOR_LOST, ActorPool
+from pipeline.execution.drain import Drain
+from pipeline.execution.pool import ACTOR_LOST, ActorPool, Slot
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +31,7 @@ POLL_S = 0.5
 
 @dataclass
 class _InFlight(Generic[T]):
-    slot: int
-    handle: Any
+    slot: Slot
     task: T
     attempt: int
 
@@ -41,8 +45,10 @@ def dispatch(
     max_attempts: int,
     describe: Callable[[T], str] = str,
     on_tick: Callable[[], None] | None = None,
+    drain: Drain | None = None,
 ) -> None:
-    """Run every task on `pool`.
+    """Run every task on `pool` (or until `drain` stops the loop: the tasks left undone are
+    simply not committed, and a rerun does them).
 
     `submit(handle, task, seq)` starts a task on an actor (`seq` counts dispatches, so an actor
     holding several tasks can serve them oldest first); `on_result(task, value)` and
@@ -53,29 +59,62 @@ def dispatch(
     in_flight: dict[ray.ObjectRef, _InFlight[T]] = {}
     seq = 0
     while queue or in_flight:
-        busy = Counter(entry.slot for entry in in_flight.values())
-        for slot in pool.free_slots(busy):
-            if not queue:
+        if drain is not None and drain.requested:
+            if queue:
+                log.warning(
+                    "stopping: %d queued task(s) left for a rerun; waiting up to %.0f s for "
+                    "the %d in flight",
+                    len(queue),
+                    drain.left_s(),
+                    len(in_flight),
+                )
+                queue.clear()
+            if not in_flight:
                 break
-            task, attempt = queue.popleft()
-            seq += 1
-            handle = pool.actors[slot]
-            in_flight[submit(handle, task, seq)] = _InFlight(slot, handle, task, attempt)
-        ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=POLL_S)
+            if drain.expired():
+                log.warning(
+                    "stopping: %d task(s) still running at the end of the grace", len(in_flight)
+                )
+                break
+        busy = Counter(entry.slot.id for entry in in_flight.values())
+        pool.maintain(len(queue) + len(busy))  # an actor per queued task, plus the busy ones
+        for slot in pool.ready():
+            for _ in range(pool.spec.tasks_per_actor - busy[slot.id]):
+                if not queue:
+                    break
+                task, attempt = queue.popleft()
+                seq += 1
+                in_flight[submit(slot.handle, task, seq)] = _InFlight(slot, task, attempt)
+        starved = pool.starved_for()
+        if queue and starved is not None and starved >= pool.capacity_wait_s:
+            reason = pool.capacity_reason()
+            log.error("%s: %d task(s) failed", reason, len(queue))
+            while queue:
+                on_failure(queue.popleft()[0], reason)
+            continue
+        waiting = list(in_flight) + pool.pending_refs()
+        if waiting:
+            ready, _ = ray.wait(waiting, num_returns=1, timeout=POLL_S)
+        else:  # nothing placed yet: the next `maintain` asks again
+            ready = []
+            time.sleep(POLL_S)
         if on_tick is not None:
             on_tick()
         for ref in ready:
-            entry = in_flight.pop(ref)
+            entry = in_flight.pop(ref, None)
+            if entry is None:
+                pool.settle(ref)
+                continue
             try:
                 value = ray.get(ref)
             except ACTOR_LOST as error:
-                pool.replace_if_current(entry.slot, entry.handle)
+                pool.lost(entry.slot)
                 if entry.attempt < max_attempts:
                     log.warning(
-                        "actor died on %s (attempt %d): %s; retrying on a fresh actor",
+                        "actor died on %s (attempt %d): %s; retrying on another actor",
                         describe(entry.task),
                         entry.attempt,
-                        error,
+                        str(error).splitlines()[0] if str(error) else type(error).__name__,
                     )
                     queue.append((entry.task, entry.attempt + 1))
                 else:

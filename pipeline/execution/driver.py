@@ -1,9 +1,11 @@
 """The driver: plan the run, hand whole shards to model actors, redo what a dead actor lost.
 
 Exactly once: a shard whose marker matches this run's fingerprint is skipped; any other shard is
-(re)done whole into deterministic names. An actor that dies mid-shard has that shard handed to
-a fresh actor (up to `max_shard_attempts`); a shard whose commit fails (storage errors after
-retries) fails alone and the run goes on. Items never fail a shard: they become records.
+(re)done whole into deterministic names. An actor that dies mid-shard (killed, or lost with its
+node) has that shard handed to another actor (up to `max_shard_attempts`); a shard whose commit
+fails (storage errors after retries) fails alone and the run goes on. Items never fail a shard:
+they become records. Shards go to actors as each one loads (`pool.ActorPool`); SIGTERM/SIGINT
+stops the dispatch and lets the shards in flight commit (`drain`), exit 75.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config import RunConfig, code_version
 from pipeline.errors import ExitCode, RunError
@@ -60,14 +62,16 @@ class RunSummary:
     images_per_s: float = 0.0  # the same figure as `restyle status`
     items_retried: int = 0  # `--retry-failed`: failed items this invocation re-ran
     wall_s: float = 0.0  # this invocation, Ray's start included
+    interrupted: bool = False  # SIGTERM/SIGINT stopped the dispatch of shards
 
     @property
     def exit_code(self) -> ExitCode:
-        return ExitCode.of_run(
+        code = ExitCode.of_run(
             shards_missing=self.shards_missing,
             items_failed=self.failed,
             uncommitted=self.uncommitted,
         )
+        return ExitCode.INTERRUPTED if self.interrupted and code == ExitCode.INCOMPLETE else code
 
     def take_totals(self, status: RunStatus) -> None:
         self.shards_missing = status.shards_missing
@@ -85,7 +89,8 @@ class RunSummary:
         """What to do next, when something is left to do."""
         if self.shards_missing or self.uncommitted:
             missing = self.shards_missing or self.uncommitted
-            return f"{missing} shard(s) not committed: rerun the same command to finish them"
+            why = "stopped by a signal; " if self.interrupted else ""
+            return f"{why}{missing} shard(s) not committed: rerun the same command to finish them"
         if self.failed:
             return f"{self.failed} item(s) failed: rerun with --retry-failed to redo only them"
         return None
@@ -289,6 +294,7 @@ class Runner:
         from pipeline.execution.actor import SHARDS_IN_FLIGHT_PER_ACTOR, StylizeActor
         from pipeline.execution.cluster import connect
         from pipeline.execution.dispatch import dispatch
+        from pipeline.execution.drain import drain_on_signals
         from pipeline.execution.metrics import RunMetrics
         from pipeline.execution.pool import ActorPool, ActorSpec, pool_size
 
@@ -299,25 +305,27 @@ class Runner:
             if claim is not None:
                 self.state.claim(claim)
             metrics = RunMetrics(self.config.model)
-            size = pool_size(self.config.actors, len(tasks))
-            what = "actor" if size == 1 else "actors"
             weights = str(self.config.weights)
-            progress.phase(f"loading {size} {what} (weights {weights})")
-
-            def loading(ready: int, total: int) -> None:
-                progress.set_notes([f"{ready}/{total} {what} ready (staging weights, loading)"])
-
             spec = ActorSpec(
                 StylizeActor,
                 (self.config, self.settings),
                 tasks_per_actor=SHARDS_IN_FLIGHT_PER_ACTOR,
                 what=f"model actors for {self.config.model!r} (weights {weights!r})",
             )
-            self.pool = ActorPool(spec, size, on_loading=loading)
-            progress.set_notes([])
-            progress.phase("running")
-            progress.work_started()
+            # Actors load while shards already go to the first ones ready; `--device cuda`
+            # asks Ray for GPUs even before any GPU node has joined (an autoscaler sees it).
+            self.pool = ActorPool(
+                spec,
+                pool_size(self.config.actors, len(tasks)),
+                gpu=True if self.config.options.device.startswith("cuda") else None,
+                capacity_wait_s=self.config.capacity_wait,
+            )
+            progress.phase(f"running (weights {weights})")
             finished = 0
+
+            def submit(actor: Any, task: ShardTask, seq: int) -> Any:
+                progress.work_started()  # images/s counts from the first shard handed out
+                return actor.process.remote(dataclasses.replace(task, seq=seq))
 
             def committed(task: ShardTask, stats: ShardStats) -> None:
                 nonlocal finished
@@ -336,7 +344,8 @@ class Runner:
             live: dict[int, tuple[int, int]] = {}
 
             def publish() -> None:
-                in_flight = min(len(tasks) - finished, size * SHARDS_IN_FLIGHT_PER_ACTOR)
+                ready = len(self.pool.ready()) if self.pool else 0
+                in_flight = min(len(tasks) - finished, ready * SHARDS_IN_FLIGHT_PER_ACTOR)
                 metrics.tick(
                     progress.images_per_s(),
                     queued_shards=len(tasks) - finished - in_flight,
@@ -347,21 +356,23 @@ class Runner:
                 live.clear()
                 for answer in self.pool.poll("progress") if self.pool else []:
                     live.update(answer)
+                progress.set_notes(self.pool.notes() if self.pool else [])
                 progress.update_live(live)
                 publish()
 
-            dispatch(
-                self.pool,
-                tasks,
-                submit=lambda actor, task, seq: actor.process.remote(
-                    dataclasses.replace(task, seq=seq)
-                ),
-                on_result=committed,
-                on_failure=failed,
-                max_attempts=self.config.max_shard_attempts,
-                describe=lambda task: f"shard {task.shard.index}",
-                on_tick=live_progress,
-            )
+            with drain_on_signals(self.config.drain_grace) as drain:
+                dispatch(
+                    self.pool,
+                    tasks,
+                    submit=submit,
+                    on_result=committed,
+                    on_failure=failed,
+                    max_attempts=self.config.max_shard_attempts,
+                    describe=lambda task: f"shard {task.shard.index}",
+                    on_tick=live_progress,
+                    drain=drain,
+                )
+                summary.interrupted = drain.requested
         finally:
             progress.close()
             if self.pool is not None:

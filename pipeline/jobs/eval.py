@@ -80,7 +80,7 @@ def eval_run(
     spec = ActorSpec(EvalActor, (settings, device, storage_settings), what="eval actors")
     pool = ActorPool(spec, pool_size(actors, max(1, len(commits))))
     try:
-        summary.fingerprint = pool.poll("info", timeout_s=60)[0]["eval"]
+        summary.fingerprint = pool.wait_ready()["eval"]
         todo = [c for c in commits if scores_eval(storage, c.scores) != summary.fingerprint]
         summary.shards_kept = len(commits) - len(todo)
 

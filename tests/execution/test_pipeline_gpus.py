@@ -1,7 +1,9 @@
 """Cluster shape on one machine: a local Ray that declares GPUs it does not have.
 
 Ray pins each model actor to its own GPU (CUDA_VISIBLE_DEVICES); on this CPU-only machine the
-actors then run on the CPU, but the pinning they report is Ray's real scheduling decision.
+actors run on the CPU because the run asks for `--device cpu` (the default `auto` on a GPU
+without CUDA stops the run: test_pool_cluster.py), but the pinning they report is Ray's real
+scheduling decision.
 """
 
 from __future__ import annotations
