@@ -11,7 +11,8 @@ Each node declares 1 CPU and a CPU actor takes half of one, so a run of 2 actors
 fills every node exactly: the placement, not chance, puts 2 actors on each node, and the test
 checks it from Ray's actor table (a read-ahead lets one actor hold two shards, so which actors
 committed shards says less). A node that joins later stages the weights once for its own
-actors, and the nodes that already have them fetch nothing.
+actors, and the nodes that already have them fetch nothing: between two runs, and mid-run,
+when actors waiting for resources start on a node that joins (the elastic pool).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -180,3 +183,69 @@ def test_each_node_stages_the_weights_once_for_all_its_actors_and_a_late_node_on
     for run in ("first", "second"):
         provenance = json.loads((tmp_path / "out" / run / "run.json").read_text())["weights"]
         assert set(provenance) <= set(files) and "uso/dit_lora.safetensors" in provenance
+
+
+def test_a_node_joining_mid_run_stages_the_weights_once_for_its_actors(
+    cluster: Cluster, s3_server, tiny_weights: Path, tmp_path: Path
+):
+    """6 actors asked for, room for 4: two wait for resources until a third node joins mid-run,
+    then start there and stage the weights on it, once for both."""
+    mirror = s3_server.new_bucket("mid-run") + "/weights"
+    pull(LocalSource(tiny_weights), ["uso"], mirror, s3_server.storage(), tmp_path / "scratch")
+    files = sorted(model_files(tiny_weights, "uso"))
+    bucket_path = "/" + mirror[len("s3://") :] + "/"
+    nodes = tmp_path / "nodes"
+    images = write_images(tmp_path / "in" / "images", 2)
+    for k in range(16):
+        rows = uso_rows(f"s{k}", 4, str(images[0]), str(images[1]))
+        for row in rows:
+            row["steps"] = 8  # longer shards: the join lands while work is left
+        (tmp_path / "in" / f"part-{k}.parquet").write_bytes(parquet_bytes(rows))
+    with FaultProxy(s3_server.endpoint_url) as proxy:
+        settings = dataclasses.replace(s3_server.settings(), endpoint_url=proxy.endpoint_url)
+
+        def downloads() -> Counter[str]:
+            paths = proxy.downloads(bucket_path)
+            return Counter(
+                p[len(bucket_path) :] for p in paths if not p.endswith("/" + MANIFEST_NAME)
+            )
+
+        before = model_actors()
+        config = run_config(
+            str(tmp_path / "in" / "part-*.parquet"),
+            str(tmp_path / "out"),
+            mirror,
+            actors=3 * ACTORS_PER_NODE,
+        )
+        result: dict = {}
+
+        def run() -> None:
+            try:
+                result["summary"] = Runner(config, settings, show_progress=False).run()
+            except BaseException as error:  # handed to the test's thread
+                result["error"] = error
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        run_folder = tmp_path / "out" / "test"
+        deadline = time.monotonic() + 300
+        while not any(run_folder.glob("*.stats.json")) and time.monotonic() < deadline:
+            time.sleep(0.2)  # until the first shard is committed: the run is under way
+        assert thread.is_alive() and any(run_folder.glob("*.stats.json")), result
+        assert downloads() == Counter({f: 2 for f in files})  # the first two nodes so far
+        joined = cluster.add_node(num_cpus=NODE_CPUS, **node_env(nodes / "worker-2"))
+        thread.join(timeout=600)
+        assert not thread.is_alive(), "the run did not end"
+        if "error" in result:
+            raise result["error"]
+        summary = result["summary"]
+        final = downloads()
+
+    assert (summary.ok, summary.failed, summary.shards_committed) == (64, 0, 16)
+    per_node = actors_per_node(before)
+    assert per_node[joined.node_id] == ACTORS_PER_NODE, per_node
+    assert sorted(per_node.values()) == [ACTORS_PER_NODE] * 3, per_node
+    assert final == Counter({f: 3 for f in files})  # the node that joined: once, for both
+    roots = staged_roots(nodes)
+    assert sorted(roots) == ["head", "worker-1", "worker-2"]
+    assert all(verify_root(root).ok for root in roots.values())
