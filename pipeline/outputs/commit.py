@@ -133,10 +133,12 @@ class ShardWriter:
         return self.stats
 
     def remove_leftovers(self) -> None:
-        """Delete the temp files an interrupted commit of this shard left beside its objects
-        (a local publish writes `.<name>.<random>.tmp`, then renames it). S3 uploads leave no
-        visible object."""
+        """Delete what an interrupted commit of this shard left behind: locally the temp files
+        beside its objects (a local publish writes `.<name>.<random>.tmp`, then renames it); on
+        S3 the multipart uploads it never completed (invisible to listings, yet stored and
+        billed), every attempt's (`part-<k>.` is the prefix of all of the shard's objects)."""
         if self.storage.is_remote(self.paths.folder):
+            self.storage.abort_uploads(f"{self.paths.folder}/part-{self.paths.index:06d}.")
             return
         prefix = f"{self.paths.folder}/.part-{self.paths.index:06d}"
         for uri in self.storage.glob(f"{prefix}.*.tmp"):
