@@ -14,6 +14,7 @@ made by `item_output`; the unit of work is `task.ShardTask`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -32,6 +33,7 @@ from pipeline.outputs.layout import ShardPaths
 from pipeline.processing.captions import Captioner
 from pipeline.processing.item_output import ItemFinisher, Scorer
 from pipeline.processing.item_reading import ItemReader, ReadItem
+from pipeline.processing.scratch import ScratchSpace
 from pipeline.processing.style_loras import StyleLoraResolver
 from pipeline.processing.task import ShardTask
 from pipeline.processing.turns import ModelTurns, Progress
@@ -74,7 +76,7 @@ class ShardProcessor:
         self.reader = ItemReader(config, storage, captioner, style_loras)
         self.finisher = ItemFinisher(config, captioner, style_loras, scorer)
         self.device = device
-        self.scratch_dir = scratch_dir
+        self.scratch = ScratchSpace(scratch_dir) if scratch_dir is not None else None
         self.pool = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="restyle-io")
         self.turns = ModelTurns()
         self.progress = Progress()
@@ -94,7 +96,15 @@ class ShardProcessor:
 
     # ---------------------------------------------------------------- main loop
     def process(self, task: ShardTask) -> ShardStats:
-        """Process one shard end to end and commit it; raise only if the shard cannot commit."""
+        """Process one shard end to end and commit it; raise only if the shard cannot commit.
+        The scratch folder exists while a shard spools into it (`ScratchSpace`)."""
+        with self._scratch() as scratch_dir:
+            return self._process(task, scratch_dir)
+
+    def _scratch(self) -> contextlib.AbstractContextManager[str | None]:
+        return self.scratch.held() if self.scratch is not None else contextlib.nullcontext()
+
+    def _process(self, task: ShardTask, scratch_dir: str | None) -> ShardStats:
         stats = ShardStats(
             shard=task.shard.index,
             input_shard=task.shard.uri,
@@ -109,7 +119,7 @@ class ShardProcessor:
             self.storage,
             ShardPaths(task.folder, task.shard.index, task.retry),
             stats,
-            self.scratch_dir,
+            scratch_dir,
         )
         inbox: queue.Queue = queue.Queue(maxsize=max(1, self.config.prefetch_items))
         stop = threading.Event()
