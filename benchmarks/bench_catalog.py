@@ -12,9 +12,14 @@ pass runs in a fresh driver process, which reports its wall time, CPU time and p
 - resume: what `restyle run` does before Ray starts (`list_shards` + `RunState.main_commits`);
 - plan: the resume pass plus the row counts of the shards to do (`count_all_items`), as
   `restyle plan` does;
-- status: `outputs.status.run_status` over the whole run (N x items-per-shard items);
-- the sequential baseline (`--baseline-shards`): one HEAD + GET per marker and one footer
-  read after another, the code before this benchmark, on a smaller folder (it is linear).
+- status: `outputs.status.run_status` over the whole run (N x items-per-shard items), its
+  counts taken from the markers' `shard_counts`, as a commit writes them;
+- the baseline (`--baseline-shards`), on a smaller folder (it is linear): one HEAD + GET per
+  marker and one footer read after another, the code before issue 13 item 1; and status over
+  markers without `shard_counts` (as restyle wrote them before), which reads every records
+  file's status column;
+- baseline-status, on every folder: the status of the code before item 2 (every marker and
+  every records file's status column read), for the ratio in one run.
 
 Figures are per shard count; fit them to extrapolate (cost = a + b x shards).
 """
@@ -29,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -54,15 +60,27 @@ def manifest_bytes(rows: int) -> bytes:
     )
 
 
+def item_status(i: int, items: int) -> str:
+    """Mostly ok, a few failures of two classes, the last row skipped."""
+    if i == items - 1:
+        return "skipped"
+    return "ok" if i % 100 else ("bad_input" if i % 200 else "model_error")
+
+
+def shard_counts(items: int, with_counts: bool) -> dict[str, int] | None:
+    """The marker's counts of a records file of `records_bytes` (None: an older marker)."""
+    if not with_counts:
+        return None
+    return dict(Counter(item_status(i, items) for i in range(items)))
+
+
 def records_bytes(items: int, input_uri: str) -> bytes:
     """A records file as a commit writes it: mostly ok, a few failures, one skipped row."""
     from pipeline.outputs.records import ItemRecord, records_to_parquet
 
     records = []
     for i in range(items):
-        status = "ok" if i % 100 else ("bad_input" if i % 200 else "generation_failed")
-        if i == items - 1:
-            status = "skipped"
+        status = item_status(i, items)
         records.append(
             ItemRecord(
                 id=f"item-{i:07d}",
@@ -86,8 +104,11 @@ def records_bytes(items: int, input_uri: str) -> bytes:
     return records_to_parquet(records)
 
 
-def populate(storage, bucket: str, shards: int, items: int, rows: int, done: int) -> dict:
-    """Manifest files for `shards`, and commits for the first `done` of them."""
+def populate(
+    storage, bucket: str, shards: int, items: int, rows: int, done: int, with_counts: bool
+) -> dict:
+    """Manifest files for `shards`, and commits for the first `done` of them (`with_counts`:
+    markers as this restyle writes them, else as one before issue 13 item 2 did)."""
     from pipeline.outputs.commit import ShardStats
     from pipeline.outputs.layout import LAYOUT_VERSION, ShardPaths
 
@@ -112,6 +133,7 @@ def populate(storage, bucket: str, shards: int, items: int, rows: int, done: int
             finished_at=1400.0 + k,
             model_s=380.0,
             worker={"host": f"node-{k % 8}", "pid": 100 + k % 8},
+            shard_counts=shard_counts(items, with_counts),
         )
         storage.write_bytes(paths.tar, b"")  # listed, never read by these passes
         storage.write_bytes(paths.records, records_data)
@@ -128,7 +150,7 @@ def populate(storage, bucket: str, shards: int, items: int, rows: int, done: int
     return {"manifest": manifest + "/", "run": run, "inputs": inputs}
 
 
-def complete(storage, bucket: str, shards: int, items: int, done: int) -> None:
+def complete(storage, bucket: str, shards: int, items: int, done: int, with_counts: bool) -> None:
     """Commit the rest of the shards (for status over the whole catalog)."""
     from pipeline.outputs.commit import ShardStats
     from pipeline.outputs.layout import ShardPaths
@@ -149,6 +171,7 @@ def complete(storage, bucket: str, shards: int, items: int, done: int) -> None:
             finished_at=1400.0 + k,
             model_s=380.0,
             worker={"host": f"node-{k % 8}", "pid": 100 + k % 8},
+            shard_counts=shard_counts(items, with_counts),
         )
         storage.write_bytes(paths.tar, b"")
         storage.write_bytes(paths.records, records_data)
@@ -165,8 +188,9 @@ def measured(phase: str, manifest: str, run: str) -> dict:
     from pipeline.outputs.commit import read_marker
     from pipeline.outputs.layout import ShardPaths
     from pipeline.outputs.run_state import RunState
-    from pipeline.outputs.status import run_status
+    from pipeline.outputs.status import run_status, status_counts
     from pipeline.storage import Storage
+    from pipeline.storage.concurrent import map_bounded
 
     storage = Storage()
     wall0, cpu0 = time.perf_counter(), time.process_time()
@@ -192,6 +216,15 @@ def measured(phase: str, manifest: str, run: str) -> dict:
     elif phase == "status":
         status = run_status(RunState(storage, run))
         result.update(items=status.items, ok=status.ok, failed=status.failed)
+    elif phase == "baseline-status":  # the code before item 2: every records file read
+        state = RunState(storage, run)
+        listing = state.listing()
+        state.commits(listing)  # each marker read once, for shards and images/s
+        records = [uri for _, uri in sorted(listing.records.items())]
+        counts: Counter = Counter()
+        for shard in map_bounded(lambda uri: status_counts(state, uri), records):
+            counts.update(shard)
+        result.update(items=sum(counts.values()), ok=counts["ok"])
     result.update(
         wall_s=time.perf_counter() - wall0,
         cpu_s=time.process_time() - cpu0,
@@ -258,8 +291,15 @@ def main() -> None:
             for kind, shards in sizes:
                 t0 = time.perf_counter()
                 done = shards // 2
+                with_counts = kind == "new"
                 where = populate(
-                    storage, bucket, shards, args.items_per_shard, args.manifest_rows, done
+                    storage,
+                    bucket,
+                    shards,
+                    args.items_per_shard,
+                    args.manifest_rows,
+                    done,
+                    with_counts,
                 )
                 row: dict = {"shards": shards, "populate_s": time.perf_counter() - t0}
                 phases = ["resume", "plan"]
@@ -269,9 +309,10 @@ def main() -> None:
                     row[phase] = run_child(phase, where["manifest"], where["run"], env)
                     print(shards, phase, row[phase], flush=True)
                 if not args.skip_status:
-                    complete(storage, bucket, shards, args.items_per_shard, done)
-                    row["status"] = run_child("status", where["manifest"], where["run"], env)
-                    print(shards, "status", row["status"], flush=True)
+                    complete(storage, bucket, shards, args.items_per_shard, done, with_counts)
+                    for phase in ("status", "baseline-status"):
+                        row[phase] = run_child(phase, where["manifest"], where["run"], env)
+                        print(shards, phase, row[phase], flush=True)
                 figures["runs"].append(row)
         finally:
             assert proxy.stdin is not None

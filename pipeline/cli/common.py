@@ -131,17 +131,24 @@ def error_line(message: object) -> None:
     console.print(f"[red]error:[/red] {escape(first[0])}", soft_wrap=True)  # "[a, b]" is text
 
 
-def fail(message: object, code: int = ExitCode.CANNOT_START) -> NoReturn:
-    """One red line on stderr, then exit with `code`."""
+def fail(message: object, code: int = ExitCode.CANNOT_START, as_json: bool = False) -> NoReturn:
+    """One red line on stderr, then exit with `code`; with `as_json` also one JSON object on
+    stdout (`{"error", "exit_code", "exit_name"}`), so a script reading `--json` output always
+    gets an object, whichever way the command ended."""
     error_line(message)
+    if as_json:
+        line = (str(message).strip().splitlines() or [""])[0]
+        exit_name = ExitCode(int(code)).name if int(code) in set(ExitCode) else ""
+        print(json.dumps({"error": line, "exit_code": int(code), "exit_name": exit_name}))
     raise typer.Exit(int(code))
 
 
 @contextmanager
-def operator_errors(*extra: type[BaseException]) -> Iterator[None]:
+def operator_errors(*extra: type[BaseException], as_json: bool = False) -> Iterator[None]:
     """Turn the errors an operator can fix into one clear line instead of a traceback: a wrong
     option, --config file or spec (`ConfigError`, exit USAGE); an unusable manifest, storage,
-    weights, Ray address or run folder, and any `extra` kinds (exit CANNOT_START)."""
+    weights, Ray address or run folder, and any `extra` kinds (exit CANNOT_START). With
+    `as_json` (a command's `--json`) the error is also one JSON object on stdout."""
     from pipeline.errors import ConfigError, RunError, WeightsError
     from pipeline.storage import StorageError
 
@@ -156,6 +163,6 @@ def operator_errors(*extra: type[BaseException]) -> Iterator[None]:
     try:
         yield
     except ConfigError as error:
-        fail(error, ExitCode.USAGE)
+        fail(error, ExitCode.USAGE, as_json)
     except handled as error:
-        fail(error, ExitCode.CANNOT_START)
+        fail(error, ExitCode.CANNOT_START, as_json)

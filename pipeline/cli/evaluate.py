@@ -115,7 +115,7 @@ def eval_command(
         "batch_size": batch_size,
         "bootstrap": bootstrap,
     }
-    with operator_errors():
+    with operator_errors(as_json=as_json):
         if models not in ("", "tiny"):
             raise ValueError(f"--models: only 'tiny' is a shortcut, got {models!r}")
         settings = validate(EvalSettings, data, paths=PathBase(None), name=_option_name)
@@ -172,7 +172,7 @@ def _compare(run_a: str, run_b: str, settings, resamples: int, as_json: bool) ->
     from pipeline.storage import Storage
 
     storage = Storage(settings)
-    with operator_errors():
+    with operator_errors(as_json=as_json):
         rows_a, rows_b = (current_scores(RunState(storage, r.rstrip("/"))) for r in (run_a, run_b))
         if not rows_a or not rows_b:
             empty = run_a if not rows_a else run_b
@@ -219,7 +219,7 @@ def report_command(
     from pipeline.report.build import write_report
     from pipeline.storage import Storage
 
-    with operator_errors():
+    with operator_errors(as_json=as_json):
         summary = write_report(
             Storage(storage_settings(endpoint_url, region, profile)), run_uri, out
         )

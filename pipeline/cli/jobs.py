@@ -85,7 +85,7 @@ def triplets(
     from pipeline.jobs.triplets import TripletError, TripletJob, TripletSpec
 
     settings = storage_settings(endpoint_url, region, profile)
-    with operator_errors(TripletError):
+    with operator_errors(TripletError, as_json=as_json):
         job = TripletJob(
             TripletSpec.parse(_load(spec, "triplets", settings)), settings, address, progress
         )
@@ -130,7 +130,7 @@ def nightly(
     from pipeline.jobs.nightly import NightlyError, NightlyJob, NightlySpec
 
     settings = storage_settings(endpoint_url, region, profile)
-    with operator_errors(NightlyError):
+    with operator_errors(NightlyError, as_json=as_json):
         job = NightlyJob(
             NightlySpec.parse(_load(spec, "nightly", settings)), settings, night, address, progress
         )
@@ -240,11 +240,11 @@ def submit(
         client = client_for(address)
         job_id = submit_job(client, plan)
     except DuplicateSubmissionError as error:
-        fail(str(error), code=ExitCode.ALREADY_SUBMITTED)
+        fail(str(error), code=ExitCode.ALREADY_SUBMITTED, as_json=as_json)
     except ConfigError as error:
-        fail(str(error), code=ExitCode.USAGE)
+        fail(str(error), code=ExitCode.USAGE, as_json=as_json)
     except (SubmissionError, ValueError) as error:
-        fail(str(error))
+        fail(str(error), as_json=as_json)
     emit(
         "submitted",
         [("submission id", job_id), ("entrypoint", plan.entrypoint)],
@@ -309,7 +309,7 @@ def caption(
     """Caption a finished run's results as a separate stage (sidecar parquet per shard)."""
     from pipeline.jobs.caption import caption_run
 
-    with operator_errors():
+    with operator_errors(as_json=as_json):
         summary = caption_run(
             run_uri, model, storage_settings(endpoint_url, region, profile), actors, device, address
         )

@@ -43,7 +43,7 @@ def migrate(
     from pipeline.storage import Storage
 
     storage = Storage(storage_settings(endpoint_url, region, profile))
-    with operator_errors():
+    with operator_errors(as_json=as_json):
         report = migrate_run(storage, run_uri, relative_to)
     rows = [
         ("from layout", str(report.from_layout)),

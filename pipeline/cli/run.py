@@ -138,7 +138,7 @@ def run(
     committed (rerun the same command); 2 a wrong option; 5 an input that cannot be used.
     """
     settings = storage_settings(endpoint_url, region, profile)
-    with operator_errors():
+    with operator_errors(as_json=as_json):
         request = run_request(*given_options(ctx), config)
         config_, resolved = resolve_run(request.config(), settings)
         from pipeline.execution.driver import Runner
@@ -202,7 +202,7 @@ def plan(
     """Shards total / done / to do, items, the weights and a GPU-hour estimate, without running
     anything; refused as `run` would refuse it (a --run folder of another configuration)."""
     settings = storage_settings(endpoint_url, region, profile)
-    with operator_errors():
+    with operator_errors(as_json=as_json):
         request = run_request(*given_options(ctx), config)
         config_, resolved = resolve_run(request.config(), settings)
         from pipeline.execution.driver import Runner

@@ -40,8 +40,9 @@ def status(
     profile: Profile = None,
     as_json: AsJson = False,
 ) -> None:
-    """Totals of a run folder: items from its current records (`part-*.parquet`), shards and
-    images/s from its commit markers, the weights, objects of interrupted commits. Exits with
+    """Totals of a run folder: items as its current records (`part-*.parquet`) hold them,
+    counted from its commit markers (a records file is read only where no marker holds its
+    counts), shards and images/s, the weights, objects of interrupted commits. Exits with
     the code the run would: 0 complete and all ok, 3 items failed, 4 shards missing."""
     from pipeline.errors import RunError
     from pipeline.outputs.run_state import RunState
@@ -52,7 +53,7 @@ def status(
     try:
         s = run_status(RunState(storage, run_uri))
     except (FileNotFoundError, StorageError, RunError) as error:  # RunError: a layout to migrate
-        fail(str(error))
+        fail(str(error), as_json=as_json)
     rows = [
         ("fingerprint", s.fingerprint or "?"),
         (
@@ -84,7 +85,7 @@ def status(
         "complete": s.complete,
         "exit_code": int(s.exit_code),
     }
-    with operator_errors():  # a score file that cannot be read or reached: one line
+    with operator_errors(as_json=as_json):  # a score file that cannot be read or reached: one line
         scores = run_scores(RunState(storage, run_uri))
     if scores:
         data["scores"] = scores
@@ -146,7 +147,7 @@ def manifest_validate(
     from pipeline.storage import Storage
 
     storage = Storage(storage_settings(endpoint_url, region, profile))
-    with operator_errors():  # refused credentials, an unreachable endpoint: one line
+    with operator_errors(as_json=as_json):  # refused credentials, an unreachable endpoint: one line
         limits = InputLimits(local_roots=tuple(local_root or ()))
         report = validate_manifest(manifest, storage, check_images=check_images, limits=limits)
     code = ExitCode.OK if report.ok else ExitCode.CHECK_FAILED

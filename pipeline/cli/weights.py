@@ -64,7 +64,7 @@ def list_files(models: Models = None, as_json: AsJson = False) -> None:  # type:
         registry = load_registry()
         entries = registry.files_for(_names(models) or ["all"])
     except WeightsError as error:
-        fail(error)
+        fail(error, as_json=as_json)
     if as_json:
         _print_json(
             {
@@ -154,7 +154,7 @@ def pull(
         target = to or str(staged_root(origin))
         report = pull_files(origin, names, target, storage, weight_cache_dir() / "pull-scratch")
     except (WeightsError, OSError) as error:
-        fail(error)
+        fail(error, as_json=as_json)
     if as_json:
         _print_json({"models": names, **dataclasses.asdict(report)})
         return
@@ -199,7 +199,7 @@ def verify(
     try:
         report = verify_root(folder, _names(model) or None, check_hashes=hashes)
     except WeightsError as error:
-        fail(error)
+        fail(error, as_json=as_json)
     bad = sum(not row.ok for row in report.rows)
     code = ExitCode.CHECK_FAILED if bad else ExitCode.OK
     if as_json:
@@ -256,7 +256,7 @@ def convert_csd_command(
     """Convert the CSD release checkpoint into the folder `restyle eval --csd` loads."""
     from pipeline.weights.csd_convert import convert_csd
 
-    with operator_errors():
+    with operator_errors(as_json=as_json):
         folder = convert_csd(checkpoint, out)
     if as_json:
         print(json.dumps({"folder": str(folder), "exit_code": int(ExitCode.OK)}))

@@ -6,7 +6,9 @@ commit publishes, in this order (names in `pipeline.outputs.layout`):
     part-<k>[.retry-<nn>].tar         WebDataset samples: <key>.<png|jpg|webp>, <key>.txt, <key>.json
     part-<k>.parquet                  the shard's current records (`pipeline.outputs.records`): a
                                       retry overlays its re-run items' records on the file
-    part-<k>[.retry-<nn>].stats.json  counts, error histogram, durations, fingerprint: the marker
+    part-<k>[.retry-<nn>].stats.json  counts, error histogram, durations, fingerprint: the marker;
+                                      `shard_counts` are the records file's rows by status as this
+                                      commit left it, so `restyle status` need not read the file
 
 A commit without its marker is not done and is redone whole under the same names, so a redo
 overwrites and never duplicates. Each object is published whole (S3 PUT/multipart complete, or
@@ -24,7 +26,7 @@ import tarfile
 import tempfile
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from pipeline.errors import ItemStatus
@@ -78,13 +80,19 @@ class ShardStats:
     code_version: str = ""
     worker: dict = field(default_factory=dict)  # host, pid, device, CUDA_VISIBLE_DEVICES
     retry: int = 0  # 0: the shard's first run; n: its n-th retry (re-run items only)
+    # status -> rows of part-<k>.parquet as this commit wrote it: for a retry the whole shard
+    # after its overlay, not only the re-run items (count/ok/failed/... above). None in
+    # markers written before restyle kept them: `restyle status` then reads the records file.
+    shard_counts: dict[str, int] | None = None
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=1, sort_keys=True).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> ShardStats:
-        return cls(**json.loads(data))
+        """A marker; fields this restyle does not know (a newer writer's) are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in json.loads(data).items() if k in known})
 
 
 class ShardWriter:
@@ -125,8 +133,10 @@ class ShardWriter:
         self.remove_leftovers()
         try:
             self.storage.upload_file(self.paths.tar, self._tmp.name)
-            self.storage.write_bytes(self.paths.records, records_to_parquet(self._current()))
+            current = self._current()
+            self.storage.write_bytes(self.paths.records, records_to_parquet(current))
             self._finish_stats(upload_s=time.perf_counter() - t0)
+            self.stats.shard_counts = dict(Counter(str(r.status) for r in current))
             self.storage.write_bytes(self.paths.marker, self.stats.to_json())
         finally:
             Path(self._tmp.name).unlink(missing_ok=True)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pipeline.outputs.layout import ShardPaths
 from pipeline.outputs.records import ItemRecord, read_records
 from pipeline.outputs.run_state import Commit, RunState
+from pipeline.storage.concurrent import map_bounded
 
 SCORES_FOLDER = "scores"
 SUMMARY = "summary.json"
@@ -73,8 +74,13 @@ def current_records(
     result (the attempt its `retry` column names; the shard's first commit when none does)."""
     by_attempt = {(c.commit.shard, c.commit.retry): c for c in commits}
     current: dict[str, tuple[ItemRecord, CommitFiles]] = {}
-    for shard in sorted({c.commit.shard for c in commits}):
-        for record in read_records(state.storage, ShardPaths(state.run_uri, shard).records):
+    shards = sorted({c.commit.shard for c in commits})
+    # Record files read a bounded number at a time (one round trip each), merged in shard order.
+    read = map_bounded(
+        lambda shard: read_records(state.storage, ShardPaths(state.run_uri, shard).records), shards
+    )
+    for shard, records in zip(shards, read, strict=True):
+        for record in records:
             files = by_attempt.get((shard, record.retry)) or by_attempt.get((shard, 0))
             if files is not None:
                 current[record.id] = (record, files)

@@ -1,15 +1,19 @@
 """`restyle status`: what a run folder holds, counted from what its readers read.
 
-Item counts come from the current records (`part-*.parquet`, one row per item), so they are
-exactly what a reader of that glob counts; shard counts and throughput come from the commit
-markers. Objects without a marker (an interrupted commit) are listed, and a run with any is
-not complete. `run_status` is also how `restyle run` counts its totals when it ends, so the
-two always agree on items, failures by class, images/s and the exit code (`ExitCode.of_run`).
+Item counts are exactly what a reader of the current records (`part-*.parquet`, one row per
+item) counts; shard counts and throughput come from the commit markers. Objects without a
+marker (an interrupted commit) are listed, and a run with any is not complete. `run_status` is
+also how `restyle run` counts its totals when it ends, so the two always agree on items,
+failures by class, images/s and the exit code (`ExitCode.of_run`).
 
-Bounded memory at catalog scale (10^7 items in 10^4 record files): the folder is listed once,
-each marker read once, and of each records file only the `status` column is decoded and
-counted column-wise (`pyarrow.compute.value_counts`), `REQUEST_WORKERS` files at a time; no
-per-item Python object is ever made.
+Catalog scale (10^7 items in 10^4 shards): the folder is listed once and each marker read once.
+Every commit writes into its marker the rows of the shard's records file by status as it left
+the file (`ShardStats.shard_counts`; a retry's marker holds the whole shard after its overlay),
+so a shard's counts are those of its newest committed marker and no records file is read. A
+records file is read (its `status` column only, counted in Arrow) where no marker can say what
+it holds: markers written before `shard_counts` existed, records without a first-run marker, and
+shards with an interrupted commit (a tar without its marker), whose records may be newer than
+the newest marker.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from dataclasses import dataclass, field
 import pyarrow.compute as pc
 
 from pipeline.errors import ExitCode, ItemStatus
-from pipeline.outputs.run_state import Commit, RunState
+from pipeline.outputs.run_state import Commit, RunListing, RunState
 from pipeline.storage.concurrent import map_bounded
 from pipeline.storage.parquet import table_from_bytes
 
@@ -67,7 +71,8 @@ def run_status(state: RunState) -> RunStatus:
         raise FileNotFoundError(f"{state.run_uri}: no run.json (not a restyle run folder)")
     fingerprint = run_json["fingerprint"]
     listing = state.listing()
-    commits = [c for c in state.commits(listing) if c.stats.fingerprint == fingerprint]
+    every = state.commits(listing)  # by shard, then attempt
+    commits = [c for c in every if c.stats.fingerprint == fingerprint]
     main = [c for c in commits if c.retry == 0]
     config = run_json.get("config") or {}
     status = RunStatus(
@@ -85,13 +90,43 @@ def run_status(state: RunState) -> RunStatus:
         [uri for key, uri in listing.tars.items() if key not in committed]
         + [uri for shard, uri in listing.records.items() if (shard, 0) not in committed]
     )
-    records = [uri for _, uri in sorted(listing.records.items())]
-    for counts in map_bounded(lambda uri: status_counts(state, uri), records):
+    from_markers, to_read = shard_sources(listing, every, fingerprint)
+    for counts in from_markers:
+        _add(status, counts)
+    for counts in map_bounded(lambda uri: status_counts(state, uri), to_read):
         _add(status, counts)
     if commits:
         status.images_per_s = images_per_second(status.ok, commits)
         status.model_fraction = model_fraction(commits)
     return status
+
+
+def shard_sources(
+    listing: RunListing, commits: list[Commit], fingerprint: str
+) -> tuple[list[dict[str, int]], list[str]]:
+    """Per listed records file, where its counts come from: its shard's newest committed marker
+    (the shard's last commit wrote the file: attempt numbers only grow), or the file itself
+    where no marker can vouch for its content. `commits`: every commit of the folder, whatever
+    its fingerprint. Returns (the counts taken from markers, the records files to read)."""
+    newest: dict[int, Commit] = {}
+    for commit in commits:  # by shard, then attempt
+        newest[commit.shard] = commit
+    committed = {(c.shard, c.retry) for c in commits if c.stats.fingerprint == fingerprint}
+    interrupted = {shard for shard, retry in listing.tars if (shard, retry) not in committed}
+    from_markers, to_read = [], []
+    for shard, uri in sorted(listing.records.items()):
+        last = newest.get(shard)
+        if (
+            last is None
+            or last.stats.shard_counts is None
+            or last.stats.fingerprint != fingerprint
+            or (shard, 0) not in committed
+            or shard in interrupted
+        ):
+            to_read.append(uri)
+        else:
+            from_markers.append(last.stats.shard_counts)
+    return from_markers, to_read
 
 
 def status_counts(state: RunState, uri: str) -> dict[str, int]:

@@ -50,3 +50,33 @@ def test_wrong_credentials_are_one_line(
 
 def test_a_missing_local_run_is_one_line(tmp_path: Path):
     _one_line(CliRunner().invoke(app, ["status", str(tmp_path / "nothing")]))
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["status", "{missing}"],
+        ["plan", "{missing}", "--out", "{out}"],
+        ["weights", "verify", "{missing}"],
+        ["migrate", "{missing}"],
+        ["report", "{missing}"],
+    ],
+)
+def test_json_commands_print_their_error_as_one_json_object(tmp_path: Path, command: list[str]):
+    """A script that reads `--json` gets an object on stdout however the command ended; the
+    person still gets the red line on stderr."""
+    import json
+    import subprocess
+    import sys
+
+    args = [part.format(missing=tmp_path / "nothing", out=tmp_path / "out") for part in command]
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    answer = json.loads(done.stdout)
+    assert answer["exit_code"] == done.returncode == ExitCode.CANNOT_START
+    assert answer["exit_name"] == "CANNOT_START"
+    assert "nothing" in answer["error"] and answer["error"] in done.stderr.replace("\n", "")

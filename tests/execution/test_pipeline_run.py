@@ -386,3 +386,7 @@ def test_run_and_status_agree_on_every_path_reruns_duplicates_skips_and_retries(
     (tmp_path / "images" / "missing.png").write_bytes(png_bytes(3))
     retried = Runner(config, StorageSettings(), show_progress=False).retry_failed()
     assert agree(retried) == ((2, 1, 1, {"bad_input": 1}), ExitCode.ITEMS_FAILED)
+    # status took those counts from the markers: the retry's holds the whole shard after it
+    newest = RunState(local_storage(), config.run_uri).commits()[-1]
+    assert newest.retry == 1
+    assert newest.stats.shard_counts == {"ok": 2, "bad_input": 1, "skipped": 1}

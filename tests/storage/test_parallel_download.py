@@ -28,8 +28,10 @@ def test_a_big_object_comes_down_in_ranged_parts_byte_identical(s3_server, s3_bu
         )
         storage.download_file(uri, target)
         gets = [r for r in proxy.requests("GET") if "transformer" in r[1]]
+        downloads = proxy.downloads("transformer")
     assert hashlib.sha256(target.read_bytes()).digest() == hashlib.sha256(data).digest()
     assert len(gets) == 3  # one ranged GET per part, not one stream
+    assert len(downloads) == 1  # ...and the proxy counts them as one download of the object
     assert os.listdir(target.parent) == ["transformer.safetensors"]  # no temp file left
 
 

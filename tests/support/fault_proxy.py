@@ -62,6 +62,7 @@ class FaultProxy:
         self.upstream_host, self.upstream_port = parts.hostname, parts.port
         self.faults: list[Fault] = []
         self.log: list[tuple[str, str, str]] = []  # (method, path, "forwarded" | fault)
+        self.gets: list[tuple[str, str | None]] = []  # (path, Range header) of forwarded GETs
         self.in_flight = 0
         self.max_in_flight = 0  # the most requests the proxy held at once
         self._lock = threading.Lock()
@@ -110,6 +111,16 @@ class FaultProxy:
     def requests(self, method: str | None = None) -> list[tuple[str, str, str]]:
         with self._lock:
             return [r for r in self.log if method is None or r[0] == method]
+
+    def downloads(self, path_contains: str = "") -> list[str]:
+        """Paths of the whole-object downloads forwarded: GETs without a Range header or whose
+        range starts at byte 0 (a parallel ranged download of one object counts once)."""
+        with self._lock:
+            return [
+                path
+                for path, ranged in self.gets
+                if path_contains in path and (ranged is None or ranged.startswith("bytes=0-"))
+            ]
 
     def _take_fault(self, method: str, path: str) -> Fault | None:
         with self._lock:
@@ -175,6 +186,9 @@ class FaultProxy:
                     upstream.endheaders(body if body else None)
                     response = upstream.getresponse()
                     data = response.read()
+                    if self.command == "GET":
+                        with proxy._lock:
+                            proxy.gets.append((self.path, self.headers.get("Range")))
                     cut = fault.cut_after if fault is not None else None
                     proxy._record(
                         self.command,
