@@ -185,3 +185,23 @@ def test_a_commit_on_s3_aborts_the_multipart_uploads_an_interrupted_commit_of_it
     ]
     assert storage.abort_uploads(f"{s3_bucket}/run/part-000004.") == 1
     assert storage.abort_uploads(f"{s3_bucket}/run/part-000004.") == 0
+
+
+def test_a_policy_without_multipart_permissions_warns_and_still_commits(
+    s3_server, s3_bucket, caplog
+):
+    """Aborting is cleanup: where the credentials may not list or abort multipart uploads
+    (AccessDenied), the commit says so in a warning and publishes the shard anyway."""
+    from dataclasses import replace
+
+    from support.fault_proxy import FaultProxy
+
+    with FaultProxy(s3_server.endpoint_url) as proxy:
+        proxy.fail_matching("?uploads", status=403, code="AccessDenied", method="GET")
+        settings = replace(s3_server.settings(max_attempts=1), endpoint_url=proxy.endpoint_url)
+        with caplog.at_level("WARNING", logger="pipeline.outputs.commit"):
+            stats = write_shard(Storage(settings), f"{s3_bucket}/run", ["a"])
+        assert any("?uploads" in path for _, path, _ in proxy.requests("GET"))
+    assert stats.ok == 1
+    assert s3_server.storage().exists(f"{s3_bucket}/run/part-000003.stats.json")
+    assert "s3:ListBucketMultipartUploads" in caplog.text and "part-000003." in caplog.text
