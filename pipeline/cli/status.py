@@ -126,18 +126,30 @@ def manifest_validate(
         bool,
         typer.Option(help="Also fetch and decode every image.", envvar=env("--check-images")),
     ] = False,
+    local_root: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--local-root",
+            help="Allowed local folder (repeatable; the run's limits.local_roots): local "
+            "manifests and images outside every one are refused.",
+            envvar=env("--local-root"),
+        ),
+    ] = None,
     endpoint_url: Endpoint = None,
     region: Region = None,
     profile: Profile = None,
     as_json: AsJson = False,
 ) -> None:
-    """Check a manifest up front; errors name the file, row and field (exit 6 when any)."""
+    """Check a manifest up front; errors name the file, row and field (exit 6 when any); a
+    local manifest outside every --local-root is refused in one line (exit 5)."""
+    from pipeline.config import InputLimits
     from pipeline.manifests import validate_manifest
     from pipeline.storage import Storage
 
     storage = Storage(storage_settings(endpoint_url, region, profile))
     with operator_errors(as_json=as_json):  # refused credentials, an unreachable endpoint: one line
-        report = validate_manifest(manifest, storage, check_images=check_images)
+        limits = InputLimits(local_roots=tuple(local_root or ()))
+        report = validate_manifest(manifest, storage, check_images=check_images, limits=limits)
     code = ExitCode.OK if report.ok else ExitCode.CHECK_FAILED
     if as_json:
         emit(

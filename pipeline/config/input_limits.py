@@ -33,8 +33,9 @@ class InputLimits(BaseModel):
     max_lora_bytes: AtLeastOne = 4096 * MiB
     """Largest style LoRA file."""
     local_roots: Annotated[tuple[Text, ...], Strict(False)] = ()
-    """When set, local files a manifest names (images, style LoRAs) must lie under one of these
-    folders: for manifests from untrusted sources. Empty: any readable regular file."""
+    """When set, local manifest files and the local files they name (images, style LoRAs) must
+    lie under one of these folders: for manifests from untrusted sources. Empty: any readable
+    regular file."""
 
     def allows_local(self, path: str) -> bool:
         """True when `path` (resolved, symlinks followed) lies under an allowed root, or when

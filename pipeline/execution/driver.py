@@ -148,7 +148,12 @@ class Runner:
         self.state.read_run_json()  # a folder of another output layout is refused here
         # Canonical (absolute, symlinks resolved): a shard's identity in markers, records and
         # provenance, whatever the spelling of the spec; run folders are never input.
-        listed = list_shards(list(self.config.manifest), self.storage, exclude=self.config.run_uri)
+        listed = list_shards(
+            list(self.config.manifest),
+            self.storage,
+            exclude=self.config.run_uri,
+            limits=self.config.limits,  # local manifests outside local_roots are refused
+        )
         shards = [dataclasses.replace(s, uri=canonical_uri(s.uri)) for s in listed]
         check_run_identity(shards, self.storage)  # one key per item, one item per id
         if self.weights is None:

@@ -19,6 +19,7 @@ from pipeline.manifests.items import (
     ManifestError,
     ManifestItem,
     ManifestShard,
+    OutsideLocalRootsError,
     RowError,
 )
 from pipeline.manifests.reading import count_all_items, count_items, read_shard
@@ -31,6 +32,7 @@ __all__ = [
     "ManifestError",
     "ManifestItem",
     "ManifestShard",
+    "OutsideLocalRootsError",
     "RowError",
     "ValidationReport",
     "count_all_items",

@@ -9,9 +9,16 @@ from __future__ import annotations
 
 import posixpath
 
-from pipeline.manifests.items import PARQUET, WEBDATASET, ManifestError, ManifestShard
+from pipeline.config.input_limits import InputLimits
+from pipeline.manifests.items import (
+    PARQUET,
+    WEBDATASET,
+    ManifestError,
+    ManifestShard,
+    OutsideLocalRootsError,
+)
 from pipeline.storage import Storage
-from pipeline.storage.uris import canonical_uri, check_supported, has_wildcards
+from pipeline.storage.uris import canonical_uri, check_supported, has_wildcards, is_s3
 
 EXTENSIONS = {
     ".parquet": PARQUET,
@@ -77,6 +84,18 @@ def _files_of(spec: str, storage: Storage) -> list[str]:
     return files
 
 
+def check_local_roots(uri: str, limits: InputLimits | None) -> None:
+    """Refuse a local manifest path outside `limits.local_roots` (symlinks followed), so a
+    manifest from an untrusted source cannot name local files the run may not read."""
+    if limits is None or not limits.local_roots or is_s3(uri) or limits.allows_local(uri):
+        return
+    raise OutsideLocalRootsError(
+        uri,
+        f"lies outside the allowed local roots (limits.local_roots: "
+        f"{', '.join(limits.local_roots)})",
+    )
+
+
 def _in_run_folder(uri: str, storage: Storage) -> bool:
     """True for a file of a run folder: records and marker-named files at its top, caption and
     score sidecars one folder down (`outputs.layout`; a run folder holds run.json)."""
@@ -88,17 +107,26 @@ def _in_run_folder(uri: str, storage: Storage) -> bool:
 
 
 def list_shards(
-    spec: str | list[str] | tuple[str, ...], storage: Storage, exclude: str | None = None
+    spec: str | list[str] | tuple[str, ...],
+    storage: Storage,
+    exclude: str | None = None,
+    limits: InputLimits | None = None,
 ) -> list[ManifestShard]:
     """Every manifest file named by `spec` (one spec or several), sorted, numbered from 0.
 
     With `exclude` (the run's own folder), files under it and files of any other run folder
     (one holding a run.json) are never input: outputs written inside a manifest folder must not
-    come back as new shards on the next run."""
+    come back as new shards on the next run. With `limits.local_roots` set, a local spec or
+    file outside those folders is refused (`OutsideLocalRootsError`) before it is read."""
     specs = [spec] if isinstance(spec, str) else list(spec)
     if not specs:
         raise ManifestError("<manifest>", "no manifest given")
+    for s in specs:
+        if not _is_pattern(str(s)):
+            check_local_roots(str(s), limits)  # before the folder is even listed
     uris = sorted({uri for s in specs for uri in _files_of(str(s), storage)})
+    for uri in uris:
+        check_local_roots(uri, limits)  # a file of an allowed folder may link elsewhere
     if exclude is not None:
         folder = canonical_uri(exclude).rstrip("/") + "/"
         kept = [

@@ -93,3 +93,11 @@ class ManifestError(ValueError):
 
     def __reduce__(self):
         return (ManifestError, (self.file, self.message, self.field))
+
+
+class OutsideLocalRootsError(ManifestError):
+    """A local manifest file outside `limits.local_roots`: refused before it is read, by every
+    command (an operator's policy, not a problem in the data)."""
+
+    def __reduce__(self):
+        return (OutsideLocalRootsError, (self.file, self.message, self.field))

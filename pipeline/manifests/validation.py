@@ -12,10 +12,17 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from pipeline.config.input_limits import DEFAULT_LIMITS, InputLimits
 from pipeline.errors import ItemError
 from pipeline.manifests.discovery import list_shards
 from pipeline.manifests.images import ImageRef, load_image
-from pipeline.manifests.items import ManifestError, ManifestItem, ManifestShard, RowError
+from pipeline.manifests.items import (
+    ManifestError,
+    ManifestItem,
+    ManifestShard,
+    OutsideLocalRootsError,
+    RowError,
+)
 from pipeline.manifests.reading import parsed_rows
 from pipeline.storage import Storage, StorageError
 
@@ -52,15 +59,22 @@ class ValidationReport:
 
 
 def validate_manifest(
-    spec: str | list[str] | tuple[str, ...], storage: Storage, check_images: bool = False
+    spec: str | list[str] | tuple[str, ...],
+    storage: Storage,
+    check_images: bool = False,
+    limits: InputLimits = DEFAULT_LIMITS,
 ) -> ValidationReport:
-    """Check every shard named by `spec`; never raises for problems in the data.
+    """Check every shard named by `spec` within `limits` (the run's); never raises for
+    problems in the data.
 
-    A spec that matches nothing is reported as an error in the report too.
+    A spec that matches nothing is reported as an error in the report too. A local manifest
+    outside `limits.local_roots` is not read at all: `OutsideLocalRootsError` is raised.
     """
     report = ValidationReport()
     try:
-        report.shards = list_shards(spec, storage)
+        report.shards = list_shards(spec, storage, limits=limits)
+    except OutsideLocalRootsError:
+        raise
     except ManifestError as error:
         report.errors.append(RowError(error.file, None, error.field, error.message))
         return report
@@ -68,7 +82,7 @@ def validate_manifest(
     images: list[tuple[ManifestItem, ImageRef]] = []
     for shard in report.shards:
         try:
-            for row, item, problems in parsed_rows(shard, storage):
+            for row, item, problems in parsed_rows(shard, storage, limits):
                 report.rows += 1
                 report.errors.extend(problems)
                 if item is None:
@@ -96,7 +110,7 @@ def validate_manifest(
             report.errors.append(RowError(shard.uri, None, field_name, message))
     if images:
         report.images_checked = len(images)
-        report.errors.extend(_check_images(images, storage))
+        report.errors.extend(_check_images(images, storage, limits))
         report.errors.sort(key=lambda e: (e.file, -1 if e.row is None else e.row))
     return report
 
@@ -107,7 +121,9 @@ def _refs(item: ManifestItem) -> Iterable[ImageRef]:
     yield from item.styles
 
 
-def _check_images(images: list[tuple[ManifestItem, ImageRef]], storage: Storage) -> list[RowError]:
+def _check_images(
+    images: list[tuple[ManifestItem, ImageRef]], storage: Storage, limits: InputLimits
+) -> list[RowError]:
     """Decode each distinct image once; report a failure on every row that uses it."""
     distinct: dict[object, ImageRef] = {}
     for _, ref in images:
@@ -115,7 +131,7 @@ def _check_images(images: list[tuple[ManifestItem, ImageRef]], storage: Storage)
 
     def check(ref: ImageRef) -> str | None:
         try:
-            load_image(ref, storage, "-")
+            load_image(ref, storage, "-", limits)
             return None
         except ItemError as error:
             return error.message

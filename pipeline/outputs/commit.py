@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import re
 import tarfile
 import tempfile
@@ -32,7 +33,9 @@ from pathlib import Path
 from pipeline.errors import ItemStatus
 from pipeline.outputs.layout import ShardPaths
 from pipeline.outputs.records import ItemRecord, overlay, read_records, records_to_parquet
-from pipeline.storage import Storage
+from pipeline.storage import Storage, StorageAuthError
+
+log = logging.getLogger(__name__)
 
 TAR_MTIME = 0.0  # fixed member mtime: the same items give byte-identical tars
 TAR_MEMBER_MODE = 0o444  # member headers as webdataset's TarWriter writes them (bytes unchanged)
@@ -143,10 +146,22 @@ class ShardWriter:
         return self.stats
 
     def remove_leftovers(self) -> None:
-        """Delete the temp files an interrupted commit of this shard left beside its objects
-        (a local publish writes `.<name>.<random>.tmp`, then renames it). S3 uploads leave no
-        visible object."""
+        """Delete what an interrupted commit of this shard left behind: locally the temp files
+        beside its objects (a local publish writes `.<name>.<random>.tmp`, then renames it); on
+        S3 the multipart uploads it never completed (invisible to listings, yet stored and
+        billed), every attempt's (`part-<k>.` is the prefix of all of the shard's objects)."""
         if self.storage.is_remote(self.paths.folder):
+            prefix = f"{self.paths.folder}/part-{self.paths.index:06d}."
+            try:
+                self.storage.abort_uploads(prefix)
+            except StorageAuthError as error:  # a policy without the multipart permissions
+                log.warning(
+                    "cannot abort the multipart uploads interrupted commits left under %s "
+                    "(grant s3:ListBucketMultipartUploads and s3:AbortMultipartUpload, or set "
+                    "a lifecycle rule that aborts incomplete uploads): %s",
+                    prefix,
+                    error,
+                )
             return
         prefix = f"{self.paths.folder}/.part-{self.paths.index:06d}"
         for uri in self.storage.glob(f"{prefix}.*.tmp"):

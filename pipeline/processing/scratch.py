@@ -1,8 +1,11 @@
 """Per-actor scratch space: a folder of its own, removed when the actor ends or, when it was
-killed (Ray ends actors with SIGKILL), by the next actor that starts on the node.
+killed (Ray ends actors with SIGKILL, even at the end of a run), by the next actor that starts on
+the node.
 
 Spooled shard tars live here until their commit; an actor's death must not leave them behind
-for ever, and one actor's cleanup must never remove another live actor's spool.
+for ever, and one actor's cleanup must never remove another live actor's spool. `ScratchSpace`
+keeps the folder only while a shard spools into it, so an actor stopped between shards (the
+normal end of a run) leaves nothing at all.
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 PREFIX = "actor-"
@@ -64,3 +70,29 @@ def actor_scratch(base: Path | None = None) -> Path:
     folder.mkdir()
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return folder
+
+
+class ScratchSpace:
+    """An actor's scratch folder that exists only while some shard holds it: made for the first
+    holder, removed (with anything left in it) when the last one lets go. Thread-safe: an actor
+    spools two shards at once when the driver keeps one queued."""
+
+    def __init__(self, folder: Path | str):
+        self.folder = Path(folder)
+        self._lock = threading.Lock()
+        self._holders = 0
+
+    @contextmanager
+    def held(self) -> Iterator[str]:
+        """The folder, present until the block ends (and kept while another holder needs it)."""
+        with self._lock:
+            if self._holders == 0:
+                self.folder.mkdir(parents=True, exist_ok=True)
+            self._holders += 1
+        try:
+            yield str(self.folder)
+        finally:
+            with self._lock:
+                self._holders -= 1
+                if self._holders == 0:
+                    shutil.rmtree(self.folder, ignore_errors=True)

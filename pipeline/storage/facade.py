@@ -147,6 +147,16 @@ class Storage:
         else:
             local.delete(uri)
 
+    def abort_uploads(self, prefix: str) -> int:
+        """Abort the multipart uploads left open under the key prefix `prefix` (a writer killed
+        mid-upload leaves one on S3: invisible to listings, its parts stored and billed until
+        aborted); returns how many. Local paths have no such thing: 0."""
+        if not self._remote(prefix):
+            return 0
+        from pipeline.storage.s3_uploads import abort_uploads
+
+        return abort_uploads(self._s3, prefix)
+
     # ------------------------------------------------------------------ listing
     def list(self, prefix: str, recursive: bool = True) -> list[str]:
         """Sorted full URIs of every object below the folder `prefix` (recursively, or only

@@ -148,3 +148,60 @@ def test_a_commit_removes_the_temp_files_an_interrupted_commit_of_its_shard_left
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [
         other_shard.name
     ]
+
+
+def test_a_commit_on_s3_aborts_the_multipart_uploads_an_interrupted_commit_of_its_shard_left(
+    s3_server, s3_bucket
+):
+    """A writer killed mid-upload leaves its multipart upload open (parts stored and billed,
+    invisible to listings); the next commit of that shard aborts every attempt's, and only its."""
+    client = s3_server.client()
+    bucket = s3_bucket.removeprefix("s3://")
+
+    def start_upload(key: str) -> None:
+        upload = client.create_multipart_upload(Bucket=bucket, Key=key)
+        client.upload_part(
+            Bucket=bucket, Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=b"x" * 1024
+        )
+
+    def open_keys() -> list[str]:
+        return sorted(
+            u["Key"] for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+        )
+
+    left = ["run/part-000003.tar", "run/part-000003.retry-01.tar", "run/part-000003.tar"]
+    others = ["run/part-000004.tar", "run/part-0000030.tar", "other/part-000003.tar"]
+    for key in left + others:
+        start_upload(key)
+    assert open_keys() == sorted(left + others)
+
+    stats = write_shard(s3_server.storage(), f"{s3_bucket}/run", ["a", "b"])
+
+    assert stats.ok == 2
+    assert open_keys() == sorted(others)  # other shards' commits may still be running
+    storage = s3_server.storage()
+    assert storage.list(f"{s3_bucket}/run") == [
+        f"{s3_bucket}/run/part-000003.{suffix}" for suffix in ("parquet", "stats.json", "tar")
+    ]
+    assert storage.abort_uploads(f"{s3_bucket}/run/part-000004.") == 1
+    assert storage.abort_uploads(f"{s3_bucket}/run/part-000004.") == 0
+
+
+def test_a_policy_without_multipart_permissions_warns_and_still_commits(
+    s3_server, s3_bucket, caplog
+):
+    """Aborting is cleanup: where the credentials may not list or abort multipart uploads
+    (AccessDenied), the commit says so in a warning and publishes the shard anyway."""
+    from dataclasses import replace
+
+    from support.fault_proxy import FaultProxy
+
+    with FaultProxy(s3_server.endpoint_url) as proxy:
+        proxy.fail_matching("?uploads", status=403, code="AccessDenied", method="GET")
+        settings = replace(s3_server.settings(max_attempts=1), endpoint_url=proxy.endpoint_url)
+        with caplog.at_level("WARNING", logger="pipeline.outputs.commit"):
+            stats = write_shard(Storage(settings), f"{s3_bucket}/run", ["a"])
+        assert any("?uploads" in path for _, path, _ in proxy.requests("GET"))
+    assert stats.ok == 1
+    assert s3_server.storage().exists(f"{s3_bucket}/run/part-000003.stats.json")
+    assert "s3:ListBucketMultipartUploads" in caplog.text and "part-000003." in caplog.text

@@ -30,8 +30,8 @@ def test_an_item_missing_a_template_field_is_refused_before_generation(
     )
     with_artist = ManifestItem(id="a", prompt="p", extra={"artist": "Hokusai"})
     without = ManifestItem(id="b", prompt="p")
-    assert processor._prepare(with_artist).request is not None
-    refused = processor._prepare(without)
+    assert processor.reader.prepare(with_artist).request is not None
+    refused = processor.reader.prepare(without)
     assert refused.request is None and refused.error is not None
     assert "'artist'" in str(refused.error) and "'b'" in str(refused.error)
     processor.close()

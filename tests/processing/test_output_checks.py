@@ -1,5 +1,5 @@
-"""A model whose numbers overflow gives a flat image; the item becomes an error, not an ok record
-of a black picture."""
+"""A model whose numbers overflow gives NaN latents (caught in the model) or a flat image (caught
+here); either way the item becomes an error, not an ok record of a black picture."""
 
 from __future__ import annotations
 
@@ -7,11 +7,18 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from support.run_helpers import SMALL
+from support.run_helpers import SMALL, parquet_bytes, run_config, uso_rows, write_images
 
+from pipeline.errors import ItemStatus
+from pipeline.manifests import ManifestShard
 from pipeline.models.base import GenerationRequest, ModelOptions
 from pipeline.models.registry import load_model
+from pipeline.outputs.records import read_records
+from pipeline.processing.captions import make_captioner
 from pipeline.processing.output_checks import output_problem
+from pipeline.processing.shard import ShardProcessor, ShardTask
+from pipeline.processing.style_loras import StyleLoraResolver
+from pipeline.storage import Storage, StorageSettings
 
 
 def _request(**overrides) -> GenerationRequest:
@@ -21,13 +28,39 @@ def _request(**overrides) -> GenerationRequest:
     return GenerationRequest(**(fields | overrides))
 
 
-def test_an_overflowing_guidance_gives_a_flat_image_that_is_refused(tiny_weights: Path):
-    model = load_model("uso", tiny_weights, ModelOptions(device="cpu"))
-    fine, overflow = model.generate([_request(), _request(item_id="j", guidance=1e308)])
-    assert fine.error is None and output_problem(fine.image, _request()) is None
-    assert overflow.error is None  # the model itself does not notice
-    problem = output_problem(overflow.image, _request(guidance=1e308))
-    assert problem is not None and "constant image" in problem and "1e+308" in problem
+def test_an_overflowing_item_is_a_model_error_naming_it_and_its_shard_neighbours_are_ok(
+    tmp_path: Path, tiny_weights: Path
+):
+    """Guidance 1e308 overflows the item's latents to NaN: the model says so (non-finite latents
+    after step k), the shard records that item's model_error and commits the others ok."""
+    images = write_images(tmp_path / "images", 2)
+    rows = uso_rows("g", 3, str(images[0]), str(images[1]))
+    for row, guidance in zip(rows, [None, 1e308, None], strict=True):
+        row["guidance"] = guidance
+    manifest = tmp_path / "m.parquet"
+    manifest.write_bytes(parquet_bytes(rows))
+    config = run_config(str(manifest), str(tmp_path / "out"), tiny_weights)
+    storage = Storage(StorageSettings())
+    processor = ShardProcessor(
+        config,
+        load_model("uso", tiny_weights, ModelOptions(device="cpu", max_batch_size=3)),
+        storage,
+        make_captioner(config.outputs),
+        StyleLoraResolver(storage, None, tmp_path),
+    )
+    folder = str(tmp_path / "out" / "test")
+    stats = processor.process(
+        ShardTask(ManifestShard(0, str(manifest), "parquet"), folder, "f", weights={})
+    )
+    processor.close()
+    assert (stats.ok, stats.failed) == (2, 1)
+    records = {r.id: r for r in read_records(storage, f"{folder}/part-000000.parquet")}
+    assert records["g-0"].ok and records["g-2"].ok
+    bad = records["g-1"]
+    assert bad.status == ItemStatus.MODEL_ERROR
+    assert (bad.error or "").startswith(
+        "item 'g-1': non-finite latents (NaN or inf) after denoising step 1 of 2"
+    )
 
 
 def test_flat_inputs_may_give_a_flat_result_and_float_images_must_be_finite():

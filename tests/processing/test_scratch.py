@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.processing.scratch import actor_scratch, remove_stale
+from pipeline.processing.scratch import ScratchSpace, actor_scratch, remove_stale
 
 
 def _dead_pid() -> int:
@@ -45,3 +45,21 @@ def test_the_folder_goes_when_the_actor_process_exits(tmp_path: Path):
         [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True
     )
     assert not Path(out.stdout.strip()).exists()
+
+
+def test_the_folder_exists_only_while_a_shard_holds_it(tmp_path: Path):
+    """An actor stopped between shards (Ray SIGKILLs actors at the end of a run, so atexit never
+    runs) leaves no folder: it is there only while some shard spools into it."""
+    folder = tmp_path / "actor-x"
+    space = ScratchSpace(folder)
+    assert not folder.exists()
+    with space.held() as first:
+        assert Path(first) == folder and folder.is_dir()
+        (folder / "restyle-shard-1.tar").write_bytes(b"spool")
+        with space.held():  # a queued shard spools beside the running one
+            (folder / "restyle-shard-2.tar").write_bytes(b"spool")
+        assert (folder / "restyle-shard-1.tar").exists()  # still held by the first shard
+    assert not folder.exists()
+    with space.held():
+        assert folder.is_dir()
+    assert not folder.exists()

@@ -5,7 +5,8 @@ every port it opens (master, volume, filer, S3, admin, and their gRPC twins) pic
 127.0.0.1, so parallel test runs do not collide, and with an S3 identity file, so unsigned or
 wrongly signed requests are refused. It returns once a signed PUT/GET/DELETE round trip works,
 and raises with the tail of the server log if that never happens. `stop()` ends the process
-group it started (SIGTERM, then SIGKILL).
+group it started (SIGTERM, then SIGKILL); `kill()` SIGKILLs it as a crash would, and `restart()`
+brings it back on the same ports and data folder (the chaos test).
 
 Used by the `s3_server` fixture in tests/conftest.py and by benchmarks:
 
@@ -94,6 +95,7 @@ class SeaweedS3Server:
     process: subprocess.Popen
     ports: dict[str, int] = field(default_factory=dict)
     socket_dir: Path | None = None
+    args: list[str] = field(default_factory=list)  # the command line, for `restart`
 
     # ------------------------------------------------------------------ start/stop
     @classmethod
@@ -171,6 +173,7 @@ class SeaweedS3Server:
             process=process,
             ports=ports,
             socket_dir=socket_dir,
+            args=args,
         )
         try:
             server._wait_ready(timeout_s)
@@ -224,7 +227,44 @@ class SeaweedS3Server:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=15)
-        # weed leaves per-port unix sockets in the temp folder; they are ours to remove.
+        self._remove_sockets()
+        if self.socket_dir is not None:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+    def kill(self) -> None:
+        """SIGKILL the server at once, as a crash or a lost machine would stop it; its data
+        folder and ports stay for `restart`."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=15)
+        self._remove_sockets()
+
+    def restart(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Start the same server again (same ports, data folder and keys) after `kill` or
+        `stop`; returns once a signed round trip works."""
+        if self.process.poll() is None:
+            raise S3ServerError("the server is still running; kill() or stop() it first")
+        if self.socket_dir is not None:
+            self.socket_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.workdir,
+                start_new_session=True,
+            )
+        try:
+            self._wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _remove_sockets(self) -> None:
+        """weed leaves per-port unix sockets behind (in the temp folder and `socket_dir`); they
+        are ours to remove, and a restart cannot bind while they exist."""
         tmp = Path(tempfile.gettempdir())
         for port in self.ports.values():
             for sock in tmp.glob(f"seaweedfs-*-{port + GRPC_OFFSET}.sock"):
@@ -232,7 +272,8 @@ class SeaweedS3Server:
             for sock in tmp.glob(f"seaweedfs-*-{port}.sock"):
                 sock.unlink(missing_ok=True)
         if self.socket_dir is not None:
-            shutil.rmtree(self.socket_dir, ignore_errors=True)
+            for sock in self.socket_dir.glob("*.sock"):
+                sock.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ helpers
     def log_tail(self, lines: int = 60) -> str:

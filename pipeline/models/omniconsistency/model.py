@@ -40,6 +40,7 @@ import time
 from collections.abc import Hashable, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pipeline.errors import ItemError, ItemStatus
@@ -49,6 +50,7 @@ from pipeline.models.base import (
     ModelOptions,
     StylizationModel,
 )
+from pipeline.models.finite import FiniteWatch, non_finite_error
 from pipeline.models.flux.style_lora import StyleLoraError, StyleLoraSlot
 from pipeline.models.flux.text_encoders import FluxTextEncoders
 from pipeline.models.omniconsistency.components import (
@@ -236,21 +238,30 @@ class OmniConsistencyModel(StylizationModel):
             runtime.synchronize()
             timings["prepare_s"] = time.perf_counter() - mark
             mark = time.perf_counter()
+            watch = FiniteWatch(len(group), runtime.device)
             latent = sampler.denoise(
-                noise, cache, prompt_embeds, pooled, guidance, layout, schedule
+                noise,
+                cache,
+                prompt_embeds,
+                pooled,
+                guidance,
+                layout,
+                schedule,
+                on_step=lambda step, _velocity, latents: watch.observe(step, latents),
             )
             cache.clear()  # the cache belongs to this generation only
             runtime.synchronize()
+            bad_steps = watch.first_bad_steps()  # once per batch, after the loop's own sync
             timings["denoise_s"] = time.perf_counter() - mark
         mark = time.perf_counter()
-        with runtime.resident(sampler.vae):
-            images = to_uint8(sampler.decode(latent), sampler.transfers)
+        images = self._decode_finite(latent, bad_steps)
         timings["decode_s"] = time.perf_counter() - mark
         timings["model_s"] = (time.perf_counter() - start) / len(group)
         return [
             GenerationOutcome(
                 item.request.item_id,
                 image=image,
+                error=None if bad is None else self._non_finite(item, bad, steps),
                 timings=dict(timings),
                 parameters={
                     **item.parameters,
@@ -259,8 +270,29 @@ class OmniConsistencyModel(StylizationModel):
                     "style_lora": self._style_parameters(item),
                 },
             )
-            for item, image in zip(group, images, strict=True)
+            for item, image, bad in zip(group, images, bad_steps, strict=True)
         ]
+
+    def _decode_finite(
+        self, latent: torch.Tensor, bad_steps: list[int | None]
+    ) -> list[np.ndarray | None]:
+        """Decoded images of the rows whose latents stayed finite; None for the others."""
+        good = [row for row, bad in enumerate(bad_steps) if bad is None]
+        images: list[np.ndarray | None] = [None] * len(bad_steps)
+        if good:
+            rows = latent if len(good) == len(bad_steps) else latent[good]
+            with self.runtime.resident(self.sampler.vae):
+                decoded = to_uint8(self.sampler.decode(rows), self.sampler.transfers)
+            for row, image in zip(good, decoded, strict=True):
+                images[row] = image
+        return images
+
+    @staticmethod
+    def _non_finite(item: PreparedItem, step: int, steps: int) -> ItemError:
+        style = item.request.style_lora
+        return non_finite_error(
+            item.request.item_id, step, steps, item.guidance, None if style is None else style.scale
+        )
 
     def _style_parameters(self, item: PreparedItem) -> dict | None:
         style, converted = item.request.style_lora, self.style_slot.current

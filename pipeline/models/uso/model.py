@@ -54,6 +54,7 @@ from pipeline.models.base import (
     ModelOptions,
     StylizationModel,
 )
+from pipeline.models.finite import FiniteWatch, non_finite_error
 from pipeline.models.flux.text_encoders import FluxTextEncoders
 from pipeline.models.runtime import Runtime, prepare_all, run_splitting_failures
 from pipeline.models.transfers import HostTransfers
@@ -246,33 +247,43 @@ class USOModel(StylizationModel):
         )
         started = time.perf_counter()
         transformer = self.components.transformer
+        watch = FiniteWatch(len(group), self.device)
         with self.runtime.resident(transformer), self.runtime.attention():
-            packed = denoise(transformer, batch)
+            packed = denoise(transformer, batch, watch=watch)
             self.runtime.synchronize()
+        bad_steps = watch.first_bad_steps()  # once per batch, after the loop's own sync
         denoised = time.perf_counter()
         latents = unpack_to_latents(packed, batch.latent_size)
-        copies = []
+        copies: list = []
         with self.runtime.resident(self.components.vae):
             for row in range(latents.shape[0]):  # one at a time: VAE decode memory is per image
+                if bad_steps[row] is not None:  # nothing to decode: the item's error instead
+                    copies.append(None)
+                    continue
                 decoded = decode_latents(self.components.vae, latents[row : row + 1])
                 copies.append(self.transfers.to_host(to_uint8_images(decoded)[0]))
-        images = [copy.wait().numpy() for copy in copies]
+        images = [None if copy is None else copy.wait().numpy() for copy in copies]
         batch_timings = {
             "denoise_s": denoised - started,
             "decode_s": time.perf_counter() - denoised,
         }
         shared = sum(batch_timings.values()) / len(group)
         outcomes = []
-        for item, image in zip(group, images, strict=True):
+        for item, image, bad_step in zip(group, images, bad_steps, strict=True):
             timings = {
                 **item.timings,
                 **batch_timings,
                 "model_s": item.timings["text_s"] + item.timings["prepare_s"] + shared,
             }
+            error = None
+            if bad_step is not None:
+                steps = len(batch.sigmas) - 1
+                error = non_finite_error(item.request.item_id, bad_step, steps, item.guidance, None)
             outcomes.append(
                 GenerationOutcome(
                     item.request.item_id,
                     image=image,
+                    error=error,
                     parameters={**item.parameters, "batch_size": len(group)},
                     timings=timings,
                 )

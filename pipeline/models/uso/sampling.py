@@ -21,6 +21,7 @@ import torch
 from diffusers import AutoencoderKL
 from PIL import Image
 
+from pipeline.models.finite import FiniteWatch
 from pipeline.models.flux.packing import (
     LATENT_CHANNELS,
     grid_position_ids,
@@ -153,9 +154,11 @@ def denoise(
     model: USOTransformer,
     batch: DenoiseBatch,
     on_velocity: Callable[[int, torch.Tensor], None] | None = None,
+    watch: FiniteWatch | None = None,
 ) -> torch.Tensor:
     """Euler flow matching over `batch.sigmas`; returns packed final latents [B, N, 64] in the
-    model dtype. No host synchronisation inside the loop (sigmas are Python floats)."""
+    model dtype. No host synchronisation inside the loop (sigmas are Python floats); `watch`
+    notes, on the device, the rows whose latents went non-finite."""
     device, dtype = model.device, model.dtype
     x = pack_latents(batch.noise.to(device, dtype))
     subject = None
@@ -178,6 +181,8 @@ def denoise(
             if on_velocity is not None:
                 on_velocity(step, v)
             x = x + (sigma_next - sigma) * v
+            if watch is not None:
+                watch.observe(step, x)
     return x
 
 
