@@ -27,7 +27,9 @@ def actor_device(requested: str) -> str:
 
     from pipeline.models.runtime import resolve_device
 
-    gpu_ids = [str(i) for i in ray.get_gpu_ids()]
+    # Outside a Ray worker (the in-process runs of tests and benchmarks) there are no Ray GPU
+    # ids; asking would start a local Ray as a side effect.
+    gpu_ids = [str(i) for i in ray.get_gpu_ids()] if ray.is_initialized() else []
     wants_cuda = requested.startswith("cuda") or (requested == "auto" and bool(gpu_ids))
     if wants_cuda and not torch.cuda.is_available():
         raise StartError(cuda_unusable(requested, gpu_ids))
