@@ -147,9 +147,10 @@ def fail(message: object, code: int = ExitCode.CANNOT_START, as_json: bool = Fal
 def operator_errors(*extra: type[BaseException], as_json: bool = False) -> Iterator[None]:
     """Turn the errors an operator can fix into one clear line instead of a traceback: a wrong
     option, --config file or spec (`ConfigError`, exit USAGE); an unusable manifest, storage,
-    weights, Ray address or run folder, and any `extra` kinds (exit CANNOT_START). With
-    `as_json` (a command's `--json`) the error is also one JSON object on stdout."""
-    from pipeline.errors import ConfigError, RunError, WeightsError
+    weights, Ray address or run folder, and any `extra` kinds (exit CANNOT_START); a run another
+    driver holds (exit ALREADY_SUBMITTED). With `as_json` (a command's `--json`) the error is
+    also one JSON object on stdout."""
+    from pipeline.errors import ConfigError, RunError, RunLeaseHeldError, WeightsError
     from pipeline.storage import StorageError
 
     handled: tuple[type[BaseException], ...] = (
@@ -164,5 +165,7 @@ def operator_errors(*extra: type[BaseException], as_json: bool = False) -> Itera
         yield
     except ConfigError as error:
         fail(error, ExitCode.USAGE, as_json)
+    except RunLeaseHeldError as error:  # another driver runs it: like a job already submitted
+        fail(error, ExitCode.ALREADY_SUBMITTED, as_json)
     except handled as error:
         fail(error, ExitCode.CANNOT_START, as_json)
