@@ -112,9 +112,13 @@ def emit(title: str, rows: list[tuple[str, str]], data: dict, as_json: bool) -> 
 
 
 def storage_settings(
-    endpoint: str | None, region: str | None, profile: str | None
+    endpoint: str | None,
+    region: str | None,
+    profile: str | None,
+    retry_budget_s: float | None = None,
 ) -> StorageSettings:
-    """The standard AWS environment, with the command line's overrides."""
+    """The standard AWS environment (and RESTYLE_STORAGE_RETRY_BUDGET), with the command
+    line's overrides."""
     with operator_errors():  # e.g. credentials inside the endpoint URL: refused, never shown
         settings = StorageSettings.from_env()
         return dataclasses.replace(
@@ -122,6 +126,7 @@ def storage_settings(
             endpoint_url=endpoint or settings.endpoint_url,
             region=region or settings.region,
             profile=profile or settings.profile,
+            retry_budget_s=settings.retry_budget_s if retry_budget_s is None else retry_budget_s,
         )
 
 

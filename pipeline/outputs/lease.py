@@ -83,10 +83,8 @@ class DriverRecord:
         killed driver's run is free at once for the next driver on the same machine)."""
         if time.time() >= self.expires_at:
             return True
-        if self.host != socket.gethostname():
-            return False
-        if self.pid == os.getpid():
-            return True  # another token under our pid: an earlier process that had it
+        if self.host != socket.gethostname() or self.pid == os.getpid():
+            return False  # elsewhere, or this very process: the expiry alone tells
         try:
             os.kill(self.pid, 0)
         except ProcessLookupError:
