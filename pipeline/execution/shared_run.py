@@ -10,6 +10,7 @@ holder and helpers all end with the whole run done, and no shard is run twice.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,8 +20,9 @@ from pipeline.execution.progress import RunProgress
 from pipeline.outputs.layout import ShardPaths
 from pipeline.outputs.lease import RunLease
 from pipeline.processing.shard import ShardTask
-from pipeline.storage import Storage
+from pipeline.storage import Storage, StorageError
 
+log = logging.getLogger(__name__)
 CLAIM_POLL_S = 5.0  # how often shards another driver runs are looked at again
 DispatchLoop = Callable[[list[ShardTask], Callable[[ShardTask], bool]], None]
 
@@ -49,9 +51,15 @@ class SharedRun:
         """The dispatch loop's hook: may this driver run `task` now? (Outside `held`: yes.)"""
         if self.lease is None:
             return True
-        return self.lease.claim(
-            task.shard.index, task.retry, committed=lambda: self.committed(task)
-        )
+        try:
+            return self.lease.claim(
+                task.shard.index, task.retry, committed=lambda: self.committed(task)
+            )
+        except StorageError as error:  # the store stayed down past the retry budget
+            log.warning(
+                "shard %d: could not claim it (%s); looked at again later", task.shard.index, error
+            )
+            return False
 
     def committed(self, task: ShardTask) -> bool:
         return self.storage.exists(ShardPaths(self.run_uri, task.shard.index, task.retry).marker)

@@ -93,6 +93,9 @@ def test_a_second_driver_is_refused_or_joins_without_duplicates(eight_shards, ti
     assert holder.returncode == 0, holder_err[-3000:]
     assert helper.returncode == 0, helper_err[-3000:]
     first, second = json.loads(holder_out), json.loads(helper_out)
+    print(
+        f"shards committed: holder {first['shards_committed']}, helper {second['shards_committed']}"
+    )
     # each shard committed by exactly one of the two: no generation done twice
     assert first["shards_committed"] + second["shards_committed"] == SHARDS, (first, second)
     assert first["ok"] == second["ok"] == SHARDS * ITEMS_PER_SHARD
