@@ -22,7 +22,7 @@ from pipeline.storage import Storage
 pytestmark = pytest.mark.slow
 
 RESTYLE = [sys.executable, "-m", "pipeline.cli"]
-SHARDS, ITEMS_PER_SHARD = 8, 2
+SHARDS, ITEMS_PER_SHARD = 8, 4  # enough work that the helper's Ray comes up in time
 
 
 @pytest.fixture
@@ -68,6 +68,7 @@ def test_a_second_driver_is_refused_or_joins_without_duplicates(eight_shards, ti
     out, env, storage = output
     run = f"{out}/shared"
     holder = start(run_args(eight_shards, out, tiny_weights), env)
+    helper: subprocess.Popen | None = None
     try:
         deadline = time.monotonic() + 120
         while not storage.exists(f"{run}/_drivers/lease.json"):
@@ -75,6 +76,8 @@ def test_a_second_driver_is_refused_or_joins_without_duplicates(eight_shards, ti
             assert time.monotonic() < deadline, "the first driver never took the lease"
             time.sleep(0.2)
 
+        # the helper starts at once, so both drivers' Rays come up together and share the work
+        helper = start(run_args(eight_shards, out, tiny_weights, "--join"), env)
         refused = subprocess.run(
             run_args(eight_shards, out, tiny_weights),
             capture_output=True, text=True, timeout=300, env={**os.environ, **env},
@@ -83,19 +86,21 @@ def test_a_second_driver_is_refused_or_joins_without_duplicates(eight_shards, ti
         line = refused.stderr.strip()
         assert "\n" not in line and "being run by another driver" in line
         assert f"pid {holder.pid} since " in line and "--join" in line
+        assert json.loads(refused.stdout)["exit_name"] == "ALREADY_SUBMITTED"
 
-        helper = start(run_args(eight_shards, out, tiny_weights, "--join"), env)
         helper_out, helper_err = helper.communicate(timeout=900)
         holder_out, holder_err = holder.communicate(timeout=900)
     finally:
-        if holder.poll() is None:
-            holder.kill()
+        for process in (holder, helper):
+            if process is not None and process.poll() is None:
+                process.kill()
     assert holder.returncode == 0, holder_err[-3000:]
-    assert helper.returncode == 0, helper_err[-3000:]
+    assert helper is not None and helper.returncode == 0, helper_err[-3000:]
     first, second = json.loads(holder_out), json.loads(helper_out)
     print(
         f"shards committed: holder {first['shards_committed']}, helper {second['shards_committed']}"
     )
+    assert second["shards_committed"] >= 1, "the helper took no shard: it did not help"
     # each shard committed by exactly one of the two: no generation done twice
     assert first["shards_committed"] + second["shards_committed"] == SHARDS, (first, second)
     assert first["ok"] == second["ok"] == SHARDS * ITEMS_PER_SHARD
