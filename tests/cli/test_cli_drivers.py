@@ -22,11 +22,11 @@ from pipeline.storage import Storage
 pytestmark = pytest.mark.slow
 
 RESTYLE = [sys.executable, "-m", "pipeline.cli"]
-SHARDS, ITEMS_PER_SHARD = 8, 4  # enough work that the helper's Ray comes up in time
+SHARDS, ITEMS_PER_SHARD = 16, 3  # enough work that the helper is up before it is all done
 
 
 @pytest.fixture
-def eight_shards(tmp_path: Path) -> Path:
+def sixteen_shards(tmp_path: Path) -> Path:
     images = write_images(tmp_path / "images", 2)
     folder = tmp_path / "manifest"
     folder.mkdir()
@@ -64,10 +64,12 @@ def start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
     )
 
 
-def test_a_second_driver_is_refused_or_joins_without_duplicates(eight_shards, tiny_weights, output):
+def test_a_second_driver_is_refused_or_joins_without_duplicates(
+    sixteen_shards, tiny_weights, output
+):
     out, env, storage = output
     run = f"{out}/shared"
-    holder = start(run_args(eight_shards, out, tiny_weights), env)
+    holder = start(run_args(sixteen_shards, out, tiny_weights), env)
     helper: subprocess.Popen | None = None
     try:
         deadline = time.monotonic() + 120
@@ -77,9 +79,9 @@ def test_a_second_driver_is_refused_or_joins_without_duplicates(eight_shards, ti
             time.sleep(0.2)
 
         # the helper starts at once, so both drivers' Rays come up together and share the work
-        helper = start(run_args(eight_shards, out, tiny_weights, "--join"), env)
+        helper = start(run_args(sixteen_shards, out, tiny_weights, "--join"), env)
         refused = subprocess.run(
-            run_args(eight_shards, out, tiny_weights),
+            run_args(sixteen_shards, out, tiny_weights),
             capture_output=True, text=True, timeout=300, env={**os.environ, **env},
         )  # fmt: skip
         assert refused.returncode == ExitCode.ALREADY_SUBMITTED, refused.stderr
