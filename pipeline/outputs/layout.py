@@ -8,8 +8,7 @@
                                           item, its newest result (rewritten by each retry commit)
     <run>/part-<k>[.retry-<nn>].stats.json   commit markers, written last
     <run>/captions/<k>[.retry-<nn>].parquet  `restyle caption` sidecars, one per tar
-    <run>/_drivers/lease.json             the run lease of the driver running it (removed at its end;
-                                          a local folder keeps an empty lease.json.lock beside it)
+    <run>/_drivers/lease.json             the run lease of the driver running it (removed at its end)
     <run>/_drivers/drivers/<token>.json   each live driver's heartbeat (removed at its end)
     <run>/_drivers/claims/shard-<k>[.retry-<nn>].json   which driver took a shard (kept)
 

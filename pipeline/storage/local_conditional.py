@@ -2,9 +2,9 @@
 
 `create_exclusive` publishes a complete temp file with `os.link`, which fails when the name
 exists: a reader never sees a half-written object, and of two creators exactly one wins.
-`replace_if` compares and replaces under an `fcntl` lock on a `.lock` file beside the object,
-so two drivers on one machine (or on a shared POSIX file system with working locks) cannot
-both replace the same version. A version is the file's (inode, mtime_ns, size): every publish
+`replace_if` compares and replaces under an `fcntl` lock on the object's folder (no lock file
+is left behind), so two drivers on one machine (or on a shared POSIX file system with working
+locks) cannot both replace the same version. A version is the file's (inode, mtime_ns, size): every publish
 is a new inode.
 """
 
@@ -73,8 +73,9 @@ def replace_if(uri: str, data: bytes, version: str) -> str | None:
     def replace() -> str | None:
         tmp = _temp_beside(path, data)
         try:
-            with open(path + ".lock", "a+b") as lock:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+            try:
+                fcntl.flock(folder, fcntl.LOCK_EX)  # released when closed
                 try:
                     current = _version(os.stat(path))
                 except FileNotFoundError:
@@ -84,6 +85,8 @@ def replace_if(uri: str, data: bytes, version: str) -> str | None:
                 new_version = _version(os.stat(tmp))
                 os.replace(tmp, path)
                 return new_version
+            finally:
+                os.close(folder)
         finally:
             with suppress(FileNotFoundError):
                 os.unlink(tmp)

@@ -86,6 +86,7 @@ def test_parquet_run_writes_committed_shards_with_records_for_every_item(
     run = out / "test"
     assert sorted(p.name for p in run.iterdir()) == [
         "README.md",
+        "_drivers",  # the run lease is gone at the end; the claims say who ran each shard
         "part-000000.parquet",
         "part-000000.stats.json",
         "part-000000.tar",
@@ -94,6 +95,8 @@ def test_parquet_run_writes_committed_shards_with_records_for_every_item(
         "part-000001.tar",
         "run.json",
     ]
+    drivers = sorted(str(p.relative_to(run)) for p in (run / "_drivers").rglob("*") if p.is_file())
+    assert drivers == ["_drivers/claims/shard-000000.json", "_drivers/claims/shard-000001.json"]
 
     members = tar_members((run / "part-000000.tar").read_bytes())
     assert sorted(members) == sorted(
