@@ -17,8 +17,9 @@ or with `--join` becomes a helper. Holder and helpers alike take a shard only af
 expired is taken over by a conditional replace, unless the shard was committed meanwhile. So no
 shard is ever run by two live drivers.
 
-At the end a driver removes its heartbeat and (the holder) the lease; claims stay, a record of
-which driver did what (a later driver takes them over: their drivers are gone).
+At the end a driver removes its heartbeat and (the holder) the lease and the heartbeats of
+drivers that were killed; claims stay, a record of which driver did what (a later driver takes
+them over: their drivers are gone).
 
 A store that ignores the conditional headers is detected once by a probe (a second create of
 the same object that succeeds); the lease then falls back to write, wait, read back the unique
@@ -272,9 +273,20 @@ class RunLease:
                 if DriverRecord.parse(data).token == self.me.token:
                     self.storage.delete(self.lease_uri)
             self.storage.delete(self.driver_uri(self.me.token))
+            if self.holder:
+                self._remove_dead_heartbeats()
         except StorageError as error:  # it expires on its own
             log.warning("could not remove the run lease: %s", error)
         self.holder = False
+
+    def _remove_dead_heartbeats(self) -> None:
+        """Heartbeats of drivers that were killed (they cannot remove their own)."""
+        for uri in self.storage.list(f"{self.folder}/drivers/"):
+            try:
+                if DriverRecord.parse(self.storage.read_bytes(uri)).expired:
+                    self.storage.delete(uri)
+            except StorageNotFoundError:
+                continue
 
     # ------------------------------------------------------------------ claims
     def claim(
