@@ -68,7 +68,12 @@ class DriverRecord:
 
     @classmethod
     def parse(cls, data: bytes) -> DriverRecord:
-        return cls(**json.loads(data))
+        """The record in `data`; one that cannot be read (an empty object left by a store that
+        died mid-write) reads as long expired, so it is taken over like a dead driver's."""
+        try:
+            return cls(**json.loads(data))
+        except (ValueError, TypeError):
+            return cls("", "?", 0, 0.0, 0.0)
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -306,7 +311,10 @@ class RunLease:
                 data, version = self.storage.read_versioned(uri)
             except StorageNotFoundError:
                 continue
-            token = json.loads(data).get("token", "")
+            try:
+                token = str(json.loads(data).get("token", ""))
+            except (ValueError, AttributeError):
+                token = ""  # unreadable (a store that died mid-write): nobody's
             if token == self.me.token:
                 return True
             if self._is_alive(token) or (committed is not None and committed()):

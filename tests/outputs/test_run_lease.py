@@ -186,3 +186,17 @@ def test_drivers_folder_is_reached_by_no_glob_and_no_listing(tmp_path) -> None:
         assert (listing.markers, listing.tars, listing.records) == ({}, {}, {})
     finally:
         lease.release()
+
+
+def test_an_unreadable_lease_or_claim_is_taken_over(run_folder) -> None:
+    """A store killed mid-write can leave an empty object: it counts as a dead driver's."""
+    storage, run = run_folder
+    storage.write_bytes(f"{run}/_drivers/lease.json", b"")
+    lease = RunLease(storage, run, ttl_s=30)
+    lease.acquire()
+    try:
+        assert lease.holder
+        storage.write_bytes(lease.claim_uri(2), b"")
+        assert lease.claim(2, committed=lambda: False)
+    finally:
+        lease.release()
