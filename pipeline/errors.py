@@ -26,7 +26,8 @@ class ExitCode(IntEnum):
     INCOMPLETE = 4  # shards are not committed (failed to commit, or not run yet): rerun it
     CANNOT_START = 5  # an input cannot be used (manifest, weights, storage, Ray, run folder)
     CHECK_FAILED = 6  # `manifest validate` / `weights verify` found problems (listed)
-    ALREADY_SUBMITTED = 7  # `submit`: this job already ran (or runs) for this night
+    ALREADY_SUBMITTED = 7  # `submit`: this job already ran (or runs) for this night; `run`:
+    # another live driver holds the run's lease (`--join` to help it instead)
     JOB_FAILED = 8  # `submit --wait`: the job ended FAILED or STOPPED
     QUALITY_REGRESSION = 9  # `nightly`: a metric's median dropped by more than the margin
     INTERRUPTED = 75  # SIGTERM/SIGINT stopped the run after draining: rerun it (EX_TEMPFAIL)
@@ -107,6 +108,10 @@ class StartError(RunError):
 
 class RunConflictError(RunError):
     """The run folder holds outputs of another configuration."""
+
+
+class RunLeaseHeldError(RunError):
+    """Another live driver holds the run's lease; the message names it (host, pid, since)."""
 
 
 class DerivedManifestConflict(RunError):

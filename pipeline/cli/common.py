@@ -112,9 +112,13 @@ def emit(title: str, rows: list[tuple[str, str]], data: dict, as_json: bool) -> 
 
 
 def storage_settings(
-    endpoint: str | None, region: str | None, profile: str | None
+    endpoint: str | None,
+    region: str | None,
+    profile: str | None,
+    retry_budget_s: float | None = None,
 ) -> StorageSettings:
-    """The standard AWS environment, with the command line's overrides."""
+    """The standard AWS environment (and RESTYLE_STORAGE_RETRY_BUDGET), with the command
+    line's overrides."""
     with operator_errors():  # e.g. credentials inside the endpoint URL: refused, never shown
         settings = StorageSettings.from_env()
         return dataclasses.replace(
@@ -122,6 +126,7 @@ def storage_settings(
             endpoint_url=endpoint or settings.endpoint_url,
             region=region or settings.region,
             profile=profile or settings.profile,
+            retry_budget_s=settings.retry_budget_s if retry_budget_s is None else retry_budget_s,
         )
 
 
@@ -147,9 +152,10 @@ def fail(message: object, code: int = ExitCode.CANNOT_START, as_json: bool = Fal
 def operator_errors(*extra: type[BaseException], as_json: bool = False) -> Iterator[None]:
     """Turn the errors an operator can fix into one clear line instead of a traceback: a wrong
     option, --config file or spec (`ConfigError`, exit USAGE); an unusable manifest, storage,
-    weights, Ray address or run folder, and any `extra` kinds (exit CANNOT_START). With
-    `as_json` (a command's `--json`) the error is also one JSON object on stdout."""
-    from pipeline.errors import ConfigError, RunError, WeightsError
+    weights, Ray address or run folder, and any `extra` kinds (exit CANNOT_START); a run another
+    driver holds (exit ALREADY_SUBMITTED). With `as_json` (a command's `--json`) the error is
+    also one JSON object on stdout."""
+    from pipeline.errors import ConfigError, RunError, RunLeaseHeldError, WeightsError
     from pipeline.storage import StorageError
 
     handled: tuple[type[BaseException], ...] = (
@@ -164,5 +170,7 @@ def operator_errors(*extra: type[BaseException], as_json: bool = False) -> Itera
         yield
     except ConfigError as error:
         fail(error, ExitCode.USAGE, as_json)
+    except RunLeaseHeldError as error:  # another driver runs it: like a job already submitted
+        fail(error, ExitCode.ALREADY_SUBMITTED, as_json)
     except handled as error:
         fail(error, ExitCode.CANNOT_START, as_json)

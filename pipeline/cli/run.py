@@ -45,6 +45,8 @@ from pipeline.cli.run_options import (
     GuidanceOpt,
     HeightOpt,
     ImageFormatOpt,
+    JoinOpt,
+    LeaseTtlOpt,
     MaxBatchOpt,
     OffloadOpt,
     OptionalManifest,
@@ -52,11 +54,19 @@ from pipeline.cli.run_options import (
     QualityOpt,
     SeedOpt,
     StepsOpt,
+    StorageRetryBudgetOpt,
     WidthOpt,
     run_request,
 )
 from pipeline.cli.usage import DEFAULT
-from pipeline.config import CaptionSource, Dtype, ImageFormat, ModelName, RunConfig
+from pipeline.config import (
+    CaptionSource,
+    DriverSettings,
+    Dtype,
+    ImageFormat,
+    ModelName,
+    RunConfig,
+)
 from pipeline.storage import StorageSettings
 
 DEFAULT_MODEL = ModelName("uso")
@@ -134,21 +144,26 @@ def run(
     endpoint_url: Endpoint = None,
     region: Region = None,
     profile: Profile = None,
+    storage_retry_budget: StorageRetryBudgetOpt = None,
+    lease_ttl: LeaseTtlOpt = 60.0,
+    join: JoinOpt = False,
     as_json: AsJson = False,
 ) -> None:
     """Stylize every item of the manifest; commit one output shard per input shard.
 
     Exit codes: 0 every item ok; 3 items failed (rerun with --retry-failed); 4 shards not
     committed (rerun the same command); 2 a wrong option; 5 an input that cannot be used;
-    75 stopped by SIGTERM/SIGINT after the shards in flight committed (rerun to resume).
+    75 stopped by SIGTERM/SIGINT after the shards in flight committed (rerun to resume);
+    7 another driver runs this run (see --join).
     """
-    settings = storage_settings(endpoint_url, region, profile)
+    settings = storage_settings(endpoint_url, region, profile, storage_retry_budget)
     with operator_errors(as_json=as_json):
         request = run_request(*given_options(ctx), config)
         config_, resolved = resolve_run(request.config(), settings)
         from pipeline.execution.driver import Runner
 
-        runner = Runner(config_, settings, address, progress, weights=resolved)
+        driver = DriverSettings(lease_ttl_s=lease_ttl, join=join)
+        runner = Runner(config_, settings, address, progress, weights=resolved, driver=driver)
         summary = runner.retry_failed() if retry_failed else runner.run()
     print_summary(summary, as_json)
     raise typer.Exit(int(summary.exit_code))
@@ -202,11 +217,12 @@ def plan(
     endpoint_url: Endpoint = None,
     region: Region = None,
     profile: Profile = None,
+    storage_retry_budget: StorageRetryBudgetOpt = None,
     as_json: AsJson = False,
 ) -> None:
     """Shards total / done / to do, items, the weights and a GPU-hour estimate, without running
     anything; refused as `run` would refuse it (a --run folder of another configuration)."""
-    settings = storage_settings(endpoint_url, region, profile)
+    settings = storage_settings(endpoint_url, region, profile, storage_retry_budget)
     with operator_errors(as_json=as_json):
         request = run_request(*given_options(ctx), config)
         config_, resolved = resolve_run(request.config(), settings)

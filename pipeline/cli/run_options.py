@@ -154,6 +154,35 @@ DeviceOpt = Annotated[
     ),
 ]
 
+StorageRetryBudgetOpt = Annotated[
+    float | None,
+    _opt(
+        "--storage-retry-budget",
+        help="Seconds each storage operation keeps retrying transient failures (5xx, "
+        "SlowDown, connection errors, timeouts) with jittered exponential backoff before it "
+        "fails: an outage shorter than this costs no shard. [default: 300]",
+        min=0,
+        show_default=False,
+    ),
+]
+LeaseTtlOpt = Annotated[
+    float,
+    _opt(
+        "--lease-ttl",
+        help="Seconds the run lease lasts without renewal (renewed every third): one driver "
+        "per run; a killed driver's run is free after at most this.",
+        min=1,
+    ),
+]
+JoinOpt = Annotated[
+    bool,
+    _opt(
+        "--join",
+        help="When another live driver holds the run, help it (take only unclaimed shards) "
+        "instead of being refused (exit 7).",
+    ),
+]
+
 
 def run_request(
     options: dict[str, Any], defaults: Collection[str] = (), config_file: str | None = None

@@ -9,9 +9,11 @@ the same value types (`values`), and call `RunSettings.run_config`. A mistake is
 - `weights_spec`: the `--weights` value, parsed once (`WeightsSpec`);
 - `run_config`: the settings, the `RunConfig`, its fingerprint, per-item seeds;
 - `eval_settings`: what `restyle eval` scores, with which backbones; quality gates;
-- `problems`: pydantic's report as one `ConfigError` line, named the door's way.
+- `problems`: pydantic's report as one `ConfigError` line, named the door's way;
+- `driver_settings`: how a driver shares its run (lease TTL, `--join`), outside the config.
 """
 
+from pipeline.config.driver_settings import DriverSettings
 from pipeline.config.eval_settings import EvalSettings, Gates, MetricModels
 from pipeline.config.input_limits import DEFAULT_LIMITS, InputLimits
 from pipeline.config.problems import ConfigProblem, key_path, validate
@@ -57,6 +59,7 @@ __all__ = [
     "ConfigError",
     "ConfigModel",
     "ConfigProblem",
+    "DriverSettings",
     "Dtype",
     "EvalSettings",
     "ExecutionOptions",

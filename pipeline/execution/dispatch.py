@@ -46,6 +46,7 @@ def dispatch(
     describe: Callable[[T], str] = str,
     on_tick: Callable[[], None] | None = None,
     drain: Drain | None = None,
+    claim: Callable[[T], bool] | None = None,
 ) -> None:
     """Run every task on `pool` (or until `drain` stops the loop: the tasks left undone are
     simply not committed, and a rerun does them).
@@ -53,7 +54,9 @@ def dispatch(
     `submit(handle, task, seq)` starts a task on an actor (`seq` counts dispatches, so an actor
     holding several tasks can serve them oldest first); `on_result(task, value)` and
     `on_failure(task, reason)` receive each task's end exactly once; `on_tick` runs about every
-    `POLL_S` seconds (progress).
+    `POLL_S` seconds (progress). `claim(task)` is asked right before a task's first submission
+    (the run lease's shard claim: another driver may be running it); a task it refuses is
+    dropped without an answer, and the caller decides what to do about it.
     """
     queue: deque[tuple[T, int]] = deque((task, 1) for task in tasks)
     in_flight: dict[ray.ObjectRef, _InFlight[T]] = {}
@@ -80,6 +83,8 @@ def dispatch(
         pool.maintain(len(queue) + len(busy))  # an actor per queued task, plus the busy ones
         for slot in pool.ready():
             for _ in range(pool.spec.tasks_per_actor - busy[slot.id]):
+                while queue and claim is not None and queue[0][1] == 1 and not claim(queue[0][0]):
+                    queue.popleft()  # claimed by another driver: the caller looks at it again
                 if not queue:
                     break
                 task, attempt = queue.popleft()

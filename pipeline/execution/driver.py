@@ -18,9 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pipeline.config import RunConfig, code_version
+from pipeline.config import DriverSettings, RunConfig, code_version
 from pipeline.errors import ExitCode, RunError
 from pipeline.execution.progress import RunProgress
+from pipeline.execution.shared_run import SharedRun
 from pipeline.manifests import ManifestShard, count_items, list_shards
 from pipeline.outputs.commit import ShardStats
 from pipeline.outputs.run_state import RunState
@@ -133,11 +134,14 @@ class Runner:
         address: str | None = None,
         show_progress: bool = True,
         weights: ResolvedWeights | None = None,
+        driver: DriverSettings | None = None,
     ):
         self.config = config
         self.settings = storage_settings
         self.storage = Storage(storage_settings)
         self.state = RunState(self.storage, config.run_uri)
+        # the run lease and shard claims: one driver per run, or helpers without duplicates
+        self.sharing = SharedRun(self.storage, config.run_uri, driver or DriverSettings())
         self.address = address
         self.show_progress = show_progress
         self.weights = weights
@@ -203,7 +207,8 @@ class Runner:
         # up, so a run that cannot start leaves nothing behind.
         self.state.check_claim(run_json)
         summary = self._summary(plan, shards_already_done=len(plan.done))
-        return self._execute(self.run_tasks(plan), summary, total_items, claim=run_json)
+        with self.sharing.held():  # a second driver is refused here, before Ray starts
+            return self._execute(self.run_tasks(plan), summary, total_items, claim=run_json)
 
     def run_tasks(self, plan: Plan) -> list[ShardTask]:
         """One task per shard not yet committed: the whole shard, its first attempt."""
@@ -230,12 +235,13 @@ class Runner:
             raise RunError(f"{self.config.run_uri} has no run.json: nothing to retry")
         self.check_weights(plan)
         self.state.claim(plan.run_json(self.settings))  # same fingerprint, or a clear refusal
-        tasks = self.retry_tasks(plan)
-        summary = self._summary(plan, shards_already_done=len(plan.done))
-        summary.items_retried = sum(len(t.only_ids or ()) for t in tasks)
-        if not tasks:
-            log.info("no failed items in %s", self.config.run_uri)
-        return self._execute(tasks, summary, summary.items_retried)
+        with self.sharing.held():
+            tasks = self.retry_tasks(plan)
+            summary = self._summary(plan, shards_already_done=len(plan.done))
+            summary.items_retried = sum(len(t.only_ids or ()) for t in tasks)
+            if not tasks:
+                log.info("no failed items in %s", self.config.run_uri)
+            return self._execute(tasks, summary, summary.items_retried)
 
     def _summary(self, plan: Plan, shards_already_done: int) -> RunSummary:
         return RunSummary(
@@ -319,7 +325,7 @@ class Runner:
             )
             # Actors load while shards already go to the first ones ready; `--device cuda`
             # asks Ray for GPUs even before any GPU node has joined (an autoscaler sees it).
-            self.pool = ActorPool(
+            pool = self.pool = ActorPool(
                 spec,
                 pool_size(self.config.actors, len(tasks)),
                 gpu=True if self.config.options.device.startswith("cuda") else None,
@@ -366,16 +372,22 @@ class Runner:
                 publish()
 
             with drain_on_signals(self.config.drain_grace) as drain:
-                dispatch(
-                    self.pool,
+                self.sharing.dispatch_all(
                     tasks,
-                    submit=submit,
-                    on_result=committed,
-                    on_failure=failed,
-                    max_attempts=self.config.max_shard_attempts,
-                    describe=lambda task: f"shard {task.shard.index}",
-                    on_tick=live_progress,
-                    drain=drain,
+                    lambda todo, claim: dispatch(
+                        pool,
+                        todo,
+                        submit=submit,
+                        on_result=committed,
+                        on_failure=failed,
+                        max_attempts=self.config.max_shard_attempts,
+                        describe=lambda task: f"shard {task.shard.index}",
+                        on_tick=live_progress,
+                        drain=drain,
+                        claim=claim,
+                    ),
+                    progress,
+                    stopped=lambda: drain.requested,
                 )
                 summary.interrupted = drain.requested
         finally:

@@ -8,6 +8,9 @@
                                           item, its newest result (rewritten by each retry commit)
     <run>/part-<k>[.retry-<nn>].stats.json   commit markers, written last
     <run>/captions/<k>[.retry-<nn>].parquet  `restyle caption` sidecars, one per tar
+    <run>/_drivers/lease.json             the run lease of the driver running it (removed at its end)
+    <run>/_drivers/drivers/<token>.json   each live driver's heartbeat (removed at its end)
+    <run>/_drivers/claims/shard-<k>[.retry-<nn>].json   which driver took a shard (kept)
 
 The documented globs, and what each holds (`DOCUMENTED_GLOBS`):
 - `part-*.tar`: the WebDataset shards only; every `ok` item's image exactly once (a failed
@@ -37,6 +40,7 @@ LAYOUT_VERSION = 2
 RUN_JSON = "run.json"
 CARD = "README.md"
 CAPTIONS_FOLDER = "captions"
+DRIVERS_FOLDER = "_drivers"  # lease, heartbeats, shard claims: `pipeline.outputs.lease`
 
 SHARDS_GLOB = "part-*.tar"
 RECORDS_GLOB = "part-*.parquet"

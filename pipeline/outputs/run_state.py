@@ -84,20 +84,20 @@ class RunState:
         return run_json
 
     def write_run_json(self, run_json: dict) -> None:
-        self.storage.write_bytes(
-            f"{self.run_uri}/{RUN_JSON}",
-            json.dumps(run_json, indent=1, sort_keys=True, default=str).encode(),
-        )
+        self.storage.write_bytes(f"{self.run_uri}/{RUN_JSON}", _encode(run_json))
 
     def claim(self, run_json: dict) -> None:
         """Write run.json and the dataset card, or check that an existing run.json has this
-        layout and fingerprint."""
+        layout and fingerprint. Atomic: run.json is created only if absent (S3 If-None-Match,
+        a local exclusive create), so of two drivers claiming at once exactly one writes it
+        and the other compares against what it wrote."""
         run_json = {**run_json, "layout": LAYOUT_VERSION}
-        existing = self.read_run_json()
-        if existing is None:
-            self.write_run_json(run_json)
+        if self.storage.create_exclusive(f"{self.run_uri}/{RUN_JSON}", _encode(run_json)):
             write_card(self.storage, self.run_uri, run_json)
             return
+        existing = self.read_run_json()
+        if existing is None:  # removed between the two calls: claim again
+            return self.claim(run_json)
         self._refuse_another_configuration(existing, run_json)
         write_card(self.storage, self.run_uri, existing)
 
@@ -227,3 +227,7 @@ class RunState:
             return RetryWork(shard, last + 1, frozenset(prior), prior) if prior else None
 
         return [w for w in map_bounded(redo, sorted(committed.items())) if w is not None]
+
+
+def _encode(run_json: dict) -> bytes:
+    return json.dumps(run_json, indent=1, sort_keys=True, default=str).encode()

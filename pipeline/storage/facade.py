@@ -13,7 +13,7 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from pipeline.storage import local
+from pipeline.storage import local, local_conditional
 from pipeline.storage.errors import (
     StorageAuthError,
     StorageError,
@@ -156,6 +156,35 @@ class Storage:
         from pipeline.storage.s3_uploads import abort_uploads
 
         return abort_uploads(self._s3, prefix)
+
+    # ------------------------------------------------------------------ conditional writes
+    def create_exclusive(self, uri: str, data: bytes) -> str | None:
+        """Create the object with `data` only if nothing is at `uri` (S3: If-None-Match: *;
+        local: a complete temp file linked into place): its version, or None when something
+        is there. Of two creators exactly one gets a version."""
+        if self._remote(uri):
+            from pipeline.storage import s3_conditional
+
+            return s3_conditional.create_exclusive(self._s3, uri, bytes(data))
+        return local_conditional.create_exclusive(uri, data)
+
+    def read_versioned(self, uri: str) -> tuple[bytes, str]:
+        """(content, version) of an object, for `replace_if` (S3: the ETag)."""
+        if self._remote(uri):
+            from pipeline.storage import s3_conditional
+
+            return s3_conditional.read_versioned(self._s3, uri)
+        return local_conditional.read_versioned(uri)
+
+    def replace_if(self, uri: str, data: bytes, version: str) -> str | None:
+        """Replace the object with `data` only if it is still `version` (S3: If-Match; local:
+        compared and replaced under a file lock): the new version, or None when it changed or
+        is gone."""
+        if self._remote(uri):
+            from pipeline.storage import s3_conditional
+
+            return s3_conditional.replace_if(self._s3, uri, bytes(data), version)
+        return local_conditional.replace_if(uri, data, version)
 
     # ------------------------------------------------------------------ listing
     def list(self, prefix: str, recursive: bool = True) -> list[str]:

@@ -4,12 +4,14 @@ stream that survives broken connections.
 Retries happen at two levels:
 - every HTTP request goes through botocore's "standard" retry mode (5xx, SlowDown,
   InternalError, throttling, connection errors and timeouts; exponential backoff with jitter)
-  up to `max_attempts`; the part uploads of a multipart upload are such requests too;
-- a download stream that breaks after its request succeeded (connection reset or timeout
-  mid-body, short body) is something botocore cannot retry: `S3ObjectReader`
-  (below) resumes it with our own backoff.
-Then the error surfaces as a `StorageError` with `transient=True` and the number of attempts.
-Auth failures and missing objects or buckets are never retried and say what to check.
+  up to `max_attempts`: a quick burst;
+- around that, every operation (`S3Backend.call`) and every download stream (`S3ObjectReader`,
+  whose body may break after its request succeeded) runs on a `RetryBudget` measured in
+  minutes (`pipeline.storage.retry`): an outage shorter than `retry_budget_s` costs nothing.
+pyarrow's filesystem (Parquet manifests) gets enough attempts of its own exponential strategy to
+cover the same budget. Then the error surfaces as a `StorageError` with `transient=True` that
+says how long the store was unavailable. Auth failures and missing objects or buckets are never
+retried and say what to check.
 
 Clients are created lazily, once per process (and rebuilt after a fork), so `Storage` can be
 pickled into Ray actors. This module is the only place in restyle that opens boto3 clients.
@@ -21,9 +23,7 @@ import contextlib
 import io
 import logging
 import os
-import random
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -35,6 +35,7 @@ from botocore.config import Config
 
 from pipeline.storage.concurrent import REQUEST_WORKERS
 from pipeline.storage.errors import StorageError, StorageNotFoundError, StorageTooLargeError
+from pipeline.storage.retry import RetryBudget, arrow_attempts
 from pipeline.storage.s3_errors import STREAM_ERRORS, boto_cause, translate
 from pipeline.storage.settings import StorageSettings
 from pipeline.storage.uris import S3_PREFIX, split_s3
@@ -45,7 +46,6 @@ log = logging.getLogger(__name__)
 DEFAULT_REGION = "us-east-1"
 READ_CHUNK = 8 * 1024 * 1024
 DOWNLOAD_PART = 16 * 1024 * 1024  # ranged GETs of a parallel download (`download_file`)
-MAX_BREAKS_PER_ATTEMPT = 10  # a stream may break 10 x max_attempts times if each retry progresses
 
 
 class S3Backend:
@@ -148,7 +148,9 @@ class S3Backend:
                     force_virtual_addressing=not s.path_style and s.endpoint_url is not None,
                     connect_timeout=s.connect_timeout_s,
                     request_timeout=s.read_timeout_s,
-                    retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=s.max_attempts),
+                    retry_strategy=pafs.AwsDefaultS3RetryStrategy(
+                        max_attempts=arrow_attempts(s.max_attempts, s.retry_budget_s)
+                    ),
                 )
                 creds = session.get_credentials()
                 # Static keys are handed over; refreshable ones (instance roles, web identity)
@@ -175,13 +177,23 @@ class S3Backend:
         """A boto/botocore exception as a StorageError with a hint and no secrets."""
         return translate(error, uri, operation, self.settings, attempts)
 
+    def budget(self, min_failures: int = 0) -> RetryBudget:
+        s = self.settings
+        return RetryBudget(s.retry_budget_s, s.retry_base_delay_s, s.retry_cap_s, min_failures)
+
     def call(self, uri: str, operation: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run one boto3 call (botocore retries it) and translate its failure."""
-        self._attempts.count = 0
-        try:
-            return fn(*args, **kwargs)
-        except (bce.BotoCoreError, bce.ClientError, S3UploadFailedError) as error:
-            raise self.translate(error, uri, operation, self._attempts_of(error)) from error
+        """Run one boto3 call and translate its failure. botocore retries each request in a
+        quick burst; a transient failure that outlives it is retried here on the settings'
+        `RetryBudget` (so `fn` must be safe to call again: every caller's is)."""
+        budget = self.budget()
+        while True:
+            self._attempts.count = 0
+            try:
+                return fn(*args, **kwargs)
+            except (bce.BotoCoreError, bce.ClientError, S3UploadFailedError) as error:
+                budget.attempts += self._attempts_of(error)
+                failure = self.translate(error, uri, operation, budget.attempts)
+                budget.retry_or_raise(failure, error)
 
     def _attempts_of(self, error: BaseException) -> int:
         """HTTP attempts behind a failed call: the response's retry count when there is one,
@@ -280,24 +292,22 @@ class S3Backend:
         self.call(uri, "delete", self.client().delete_object, Bucket=bucket, Key=key)
 
     def iter_keys(self, bucket: str, prefix: str, delimiter: str | None = None) -> Iterator[str]:
-        """Keys under `prefix` (all levels, or one level with `delimiter="/"`)."""
+        """Keys under `prefix` (all levels, or one level with `delimiter="/"`). Each page is
+        one retried call that resumes from the last continuation token (a paginator's
+        generator cannot be resumed once a request in it failed)."""
         uri = f"{S3_PREFIX}{bucket}/{prefix}"
-        paginator = self.client().get_paginator("list_objects_v2")
         kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
         if delimiter:
             kwargs["Delimiter"] = delimiter
-        pages = iter(paginator.paginate(**kwargs))
+        client = self.client()
         while True:
-            page = self.call(uri, "list", next, pages, None)
-            if page is None:
-                return
+            page = self.call(uri, "list", client.list_objects_v2, **kwargs)
             for entry in page.get("Contents", []):
                 yield entry["Key"]
-
-
-def backoff_delay(failure: int, base_s: float, cap_s: float = 20.0) -> float:
-    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**(failure-1))]."""
-    return random.uniform(0.0, min(cap_s, base_s * 2 ** max(failure - 1, 0)))
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
+            kwargs["ContinuationToken"] = token
 
 
 class S3ObjectReader(io.RawIOBase):
@@ -305,9 +315,9 @@ class S3ObjectReader(io.RawIOBase):
 
     Reads stream from one GET; when the body breaks mid-way, the reader reopens it from the
     byte it reached with a ranged GET pinned to the first response's ETag (so a concurrent
-    overwrite is detected, not silently spliced), after a jittered exponential backoff. It gives
-    up after `max_attempts` consecutive breaks without progress (bytes received reset the
-    count), or after 10 x `max_attempts` breaks in all.
+    overwrite is detected, not silently spliced), after a jittered exponential backoff. Breaks
+    without progress are retried at least `max_attempts` times and for as long as the
+    storage retry budget lasts; bytes received start a fresh budget.
     """
 
     def __init__(self, backend: S3Backend, uri: str):
@@ -321,7 +331,9 @@ class S3ObjectReader(io.RawIOBase):
         self._etag: str | None = None
         self._size = 0
         self._body: Any = None
-        self._breaks = 0  # stream breaks over the reader's life, progress or not
+        # breaks since the last progress: retried at least max_attempts times, then for as
+        # long as the storage retry budget lasts
+        self._breaks = backend.budget(min_failures=backend.settings.max_attempts)
         self._open()
 
     def _open(self) -> None:
@@ -343,7 +355,6 @@ class S3ObjectReader(io.RawIOBase):
             self._body = None
 
     def _read(self, amount: int) -> bytes:
-        failures = 0
         while self._pos < self._size:
             try:
                 if self._body is None:
@@ -352,27 +363,21 @@ class S3ObjectReader(io.RawIOBase):
                 if not data:
                     raise bce.IncompleteReadError(actual_bytes=self._pos, expected_bytes=self._size)
                 self._pos += len(data)
+                if self._breaks.failures:
+                    self._breaks.restart()  # progress: a later break gets a whole budget
                 return data
             except STREAM_ERRORS as error:
                 self._drop_body()
-                failures += 1
-                self._breaks += 1
-                limit = self._backend.settings.max_attempts
-                if failures >= limit or self._breaks >= limit * MAX_BREAKS_PER_ATTEMPT:
-                    raise self._backend.translate(error, self._uri, "read", failures) from error
-                delay = backoff_delay(failures, self._backend.settings.retry_base_delay_s)
-                log.warning(
-                    "storage read %s: stream broke at byte %d of %d (%s); retrying in "
-                    "%.2fs (attempt %d/%d)",
+                self._breaks.attempts = self._breaks.failures + 1
+                failure = self._backend.translate(error, self._uri, "read", self._breaks.attempts)
+                failure = StorageError(
                     self._uri,
-                    self._pos,
-                    self._size,
-                    type(error).__name__,
-                    delay,
-                    failures + 1,
-                    self._backend.settings.max_attempts,
+                    "read",
+                    f"stream broke at byte {self._pos} of {self._size} ({failure.reason})",
+                    transient=True,
+                    attempts=failure.attempts,
                 )
-                time.sleep(delay)
+                self._breaks.retry_or_raise(failure, error)
         return b""
 
     @property

@@ -146,3 +146,15 @@ def boto_cause(error: BaseException) -> BaseException:
             break
         seen = nxt
     return error
+
+
+def precondition_failed(error: StorageError) -> bool:
+    """True when a conditional write was refused (the object exists, or changed)."""
+    cause = boto_cause(error.__cause__) if error.__cause__ is not None else None
+    if isinstance(cause, bce.ClientError):
+        response = cause.response
+        code = str(response.get("Error", {}).get("Code", ""))
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        # 409 ConditionalRequestConflict: AWS's answer to two conditional writes at once
+        return code in {"PreconditionFailed", "ConditionalRequestConflict"} or status in {412, 409}
+    return False

@@ -22,19 +22,23 @@ def open_uploads(backend: S3Backend, prefix: str) -> list[tuple[str, str]]:
     """(key, upload id) of every multipart upload not yet completed nor aborted whose key starts
     with the key of `prefix` (an s3:// URI, a plain key prefix: not only a folder)."""
     bucket, key_prefix = split_s3(prefix)
-    paginator = backend.client().get_paginator("list_multipart_uploads")
-    pages = iter(paginator.paginate(Bucket=bucket, Prefix=key_prefix))
+    client = backend.client()
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": key_prefix}
     found: list[tuple[str, str]] = []
-    while True:
-        page: Any = backend.call(prefix, "list uploads", next, pages, None)
-        if page is None:
-            return found
+    while True:  # each page one retried call, resumed from its markers (see `iter_keys`)
+        page: Any = backend.call(prefix, "list uploads", client.list_multipart_uploads, **kwargs)
         # Prefix is honoured by S3; checked again for stores that return the whole bucket.
         found += [
             (upload["Key"], upload["UploadId"])
             for upload in page.get("Uploads", [])
             if upload["Key"].startswith(key_prefix)
         ]
+        if not page.get("IsTruncated"):
+            return found
+        kwargs.update(
+            KeyMarker=page.get("NextKeyMarker", ""),
+            UploadIdMarker=page.get("NextUploadIdMarker", ""),
+        )
 
 
 def abort_uploads(backend: S3Backend, prefix: str) -> int:

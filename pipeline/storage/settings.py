@@ -20,6 +20,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 MiB = 1024 * 1024
+DEFAULT_RETRY_BUDGET_S = 300.0
+RETRY_BUDGET_ENV = "RESTYLE_STORAGE_RETRY_BUDGET"  # what `--storage-retry-budget` reads
 
 
 class StaticCredentials:
@@ -75,10 +77,14 @@ class StorageSettings:
     - profile: a named AWS profile for credentials/region (None = the default chain).
     - path_style: "endpoint/bucket/key" addressing (what MinIO/SeaweedFS/most gateways want);
       False = virtual-hosted "bucket.endpoint/key".
-    - max_attempts: attempts per request (boto3 "standard" retries, pyarrow's retry strategy)
-      and per interrupted download stream (our own retry, see `pipeline.storage.s3`).
+    - max_attempts: HTTP attempts of one request inside botocore's "standard" retries (a
+      burst of quick retries), and the fewest tries of an interrupted download stream.
+    - retry_budget_s: how long one storage operation keeps retrying transient failures (5xx,
+      SlowDown, connection errors, timeouts) before it fails: an outage shorter than this
+      costs nothing (`pipeline.storage.retry`). 0 = only the `max_attempts` burst.
     - connect_timeout_s / read_timeout_s: per request.
-    - retry_base_delay_s: base of our exponential backoff (full jitter) between stream retries.
+    - retry_base_delay_s / retry_cap_s: our exponential backoff with full jitter between
+      retries (the first up to base, doubling to at most cap).
     - multipart_threshold_bytes / multipart_chunk_bytes: uploads above the threshold go as a
       multipart upload in chunks of this size, published whole by the final Complete call.
     - max_concurrency: HTTP connection pool size and parallel parts per upload.
@@ -90,9 +96,11 @@ class StorageSettings:
     profile: str | None = None
     path_style: bool = True
     max_attempts: int = 5
+    retry_budget_s: float = DEFAULT_RETRY_BUDGET_S
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
     retry_base_delay_s: float = 0.5
+    retry_cap_s: float = 30.0
     multipart_threshold_bytes: int = 64 * MiB
     multipart_chunk_bytes: int = 64 * MiB
     max_concurrency: int = 8
@@ -116,10 +124,9 @@ class StorageSettings:
         for name in ("connect_timeout_s", "read_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"storage {name} must be > 0, got {getattr(self, name)}")
-        if self.retry_base_delay_s < 0:
-            raise ValueError(
-                f"storage retry_base_delay_s must be >= 0, got {self.retry_base_delay_s}"
-            )
+        for name in ("retry_base_delay_s", "retry_cap_s", "retry_budget_s"):
+            if not getattr(self, name) >= 0:  # NaN fails too
+                raise ValueError(f"storage {name} must be >= 0, got {getattr(self, name)}")
         if self.multipart_chunk_bytes < 5 * MiB:
             raise ValueError(
                 "storage multipart_chunk_bytes must be >= 5 MiB (the S3 minimum part size)"
@@ -134,7 +141,8 @@ class StorageSettings:
         """Settings from the standard AWS environment variables, then `overrides` (non-None).
 
         Reads AWS_ENDPOINT_URL_S3 (else AWS_ENDPOINT_URL), AWS_REGION (else AWS_DEFAULT_REGION),
-        AWS_PROFILE, and AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY (+ AWS_SESSION_TOKEN). Keys
+        AWS_PROFILE, AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY (+ AWS_SESSION_TOKEN), and
+        RESTYLE_STORAGE_RETRY_BUDGET (seconds, like `--storage-retry-budget`). Keys
         found here are captured so they travel with the settings to workers whose environment
         lacks them; without them, each process uses boto3's standard chain.
         """
@@ -144,6 +152,13 @@ class StorageSettings:
             "region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
             "profile": env.get("AWS_PROFILE") or None,
         }
+        if budget := env.get(RETRY_BUDGET_ENV):
+            try:
+                values["retry_budget_s"] = float(budget)
+            except ValueError:
+                raise ValueError(
+                    f"{RETRY_BUDGET_ENV} must be a number of seconds, got {budget!r}"
+                ) from None
         key_id, secret = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
         if bool(key_id) != bool(secret):
             present, missing = (

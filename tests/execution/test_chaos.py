@@ -291,6 +291,12 @@ def test_kills_of_driver_actor_and_s3_resume_to_the_uninterrupted_result(tiny_we
 
         reference = chaos.objects(f"reference/{RUN}/")
         resumed = chaos.objects(f"chaos/{RUN}/")
+        # the shard claims stay (who ran what); no lease or heartbeat of any driver is left
+        claims = {f"_drivers/claims/shard-{k:06d}.json" for k in range(SHARDS)}
+        for objects in (reference, resumed):
+            assert {n for n in objects if n.startswith("_drivers/")} == claims
+            for name in claims:
+                del objects[name]
         names = {f"part-{k:06d}.{ext}" for k in range(SHARDS) for ext in ("tar", "parquet")}
         names |= {f"part-{k:06d}.stats.json" for k in range(SHARDS)} | {"run.json", "README.md"}
         assert set(resumed) == set(reference) == names  # no temp or extra objects

@@ -86,6 +86,7 @@ def test_parquet_run_writes_committed_shards_with_records_for_every_item(
     run = out / "test"
     assert sorted(p.name for p in run.iterdir()) == [
         "README.md",
+        "_drivers",  # the run lease is gone at the end; the claims say who ran each shard
         "part-000000.parquet",
         "part-000000.stats.json",
         "part-000000.tar",
@@ -94,6 +95,8 @@ def test_parquet_run_writes_committed_shards_with_records_for_every_item(
         "part-000001.tar",
         "run.json",
     ]
+    drivers = sorted(str(p.relative_to(run)) for p in (run / "_drivers").rglob("*") if p.is_file())
+    assert drivers == ["_drivers/claims/shard-000000.json", "_drivers/claims/shard-000001.json"]
 
     members = tar_members((run / "part-000000.tar").read_bytes())
     assert sorted(members) == sorted(
@@ -298,13 +301,18 @@ def test_storage_errors_fail_only_that_shard_and_a_rerun_completes_it(
         )
     manifest = f"{s3_bucket}/in/part-*.parquet"
     with FaultProxy(s3_server.endpoint_url) as proxy:
-        settings = replace(s3_server.settings(max_attempts=2), endpoint_url=proxy.endpoint_url)
+        settings = replace(
+            s3_server.settings(max_attempts=2, retry_budget_s=2, retry_base_delay_s=0.1),
+            endpoint_url=proxy.endpoint_url,
+        )
         proxy.fail_matching("part-000001", status=503, code="SlowDown", method="PUT")
         config = run_config(manifest, f"{s3_bucket}/out", tiny_weights)
         summary = Runner(config, settings, show_progress=False).run()
 
         assert summary.shards_committed == 1 and list(summary.shards_failed) == [1]
-        assert "part-000001" in summary.shards_failed[1]
+        reason = summary.shards_failed[1]
+        assert "part-000001" in reason and "\n" not in reason
+        assert "storage unavailable for" in reason and "past the 2 s retry budget" in reason
         assert summary.exit_code == ExitCode.INCOMPLETE
         assert len([r for r in proxy.requests("PUT") if "part-000001" in r[1]]) >= 2  # retried
         assert storage.exists(f"{s3_bucket}/out/test/part-000000.stats.json")
@@ -313,6 +321,50 @@ def test_storage_errors_fail_only_that_shard_and_a_rerun_completes_it(
         proxy.clear()  # the storage recovers; the same command finishes the run
         again = Runner(config, settings, show_progress=False).run()
     assert (again.shards_already_done, again.shards_committed, again.exit_code) == (1, 1, 0)
+
+
+def test_a_storage_outage_shorter_than_the_budget_costs_no_shard(
+    ray_cpu, tiny_weights, s3_server, s3_bucket
+):
+    """Every request fails (503) for 8 s from the first output an actor writes: the commits
+    wait it out on the retry budget and the run ends complete."""
+    from dataclasses import replace
+
+    from support.fault_proxy import FaultProxy
+
+    storage = s3_server.storage()
+    for i in range(2):
+        storage.write_bytes(f"{s3_bucket}/images/img{i}.png", png_bytes(i))
+    for k in range(3):
+        storage.write_bytes(
+            f"{s3_bucket}/in/part-{k}.parquet",
+            parquet_bytes(uso_rows(f"f{k}", 2, "../images/img0.png", "../images/img1.png")),
+        )
+    with FaultProxy(s3_server.endpoint_url) as proxy:
+        settings = replace(
+            s3_server.settings(retry_base_delay_s=0.2, retry_cap_s=2),
+            endpoint_url=proxy.endpoint_url,
+        )
+        done = threading.Event()
+
+        def outage_at_first_output() -> None:
+            while not done.is_set():
+                if any("/out/test/part-" in path for _, path, _ in proxy.requests("PUT")):
+                    proxy.outage_for(8.0)
+                    return
+                time.sleep(0.05)
+
+        watcher = threading.Thread(target=outage_at_first_output, daemon=True)
+        watcher.start()
+        config = run_config(f"{s3_bucket}/in/part-*.parquet", f"{s3_bucket}/out", tiny_weights)
+        try:
+            summary = Runner(config, settings, show_progress=False).run()
+        finally:
+            done.set()
+        failed = [r for r in proxy.requests() if r[2] == "503 SlowDown"]
+    assert len(failed) > 3, "the outage never hit the run"
+    assert (summary.shards_committed, summary.shards_failed, summary.exit_code) == (3, {}, 0)
+    assert summary.ok == 6
 
 
 def test_omniconsistency_items_are_grouped_by_style_lora(ray_cpu, tiny_weights, tmp_path):

@@ -333,7 +333,7 @@ def _refusing_endpoint() -> str:
 
 def test_unreachable_endpoint_is_retried_then_fails_clearly() -> None:
     settings = StorageSettings(
-        endpoint_url=_refusing_endpoint(), max_attempts=3, connect_timeout_s=2
+        endpoint_url=_refusing_endpoint(), max_attempts=3, connect_timeout_s=2, retry_budget_s=0
     ).with_credentials("AK", "SECRET-XYZ")
     with pytest.raises(StorageError) as info:
         Storage(settings).read_bytes("s3://bucket/a/b.jpg")
@@ -369,8 +369,11 @@ def test_persistent_5xx_gives_up_after_max_attempts(
     s3_server: SeaweedS3Server, s3_bucket: str
 ) -> None:
     with FaultProxy(s3_server.endpoint_url) as proxy:
-        storage = Storage(
-            dataclasses.replace(s3_server.settings(max_attempts=3), endpoint_url=proxy.endpoint_url)
+        storage = Storage(  # no retry budget: botocore's burst of max_attempts only
+            dataclasses.replace(
+                s3_server.settings(max_attempts=3, retry_budget_s=0),
+                endpoint_url=proxy.endpoint_url,
+            )
         )
         proxy.fail_next(10, 503, "SlowDown")
         with pytest.raises(StorageError) as info:
@@ -399,7 +402,7 @@ def test_broken_download_resumes_where_it_stopped(
     s3_server.storage().write_bytes(f"{s3_bucket}/big.bin", data)
     with FaultProxy(s3_server.endpoint_url) as proxy:
         settings = dataclasses.replace(
-            s3_server.settings(max_attempts=3, retry_base_delay_s=0.05),
+            s3_server.settings(max_attempts=3, retry_base_delay_s=0.05, retry_budget_s=0),
             endpoint_url=proxy.endpoint_url,
         )
         storage = Storage(settings)

@@ -3,7 +3,8 @@
 Requests pass through unchanged (the Host header too, so SigV4 signatures stay valid) to the
 real SeaweedFS server, except those a test scripts to fail: answered with an S3 error such as
 503 SlowDown, or forwarded but with the response body cut off after some bytes (a connection
-dropped mid-download). Every request is logged, so a test can count the attempts a client made.
+dropped mid-download), or dropped without an answer; `outage_for` fails every request for a
+while (a store that is down). Every request is logged, so a test can count the attempts a client made.
 `delay_s` adds a fixed latency to every request (a far-away store, for the catalog-scale
 benchmarks). Nothing here imitates S3: successes come from the real server.
 
@@ -46,6 +47,7 @@ class Fault:
     cut_after: int | None = None  # ...or forward, but drop the connection after this many bytes
     path_contains: str | None = None  # only requests whose path contains this
     sticky: bool = False  # keep failing every matching request until `clear()`
+    drop: bool = False  # ...or close the connection without an answer (a store that is down)
 
 
 class _Server(ThreadingHTTPServer):
@@ -99,6 +101,19 @@ class FaultProxy:
             self.faults.append(
                 Fault(method, status, code, path_contains=path_contains, sticky=True)
             )
+
+    def outage(self, drop: bool = False) -> None:
+        """Every request fails until `clear()`: answered 503 SlowDown, or with `drop` its
+        connection closed without an answer (as a store that is down or restarting)."""
+        with self._lock:
+            self.faults.append(Fault(status=None if drop else 503, sticky=True, drop=drop))
+
+    def outage_for(self, seconds: float, drop: bool = False) -> None:
+        """`outage` from now on, cleared after `seconds` (a timer thread)."""
+        self.outage(drop)
+        timer = threading.Timer(seconds, self.clear)
+        timer.daemon = True
+        timer.start()
 
     def clear(self) -> None:
         with self._lock:
@@ -160,6 +175,10 @@ class FaultProxy:
                 if proxy.delay_s:
                     time.sleep(proxy.delay_s)
                 fault = proxy._take_fault(self.command, self.path)
+                if fault is not None and fault.drop:
+                    proxy._record(self.command, self.path, "dropped")
+                    self.close_connection = True
+                    return
                 if fault is not None and fault.status is not None:
                     proxy._record(self.command, self.path, f"{fault.status} {fault.code}")
                     payload = (

@@ -1,0 +1,120 @@
+"""Two drivers on one run, as operators start them: `restyle run` twice at once (real Ray, the
+tiny model), on a local folder and on S3 (SeaweedFS). The second is refused naming the holder;
+with --join both finish and every item is generated exactly once."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+from support.run_helpers import SMALL, parquet_bytes, uso_rows, write_images
+
+from pipeline.errors import ExitCode
+from pipeline.storage import Storage
+
+pytestmark = pytest.mark.slow
+
+RESTYLE = [sys.executable, "-m", "pipeline.cli"]
+SHARDS, ITEMS_PER_SHARD = 16, 3  # enough work that the helper is up before it is all done
+
+
+@pytest.fixture
+def sixteen_shards(tmp_path: Path) -> Path:
+    images = write_images(tmp_path / "images", 2)
+    folder = tmp_path / "manifest"
+    folder.mkdir()
+    for k in range(SHARDS):
+        (folder / f"part-{k}.parquet").write_bytes(
+            parquet_bytes(uso_rows(f"s{k}", ITEMS_PER_SHARD, str(images[0]), str(images[1])))
+        )
+    return folder
+
+
+@pytest.fixture(params=["local", "s3"])
+def output(request, tmp_path) -> tuple[str, dict[str, str], Storage]:
+    """(output root, environment for `restyle`, storage to read it back)."""
+    if request.param == "local":
+        return str(tmp_path / "out"), {}, Storage()
+    server = request.getfixturevalue("s3_server")
+    env = {
+        "AWS_ENDPOINT_URL": server.endpoint_url,
+        "AWS_ACCESS_KEY_ID": server.access_key,
+        "AWS_SECRET_ACCESS_KEY": server.secret_key,
+    }
+    return f"{server.new_bucket('drivers')}/out", env, server.storage()
+
+
+def run_args(manifest: Path, out: str, weights: Path, *extra: str) -> list[str]:
+    size = ["--width", str(SMALL["width"]), "--height", str(SMALL["height"])]
+    return [*RESTYLE, "run", str(manifest), "--out", out, "--run", "shared", "--weights",
+            str(weights), "--actors", "1", *size, "--steps", str(SMALL["steps"]),
+            "--no-progress", "--json", *extra]  # fmt: skip
+
+
+def start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env}
+    )
+
+
+def test_a_second_driver_is_refused_or_joins_without_duplicates(
+    sixteen_shards, tiny_weights, output
+):
+    out, env, storage = output
+    run = f"{out}/shared"
+    holder = start(run_args(sixteen_shards, out, tiny_weights), env)
+    helper: subprocess.Popen | None = None
+    try:
+        deadline = time.monotonic() + 120
+        while not storage.exists(f"{run}/_drivers/lease.json"):
+            assert holder.poll() is None, holder.communicate()
+            assert time.monotonic() < deadline, "the first driver never took the lease"
+            time.sleep(0.2)
+
+        # the helper starts at once, so both drivers' Rays come up together and share the work
+        helper = start(run_args(sixteen_shards, out, tiny_weights, "--join"), env)
+        refused = subprocess.run(
+            run_args(sixteen_shards, out, tiny_weights),
+            capture_output=True, text=True, timeout=300, env={**os.environ, **env},
+        )  # fmt: skip
+        assert refused.returncode == ExitCode.ALREADY_SUBMITTED, refused.stderr
+        line = refused.stderr.strip()
+        assert "\n" not in line and "being run by another driver" in line
+        assert f"pid {holder.pid} since " in line and "--join" in line
+        assert json.loads(refused.stdout)["exit_name"] == "ALREADY_SUBMITTED"
+
+        helper_out, helper_err = helper.communicate(timeout=900)
+        holder_out, holder_err = holder.communicate(timeout=900)
+    finally:
+        for process in (holder, helper):
+            if process is not None and process.poll() is None:
+                process.kill()
+    assert holder.returncode == 0, holder_err[-3000:]
+    assert helper is not None and helper.returncode == 0, helper_err[-3000:]
+    first, second = json.loads(holder_out), json.loads(helper_out)
+    print(
+        f"shards committed: holder {first['shards_committed']}, helper {second['shards_committed']}"
+    )
+    assert second["shards_committed"] >= 1, "the helper took no shard: it did not help"
+    # each shard committed by exactly one of the two: no generation done twice
+    assert first["shards_committed"] + second["shards_committed"] == SHARDS, (first, second)
+    assert first["ok"] == second["ok"] == SHARDS * ITEMS_PER_SHARD
+
+    keys: list[str] = []
+    for k in range(SHARDS):
+        with tarfile.open(fileobj=io.BytesIO(storage.read_bytes(f"{run}/part-{k:06d}.tar"))) as tar:
+            keys += [m.name.rsplit(".", 1)[0] for m in tar.getmembers() if m.name.endswith(".png")]
+    assert len(keys) == len(set(keys)) == SHARDS * ITEMS_PER_SHARD
+    claims = storage.list(f"{run}/_drivers/claims/")
+    assert len(claims) == SHARDS
+    tokens = {json.loads(storage.read_bytes(c))["token"] for c in claims}
+    assert 1 <= len(tokens) <= 2
+    # the lease and both heartbeats are gone; claims stay as the record of who did what
+    assert storage.list(f"{run}/_drivers/") == claims
