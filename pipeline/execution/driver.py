@@ -23,7 +23,7 @@ from pipeline.errors import ExitCode, RunError
 from pipeline.execution.progress import RunProgress
 from pipeline.execution.shared_run import SharedRun
 from pipeline.manifests import ManifestShard, count_items, list_shards
-from pipeline.outputs.commit import ShardStats
+from pipeline.outputs.commit import ShardStats, abort_stray_uploads
 from pipeline.outputs.run_state import RunState
 from pipeline.outputs.status import RunStatus, run_status
 from pipeline.processing.run_identity import check_run_identity
@@ -292,6 +292,8 @@ class Runner:
         elif claim is not None:
             self.state.claim(claim)
         summary.take_totals(run_status(self.state))
+        if not summary.shards_missing and not summary.uncommitted:
+            abort_stray_uploads(self.storage, self.config.run_uri)
         summary.wall_s = time.perf_counter() - t0
         return summary
 

@@ -233,3 +233,18 @@ def read_marker(storage: Storage, uri: str) -> ShardStats | None:
     if not storage.exists(uri):
         return None
     return ShardStats.from_json(storage.read_bytes(uri))
+
+
+def abort_stray_uploads(storage: Storage, run_uri: str) -> int:
+    """Once every shard of a run is committed, an open multipart upload under its `part-`
+    prefix can only be a stray: an actor of a killed driver that went on writing after its
+    shard was redone and committed elsewhere. Abort them (a shard's own commit aborts only what
+    was open before it started); the number aborted."""
+    try:
+        aborted = storage.abort_uploads(f"{run_uri.rstrip('/')}/part-")
+    except StorageAuthError as error:  # a policy without the multipart permissions
+        log.warning("cannot abort stray multipart uploads of %s: %s", run_uri, error)
+        return 0
+    if aborted:
+        log.info("aborted %d stray multipart upload(s) of killed writers", aborted)
+    return aborted

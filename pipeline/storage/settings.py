@@ -22,6 +22,12 @@ from urllib.parse import urlsplit
 MiB = 1024 * 1024
 DEFAULT_RETRY_BUDGET_S = 300.0
 RETRY_BUDGET_ENV = "RESTYLE_STORAGE_RETRY_BUDGET"  # what `--storage-retry-budget` reads
+MULTIPART_THRESHOLD_ENV = "RESTYLE_S3_MULTIPART_THRESHOLD"  # bytes; smaller uploads are one PUT
+# Settings an operator tunes through the environment: variable -> (field, type, unit).
+NUMERIC_ENV: dict[str, tuple[str, type, str]] = {
+    RETRY_BUDGET_ENV: ("retry_budget_s", float, "a number of seconds"),
+    MULTIPART_THRESHOLD_ENV: ("multipart_threshold_bytes", int, "a whole number of bytes"),
+}
 
 
 class StaticCredentials:
@@ -142,7 +148,8 @@ class StorageSettings:
 
         Reads AWS_ENDPOINT_URL_S3 (else AWS_ENDPOINT_URL), AWS_REGION (else AWS_DEFAULT_REGION),
         AWS_PROFILE, AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY (+ AWS_SESSION_TOKEN), and
-        RESTYLE_STORAGE_RETRY_BUDGET (seconds, like `--storage-retry-budget`). Keys
+        RESTYLE_STORAGE_RETRY_BUDGET (seconds, like `--storage-retry-budget`) and
+        RESTYLE_S3_MULTIPART_THRESHOLD (bytes: larger uploads go in parts). Keys
         found here are captured so they travel with the settings to workers whose environment
         lacks them; without them, each process uses boto3's standard chain.
         """
@@ -152,13 +159,12 @@ class StorageSettings:
             "region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
             "profile": env.get("AWS_PROFILE") or None,
         }
-        if budget := env.get(RETRY_BUDGET_ENV):
-            try:
-                values["retry_budget_s"] = float(budget)
-            except ValueError:
-                raise ValueError(
-                    f"{RETRY_BUDGET_ENV} must be a number of seconds, got {budget!r}"
-                ) from None
+        for variable, (name, kind, unit) in NUMERIC_ENV.items():
+            if text := env.get(variable):
+                try:
+                    values[name] = kind(text)
+                except ValueError:
+                    raise ValueError(f"{variable} must be {unit}, got {text!r}") from None
         key_id, secret = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
         if bool(key_id) != bool(secret):
             present, missing = (

@@ -5,7 +5,7 @@ multipart uploads, no actor scratch folders).
 
 The run is the real `restyle run` command line (tiny USO weights at 64x48, 2 steps) writing to
 a SeaweedFS server of its own, which the test kills and restarts on the same ports and data
-folder. Every upload is multipart (`support.small_parts_restyle`) and every request 50 ms slow
+folder. Every upload is multipart (RESTYLE_S3_MULTIPART_THRESHOLD=1) and every request 50 ms slow
 (`support.fault_proxy`), so a kill mid-commit can leave an open upload. The schedule of events comes from a seeded RNG: the seed is printed, and
 RESTYLE_CHAOS_SEED replays a schedule. Bounded: a few minutes on a 2-core machine.
 """
@@ -89,6 +89,7 @@ class Chaos:
             "AWS_SECRET_ACCESS_KEY": server.secret_key,
             "AWS_ENDPOINT_URL": endpoint_url,
             "AWS_REGION": "us-east-1",
+            "RESTYLE_S3_MULTIPART_THRESHOLD": "1",  # every upload in parts
             "TMPDIR": str(self.scratch_tmp),
         }
         self.manifest = manifest
@@ -99,7 +100,7 @@ class Chaos:
         return [
             sys.executable,
             "-m",
-            "support.small_parts_restyle",
+            "pipeline.cli",
             "run",
             str(self.manifest),
             "--out",

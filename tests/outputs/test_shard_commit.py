@@ -187,6 +187,23 @@ def test_a_commit_on_s3_aborts_the_multipart_uploads_an_interrupted_commit_of_it
     assert storage.abort_uploads(f"{s3_bucket}/run/part-000004.") == 0
 
 
+def test_a_complete_run_aborts_stray_uploads_of_killed_writers_under_it_only(s3_server, s3_bucket):
+    """An actor of a killed driver may go on writing after its shard was redone and committed
+    elsewhere; once every shard is committed, what is still open under the run's `part-` prefix
+    is such a stray (the driver calls this at the end of a complete run)."""
+    from pipeline.outputs.commit import abort_stray_uploads
+
+    client = s3_server.client()
+    bucket = s3_bucket.removeprefix("s3://")
+    for key in ["run/part-000001.tar", "run/part-000002.retry-01.tar", "run-b/part-000001.tar"]:
+        client.create_multipart_upload(Bucket=bucket, Key=key)
+
+    assert abort_stray_uploads(s3_server.storage(), f"{s3_bucket}/run") == 2
+    open_keys = [u["Key"] for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+    assert open_keys == ["run-b/part-000001.tar"]  # another run's folder, though its name shares
+    assert abort_stray_uploads(s3_server.storage(), f"{s3_bucket}/run") == 0
+
+
 def test_a_policy_without_multipart_permissions_warns_and_still_commits(
     s3_server, s3_bucket, caplog
 ):

@@ -110,3 +110,7 @@ def test_budget_arithmetic() -> None:
     assert StorageSettings.from_env(env).retry_budget_s == 12.5
     with pytest.raises(ValueError, match="RESTYLE_STORAGE_RETRY_BUDGET"):
         StorageSettings.from_env({"RESTYLE_STORAGE_RETRY_BUDGET": "soon"})
+    threshold = StorageSettings.from_env({"RESTYLE_S3_MULTIPART_THRESHOLD": "1"})
+    assert threshold.multipart_threshold_bytes == 1
+    with pytest.raises(ValueError, match="RESTYLE_S3_MULTIPART_THRESHOLD must be a whole number"):
+        StorageSettings.from_env({"RESTYLE_S3_MULTIPART_THRESHOLD": "1.5"})
