@@ -441,7 +441,8 @@ def test_no_stray_environment_credentials_leak_into_error_text(
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAENVKEY")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret-value")
     monkeypatch.setenv("AWS_ENDPOINT_URL", _refusing_endpoint())
-    storage = Storage(StorageSettings.from_env(max_attempts=1))  # keys from the environment
+    # keys from the environment; no retry budget: the endpoint refuses every connection
+    storage = Storage(StorageSettings.from_env(max_attempts=1, retry_budget_s=0))
     with caplog.at_level(logging.DEBUG, logger="pipeline"), pytest.raises(StorageError) as info:
         storage.exists("s3://bucket/key")
     assert "env-secret-value" not in str(info.value) and "env-secret-value" not in caplog.text
