@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from support.run_helpers import SMALL, parquet_bytes, uso_rows, write_images
+from support.run_helpers import cli_run_args, parquet_bytes, uso_rows, write_images
 
 from pipeline.errors import ExitCode
 
@@ -44,26 +44,6 @@ def restyle(
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
-
-
-def run_args(manifest: Path, out: Path | str, weights: Path) -> list[str]:
-    return [
-        "run",
-        str(manifest),
-        "--out",
-        str(out),
-        "--weights",
-        str(weights),
-        "--actors",
-        "1",
-        "--width",
-        str(SMALL["width"]),
-        "--height",
-        str(SMALL["height"]),
-        "--steps",
-        str(SMALL["steps"]),
-        "--no-progress",
-    ]
 
 
 def kill_process_tree(pid: int) -> None:
@@ -102,7 +82,7 @@ def test_killed_run_resumes_to_byte_identical_outputs(three_shards, tiny_weights
     assert (plan["shards_total"], plan["shards_done"], plan["items_todo"]) == (3, 0, 6)
     assert plan["gpu_hours"] > 0
 
-    reference = restyle(*run_args(three_shards, tmp_path / "ref", tiny_weights))
+    reference = restyle(*cli_run_args(three_shards, tmp_path / "ref", tiny_weights))
     assert reference.returncode == 0, reference.stderr
     (ref_run,) = [p for p in (tmp_path / "ref").iterdir() if p.is_dir()]
     assert ref_run.name.startswith("uso-")  # default run name: model + config fingerprint
@@ -110,7 +90,7 @@ def test_killed_run_resumes_to_byte_identical_outputs(three_shards, tiny_weights
     # Interrupt a second run (the driver and every Ray process it started) after its first commit.
     out = tmp_path / "resumed"
     process = subprocess.Popen(
-        [*RESTYLE, *run_args(three_shards, out, tiny_weights)],
+        [*RESTYLE, *cli_run_args(three_shards, out, tiny_weights)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -124,7 +104,7 @@ def test_killed_run_resumes_to_byte_identical_outputs(three_shards, tiny_weights
     done_before = len(list(run.glob("*.stats.json")))
     assert 1 <= done_before < 3
 
-    resumed = restyle(*run_args(three_shards, out, tiny_weights), "--json")
+    resumed = restyle(*cli_run_args(three_shards, out, tiny_weights), "--json")
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads(resumed.stdout)
     assert summary["shards_already_done"] == done_before, (
@@ -162,7 +142,7 @@ def test_wrong_credentials_give_a_clear_error_without_the_secret(
 ):
     secret = "wrong-secret-value-1234567890"
     result = restyle(
-        *run_args(three_shards, f"{s3_bucket}/out", tiny_weights),
+        *cli_run_args(three_shards, f"{s3_bucket}/out", tiny_weights),
         env={
             "AWS_ACCESS_KEY_ID": s3_server.access_key,
             "AWS_SECRET_ACCESS_KEY": secret,

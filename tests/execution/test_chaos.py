@@ -30,7 +30,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 from support.fault_proxy import FaultProxy
-from support.run_helpers import SMALL, parquet_bytes, uso_rows, write_images
+from support.run_helpers import cli_run_args, parquet_bytes, uso_rows, write_images
 from support.s3_server import SeaweedS3Server
 
 pytestmark = pytest.mark.slow
@@ -97,28 +97,8 @@ class Chaos:
         self.drivers: list[subprocess.Popen] = []
 
     def command(self, out: str) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "pipeline.cli",
-            "run",
-            str(self.manifest),
-            "--out",
-            f"s3://{self.bucket}/{out}",
-            "--run",
-            RUN,
-            "--weights",
-            str(self.weights),
-            "--actors",
-            "1",
-            "--width",
-            str(SMALL["width"]),
-            "--height",
-            str(SMALL["height"]),
-            "--steps",
-            str(SMALL["steps"]),
-            "--no-progress",
-        ]
+        args = cli_run_args(self.manifest, f"s3://{self.bucket}/{out}", self.weights)
+        return [sys.executable, "-m", "pipeline.cli", *args, "--run", RUN]
 
     def start(self, out: str) -> subprocess.Popen:
         self.logs.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ from ray.cluster_utils import Cluster
 from support.fault_proxy import FaultProxy
 from support.run_helpers import parquet_bytes, run_config, uso_rows, write_images
 
-from pipeline.execution.driver import Runner
+from pipeline.execution.driver import Runner, RunSummary
 from pipeline.storage import Storage, StorageSettings
 from pipeline.weights.inventory import model_files
 from pipeline.weights.manifest import MANIFEST_NAME, read_manifest
@@ -127,19 +127,17 @@ def test_each_node_stages_the_weights_once_for_all_its_actors_and_a_late_node_on
                 p[len(bucket_path) :] for p in paths if not p.endswith("/" + MANIFEST_NAME)
             )
 
+        def run(folder: str, shards: int, name: str, actors: int) -> RunSummary:
+            """A run of `shards` shards x 2 items into its own folder under one output root."""
+            config = run_config(
+                manifest(tmp_path / folder, shards, 2), str(tmp_path / "out"), mirror,
+                run=name, actors=actors,
+            )  # fmt: skip
+            return Runner(config, settings, show_progress=False).run()
+
         # Run 1: two nodes, two actors on each, 8 shards.
         before = model_actors()
-        summary = Runner(
-            run_config(
-                manifest(tmp_path / "in1", 8, 2),
-                str(tmp_path / "out"),
-                mirror,
-                run="first",
-                actors=2 * ACTORS_PER_NODE,
-            ),
-            settings,
-            show_progress=False,
-        ).run()
+        summary = run("in1", shards=8, name="first", actors=2 * ACTORS_PER_NODE)
         assert (summary.ok, summary.failed, summary.shards_committed) == (16, 0, 8)
         per_node = actors_per_node(before)
         assert sorted(per_node.values()) == [ACTORS_PER_NODE, ACTORS_PER_NODE], per_node
@@ -152,17 +150,7 @@ def test_each_node_stages_the_weights_once_for_all_its_actors_and_a_late_node_on
         cluster.add_node(num_cpus=NODE_CPUS, **node_env(nodes / "worker-2"))
         cluster.wait_for_nodes()
         before = model_actors()
-        summary = Runner(
-            run_config(
-                manifest(tmp_path / "in2", 6, 2),
-                str(tmp_path / "out"),
-                mirror,
-                run="second",
-                actors=3 * ACTORS_PER_NODE,
-            ),
-            settings,
-            show_progress=False,
-        ).run()
+        summary = run("in2", shards=6, name="second", actors=3 * ACTORS_PER_NODE)
         assert (summary.ok, summary.failed, summary.shards_committed) == (12, 0, 6)
         per_node = actors_per_node(before)
         assert sorted(per_node.values()) == [ACTORS_PER_NODE] * 3, per_node

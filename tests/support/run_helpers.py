@@ -97,3 +97,24 @@ def run_config(
         actors=actors,
         **overrides,
     )
+
+
+def cli_run_args(manifest: Path | str, out: Path | str, weights: Path | str) -> list[str]:
+    """`restyle run` arguments (after the program) for one tiny actor at the SMALL size."""
+    return [
+        "run",
+        str(manifest),
+        "--out",
+        str(out),
+        "--weights",
+        str(weights),
+        "--actors",
+        "1",
+        "--width",
+        str(SMALL["width"]),
+        "--height",
+        str(SMALL["height"]),
+        "--steps",
+        str(SMALL["steps"]),
+        "--no-progress",
+    ]
