@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, NoReturn
@@ -24,8 +25,11 @@ from pipeline.config import ModelName
 from pipeline.errors import ExitCode
 from pipeline.execution.logs import STDERR
 from pipeline.storage import StorageSettings
+from pipeline.storage.settings import RETRY_BUDGET_ENV
 
 console = STDERR
+# The storage retry budget of the interactive commands, unless set (a run's is 300 s).
+LIGHT_RETRY_BUDGET_S = 20.0
 
 
 def env(option: str) -> str:
@@ -116,11 +120,20 @@ def storage_settings(
     region: str | None,
     profile: str | None,
     retry_budget_s: float | None = None,
+    *,
+    light: bool = False,
 ) -> StorageSettings:
     """The standard AWS environment (and RESTYLE_STORAGE_RETRY_BUDGET), with the command
-    line's overrides."""
+    line's overrides.
+
+    `light`: an interactive command (`status`, `plan`, `manifest validate`) whose operator
+    waits at the terminal: unless `--storage-retry-budget` or its variable says otherwise, it
+    gives up on an unreachable store after `LIGHT_RETRY_BUDGET_S`, not the 300 s that let a
+    run ride out an outage."""
     with operator_errors():  # e.g. credentials inside the endpoint URL: refused, never shown
         settings = StorageSettings.from_env()
+        if light and retry_budget_s is None and not os.environ.get(RETRY_BUDGET_ENV):
+            retry_budget_s = LIGHT_RETRY_BUDGET_S
         return dataclasses.replace(
             settings,
             endpoint_url=endpoint or settings.endpoint_url,

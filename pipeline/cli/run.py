@@ -47,6 +47,7 @@ from pipeline.cli.run_options import (
     ImageFormatOpt,
     JoinOpt,
     LeaseTtlOpt,
+    LightStorageRetryBudgetOpt,
     MaxBatchOpt,
     OffloadOpt,
     OptionalManifest,
@@ -217,12 +218,12 @@ def plan(
     endpoint_url: Endpoint = None,
     region: Region = None,
     profile: Profile = None,
-    storage_retry_budget: StorageRetryBudgetOpt = None,
+    storage_retry_budget: LightStorageRetryBudgetOpt = None,
     as_json: AsJson = False,
 ) -> None:
     """Shards total / done / to do, items, the weights and a GPU-hour estimate, without running
     anything; refused as `run` would refuse it (a --run folder of another configuration)."""
-    settings = storage_settings(endpoint_url, region, profile, storage_retry_budget)
+    settings = storage_settings(endpoint_url, region, profile, storage_retry_budget, light=True)
     with operator_errors(as_json=as_json):
         request = run_request(*given_options(ctx), config)
         config_, resolved = resolve_run(request.config(), settings)

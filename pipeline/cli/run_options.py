@@ -165,6 +165,17 @@ StorageRetryBudgetOpt = Annotated[
         show_default=False,
     ),
 ]
+LightStorageRetryBudgetOpt = Annotated[
+    float | None,
+    _opt(
+        "--storage-retry-budget",
+        help="Seconds each storage operation keeps retrying transient failures (5xx, "
+        "SlowDown, connection errors, timeouts) before the command fails with one line. "
+        "[default: 20 for this interactive command; 300 for run and eval]",
+        min=0,
+        show_default=False,
+    ),
+]
 LeaseTtlOpt = Annotated[
     float,
     _opt(

@@ -24,6 +24,7 @@ from pipeline.cli.common import (
     operator_errors,
     storage_settings,
 )
+from pipeline.cli.run_options import LightStorageRetryBudgetOpt
 from pipeline.errors import ExitCode
 
 RANDOM_NOTE = "RANDOM weights: the pictures are noise"
@@ -38,6 +39,7 @@ def status(
     endpoint_url: Endpoint = None,
     region: Region = None,
     profile: Profile = None,
+    storage_retry_budget: LightStorageRetryBudgetOpt = None,
     as_json: AsJson = False,
 ) -> None:
     """Totals of a run folder: items as its current records (`part-*.parquet`) hold them,
@@ -49,7 +51,9 @@ def status(
     from pipeline.outputs.status import run_status
     from pipeline.storage import Storage, StorageError
 
-    storage = Storage(storage_settings(endpoint_url, region, profile))
+    storage = Storage(
+        storage_settings(endpoint_url, region, profile, storage_retry_budget, light=True)
+    )
     try:
         s = run_status(RunState(storage, run_uri))
     except (FileNotFoundError, StorageError, RunError) as error:  # RunError: a layout to migrate
@@ -138,6 +142,7 @@ def manifest_validate(
     endpoint_url: Endpoint = None,
     region: Region = None,
     profile: Profile = None,
+    storage_retry_budget: LightStorageRetryBudgetOpt = None,
     as_json: AsJson = False,
 ) -> None:
     """Check a manifest up front; errors name the file, row and field (exit 6 when any); a
@@ -146,7 +151,9 @@ def manifest_validate(
     from pipeline.manifests import validate_manifest
     from pipeline.storage import Storage
 
-    storage = Storage(storage_settings(endpoint_url, region, profile))
+    storage = Storage(
+        storage_settings(endpoint_url, region, profile, storage_retry_budget, light=True)
+    )
     with operator_errors(as_json=as_json):  # refused credentials, an unreachable endpoint: one line
         limits = InputLimits(local_roots=tuple(local_root or ()))
         report = validate_manifest(manifest, storage, check_images=check_images, limits=limits)

@@ -6,7 +6,8 @@ over. Every S3 operation of `Storage` therefore runs inside one `RetryBudget` (i
 `S3Backend.call` and the download stream of `S3ObjectReader`, nowhere else): a transient
 failure (5xx, SlowDown, connection refused or reset, timeouts) that survived botocore's burst is
 retried after a full-jitter backoff (uniform in [0, min(cap, base x 2^n)]) until the budget
-(`StorageSettings.retry_budget_s`, `--storage-retry-budget`, default 300 s) is spent. Each retry
+(`StorageSettings.retry_budget_s`, `--storage-retry-budget`, default 300 s; 20 s for the interactive
+commands, `pipeline.cli.common.storage_settings`) is spent. Each retry
 is logged at WARNING with the operation and the time spent so far; errors that retrying cannot
 fix (403, 404, credentials) are never retried. When the budget runs out, the error says how long
 the storage was unavailable, so a failed shard reads as "the store was down for 5 minutes".
