@@ -32,6 +32,7 @@ from pipeline.cli.common import (
     storage_settings,
 )
 from pipeline.errors import ExitCode
+from pipeline.wording import counted
 
 
 class RuntimeEnv(StrEnum):
@@ -140,7 +141,7 @@ def nightly(
         ("fingerprint", summary.fingerprint),
         (
             "catalog",
-            f"{summary.catalog_rows} rows read, {summary.already_done} already done, "
+            f"{counted(summary.catalog_rows, 'row')} read, {summary.already_done} already done, "
             f"{summary.other_model} for another model, "
             f"{len(summary.rejected)} left out",
         ),
@@ -148,7 +149,7 @@ def nightly(
             "this night",
             "nothing new: no-op"
             if summary.noop
-            else f"{summary.new} rows"
+            else counted(summary.new, "row")
             + (" (re-run: resumed the night's manifest)" if summary.resumed else ""),
         ),
     ]

@@ -17,6 +17,7 @@ from pipeline.cli.common import (
     operator_errors,
     storage_settings,
 )
+from pipeline.wording import counted
 
 
 def migrate(
@@ -47,10 +48,10 @@ def migrate(
         report = migrate_run(storage, run_uri, relative_to)
     rows = [
         ("from layout", str(report.from_layout)),
-        ("shards", f"{report.shards} migrated, {report.retries} retry commits"),
-        ("samples", f"{report.samples} provenance files rewritten"),
-        ("captions", f"{report.captions} sidecars moved to captions/"),
-        ("scores", f"{report.scores} eval score files moved to scores/<k>.*"),
-        ("removed", f"{len(report.removed)} layout-1 objects"),
+        ("shards", f"{report.shards} migrated, {counted(report.retries, 'retry commit')}"),
+        ("samples", f"{counted(report.samples, 'provenance file')} rewritten"),
+        ("captions", f"{counted(report.captions, 'sidecar')} moved to captions/"),
+        ("scores", f"{counted(report.scores, 'eval score file')} moved to scores/<k>.*"),
+        ("removed", counted(len(report.removed), "layout-1 object")),
     ]
     emit(f"migrated {report.run_uri}", rows, dataclasses.asdict(report), as_json)

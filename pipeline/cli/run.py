@@ -69,6 +69,7 @@ from pipeline.config import (
     RunConfig,
 )
 from pipeline.storage import StorageSettings
+from pipeline.wording import counted
 
 DEFAULT_MODEL = ModelName("uso")
 RANDOM_NOTE = "RANDOM weights: the pictures are noise"
@@ -182,7 +183,7 @@ def print_summary(summary: RunSummary, as_json: bool = False) -> None:
         ("items", f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped"),
     ]
     if summary.items_retried:
-        rows.append(("retried", f"{summary.items_retried} failed items re-run"))
+        rows.append(("retried", f"{counted(summary.items_retried, 'failed item')} re-run"))
     rows += [(f"  {kind}", str(count)) for kind, count in sorted(summary.errors.items())]
     rows += [(f"shard {k} failed", reason) for k, reason in sorted(summary.shards_failed.items())]
     rows.append(("throughput", f"{summary.images_per_s:.3f} images/s"))

@@ -26,6 +26,7 @@ from pipeline.cli.common import (
 )
 from pipeline.cli.run_options import LightStorageRetryBudgetOpt
 from pipeline.errors import ExitCode
+from pipeline.wording import counted
 
 RANDOM_NOTE = "RANDOM weights: the pictures are noise"
 
@@ -67,7 +68,7 @@ def status(
         (
             "shards",
             f"{s.shards_committed} of {s.input_shards} committed"
-            + (f", {s.retry_commits} retry commits" if s.retry_commits else ""),
+            + (f", {counted(s.retry_commits, 'retry commit')}" if s.retry_commits else ""),
         ),
         ("items", f"{s.ok} ok, {s.failed} failed, {s.skipped} skipped, of {s.items}"),
     ]
@@ -80,7 +81,8 @@ def status(
         )
     )
     if s.shards_missing:
-        rows.append(("next", f"{s.shards_missing} shard(s) not committed: rerun the run"))
+        missing = counted(s.shards_missing, "shard")
+        rows.append(("next", f"{missing} not committed: rerun the run"))
     elif s.failed:
         rows.append(("next", "rerun the run with --retry-failed to redo the failed items"))
     data = {

@@ -31,6 +31,7 @@ from pipeline.cli.common import (
 )
 from pipeline.errors import ExitCode, WeightsError
 from pipeline.models.registry import MODEL_NAMES
+from pipeline.wording import counted
 
 weights_app = typer.Typer(
     help="Weight registry, pulling/mirroring and verification.", no_args_is_help=True
@@ -106,7 +107,7 @@ def list_files(models: Models = None, as_json: AsJson = False) -> None:  # type:
     unknown = sum(e.size is None for e in entries)
     Console(width=max(Console().width, 160)).print(table)
     Console().print(
-        f"{len(entries)} files; known sizes total {_size(known)}"
+        f"{counted(len(entries), 'file')}; known sizes total {_size(known)}"
         + (f", {unknown} sizes not pinned (taken from the Hub at pull time)" if unknown else "")
     )
 

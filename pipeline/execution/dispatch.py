@@ -22,6 +22,7 @@ import ray
 
 from pipeline.execution.drain import Drain
 from pipeline.execution.pool import ACTOR_LOST, ActorPool, Slot
+from pipeline.wording import counted
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,8 @@ def dispatch(
         if drain is not None and drain.requested:
             if queue:
                 log.warning(
-                    "stopping: %d queued task(s) left for a rerun; waiting up to %.0f s for "
-                    "the %d in flight",
-                    len(queue),
+                    "stopping: %s left for a rerun; waiting up to %.0f s for the %d in flight",
+                    counted(len(queue), "queued task"),
                     drain.left_s(),
                     len(in_flight),
                 )
@@ -76,7 +76,8 @@ def dispatch(
                 break
             if drain.expired():
                 log.warning(
-                    "stopping: %d task(s) still running at the end of the grace", len(in_flight)
+                    "stopping: %s still running at the end of the grace",
+                    counted(len(in_flight), "task"),
                 )
                 break
         busy = Counter(entry.slot.id for entry in in_flight.values())
@@ -93,7 +94,7 @@ def dispatch(
         starved = pool.starved_for()
         if queue and starved is not None and starved >= pool.capacity_wait_s:
             reason = pool.capacity_reason()
-            log.error("%s: %d task(s) failed", reason, len(queue))
+            log.error("%s: %s failed", reason, counted(len(queue), "task"))
             while queue:
                 on_failure(queue.popleft()[0], reason)
             continue

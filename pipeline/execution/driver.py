@@ -31,6 +31,7 @@ from pipeline.processing.shard import ShardTask
 from pipeline.storage import Storage, StorageSettings
 from pipeline.storage.uris import canonical_uri, public_uri
 from pipeline.weights.resolve import ResolvedWeights, resolve_weights
+from pipeline.wording import counted
 
 if TYPE_CHECKING:
     from pipeline.execution.pool import ActorPool
@@ -91,9 +92,15 @@ class RunSummary:
         if self.shards_missing or self.uncommitted:
             missing = self.shards_missing or self.uncommitted
             why = "stopped by a signal; " if self.interrupted else ""
-            return f"{why}{missing} shard(s) not committed: rerun the same command to finish them"
+            them = "it" if missing == 1 else "them"
+            return (
+                f"{why}{counted(missing, 'shard')} not committed: rerun the same command to "
+                f"finish {them}"
+            )
         if self.failed:
-            return f"{self.failed} item(s) failed: rerun with --retry-failed to redo only them"
+            them = "it" if self.failed == 1 else "them"
+            failed = counted(self.failed, "item")
+            return f"{failed} failed: rerun with --retry-failed to redo only {them}"
         return None
 
 
@@ -323,7 +330,8 @@ class Runner:
                 StylizeActor,
                 (self.config, self.settings),
                 tasks_per_actor=SHARDS_IN_FLIGHT_PER_ACTOR,
-                what=f"model actors for {self.config.model!r} (weights {weights!r})",
+                kind="model actor",
+                detail=f"for {self.config.model!r} (weights {weights!r})",
             )
             # Actors load while shards already go to the first ones ready; `--device cuda`
             # asks Ray for GPUs even before any GPU node has joined (an autoscaler sees it).

@@ -32,6 +32,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 from pipeline.errors import StartError
 from pipeline.execution.logs import actor_env
 from pipeline.execution.placement import CPU_ACTOR_CPUS, GPU_ACTOR_CPUS, Demand, cluster_room
+from pipeline.wording import counted, plural
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +46,25 @@ DEFAULT_CAPACITY_WAIT_S = 900.0
 @dataclass(frozen=True)
 class ActorSpec:
     """What a pool starts: a plain Python class (its body knows nothing of Ray), the arguments of
-    its constructor, how many tasks each actor holds at once, and a name for messages."""
+    its constructor, how many tasks each actor holds at once, and a name for messages: `kind`,
+    the singular noun ("model actor"), and `detail` after it ("for 'uso' (weights 'tiny')")."""
 
     cls: type
     args: tuple[Any, ...]
     tasks_per_actor: int = 1
-    what: str = "actors"
+    kind: str = "actor"
+    detail: str = ""
+
+    def named(self, count: int | None = None) -> str:
+        """The actors in words: "model actors for 'uso'", or counted, "1 model actor for 'uso'"
+        / "2 model actors for 'uso'"."""
+        noun = plural(2, self.kind) if count is None else counted(count, self.kind)
+        return f"{noun} {self.detail}" if self.detail else noun
+
+    @property
+    def what(self) -> str:
+        """The actors as a label (plural): "model actors for 'uso'"."""
+        return self.named()
 
 
 def pool_size(requested: int, tasks: int) -> int:
@@ -139,9 +153,8 @@ class ActorPool:
         room, self.cluster = cluster_room(self.demand)
         if room != self.room:
             log.info(
-                "the cluster can hold %d %s (each needs %s): %s",
-                room,
-                self.spec.what,
+                "the cluster can hold %s (each needs %s): %s",
+                self.spec.named(room),
                 self.demand,
                 self.cluster,
             )
@@ -169,9 +182,8 @@ class ActorPool:
         target = self.target(wanted)
         if len(self.slots) < target:
             log.info(
-                "starting %d %s (%d wanted, %d running)",
-                target - len(self.slots),
-                self.spec.what,
+                "starting %s (%d wanted, %d running)",
+                self.spec.named(target - len(self.slots)),
                 target,
                 len(self.slots),
             )
@@ -253,7 +265,7 @@ class ActorPool:
         the actor itself and the run stops."""
         self._drop(slot)
         self._load_deaths += 1
-        log.warning("%s died while starting: %s", self.spec.what, _first_line(error))
+        log.warning("one of the %s died while starting: %s", self.spec.what, _first_line(error))
         expected = max(1, self.requested or self.room)  # a whole node's actors may go at once
         if not self._ever_ready and self._load_deaths >= 3 + 2 * expected:
             self.shutdown()
@@ -338,9 +350,8 @@ class ActorPool:
         self._reported = (waiting, now)
         if waiting:
             log.warning(
-                "%d %s waiting for resources: each needs %s; cluster %s",
-                waiting,
-                self.spec.what,
+                "%s waiting for resources: each needs %s; cluster %s",
+                self.spec.named(waiting),
                 self.demand,
                 self.cluster,
             )

@@ -27,6 +27,7 @@ from rich.text import Text
 
 from pipeline.execution.logs import STDERR, on_terminal
 from pipeline.outputs.commit import ShardStats
+from pipeline.wording import of_total
 
 log = logging.getLogger("restyle.progress")
 LOG_EVERY_S = 30.0  # without a terminal, one progress line per this many seconds
@@ -156,8 +157,8 @@ class RunProgress:
         2.59 images/s`."""
         rate = self.images_per_s()
         return (
-            f"{self.phase_text} | {self.failures()} | {self.committed_shards}/"
-            f"{self.total_shards} shards | {rate:.2f} images/s"
+            f"{self.phase_text} | {self.failures()} | "
+            f"{of_total(self.committed_shards, self.total_shards, 'shard')} | {rate:.2f} images/s"
         )
 
     # ------------------------------------------------------------------ drawing
@@ -186,16 +187,13 @@ class RunProgress:
             self.log_line(now)
 
     def log_line(self, now: float | None = None) -> None:
-        total = "?" if self.total_items is None else str(self.total_items)
         percent = f" ({100 * self.done / self.total_items:.1f}%)" if self.total_items else ""
         log.info(
-            "progress: %d/%s items%s, %s, %d/%d shards, %.2f images/s, ETA %s",
-            self.done,
-            total,
+            "progress: %s%s, %s, %s, %.2f images/s, ETA %s",
+            of_total(self.done, self.total_items, "item"),
             percent,
             self.failures(),
-            self.committed_shards,
-            self.total_shards,
+            of_total(self.committed_shards, self.total_shards, "shard"),
             self.images_per_s(now),
             duration(self.eta_s(now)),
             extra={

@@ -21,6 +21,7 @@ from pipeline.outputs.layout import ShardPaths
 from pipeline.outputs.lease import RunLease
 from pipeline.processing.shard import ShardTask
 from pipeline.storage import Storage, StorageError
+from pipeline.wording import counted
 
 log = logging.getLogger(__name__)
 CLAIM_POLL_S = 5.0  # how often shards another driver runs are looked at again
@@ -92,6 +93,7 @@ class SharedRun:
             if stopped is not None and stopped():
                 return todo
             if progress is not None:
-                progress.set_notes([f"{len(todo)} shard(s) being run by another driver: waiting"])
+                waiting = f"{counted(len(todo), 'shard')} being run by another driver: waiting"
+                progress.set_notes([waiting])
             time.sleep(min(CLAIM_POLL_S, self.settings.lease_ttl_s / 3))
         return []

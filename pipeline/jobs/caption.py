@@ -100,7 +100,8 @@ def caption_run(
     spec = ActorSpec(
         CaptionActor,
         (model_spec, device, storage_settings),
-        what=f"caption actors for {model_spec!r}",
+        kind="caption actor",
+        detail=f"for {model_spec!r}",
     )
     pool = ActorPool(spec, pool_size(actors, len(plan.todo)))
 

@@ -77,7 +77,7 @@ def eval_run(
     commits = [c for c in committed(state) if c.commit.stats.ok]
     references = reference_images(storage, settings.reference) if settings.reference else []
     connect(address)
-    spec = ActorSpec(EvalActor, (settings, device, storage_settings), what="eval actors")
+    spec = ActorSpec(EvalActor, (settings, device, storage_settings), kind="eval actor")
     pool = ActorPool(spec, pool_size(actors, max(1, len(commits))))
     try:
         summary.fingerprint = pool.wait_ready()["eval"]

@@ -71,6 +71,7 @@ from pipeline.manifests import ManifestItem, RowError, list_shards, read_shard
 from pipeline.manifests.derived import ManifestWriter, frozen_manifest, item_row
 from pipeline.storage import Storage, StorageSettings
 from pipeline.storage.parquet import table_from_bytes, table_to_bytes
+from pipeline.wording import counted
 
 if TYPE_CHECKING:
     from pipeline.weights.resolve import ResolvedWeights
@@ -310,10 +311,10 @@ class NightlyJob:
             marker = self._derive(index.load(), fingerprint, summary)
             if marker is None:
                 log.info(
-                    "night %s of %s: nothing new in %d catalog rows",
+                    "night %s of %s: nothing new in %s",
                     self.night,
                     spec.name,
-                    summary.catalog_rows,
+                    counted(summary.catalog_rows, "catalog row"),
                 )
                 return summary
         config = spec.night_config(marker.shards, self.night)
@@ -355,12 +356,12 @@ class NightlyJob:
             for metric in summary.regressions:
                 q = summary.quality[metric]
                 log.warning(
-                    "night %s: %s median %.4f is %.4f worse than the last %d nights' %.4f",
+                    "night %s: %s median %.4f is %.4f worse than the last %s %.4f",
                     self.night,
                     metric,
                     q["median"],
                     q["drop"],
-                    q["nights"],
+                    counted(q["nights"], "night's", "nights'"),
                     q["baseline"],
                 )
 

@@ -25,6 +25,7 @@ from pipeline.manifests.items import (
 )
 from pipeline.manifests.reading import parsed_rows
 from pipeline.storage import Storage, StorageError
+from pipeline.wording import counted
 
 IMAGE_CHECK_THREADS = 8
 
@@ -47,11 +48,11 @@ class ValidationReport:
     def format(self, limit: int = 50) -> str:
         """A human summary: counts, then up to `limit` problems, one per line."""
         head = (
-            f"{len(self.shards)} shard(s), {self.rows} row(s), {self.valid_items} valid, "
-            f"{len(self.errors)} problem(s)"
+            f"{counted(len(self.shards), 'shard')}, {counted(self.rows, 'row')}, "
+            f"{self.valid_items} valid, {counted(len(self.errors), 'problem')}"
         )
         if self.images_checked:
-            head += f", {self.images_checked} image(s) checked"
+            head += f", {counted(self.images_checked, 'image')} checked"
         lines = [head] + [f"  {error}" for error in self.errors[:limit]]
         if len(self.errors) > limit:
             lines.append(f"  ... and {len(self.errors) - limit} more")

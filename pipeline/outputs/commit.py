@@ -34,6 +34,7 @@ from pipeline.errors import ItemStatus
 from pipeline.outputs.layout import ShardPaths
 from pipeline.outputs.records import ItemRecord, overlay, read_records, records_to_parquet
 from pipeline.storage import Storage, StorageAuthError
+from pipeline.wording import counted
 
 log = logging.getLogger(__name__)
 
@@ -246,5 +247,5 @@ def abort_stray_uploads(storage: Storage, run_uri: str) -> int:
         log.warning("cannot abort stray multipart uploads of %s: %s", run_uri, error)
         return 0
     if aborted:
-        log.info("aborted %d stray multipart upload(s) of killed writers", aborted)
+        log.info("aborted %s of killed writers", counted(aborted, "stray multipart upload"))
     return aborted

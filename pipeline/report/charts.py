@@ -6,6 +6,8 @@ from html import escape
 
 import numpy as np
 
+from pipeline.wording import counted
+
 WIDTH, HEIGHT, PAD = 320, 140, 28
 
 
@@ -51,6 +53,6 @@ def throughput(points: list[tuple[float, int]]) -> str:
         f'<line x1="{PAD}" y1="{HEIGHT - PAD}" x2="{WIDTH - PAD}" y2="{HEIGHT - PAD}" class="axis"/>'
         f'<text x="{PAD}" y="{HEIGHT - 8}">0 s</text>'
         f'<text x="{WIDTH - PAD}" y="{HEIGHT - 8}" text-anchor="end">{t_max:.0f} s</text>'
-        f'<text x="{PAD}" y="14">{n_max} images</text></svg>'
+        f'<text x="{PAD}" y="14">{counted(n_max, "image")}</text></svg>'
         f"<figcaption>images committed over time: {rate:.3f} images/s overall</figcaption></figure>"
     )

@@ -26,6 +26,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from pipeline.storage import Storage, is_s3
+from pipeline.wording import counted
 
 log = logging.getLogger(__name__)
 
@@ -203,5 +204,5 @@ def _stage_s3(uri: str, storage: Storage) -> Path:
                 shutil.copyfileobj(source, sink, CHUNK)
             partial.replace(path)
         marker.write_text(json.dumps(listing, sort_keys=True))
-        log.info("staged %d files of %s into %s", len(listing), uri, target)
+        log.info("staged %s of %s into %s", counted(len(listing), "file"), uri, target)
     return target

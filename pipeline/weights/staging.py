@@ -35,6 +35,7 @@ from pipeline.storage import Storage, StorageSettings
 from pipeline.weights.hashing import digest_file, remember_sha256
 from pipeline.weights.manifest import FileFacts, WeightManifest, read_manifest, write_manifest
 from pipeline.weights.sources import WeightSource
+from pipeline.wording import counted
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class StageReport:
 
     def summary(self) -> str:
         return (
-            f"staged {self.files} weight files from {self.source} into {self.root} in "
+            f"staged {counted(self.files, 'weight file')} from {self.source} into {self.root} in "
             f"{self.seconds:.1f} s: fetched {len(self.fetched)} ({self.bytes_fetched / 1e6:.1f} MB), "
             f"waited {self.waited_s:.1f} s for another process of this node"
         )
@@ -154,7 +155,8 @@ def check_space(source: WeightSource, root: Path, todo: list[str], offered: Weig
     if needed + SPACE_MARGIN_BYTES > free:
         biggest = sorted(todo, key=lambda p: -(offered.files[p].size or 0))[:3]
         raise WeightSpaceError(
-            f"not enough disk space to stage {len(todo)} weight files from {source.description} "
+            f"not enough disk space to stage {counted(len(todo), 'weight file')} from "
+            f"{source.description} "
             f"into {root}: they need {needed / GiB:.2f} GiB (largest: {', '.join(biggest)}), "
             f"{free / GiB:.2f} GiB is free; free some space or point RESTYLE_WEIGHTS_CACHE at a "
             "larger local disk"

@@ -32,6 +32,7 @@ from pipeline.weights.inventory import component_of, model_files
 from pipeline.weights.manifest import MANIFEST_NAME, FileFacts, read_manifest
 from pipeline.weights.registry import MODELS, Registry, check_models, load_registry
 from pipeline.weights.tiny import MARKER as TINY_MARKER
+from pipeline.wording import counted
 
 # Files checked against an architecture table (the rest: header must parse).
 SINGLE_FILES = {
@@ -220,7 +221,7 @@ def check_before_run(root: Path, model: str) -> None:
     naming the file (`StartError`)."""
     problems = verify_root(root, [model], check_hashes=False).problems()
     if problems:
-        more = f"; {len(problems) - 1} more problem(s)" if len(problems) > 1 else ""
+        more = f"; {counted(len(problems) - 1, 'more problem')}" if len(problems) > 1 else ""
         raise StartError(
             f"cannot start: weights {root}: {problems[0]}{more} "
             f"(`restyle weights verify {root}` lists every file)"

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 # What is free depends on when the cluster was last read (before or after the two placed
 # actors took their share); what the cluster has, and what an actor needs, do not.
 WAITING = re.compile(
-    r"1 model actors for 'uso' \(weights '.+'\) waiting for resources: each needs 1 GPU \+ "
+    r"1 model actor for 'uso' \(weights '.+'\) waiting for resources: each needs 1 GPU \+ "
     r"1 CPU; cluster free \d+ GPU, \d+ CPU of 4 GPU, 2 CPU on 1 node$"
 )
 NOTE = re.compile(
