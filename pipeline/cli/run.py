@@ -62,7 +62,6 @@ from pipeline.cli.run_options import (
 from pipeline.cli.usage import DEFAULT
 from pipeline.config import (
     CaptionSource,
-    DriverSettings,
     Dtype,
     ImageFormat,
     ModelName,
@@ -158,13 +157,13 @@ def run(
     75 stopped by SIGTERM/SIGINT after the shards in flight committed (rerun to resume);
     7 another driver runs this run (see --join).
     """
-    settings = storage_settings(endpoint_url, region, profile, storage_retry_budget)
     with operator_errors(as_json=as_json):
-        request = run_request(*given_options(ctx), config)
+        request = run_request(*given_options(ctx), config)  # the options over the --config file
+        settings = storage_settings(endpoint_url, region, profile, request.storage_retry_budget)
         config_, resolved = resolve_run(request.config(), settings)
         from pipeline.execution.driver import Runner
 
-        driver = DriverSettings(lease_ttl_s=lease_ttl, join=join)
+        driver = request.driver_settings()
         runner = Runner(config_, settings, address, progress, weights=resolved, driver=driver)
         summary = runner.retry_failed() if retry_failed else runner.run()
     print_summary(summary, as_json)
@@ -224,9 +223,10 @@ def plan(
 ) -> None:
     """Shards total / done / to do, items, the weights and a GPU-hour estimate, without running
     anything; refused as `run` would refuse it (a --run folder of another configuration)."""
-    settings = storage_settings(endpoint_url, region, profile, storage_retry_budget, light=True)
     with operator_errors(as_json=as_json):
         request = run_request(*given_options(ctx), config)
+        budget = request.storage_retry_budget  # the option's, else the --config file's
+        settings = storage_settings(endpoint_url, region, profile, budget, light=True)
         config_, resolved = resolve_run(request.config(), settings)
         from pipeline.execution.driver import Runner
         from pipeline.execution.estimate import gpu_hours, load_table

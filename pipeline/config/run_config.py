@@ -22,6 +22,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from pipeline import __version__
+from pipeline.config.driver_settings import DEFAULT_LEASE_TTL_S, DriverSettings
 from pipeline.config.input_limits import InputLimits
 from pipeline.config.problems import ConfigProblem
 from pipeline.config.values import (
@@ -37,6 +38,7 @@ from pipeline.config.values import (
     Guidance,
     ImageFormat,
     ImageFormatName,
+    LeaseSeconds,
     Metrics,
     ModelChoice,
     PathRef,
@@ -201,8 +203,23 @@ class RunSettings(ConfigModel):
     drain_grace: Seconds = 60.0
     """On SIGTERM or SIGINT: seconds the shards in flight get to commit before the run stops
     (exit 75; rerun the same command to resume)."""
+    lease_ttl: LeaseSeconds = DEFAULT_LEASE_TTL_S
+    """Seconds the run lease (and each driver's heartbeat) lasts without renewal; renewed every
+    third of it, so a killed driver's run is free after at most this. Not in run.json."""
+    join: Flag = False
+    """When another live driver holds the run, help it (take only unclaimed shards) instead of
+    being refused (exit 7). Not in run.json."""
+    storage_retry_budget: Seconds | None = None
+    """Seconds each storage operation keeps retrying transient failures (5xx, SlowDown,
+    connection errors, timeouts) before it fails; null: RESTYLE_STORAGE_RETRY_BUDGET, else 300
+    (20 for restyle plan). Not in run.json."""
     limits: InputLimits = InputLimits()
     """Budgets for what a manifest makes an actor read (bytes, pixels, local roots)."""
+
+    def driver_settings(self) -> DriverSettings:
+        """How this driver shares its run (lease TTL, join): beside the run's configuration,
+        never in its fingerprint or run.json, so a helper joins whatever these say."""
+        return DriverSettings(lease_ttl_s=self.lease_ttl, join=self.join)
 
     def run_config(
         self,

@@ -172,6 +172,7 @@ RunNameText = Annotated[str, Strict(), AfterValidator(check_run_name)]
 Count = Annotated[int, Strict(), Range(0)]  # actors: 0 = as many as the cluster can place
 AtLeastOne = Annotated[int, Strict(), Range(1)]
 Seconds = Annotated[float, Strict(), Range(0)]  # a duration; an int is accepted
+LeaseSeconds = Annotated[float, Strict(), Range(1)]  # the run lease's TTL: at least a second
 
 
 # ------------------------------------------------------------------ checked strings

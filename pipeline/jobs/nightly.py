@@ -270,8 +270,8 @@ class NightlyJob:
     ):
         self.spec = spec
         self.night = check_night(night or today())
-        self.settings = storage_settings
-        self.storage = Storage(storage_settings)
+        self.settings = spec.storage_settings(storage_settings)
+        self.storage = Storage(self.settings)
         self.address = address
         self.show_progress = show_progress
 
@@ -319,7 +319,12 @@ class NightlyJob:
                 return summary
         config = spec.night_config(marker.shards, self.night)
         summary.run = Runner(
-            config, self.settings, self.address, self.show_progress, weights=weights
+            config,
+            self.settings,
+            self.address,
+            self.show_progress,
+            weights=weights,
+            driver=spec.driver_settings(),
         ).run()
         latest = RunState(self.storage, config.run_uri).latest_records(summary.run.fingerprint)
         done: list[dict[str, str | None]] = [

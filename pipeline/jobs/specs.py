@@ -19,6 +19,11 @@ options):
               caption_model: ""}
     scoring: {metrics: [clip_t, style], model: /models/clip-vit-large-patch14}
     actors: 0
+    capacity_wait: 900                 # seconds queued shards wait while no actor fits
+    drain_grace: 60                    # on SIGTERM/SIGINT: seconds the shards in flight get
+    lease_ttl: 60                      # seconds the run lease lasts without renewal
+    join: false                        # help a live driver of the same run instead of exit 7
+    storage_retry_budget: null         # seconds; null: RESTYLE_STORAGE_RETRY_BUDGET, else 300
     rows_per_shard: 500                # rows per derived manifest shard (the unit of work)
 
 Each kind is a pydantic model (`NightlySpec`, `TripletSpec`) whose JSON Schema is published
@@ -29,6 +34,7 @@ integer, got str 'ten'").
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass
@@ -40,7 +46,7 @@ from pydantic import AfterValidator, Strict, WithJsonSchema
 
 from pipeline.config import ConfigError, ConfigModel, PathBase, RunSettings, validate
 from pipeline.config.values import AtLeastOne, OneOf
-from pipeline.storage import Storage
+from pipeline.storage import Storage, StorageSettings
 
 SPEC_ENV = "RESTYLE_JOB_SPEC"
 SPEC_ORIGIN_ENV = "RESTYLE_JOB_SPEC_ORIGIN"
@@ -159,6 +165,14 @@ class JobSpec(RunSettings):
     @classmethod
     def parse(cls, source: SpecSource) -> Self:
         return parse_spec(cls, source)
+
+    def storage_settings(self, given: StorageSettings | None) -> StorageSettings:
+        """The job's storage settings: `given` (None: the AWS environment) with this spec's
+        `storage_retry_budget` when it sets one (else RESTYLE_STORAGE_RETRY_BUDGET or 300 s)."""
+        settings = given if given is not None else StorageSettings.from_env()
+        if self.storage_retry_budget is None:
+            return settings
+        return dataclasses.replace(settings, retry_budget_s=self.storage_retry_budget)
 
     @property
     def settings(self) -> RunSettings:

@@ -449,8 +449,8 @@ class TripletJob:
         show_progress: bool = True,
     ):
         self.spec = spec
-        self.settings = storage_settings
-        self.storage = Storage(storage_settings)
+        self.settings = spec.storage_settings(storage_settings)
+        self.storage = Storage(self.settings)
         self.address = address
         self.show_progress = show_progress
 
@@ -516,7 +516,13 @@ class TripletJob:
                 model=model,
                 include_references=True,
             )
-            runs[model] = Runner(config, self.settings, self.address, self.show_progress).run()
+            runs[model] = Runner(
+                config,
+                self.settings,
+                self.address,
+                self.show_progress,
+                driver=self.spec.driver_settings(),
+            ).run()
         summary = TripletSummary(self.spec.name, self.pairs, self.rejected, runs)
         if self.spec.eval is not None:
             for model, run in runs.items():

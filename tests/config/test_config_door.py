@@ -67,6 +67,10 @@ REFUSALS = [
     ),
     ("--device", "options.device", "gpu", "must be auto, cpu, cuda or cuda:N, got 'gpu'"),
     ("--max-batch-size", "options.max_batch_size", 0, "must be at least 1, got 0"),
+    ("--capacity-wait", "capacity_wait", -1.0, "must be at least 0, got -1.0"),
+    ("--lease-ttl", "lease_ttl", 0.5, "must be at least 1, got 0.5"),
+    ("--lease-ttl", "lease_ttl", float("inf"), "must be a finite number, got inf"),
+    ("--storage-retry-budget", "storage_retry_budget", -1.0, "must be at least 0, got -1.0"),
 ]
 
 
@@ -138,6 +142,8 @@ def test_yaml_is_held_to_its_types_not_coerced():
         "actors: 1.0": "actors: must be an integer, got float 1.0",
         "options: {fp8: 'yes'}": "options.fp8: must be true/false, got str 'yes'",
         "options: {compile: 1}": "options.compile: must be true/false, got int 1",
+        "join: 'yes'": "join: must be true/false, got str 'yes'",
+        "lease_ttl: '30'": "lease_ttl: must be a number, got str '30'",
         "sampling: {guidance: true}": "sampling.guidance: must be a number, got True",
         "outputs: {include_references: true}": "outputs: unknown key(s) ['include_references']",
         "options: {extra: {cond_size: 32}}": "options: unknown key(s) ['extra']",
@@ -292,3 +298,56 @@ def test_the_config_imports_neither_torch_nor_ray():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_driver_and_storage_settings_come_through_either_door_outside_the_run_config(tmp_path):
+    """lease_ttl, join and storage_retry_budget: the same keys as --lease-ttl, --join and
+    --storage-retry-budget, through options, a --config file or a job spec; they never reach
+    the RunConfig (run.json) nor the fingerprint, so a helper joins whatever they say."""
+    from pipeline.config import DriverSettings
+
+    cli = run_request(
+        {**REQUIRED, "--lease-ttl": 30.0, "--join": True, "--storage-retry-budget": 12.0}
+    )
+    spec = TripletSpec.parse(
+        parse_spec_text(
+            SPEC + "lease_ttl: 30\njoin: true\nstorage_retry_budget: 12\n", "jobs/t.yaml"
+        )
+    )
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text("lease_ttl: 30\njoin: true\nstorage_retry_budget: 12\n")
+    defaults = {"--lease-ttl": 60.0, "--join": False, "--storage-retry-budget": None}
+    from_file = run_request({**REQUIRED, **defaults}, set(defaults), str(run_file))
+    for door in (cli, spec, spec.settings, from_file):
+        assert door.driver_settings() == DriverSettings(lease_ttl_s=30.0, join=True), door
+        assert door.storage_retry_budget == 12.0, door
+    # an option given on the command line wins over the file
+    over = run_request({**REQUIRED, **defaults, "--lease-ttl": 90.0}, {"--join"}, str(run_file))
+    assert over.driver_settings() == DriverSettings(lease_ttl_s=90.0, join=True)
+    plain = run_request(REQUIRED)
+    assert plain.driver_settings() == DriverSettings() and plain.storage_retry_budget is None
+    assert cli.config() == plain.config()  # not the run's configuration
+    assert "lease_ttl" not in cli.config().public_dict()
+
+
+def test_a_job_runs_with_its_specs_storage_retry_budget(monkeypatch):
+    from pipeline.jobs.nightly import NightlyJob, NightlySpec
+    from pipeline.jobs.triplets import TripletJob
+    from pipeline.storage import StorageSettings
+
+    monkeypatch.delenv("RESTYLE_STORAGE_RETRY_BUDGET", raising=False)
+    given = StorageSettings(retry_budget_s=300)
+    spec = TripletSpec.parse(parse_spec_text(SPEC + "storage_retry_budget: 45\n", "t.yaml"))
+    assert TripletJob(spec, given).settings.retry_budget_s == 45
+    assert TripletJob(spec, None).storage.settings.retry_budget_s == 45
+    unset = TripletSpec.parse(parse_spec_text(SPEC, "t.yaml"))
+    assert TripletJob(unset, given).settings.retry_budget_s == 300
+    nightly = NightlySpec.parse(
+        parse_spec_text(
+            "kind: nightly\nname: n\ncatalog: c.parquet\noutput: out\nmodel: uso\n"
+            "style: {images: [s.png]}\nstorage_retry_budget: 0\njoin: true\n",
+            "n.yaml",
+        )
+    )
+    assert NightlyJob(nightly, given, night="2026-12-01").settings.retry_budget_s == 0
+    assert nightly.driver_settings().join

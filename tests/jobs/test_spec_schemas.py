@@ -62,6 +62,8 @@ def test_schemas_refuse_what_the_specs_refuse():
         "output": "out",
     }
     assert not list(validator.iter_errors(good))
+    driver_keys = {"lease_ttl": 30, "join": True, "storage_retry_budget": None}
+    assert not list(validator.iter_errors({**good, **driver_keys}))
     for bad in (
         {"sampling": {"steps": "ten"}},
         {"sampling": {"width": 8192}},
@@ -72,5 +74,10 @@ def test_schemas_refuse_what_the_specs_refuse():
         {"kind": "nightly"},
         {"scoring": {"metrics": ["beauty"]}},
         {"pairing": {"mode": "random"}},
+        {"capacity_wait": -1},
+        {"lease_ttl": 0.5},
+        {"join": "yes"},
+        {"storage_retry_budget": -1},
+        {"storage_retry_budget": "soon"},
     ):
         assert list(validator.iter_errors({**good, **bad})), bad
