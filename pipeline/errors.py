@@ -96,6 +96,14 @@ class RunError(RuntimeError):
     """The run cannot start or continue (bad manifest, conflicting config, model won't load)."""
 
 
+class ClusterLostError(RunError):
+    """The Ray cluster went away mid-run (its GCS stopped answering): what was committed is
+    kept, and rerunning the same command resumes (exit INCOMPLETE)."""
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (str(self),))
+
+
 class StartError(RunError):
     """Something every actor needs (weights, a model) cannot be loaded: the run cannot start.
 

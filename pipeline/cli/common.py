@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, NoReturn
@@ -149,15 +150,21 @@ def error_line(message: object) -> None:
     console.print(f"[red]error:[/red] {escape(first[0])}", soft_wrap=True)  # "[a, b]" is text
 
 
-def fail(message: object, code: int = ExitCode.CANNOT_START, as_json: bool = False) -> NoReturn:
-    """One red line on stderr, then exit with `code`; with `as_json` also one JSON object on
-    stdout (`{"error", "exit_code", "exit_name"}`), so a script reading `--json` output always
-    gets an object, whichever way the command ended."""
+def report(message: object, code: int, as_json: bool = False) -> None:
+    """One red line on stderr; with `as_json` also one JSON object on stdout (`{"error",
+    "exit_code", "exit_name"}`), so a script reading `--json` output always gets an object,
+    whichever way the command ended."""
     error_line(message)
     if as_json:
         line = (str(message).strip().splitlines() or [""])[0]
         exit_name = ExitCode(int(code)).name if int(code) in set(ExitCode) else ""
         print(json.dumps({"error": line, "exit_code": int(code), "exit_name": exit_name}))
+    sys.stdout.flush()
+
+
+def fail(message: object, code: int = ExitCode.CANNOT_START, as_json: bool = False) -> NoReturn:
+    """`report` the error, then exit with `code`."""
+    report(message, code, as_json)
     raise typer.Exit(int(code))
 
 
@@ -166,9 +173,17 @@ def operator_errors(*extra: type[BaseException], as_json: bool = False) -> Itera
     """Turn the errors an operator can fix into one clear line instead of a traceback: a wrong
     option, --config file or spec (`ConfigError`, exit USAGE); an unusable manifest, storage,
     weights, Ray address or run folder, and any `extra` kinds (exit CANNOT_START); a run another
-    driver holds (exit ALREADY_SUBMITTED). With `as_json` (a command's `--json`) the error is
-    also one JSON object on stdout."""
-    from pipeline.errors import ConfigError, RunError, RunLeaseHeldError, WeightsError
+    driver holds (exit ALREADY_SUBMITTED); a Ray cluster lost mid-run (exit INCOMPLETE, also
+    when its watch ends the process from another thread). With `as_json` (a command's
+    `--json`) the error is also one JSON object on stdout."""
+    from pipeline.errors import (
+        ClusterLostError,
+        ConfigError,
+        RunError,
+        RunLeaseHeldError,
+        WeightsError,
+    )
+    from pipeline.execution.cluster_watch import reporting_with
     from pipeline.storage import StorageError
 
     handled: tuple[type[BaseException], ...] = (
@@ -180,9 +195,12 @@ def operator_errors(*extra: type[BaseException], as_json: bool = False) -> Itera
         *extra,
     )
     try:
-        yield
+        with reporting_with(lambda line: report(line, ExitCode.INCOMPLETE, as_json)):
+            yield
     except ConfigError as error:
         fail(error, ExitCode.USAGE, as_json)
+    except ClusterLostError as error:  # the shards committed are kept: rerun to resume
+        fail(error, ExitCode.INCOMPLETE, as_json)
     except RunLeaseHeldError as error:  # another driver runs it: like a job already submitted
         fail(error, ExitCode.ALREADY_SUBMITTED, as_json)
     except handled as error:

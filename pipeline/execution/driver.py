@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.config import DriverSettings, RunConfig, code_version
 from pipeline.errors import ExitCode, RunError
+from pipeline.execution.cluster_watch import watching_cluster
 from pipeline.execution.progress import RunProgress
 from pipeline.execution.shared_run import SharedRun
 from pipeline.manifests import ManifestShard, count_items, list_shards
@@ -295,7 +296,8 @@ class Runner:
                 summary.weights,
             )
         if tasks:
-            self._run_on_ray(tasks, summary, total_items, claim)
+            with watching_cluster():  # a head node that dies mid-run: one line, exit 4
+                self._run_on_ray(tasks, summary, total_items, claim)
         elif claim is not None:
             self.state.claim(claim)
         summary.take_totals(run_status(self.state))
