@@ -135,10 +135,18 @@ def folder_sha256(folder: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
         relative = path.relative_to(folder).as_posix()
-        if relative.startswith(".") or relative.endswith(".lock"):
+        if relative.startswith(".") or relative.endswith(".lock") or _derived(relative):
             continue
         digest.update(f"{relative}\0{file_sha256(path)}\n".encode())
     return digest.hexdigest()
+
+
+def _derived(relative: str) -> bool:
+    """Files a package writes into a model folder as it loads it, which say nothing of the
+    weights: Python bytecode (DreamSim imports torch.hub's hubconf.py from its folder) and
+    torch.hub's `trusted_list`. Hashing them would give a folder a new sha256 after first use,
+    and so rescore every shard."""
+    return "__pycache__/" in relative or relative.endswith(".pyc") or relative == "trusted_list"
 
 
 def known_ids(kind: str) -> str:
