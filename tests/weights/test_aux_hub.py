@@ -22,8 +22,10 @@ from typer.testing import CliRunner
 from pipeline.cli.main import app
 from pipeline.config import ConfigError, EvalSettings, MetricModels, PathBase, validate
 from pipeline.config.hub_ref import HubRef, parse_hub_ref
+from pipeline.config.run_config import ScoringOptions
 from pipeline.errors import ExitCode, HubAccessError
 from pipeline.processing.metric_suite import MetricSuite, Sample
+from pipeline.processing.scoring import make_scorer
 from pipeline.storage import Storage
 from pipeline.storage.settings import StorageSettings
 from pipeline.weights.aux_hub import HUB_MARKER, hub_commit
@@ -107,6 +109,13 @@ def test_a_hub_clip_scores_like_the_local_folder_and_is_downloaded_once_per_node
     assert info["models"] == {"clip": "hf://org/clip-tiny@main"}
     assert info["hub_commits"] == {"clip": COMMIT}
     assert from_folder.info()["hub_commits"] == {}
+
+
+def test_the_run_scorer_takes_the_same_hub_spec(hub: LocalHub, clip_folder: Path):
+    options = ScoringOptions(metrics=["clip_t"], model="hf://org/clip-tiny")
+    scorer = make_scorer(options)
+    assert hub_commit(scorer.folder) == COMMIT
+    assert folder_sha256(scorer.folder) == folder_sha256(clip_folder)
 
 
 def test_a_moved_branch_is_staged_again_and_a_pinned_commit_needs_no_hub(
