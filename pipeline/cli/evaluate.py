@@ -30,7 +30,7 @@ from pipeline.cli.common import (
 def _backbone(name: str) -> Any:
     """The option of one backbone folder (each with its own RESTYLE_* variable)."""
     return typer.Option(
-        help="Backbone folder (local or s3://), hf://owner/repo[@revision] or 'tiny'.",
+        help="Backbone folder (local or s3://), hf://owner/repo(@revision) or 'tiny'.",
         envvar=env(f"--{name}"),
     )
 

@@ -290,7 +290,7 @@ def caption(
         str,
         typer.Option(
             help="Captioning model: a transformers folder, an s3:// folder, "
-            "hf://owner/repo[@revision], or 'tiny'.",
+            "hf://owner/repo(@revision), or 'tiny'.",
             envvar=env("--caption-model"),
         ),
     ],

@@ -8,13 +8,16 @@ the same folder given as a local path.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from support.committed_run import write_run
 from support.hub_server import COMMIT, LocalHub
 from support.node_consumer import stage_aux_model
 from typer.testing import CliRunner
@@ -24,9 +27,14 @@ from pipeline.config import ConfigError, EvalSettings, MetricModels, PathBase, v
 from pipeline.config.hub_ref import HubRef, parse_hub_ref
 from pipeline.config.run_config import ScoringOptions
 from pipeline.errors import ExitCode, HubAccessError
+from pipeline.outputs.run_layout import committed
+from pipeline.outputs.run_state import RunState
+from pipeline.outputs.scores import EVAL_KEY, read_scores
+from pipeline.processing.eval_shard import ShardEvaluator
 from pipeline.processing.metric_suite import MetricSuite, Sample
 from pipeline.processing.scoring import make_scorer
 from pipeline.storage import Storage
+from pipeline.storage.parquet import schema_from_bytes
 from pipeline.storage.settings import StorageSettings
 from pipeline.weights.aux_hub import HUB_MARKER, hub_commit
 from pipeline.weights.aux_models import AuxModelError, folder_sha256, model_folder
@@ -73,7 +81,7 @@ def pictures(count: int, seed: int) -> list[Image.Image]:
 
 
 def test_a_hub_clip_scores_like_the_local_folder_and_is_downloaded_once_per_node(
-    hub: LocalHub, clip_folder: Path
+    hub: LocalHub, clip_folder: Path, tmp_path: Path
 ):
     spec = "hf://org/clip-tiny"
     # two consumers at once, in processes of their own (two actors of a node)
@@ -110,6 +118,19 @@ def test_a_hub_clip_scores_like_the_local_folder_and_is_downloaded_once_per_node
     assert info["hub_commits"] == {"clip": COMMIT}
     assert from_folder.info()["hub_commits"] == {}
 
+    # ... and it lands in the score file's metadata, as `restyle eval`'s actors write it
+    run_uri = str(tmp_path / "run")
+    write_run(storage, run_uri, {0: ["cup", "lamp"]})
+    (files,) = committed(RunState(storage, run_uri))
+    ShardEvaluator(from_hub, storage).evaluate(
+        files.tar, files.records, files.scores, files.features
+    )
+    metadata = schema_from_bytes(storage.read_bytes(files.scores)).metadata
+    provenance = json.loads(metadata[EVAL_KEY])
+    assert provenance["hub_commits"] == {"clip": COMMIT}
+    assert provenance["sha256"] == {"clip": folder_sha256(clip_folder)}
+    assert [r["id"] for r in read_scores(storage, files.scores)] == ["cup", "lamp"]
+
 
 def test_the_run_scorer_takes_the_same_hub_spec(hub: LocalHub, clip_folder: Path):
     options = ScoringOptions(metrics=["clip_t"], model="hf://org/clip-tiny")
@@ -135,6 +156,14 @@ def test_a_moved_branch_is_staged_again_and_a_pinned_commit_needs_no_hub(
     }
     assert on_disk == set(files)  # the file the new commit dropped is gone
     assert (again / "notes.txt").read_bytes() == b"a new file"
+
+    # a staging cut short (killed before its marker; a file not there yet) is completed
+    (again / HUB_MARKER).unlink()
+    (again / "model.safetensors").unlink()
+    before = +hub.served
+    assert hub_commit(model_folder("hf://org/clip-tiny@main", "clip")) == commit
+    assert hub.served - before == Counter({(CLIP_REPO, "model.safetensors"): 1})
+    assert (again / "model.safetensors").read_bytes() == files["model.safetensors"]
 
     pinned = model_folder(f"hf://org/clip-tiny@{commit}", "clip")
     assert pinned != again and hub_commit(pinned) == commit
