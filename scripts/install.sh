@@ -17,10 +17,20 @@ PIP=(python -m pip install --quiet --progress-bar off -c scripts/constraints.txt
 step "torch 2.13.0 (the largest download: about a minute the first time)"
 "${PIP[@]}" "torch==2.13.0"
 if [ "${1:-}" = "test" ]; then
-  step "restyle and its dependencies, with the test and dev tools"
-  "${PIP[@]}" -e ".[test,dev]"
+  step "restyle and its dependencies, with the test and dev tools and the papers' metric packages"
+  "${PIP[@]}" -e ".[test,dev,paper-metrics]"
 else
   step "restyle and its dependencies"
   "${PIP[@]}" -e .
+fi
+# PyPI's torchvision is built for the CUDA torch; beside a CPU-only torch its compiled ops
+# cannot load and its import fails. scripts/torchvision_cpu_hook.py lets it import (see there).
+if python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torchvision') is None)" \
+  && ! python -c "import torchvision" 2>/dev/null; then
+  step "torchvision's compiled ops cannot load beside this torch: adding scripts/torchvision_cpu_hook.py"
+  site=$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  cp scripts/torchvision_cpu_hook.py "$site/restyle_torchvision_cpu_hook.py"
+  echo "import restyle_torchvision_cpu_hook" >"$site/restyle_torchvision_cpu_hook.pth"
+  python -c "import torchvision"
 fi
 step "done: $(restyle --version)"

@@ -29,7 +29,10 @@ from pipeline.cli.common import (
 
 def _backbone(name: str) -> Any:
     """The option of one backbone folder (each with its own RESTYLE_* variable)."""
-    return typer.Option(help="Backbone folder (local or s3://) or 'tiny'.", envvar=env(f"--{name}"))
+    return typer.Option(
+        help="Backbone folder (local or s3://), hf://owner/repo(@revision) or 'tiny'.",
+        envvar=env(f"--{name}"),
+    )
 
 
 # The papers' tables: (column title, metric) in their order.

@@ -290,7 +290,8 @@ def caption(
     model: Annotated[
         str,
         typer.Option(
-            help="Captioning model: a transformers folder, an s3:// folder, or 'tiny'.",
+            help="Captioning model: a transformers folder, an s3:// folder, "
+            "hf://owner/repo(@revision), or 'tiny'.",
             envvar=env("--caption-model"),
         ),
     ],

@@ -111,7 +111,7 @@ CaptionModelOpt = Annotated[
     _opt(
         "--caption-model",
         help="Captioning model for --caption model: a transformers folder, an s3:// folder, "
-        "or 'tiny'.",
+        "hf://owner/repo(@revision), or 'tiny'.",
     ),
 ]
 ActorsOpt = Annotated[

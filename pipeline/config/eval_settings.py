@@ -8,8 +8,9 @@
                                                #   (its subject images) or another run
       batch_size: 16
 
-Each model is a local folder, an `s3://` folder (staged once per node) or "tiny" (a tiny
-random-weight model: numbers are meaningless but every tensor takes the real path); see
+Each model is a local folder, an `s3://` folder or a Hugging Face Hub repo
+(`hf://owner/repo[@revision]`), both staged once per node, or "tiny" (a tiny random-weight
+model: numbers are meaningless but every tensor takes the real path); see
 `pipeline.weights.aux_models` for what each folder holds.
 """
 
@@ -46,7 +47,8 @@ MetricNames = Annotated[
 
 
 class MetricModels(ConfigModel):
-    """One backbone folder per kind (local, s3:// or 'tiny'); empty = not used."""
+    """One backbone folder per kind (local, s3://, hf://owner/repo[@revision] or 'tiny');
+    empty = not used."""
 
     clip: AuxModelPath = ""
     """CLIP (clip_i, clip_i_style, clip_t): e.g. openai/clip-vit-base-patch32."""
@@ -93,7 +95,8 @@ class EvalSettings(ConfigModel):
             if backbone not in given:
                 raise ConfigProblem(
                     ("models", backbone),
-                    f"is required for metric {metric!r} (a folder, an s3:// folder or 'tiny')",
+                    f"is required for metric {metric!r} (a folder, an s3:// folder, "
+                    "hf://owner/repo or 'tiny')",
                 )
         if self.reference is None and any(m in SET_METRICS for m in self.metrics):
             raise ConfigProblem(

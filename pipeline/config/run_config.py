@@ -95,8 +95,8 @@ class OutputSettings(ConfigModel):
     """str.format template over the item's fields (id, prompt, model, style_lora, any extra
     column), when caption is template."""
     caption_model: AuxModelPath = ""
-    """Captioning model (a transformers folder, an s3:// folder, or 'tiny'), when caption is
-    model."""
+    """Captioning model (a transformers folder, an s3:// folder, hf://owner/repo[@revision], or
+    'tiny'), when caption is model."""
 
     @model_validator(mode="after")
     def _caption_source_is_complete(self) -> OutputSettings:
@@ -108,7 +108,7 @@ class OutputSettings(ConfigModel):
             raise ConfigProblem(
                 "caption_model",
                 "is required when {caption} is model (a "
-                "captioner folder, an s3:// folder or 'tiny')",
+                "captioner folder, an s3:// folder, hf://owner/repo or 'tiny')",
                 refs=("caption",),
             )
         return self
@@ -133,14 +133,16 @@ class ScoringOptions(ConfigModel):
     metrics: Metrics = ()
     """Scores per result: clip_t (result vs prompt), style (result vs first style image)."""
     model: AuxModelPath = ""
-    """A CLIP-family transformers folder (local or s3://), or 'tiny'."""
+    """A CLIP-family transformers folder (local, s3:// or hf://owner/repo[@revision]), or
+    'tiny'."""
 
     @model_validator(mode="after")
     def _metrics_have_a_model(self) -> ScoringOptions:
         if self.metrics and not self.model:
             raise ConfigProblem(
                 "model",
-                "is required when {metrics} is set (a CLIP folder, an s3:// folder or 'tiny')",
+                "is required when {metrics} is set (a CLIP folder, an s3:// folder, "
+                "hf://owner/repo or 'tiny')",
                 refs=("metrics",),
             )
         return self

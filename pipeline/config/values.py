@@ -28,6 +28,7 @@ from pydantic import (
 )
 from pydantic_core import core_schema
 
+from pipeline.config.hub_ref import is_hub, parse_hub_ref
 from pipeline.models.registry import MODEL_NAMES
 from pipeline.storage.uris import check_supported, is_s3, local_path, resolve
 
@@ -303,8 +304,12 @@ def resolve_path(value: str, info: ValidationInfo) -> str:
     return paths.resolve(value) if paths is not None else value
 
 
-def _resolved_unless_tiny(value: str, info: ValidationInfo) -> str:
-    return value if value in ("", "tiny") else resolve_path(value, info)
+def _aux_model(value: str, info: ValidationInfo) -> str:
+    if value in ("", "tiny"):
+        return value
+    if is_hub(value):
+        return parse_hub_ref(value).spec  # one spelling: the revision always written out
+    return resolve_path(value, info)
 
 
 def _resolved_if_path(value: str, info: ValidationInfo) -> str:
@@ -315,7 +320,8 @@ PathRef = Annotated[str, Strict(), AfterValidator(resolve_path)]
 """A local path or s3:// URI, resolved against the door's `PathBase`."""
 PathRefs = Annotated[tuple[PathRef, ...], one_or_many(), AfterValidator(_not_empty)]
 """One or several paths (a string or a list of strings), at least one."""
-AuxModelPath = Annotated[str, Strict(), AfterValidator(_resolved_unless_tiny)]
-"""A transformers folder (local or s3://), "tiny" for a tiny random model built locally, or ""."""
+AuxModelPath = Annotated[str, Strict(), AfterValidator(_aux_model)]
+"""A model folder (local or s3://), a Hub repo (`hf://owner/repo[@revision]`, see `hub_ref`),
+"tiny" for a tiny random model built locally, or ""."""
 NameOrPath = Annotated[str, Strict(), AfterValidator(_resolved_if_path)]
 """A shipped name ("Ghibli") stays a name; anything with a "/" is a path."""

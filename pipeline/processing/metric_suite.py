@@ -1,9 +1,10 @@
 """The backbones one eval needs, loaded once per actor, and the per-item metrics of a batch.
 
-`MetricSuite` resolves each backbone folder through the weights machinery (local, s3:// staged
-once per node, or tiny; sha256 per folder for provenance), loads only the embedders the chosen
-metrics need, and scores batches of samples: per-item cosines/distances against the subject,
-the style reference and the prompt, plus the per-item features FID and CMMD aggregate later.
+`MetricSuite` resolves each backbone folder through the weights machinery (local, s3:// or
+hf:// staged once per node, or tiny; sha256 per folder, and the Hub commit of an hf:// one, for
+provenance), loads only the embedders the chosen metrics need, and scores batches of samples:
+per-item cosines/distances against the subject, the style reference and the prompt, plus the
+per-item features FID and CMMD aggregate later.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pipeline.config import EvalSettings
 from pipeline.metrics.definitions import ALL_METRICS, ITEM_METRICS, Against, Backbone
 from pipeline.metrics.embedding import cosines
 from pipeline.storage import Storage
+from pipeline.weights.aux_hub import hub_commit
 from pipeline.weights.aux_models import folder_sha256, model_folder
 
 
@@ -63,6 +65,11 @@ class MetricSuite:
         needed = sorted({ALL_METRICS[m].backbone for m in self.metrics})
         self.folders = {b: model_folder(specs[b.value], b.value, storage) for b in needed}
         self.sha256 = {b.value: folder_sha256(f) for b, f in self.folders.items()}
+        # The commit each hf:// backbone's revision resolved to (the sha256 alone names the
+        # files; the commit says where on the Hub they were).
+        self.hub_commits = {
+            b.value: commit for b, f in self.folders.items() if (commit := hub_commit(f))
+        }
         self.embedders: dict[Backbone, Any] = {
             b: _embedder(b, f, device) for b, f in self.folders.items()
         }
@@ -81,6 +88,7 @@ class MetricSuite:
             "metrics": list(self.metrics),
             "models": {b.value: str(self.settings.models.given()[b.value]) for b in self.folders},
             "sha256": self.sha256,
+            "hub_commits": self.hub_commits,
         }
 
     # ------------------------------------------------------------------ per item

@@ -8,10 +8,13 @@ spec string in a job or run config:
   (tests and demos; scores and captions are meaningless);
 - a local folder (`hf download openai/clip-vit-large-patch14 --local-dir /models/clip-l`);
 - an `s3://bucket/prefix/` holding such a folder: copied once per node into the weight cache
-  under a file lock, then used from there (so every actor of a cluster can read it).
+  under a file lock, then used from there (so every actor of a cluster can read it);
+- `hf://owner/repo[@revision]` (a branch, tag or commit; default "main"): a Hugging Face Hub
+  repo, downloaded once per node into the weight cache the same way, with the commit the
+  revision resolved to recorded for provenance (`pipeline.weights.aux_hub`).
 
-Nothing is fetched from the Hugging Face Hub at run time. `KNOWN_CHECKPOINTS` names the real
-published checkpoints each kind was written for, for `hf download` and the docs.
+`KNOWN_CHECKPOINTS` names the real published checkpoints each kind was written for, for
+`hf://` specs, `hf download` and the docs.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from pipeline.config.hub_ref import is_hub, parse_hub_ref
 from pipeline.storage import Storage, is_s3
 from pipeline.wording import counted
 
@@ -104,11 +108,26 @@ def model_folder(spec: str, kind: str, storage: Storage | None = None) -> Path:
     """A local folder holding the `kind` model named by `spec` (see the module doc)."""
     if not spec:
         raise AuxModelError(
-            f"no {kind} model given: set a local folder, an s3:// folder or "
+            f"no {kind} model given: set a local folder, an s3:// folder, hf://owner/repo or "
             f"'tiny' (real checkpoints: {known_ids(kind)})"
         )
     if spec == TINY:
         return _tiny(kind)
+    if is_hub(spec):
+        from pipeline.weights.aux_hub import stage_hub
+
+        try:
+            ref = parse_hub_ref(spec)
+        except ValueError as error:
+            raise AuxModelError(f"{kind} model {error}") from None
+        folder = stage_hub(ref, _cache(), kind)
+        if not _usable(folder, kind):
+            raise AuxModelError(
+                f"{kind} model {spec}: the repo is not a {kind} model folder (no "
+                f"{' or '.join(FOLDER_SIGNS.get(kind, ('config.json',)))}); {kind} models: "
+                f"{known_ids(kind)}"
+            )
+        return folder
     if is_s3(spec):
         return _stage_s3(spec, storage or Storage())
     folder = Path(spec).expanduser()
@@ -128,6 +147,13 @@ def _usable(folder: Path, kind: str) -> bool:
     return any(any(folder.glob(s)) for s in signs)
 
 
+def looks_like_model(names: list[str]) -> bool:
+    """Whether a remote listing (relative file names) holds a model folder of some kind."""
+    return any(
+        n == "config.json" or n.startswith(("ensemble_lora/", "pt_inception")) for n in names
+    )
+
+
 def folder_sha256(folder: Path) -> str:
     """One sha256 for a model folder: over its files' names and sha256s (cached per file), so
     provenance names exactly which weights scored a run."""
@@ -136,10 +162,18 @@ def folder_sha256(folder: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
         relative = path.relative_to(folder).as_posix()
-        if relative.startswith(".") or relative.endswith(".lock"):
+        if relative.startswith(".") or relative.endswith(".lock") or _derived(relative):
             continue
         digest.update(f"{relative}\0{file_sha256(path)}\n".encode())
     return digest.hexdigest()
+
+
+def _derived(relative: str) -> bool:
+    """Files a package writes into a model folder as it loads it, which say nothing of the
+    weights: Python bytecode (DreamSim imports torch.hub's hubconf.py from its folder) and
+    torch.hub's `trusted_list`. Hashing them would give a folder a new sha256 after first use,
+    and so rescore every shard."""
+    return "__pycache__/" in relative or relative.endswith(".pyc") or relative == "trusted_list"
 
 
 def known_ids(kind: str) -> str:
@@ -188,9 +222,7 @@ def _stage_s3(uri: str, storage: Storage) -> Path:
         marker = target / STAGED_MARKER
         if marker.is_file() and json.loads(marker.read_text()) == listing:
             return target
-        if not any(
-            n == "config.json" or n.startswith(("ensemble_lora/", "pt_inception")) for n in listing
-        ):
+        if not looks_like_model(list(listing)):
             raise AuxModelError(
                 f"{uri}: not a transformers model folder (no config.json below it; "
                 f"found {sorted(listing)[:5]})"

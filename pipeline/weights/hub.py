@@ -17,15 +17,18 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
-from pipeline.errors import HubAccessError, WeightIntegrityError, WeightsError
+from pipeline.errors import WeightIntegrityError, WeightsError
+from pipeline.weights.hub_errors import DEFAULT_ENDPOINT, HubRequest, hub_errors
 from pipeline.weights.manifest import FileFacts, WeightManifest
 from pipeline.weights.registry import Registry, RegistryFile, check_models, load_registry
 
-DEFAULT_ENDPOINT = "https://huggingface.co"
+OFFLINE_ADVICE = (
+    "stage from a local folder or an s3:// mirror instead (`restyle weights pull <model> --to "
+    "s3://...` on a machine that can reach the Hub)"
+)
 # One INFO line per HTTP request would drown the staging lines in every actor's log.
 logging.getLogger("httpx2").setLevel(logging.WARNING)
 
@@ -127,71 +130,16 @@ class HubSource:
             shutil.rmtree(scratch, ignore_errors=True)
 
     # ------------------------------------------------------------------ errors
-    @contextmanager
-    def _errors(self, repo_id: str, action: str) -> Iterator[None]:
-        """Turn huggingface_hub errors into `HubAccessError`s that say what to do."""
-        from huggingface_hub import errors as hf
-
+    def _errors(self, repo_id: str, action: str) -> AbstractContextManager[None]:
+        """Hub failures as `HubAccessError`s that say what to do (`pipeline.weights.hub_errors`)."""
         repo = self.registry.repo(repo_id)
-        page = repo.licence_url or f"{DEFAULT_ENDPOINT}/{repo_id}"
-        token_state = (
-            "no Hugging Face token is set (HF_TOKEN, or `hf auth login`)"
-            if not self._has_token()
-            else "the token in use has no access to it"
+        request = HubRequest(
+            repo_id,
+            repo.revision,
+            self.endpoint,
+            self.token,
+            named_in="the registry",
+            offline_advice=OFFLINE_ADVICE,
+            licence_url=repo.licence_url,
         )
-        try:
-            yield
-        except hf.GatedRepoError as error:
-            raise HubAccessError(
-                f"{repo_id} is gated and {token_state}: accept the licence at {page} while logged "
-                f"in to Hugging Face, then set HF_TOKEN to a token of that account "
-                f"(could not {action}; HTTP {_status(error)})"
-            ) from error
-        except hf.RepositoryNotFoundError as error:
-            raise HubAccessError(
-                f"{repo_id} was not found on {self.endpoint}, or it is private or gated and "
-                f"{token_state}: check the repo id in the registry and set HF_TOKEN to a token "
-                f"with access (could not {action}; HTTP {_status(error)})"
-            ) from error
-        except hf.RevisionNotFoundError as error:
-            raise HubAccessError(
-                f"{repo_id} has no revision {repo.revision!r} (could not "
-                f"{action}): fix the registry's revision"
-            ) from error
-        except (hf.LocalEntryNotFoundError, hf.OfflineModeIsEnabled) as error:
-            raise self._unreachable(action, error) from error
-        except hf.EntryNotFoundError as error:  # the remote file is missing
-            raise WeightsError(
-                f"could not {action}: no such file at revision {repo.revision} "
-                f"(the registry may be out of date)"
-            ) from error
-        except hf.HfHubHTTPError as error:
-            status = _status(error)
-            hint = (
-                f"{token_state}, or the token lacks read permission"
-                if status in (401, 403)
-                else "the Hub may be unavailable; retry later"
-            )
-            raise HubAccessError(f"the Hub refused to {action} (HTTP {status}): {hint}") from error
-        except hf.HTTPError as error:  # transport errors: refused, reset, timeout, DNS
-            raise self._unreachable(action, error) from error
-
-    def _unreachable(self, action: str, error: Exception) -> HubAccessError:
-        return HubAccessError(
-            f"cannot reach the Hugging Face Hub at {self.endpoint} to {action} "
-            f"({type(error).__name__}: {error}); check the network, proxy or HF_ENDPOINT, "
-            "or stage from a local folder or an s3:// mirror instead (`restyle weights pull "
-            "<model> --to s3://...` on a machine that can reach the Hub)"
-        )
-
-    def _has_token(self) -> bool:
-        if self.token:
-            return True
-        from huggingface_hub import get_token
-
-        return bool(get_token())
-
-
-def _status(error: Exception) -> int | str:
-    response = getattr(error, "response", None)
-    return getattr(response, "status_code", "?")
+        return hub_errors(request, action)

@@ -64,7 +64,10 @@ def test_clip_t_and_clip_i_equal_torchmetrics_clip_score(clip_folder):
 
     def loader():
         model = TensorFeatures.from_pretrained(clip_folder, local_files_only=True)
-        return model, CLIPProcessor.from_pretrained(clip_folder, local_files_only=True)
+        # the PIL processor, as restyle and OpenAI's CLIP use (with torchvision installed,
+        # transformers would otherwise pick its torchvision one, a few 1e-5 away)
+        processor = CLIPProcessor.from_pretrained(clip_folder, local_files_only=True, backend="pil")
+        return model, processor
 
     # torchmetrics' per-pair score before its mean and max(., 0): 100 * cosine, all 4 pairs
     # in one batch (its own processor call, text padded per batch)
@@ -177,12 +180,15 @@ def test_csd_is_the_authors_style_head_over_the_clip_tower(tmp_path):
 
 
 def test_dreamsim_names_what_it_needs(tmp_path):
+    """A folder missing part of the release is refused with the files it lacks, before the
+    package would try to download them (tests/metrics/test_paper_metric_packages.py runs it)."""
     with pytest.raises(ValueError, match=r"not the unzipped release"):
         DreamSimEmbedder(tmp_path)
     (tmp_path / "ensemble_lora").mkdir()
+    (tmp_path / "ensemble_lora" / "adapter_config.json").write_text("{}")
     (tmp_path / "dino_vitb16_pretrain.pth").write_bytes(b"")
-    try:
-        import dreamsim  # noqa: F401
-    except Exception:  # not installable here: no torchvision for this CPU torch
-        with pytest.raises(ValueError, match=r"restyle\[paper-metrics\]"):
-            DreamSimEmbedder(tmp_path)
+    with pytest.raises(ValueError) as refused:
+        DreamSimEmbedder(tmp_path)
+    message = str(refused.value)
+    assert "facebookresearch_dino_main/hubconf.py" in message and "\n" not in message
+    assert "dino_vitb16_pretrain.pth," not in message  # present: not named
