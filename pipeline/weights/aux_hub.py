@@ -26,6 +26,7 @@ from filelock import FileLock
 
 from pipeline.config.hub_ref import HubRef
 from pipeline.weights.hub_errors import DEFAULT_ENDPOINT, HubRequest, hub_errors
+from pipeline.wording import counted
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,8 @@ def stage_hub(ref: HubRef, cache: Path, kind: str) -> Path:
                 indent=1,
             )
         )
-        log.info("staged %s (commit %s, %d files) into %s", ref.spec, commit, len(names), target)
+        files = counted(len(names), "file")
+        log.info("staged %s (commit %s, %s) into %s", ref.spec, commit, files, target)
     return target
 
 
@@ -132,5 +134,5 @@ def _keep_only(target: Path, names: set[str], spec: str) -> None:
     missing = sorted(n for n in names if not (target / n).is_file())
     if missing:
         raise WeightsError(
-            f"{spec}: the download left out {missing[:5]} ({len(missing)} files); run again"
+            f"{spec}: the download left out {missing[:5]} ({counted(len(missing), 'file')}); run again"
         )
