@@ -123,6 +123,8 @@ def test_a_head_killed_mid_run_ends_the_driver_with_4_and_the_rerun_resumes(
     images = write_images(tmp_path / "images", 2)
     for k in range(4):
         rows = uso_rows(f"h{k}", 2, str(images[0]), str(images[1]))
+        for row in rows:
+            row["steps"] = 10  # shards long enough that the run is still going at the kill
         (tmp_path / f"part-{k}.parquet").write_bytes(parquet_bytes(rows))
     manifest, out = tmp_path / "part-*.parquet", tmp_path / "out"
     args = [*cli_run_args(manifest, out, tiny_weights), "--run", "r", "--device", "cpu"]
