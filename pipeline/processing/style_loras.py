@@ -10,7 +10,8 @@ A reference is one of:
 - an `s3://` URI: downloaded once into the actor's cache folder;
 - a Hugging Face reference, `hf://owner/repo/file.safetensors` or `owner/repo/file.safetensors`
   (or `owner/repo` for the repo's first .safetensors file, as the authors' demo does), through
-  huggingface_hub with the usual HF_TOKEN.
+  huggingface_hub with the usual HF_TOKEN and HF_ENDPOINT; its size is read from the Hub and
+  held to the budget before the download, and Hub failures are worded as the weights' are.
 Only safetensors files are ever opened: a reference to a pickle format (.bin, .pt, .ckpt, ...)
 is refused as such. Every file is held to `limits.max_lora_bytes` (an s3:// object before it is
 downloaded), local paths to `limits.local_roots`, and devices or kernel files are refused.
@@ -164,13 +165,42 @@ class StyleLoraResolver:
         return target
 
     def _download_hf(self, reference: str) -> Path:
-        from huggingface_hub import hf_hub_download, list_repo_files
+        """A Hub file, held to the size budget by the Hub's own metadata before a byte is
+        downloaded; Hub failures worded as the weights' (`pipeline.weights.hub_errors`)."""
+        from huggingface_hub import HfApi, hf_hub_download
+
+        from pipeline.weights.hub_errors import hub_errors, request_from_env
 
         parts = reference.split("/")
         repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
-        if not filename:
-            candidates = sorted(f for f in list_repo_files(repo_id) if f.endswith(".safetensors"))
-            if not candidates:
-                raise FileNotFoundError(f"Hugging Face repo {repo_id} has no .safetensors file")
-            filename = candidates[0]
-        return Path(hf_hub_download(repo_id, filename, cache_dir=self.cache_dir / "hf"))
+        request = request_from_env(
+            repo_id,
+            "main",
+            named_in="the manifest's style_lora",
+            offline_advice="stage the LoRA on S3 or a local path and name that instead",
+        )
+        api = HfApi(endpoint=request.endpoint, token=request.token)
+        with hub_errors(request, f"fetch the style LoRA {reference}"):
+            if not filename:
+                names = api.list_repo_files(repo_id)
+                candidates = sorted(f for f in names if f.endswith(".safetensors"))
+                if not candidates:
+                    raise FileNotFoundError(f"Hugging Face repo {repo_id} has no .safetensors file")
+                filename = candidates[0]
+            found = [i for i in api.get_paths_info(repo_id, [filename]) if hasattr(i, "size")]
+            if not found:
+                raise FileNotFoundError(f"Hugging Face repo {repo_id} has no file {filename}")
+            if found[0].size > self.limits.max_lora_bytes:
+                raise ValueError(
+                    f"{repo_id}/{filename} is {found[0].size} bytes on the Hub, larger than the "
+                    f"{self.limits.max_lora_bytes}-byte budget (limits.max_lora_bytes); not "
+                    "downloaded"
+                )
+            downloaded = hf_hub_download(
+                repo_id,
+                filename,
+                cache_dir=self.cache_dir / "hf",
+                endpoint=request.endpoint,
+                token=request.token,
+            )
+        return Path(downloaded)

@@ -19,13 +19,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 from filelock import FileLock
 
 from pipeline.config.hub_ref import HubRef
-from pipeline.weights.hub_errors import DEFAULT_ENDPOINT, HubRequest, hub_errors
+from pipeline.weights.hub_errors import HubRequest, hub_errors, request_from_env
 from pipeline.wording import counted
 
 log = logging.getLogger(__name__)
@@ -93,12 +92,9 @@ def hub_commit(folder: Path) -> str | None:
 
 
 def _request(ref: HubRef, kind: str) -> HubRequest:
-    endpoint = (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
-    return HubRequest(
+    return request_from_env(
         ref.repo,
         ref.revision,
-        endpoint,
-        os.environ.get("HF_TOKEN") or None,
         named_in=f"the {kind} model spec {ref.spec}",
         offline_advice=(
             f"give a local folder or an s3:// mirror instead (`hf download {ref.repo} "

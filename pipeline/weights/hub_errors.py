@@ -43,6 +43,16 @@ class HubRequest:
         )
 
 
+def request_from_env(repo_id: str, revision: str, named_in: str, offline_advice: str) -> HubRequest:
+    """A request to the endpoint and with the token huggingface_hub would use: $HF_ENDPOINT
+    (else the public Hub) and $HF_TOKEN (else the token `hf auth login` saved)."""
+    import os
+
+    endpoint = (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+    token = os.environ.get("HF_TOKEN") or None
+    return HubRequest(repo_id, revision, endpoint, token, named_in, offline_advice)
+
+
 @contextmanager
 def hub_errors(request: HubRequest, action: str) -> Iterator[None]:
     """Turn huggingface_hub errors raised while doing `action` into `HubAccessError`s (a file

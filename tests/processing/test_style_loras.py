@@ -3,6 +3,7 @@ and what counts as a shipped OmniConsistency style is the model's own decision."
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -83,3 +84,69 @@ def test_a_lora_over_its_budget_or_outside_the_local_roots_is_that_items_error(
     with pytest.raises(ItemError) as error:
         fenced.resolve(str(example), 1.0, "item-6")
     assert "outside the allowed local roots" in str(error.value)
+
+
+@pytest.fixture
+def lora_hub(tiny_weights, monkeypatch):
+    """A LocalHub serving a style LoRA in an open repo and in a gated one."""
+    from support.hub_server import LocalHub
+
+    data = (tiny_weights / STYLE_LORA_DIR / shipped_file_name("Ghibli")).read_bytes()
+    server = LocalHub(
+        {
+            "org/loras": {"ghibli.safetensors": data, "README.md": b"a style"},
+            "org/gated-loras": {"ghibli.safetensors": data},
+        },
+        gated={"org/gated-loras": {"accepted-token"}},
+    ).start()
+    monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    try:
+        yield server, data
+    finally:
+        server.stop()
+
+
+def test_a_hub_lora_is_fetched_once_and_held_to_the_budget_before_download(
+    lora_hub, tiny_weights, tmp_path
+):
+    server, data = lora_hub
+    hub = resolver(tiny_weights, tmp_path)
+    lora = hub.resolve("hf://org/loras/ghibli.safetensors", 0.8, "item-h1")
+    assert lora.path.read_bytes() == data and lora.name == "hf://org/loras/ghibli.safetensors"
+    # the repo alone: its first .safetensors file (the authors' demo), from the same cache
+    assert hub.resolve("org/loras", 1.0, "item-h2").path.read_bytes() == data
+    assert server.served[("org/loras", "ghibli.safetensors")] == 1
+
+    storage = Storage(StorageSettings())
+    small = StyleLoraResolver(
+        storage, None, tmp_path / "small", InputLimits(max_lora_bytes=len(data) - 1)
+    )
+    with pytest.raises(ItemError) as error:
+        small.resolve("hf://org/loras/ghibli.safetensors", 1.0, "item-h3")
+    message = str(error.value)
+    assert error.value.kind == ItemStatus.LORA_ERROR and "item-h3" in message
+    assert f"is {len(data)} bytes on the Hub" in message and "not downloaded" in message
+    assert server.served[("org/loras", "ghibli.safetensors")] == 1  # not a byte more
+
+
+def test_hub_lora_failures_say_what_to_do(lora_hub, tiny_weights, tmp_path, monkeypatch):
+    hub = resolver(tiny_weights, tmp_path)
+    cases = {
+        "org/gated-loras/ghibli.safetensors": "is gated and no Hugging Face token is set",
+        "org/loras/missing.safetensors": "has no file missing.safetensors",
+        "org/nothing/x.safetensors": "was not found on",
+    }
+    for reference, expected in cases.items():
+        with pytest.raises(ItemError) as error:
+            hub.resolve(reference, 1.0, "item-h4")
+        message = str(error.value)
+        assert error.value.kind == ItemStatus.LORA_ERROR and expected in message, message
+        assert "\n" not in message
+    monkeypatch.setenv("HF_TOKEN", "accepted-token")
+    assert hub.resolve("org/gated-loras/ghibli.safetensors", 1.0, "item-h5").path.is_file()
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    with pytest.raises(
+        ItemError, match=re.escape("cannot reach the Hugging Face Hub at http://127.0.0.1:9")
+    ):
+        resolver(tiny_weights, tmp_path / "other").resolve("org/loras", 1.0, "item-h6")
