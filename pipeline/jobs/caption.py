@@ -87,6 +87,7 @@ def caption_run(
     """Caption every committed shard of a run that lacks a sidecar from this model spec."""
     from pipeline.execution.actor import CaptionActor
     from pipeline.execution.cluster import connect
+    from pipeline.execution.cluster_watch import watching_cluster
     from pipeline.execution.dispatch import dispatch
     from pipeline.execution.pool import ActorPool, ActorSpec, pool_size
 
@@ -96,33 +97,34 @@ def caption_run(
     if not plan.todo:
         plan.finish()
         return summary
-    connect(address)
-    spec = ActorSpec(
-        CaptionActor,
-        (model_spec, device, storage_settings),
-        kind="caption actor",
-        detail=f"for {model_spec!r}",
-    )
-    pool = ActorPool(spec, pool_size(actors, len(plan.todo)))
-
-    def captioned(task: tuple[str, str], rows: int) -> None:
-        summary.captions += rows
-        summary.shards_captioned += 1
-
-    def failed(task: tuple[str, str], reason: str) -> None:
-        summary.failed[task[0]] = reason
-
-    try:
-        dispatch(
-            pool,
-            plan.todo,
-            submit=lambda actor, task, seq: actor.caption_shard.remote(*task),
-            on_result=captioned,
-            on_failure=failed,
-            max_attempts=MAX_ATTEMPTS,
-            describe=lambda task: f"captioning {task[0]}",
+    with watching_cluster():  # a head node that dies mid-way: one line, exit 4
+        connect(address)
+        spec = ActorSpec(
+            CaptionActor,
+            (model_spec, device, storage_settings),
+            kind="caption actor",
+            detail=f"for {model_spec!r}",
         )
-    finally:
-        pool.shutdown()
+        pool = ActorPool(spec, pool_size(actors, len(plan.todo)))
+
+        def captioned(task: tuple[str, str], rows: int) -> None:
+            summary.captions += rows
+            summary.shards_captioned += 1
+
+        def failed(task: tuple[str, str], reason: str) -> None:
+            summary.failed[task[0]] = reason
+
+        try:
+            dispatch(
+                pool,
+                plan.todo,
+                submit=lambda actor, task, seq: actor.caption_shard.remote(*task),
+                on_result=captioned,
+                on_failure=failed,
+                max_attempts=MAX_ATTEMPTS,
+                describe=lambda task: f"captioning {task[0]}",
+            )
+        finally:
+            pool.shutdown()
     plan.finish()
     return summary

@@ -65,6 +65,7 @@ def eval_run(
     """Score every committed shard not yet scored by this eval; then the run's set metrics."""
     from pipeline.execution.actor import EvalActor
     from pipeline.execution.cluster import connect
+    from pipeline.execution.cluster_watch import watching_cluster
     from pipeline.execution.dispatch import dispatch
     from pipeline.execution.pool import ActorPool, ActorSpec, pool_size
 
@@ -76,47 +77,49 @@ def eval_run(
     summary = EvalSummary(state.run_uri)
     commits = [c for c in committed(state) if c.commit.stats.ok]
     references = reference_images(storage, settings.reference) if settings.reference else []
-    connect(address)
-    spec = ActorSpec(EvalActor, (settings, device, storage_settings), kind="eval actor")
-    pool = ActorPool(spec, pool_size(actors, max(1, len(commits))))
-    try:
-        summary.fingerprint = pool.wait_ready()["eval"]
-        todo = [c for c in commits if scores_eval(storage, c.scores) != summary.fingerprint]
-        summary.shards_kept = len(commits) - len(todo)
+    with watching_cluster():  # a head node that dies mid-way: one line, exit 4
+        connect(address)
+        spec = ActorSpec(EvalActor, (settings, device, storage_settings), kind="eval actor")
+        pool = ActorPool(spec, pool_size(actors, max(1, len(commits))))
+        try:
+            summary.fingerprint = pool.wait_ready()["eval"]
+            todo = [c for c in commits if scores_eval(storage, c.scores) != summary.fingerprint]
+            summary.shards_kept = len(commits) - len(todo)
 
-        def scored(task: CommitFiles, rows: int) -> None:
-            summary.shards_scored += 1
-            summary.items_scored += rows
+            def scored(task: CommitFiles, rows: int) -> None:
+                summary.shards_scored += 1
+                summary.items_scored += rows
 
-        def failed(task: Any, reason: str) -> None:
-            summary.failed[task.tar if isinstance(task, CommitFiles) else task[0]] = reason
+            def failed(task: Any, reason: str) -> None:
+                summary.failed[task.tar if isinstance(task, CommitFiles) else task[0]] = reason
 
-        dispatch(
-            pool,
-            todo,
-            submit=lambda actor, t, seq: actor.score_shard.remote(
-                t.tar, t.records, t.scores, t.features
-            ),
-            on_result=scored,
-            on_failure=failed,
-            max_attempts=MAX_ATTEMPTS,
-            describe=lambda t: f"scoring {t.tar}",
-        )
-        chunks = [
-            references[i : i + REFERENCE_CHUNK] for i in range(0, len(references), REFERENCE_CHUNK)
-        ]
-        reference_parts: list[dict] = []
-        dispatch(
-            pool,
-            chunks,
-            submit=lambda actor, chunk, seq: actor.reference_features.remote(chunk),
-            on_result=lambda chunk, features: reference_parts.append(features),
-            on_failure=failed,
-            max_attempts=MAX_ATTEMPTS,
-            describe=lambda chunk: f"reference images from {chunk[0]}",
-        )
-    finally:
-        pool.shutdown()
+            dispatch(
+                pool,
+                todo,
+                submit=lambda actor, t, seq: actor.score_shard.remote(
+                    t.tar, t.records, t.scores, t.features
+                ),
+                on_result=scored,
+                on_failure=failed,
+                max_attempts=MAX_ATTEMPTS,
+                describe=lambda t: f"scoring {t.tar}",
+            )
+            chunks = [
+                references[i : i + REFERENCE_CHUNK]
+                for i in range(0, len(references), REFERENCE_CHUNK)
+            ]
+            reference_parts: list[dict] = []
+            dispatch(
+                pool,
+                chunks,
+                submit=lambda actor, chunk, seq: actor.reference_features.remote(chunk),
+                on_result=lambda chunk, features: reference_parts.append(features),
+                on_failure=failed,
+                max_attempts=MAX_ATTEMPTS,
+                describe=lambda chunk: f"reference images from {chunk[0]}",
+            )
+        finally:
+            pool.shutdown()
     rows = current_scores(state)
     summary.metrics = summarise(rows)
     if references and not summary.failed:
