@@ -27,7 +27,7 @@ from rich.text import Text
 
 from pipeline.execution.logs import STDERR, on_terminal
 from pipeline.outputs.commit import ShardStats
-from pipeline.wording import of_total
+from pipeline.wording import counted, of_total
 
 log = logging.getLogger("restyle.progress")
 LOG_EVERY_S = 30.0  # without a terminal, one progress line per this many seconds
@@ -66,6 +66,8 @@ class RunProgress:
         self.committed_shards = 0
         self.committed: Counter[str] = Counter()  # "ok", "skipped" and error classes, from markers
         self._live_counts: dict[int, tuple[int, int]] = {}
+        # shards another driver of the run claimed (`--join`): shard -> its items
+        self.elsewhere: dict[int, int] = {}
         self._work_started: float | None = None
         self._last_log = time.monotonic()
         # The bar line has a fixed width (under 80 columns); the phase and the figures go on
@@ -116,7 +118,27 @@ class RunProgress:
         self.committed.update({"ok": stats.ok, "skipped": stats.skipped, **stats.errors})
         self._refresh()
 
+    def claimed_elsewhere(self, shard: int, items: int) -> None:
+        """Another driver claimed `shard` (`--join`): its items leave this driver's totals and
+        ETA, and the figures say how many shards are left to it."""
+        self.elsewhere[shard] = items
+        self._bar.update(self._task, total=self.own_items)
+        self._refresh()
+
+    def claimed_here(self, shard: int) -> None:
+        """This driver took `shard` (back) after all: it counts here again."""
+        if self.elsewhere.pop(shard, None) is not None:
+            self._bar.update(self._task, total=self.own_items)
+            self._refresh()
+
     # ------------------------------------------------------------------ the numbers
+    @property
+    def own_items(self) -> int | None:
+        """Items this driver is to run: the total less those of shards another driver claimed."""
+        if self.total_items is None:
+            return None
+        return max(0, self.total_items - sum(self.elsewhere.values()))
+
     @property
     def done(self) -> int:
         """Items finished (ok or failed; skipped rows excluded, as in the live counts)."""
@@ -139,12 +161,13 @@ class RunProgress:
         return self.ok / elapsed if elapsed > 0 else 0.0
 
     def eta_s(self, now: float | None = None) -> float | None:
-        if self.total_items is None or self._work_started is None:
+        own = self.own_items
+        if own is None or self._work_started is None:
             return None
         elapsed = (now or time.monotonic()) - self._work_started
         if self.done == 0 or elapsed <= 0:
             return None
-        return max(0, self.total_items - self.done) * elapsed / self.done
+        return max(0, own - self.done) * elapsed / self.done
 
     def failures(self) -> str:
         """`2 failed (bad_input 1, io_error 1)`; classes of shards in flight come at commit."""
@@ -157,9 +180,15 @@ class RunProgress:
         2.59 images/s`."""
         rate = self.images_per_s()
         return (
-            f"{self.phase_text} | {self.failures()} | "
-            f"{of_total(self.committed_shards, self.total_shards, 'shard')} | {rate:.2f} images/s"
+            f"{self.phase_text} | {self.failures()} | {self.shard_figures()} | {rate:.2f} images/s"
         )
+
+    def shard_figures(self) -> str:
+        """`1/2 shards`, or `1/2 shards (+3 shards claimed by another driver)` with `--join`."""
+        own = of_total(self.committed_shards, self.total_shards - len(self.elsewhere), "shard")
+        if not self.elsewhere:
+            return own
+        return f"{own} (+{counted(len(self.elsewhere), 'shard')} claimed by another driver)"
 
     # ------------------------------------------------------------------ drawing
     def view(self) -> Group:
@@ -187,25 +216,28 @@ class RunProgress:
             self.log_line(now)
 
     def log_line(self, now: float | None = None) -> None:
-        percent = f" ({100 * self.done / self.total_items:.1f}%)" if self.total_items else ""
+        own = self.own_items
+        percent = f" ({100 * self.done / own:.1f}%)" if own else ""
         log.info(
             "progress: %s%s, %s, %s, %.2f images/s, ETA %s",
-            of_total(self.done, self.total_items, "item"),
+            of_total(self.done, own, "item"),
             percent,
             self.failures(),
-            of_total(self.committed_shards, self.total_shards, "shard"),
+            self.shard_figures(),
             self.images_per_s(now),
             duration(self.eta_s(now)),
             extra={
                 "progress": {
                     "items_done": self.done,
-                    "items_total": self.total_items,
+                    "items_total": own,
+                    "items_claimed_elsewhere": sum(self.elsewhere.values()),
                     "failed": self.failed,
                     "errors": {
                         k: n for k, n in self.committed.items() if k not in ("ok", "skipped")
                     },
                     "shards_committed": self.committed_shards,
                     "shards_total": self.total_shards,
+                    "shards_claimed_elsewhere": len(self.elsewhere),
                     "images_per_s": self.images_per_s(now),
                     "eta_s": self.eta_s(now),
                 }

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 
 from pipeline.config import DriverSettings
 from pipeline.execution.progress import RunProgress
+from pipeline.manifests.reading import count_items
 from pipeline.outputs.layout import ShardPaths
 from pipeline.outputs.lease import RunLease
 from pipeline.processing.shard import ShardTask
@@ -62,6 +63,16 @@ class SharedRun:
             )
             return False
 
+    def items_of(self, task: ShardTask) -> int:
+        """How many items `task` runs (its manifest's footer, for the progress figures)."""
+        if task.only_ids is not None:
+            return len(task.only_ids)
+        try:
+            return count_items(task.shard, self.storage)
+        except Exception as error:  # the figures only: never a reason to stop
+            log.debug("shard %d: items not counted (%s)", task.shard.index, error)
+            return 0
+
     def committed(self, task: ShardTask) -> bool:
         return self.storage.exists(ShardPaths(self.run_uri, task.shard.index, task.retry).marker)
 
@@ -80,8 +91,12 @@ class SharedRun:
 
         def claim(task: ShardTask) -> bool:
             if self.claim(task):
+                if progress is not None:
+                    progress.claimed_here(task.shard.index)
                 return True
             skipped.append(task)
+            if progress is not None and task.shard.index not in progress.elsewhere:
+                progress.claimed_elsewhere(task.shard.index, self.items_of(task))
             return False
 
         while todo:

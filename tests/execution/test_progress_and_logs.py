@@ -56,6 +56,29 @@ def test_without_a_terminal_progress_is_periodic_info_lines_with_totals_and_eta(
     assert "\x1b[" not in "\n".join(lines)  # no colour codes in a log
 
 
+def test_shards_another_driver_claimed_leave_the_totals_and_the_eta(capsys, restore_logging):
+    """`--join`: a shard another driver claimed is neither pending here nor in the ETA; the
+    figures say how many were left to it, and a shard taken back counts here again."""
+    configure_logging("info", "text")
+    progress = RunProgress(enabled=True, total_shards=4, total_items=40, log_every_s=0)
+    progress.work_started()
+    progress.claimed_elsewhere(2, 10)
+    progress.claimed_elsewhere(3, 10)
+    progress.shard_committed(stats(10, {}))
+    assert progress.own_items == 20
+    assert progress.shard_figures() == "1/2 shards (+2 shards claimed by another driver)"
+    eta_two_left = progress.eta_s(now=progress._work_started + 10)
+    assert eta_two_left == pytest.approx(10.0)  # 10 items left here at 1 item/s, not 30
+    heartbeat = [ln for ln in capsys.readouterr().err.splitlines() if "progress: " in ln][-1]
+    assert "10/20 items (50.0%)" in heartbeat and "claimed by another driver" in heartbeat
+    progress.claimed_here(3)  # its driver went away: this one took it over
+    assert progress.own_items == 30
+    assert progress.shard_figures() == "1/3 shards (+1 shard claimed by another driver)"
+    progress.claimed_here(3)  # taken twice: counted once
+    assert progress.own_items == 30
+    progress.close()
+
+
 def test_json_logs_are_one_object_per_line_with_the_progress_fields(capsys, restore_logging):
     configure_logging("info", "json")
     progress = RunProgress(enabled=True, total_shards=1, total_items=4, log_every_s=0)
