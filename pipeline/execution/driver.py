@@ -14,7 +14,6 @@ import dataclasses
 import logging
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +29,7 @@ from pipeline.outputs.status import RunStatus, run_status
 from pipeline.processing.run_identity import check_run_identity
 from pipeline.processing.shard import ShardTask
 from pipeline.storage import Storage, StorageSettings
+from pipeline.storage.concurrent import map_bounded
 from pipeline.storage.uris import canonical_uri, public_uri
 from pipeline.weights.resolve import ResolvedWeights, resolve_weights
 from pipeline.wording import counted
@@ -191,13 +191,12 @@ class Runner:
         """Refuse, as `run` would, a run folder that holds another configuration."""
         self.state.check_claim(plan.run_json(self.settings))
 
-    def count_items(self, shards: list[ManifestShard]) -> int:
-        """Items of `shards` from their footers (or tar headers), a few files at a time; a
-        manifest without an `id` column, or with a column of the wrong type, is refused here."""
-        if not shards:
-            return 0
-        with ThreadPoolExecutor(min(COUNT_THREADS, len(shards))) as pool:
-            return sum(pool.map(lambda shard: count_items(shard, self.storage), shards))
+    def count_items(self, shards: list[ManifestShard]) -> dict[int, int]:
+        """Items of each shard (by index) from its footer (or tar headers), a few files at a
+        time; a manifest without an `id` column, or with a column of the wrong type, is
+        refused here."""
+        counts = map_bounded(lambda shard: count_items(shard, self.storage), shards, COUNT_THREADS)
+        return {shard.index: n for shard, n in zip(shards, counts, strict=True)}
 
     # ------------------------------------------------------------------ running
     def run(self) -> RunSummary:
@@ -208,7 +207,8 @@ class Runner:
         check_address(self.address)
         plan = self.plan()
         only = None if self.config.only_ids is None else frozenset(self.config.only_ids)
-        total_items = self.count_items(plan.todo) if only is None else len(only)
+        shard_items = self.count_items(plan.todo) if only is None else {}
+        total_items = sum(shard_items.values()) if only is None else len(only)
         self.check_weights(plan)
         run_json = plan.run_json(self.settings)
         # A folder of another configuration is refused now; run.json is written once Ray is
@@ -216,10 +216,12 @@ class Runner:
         self.state.check_claim(run_json)
         summary = self._summary(plan, shards_already_done=len(plan.done))
         with self.sharing.held():  # a second driver is refused here, before Ray starts
-            return self._execute(self.run_tasks(plan), summary, total_items, claim=run_json)
+            tasks = self.run_tasks(plan, shard_items)
+            return self._execute(tasks, summary, total_items, claim=run_json)
 
-    def run_tasks(self, plan: Plan) -> list[ShardTask]:
-        """One task per shard not yet committed: the whole shard, its first attempt."""
+    def run_tasks(self, plan: Plan, shard_items: dict[int, int] | None = None) -> list[ShardTask]:
+        """One task per shard not yet committed: the whole shard, its first attempt
+        (`shard_items`: the items `count_items` found in each, for the progress figures)."""
         only = None if self.config.only_ids is None else frozenset(self.config.only_ids)
         return [
             ShardTask(
@@ -229,6 +231,7 @@ class Runner:
                 weights=plan.weights.sha256,
                 random_weights=plan.weights.random,
                 only_ids=only,
+                items=(shard_items or {}).get(s.index),
             )
             for s in plan.todo
         ]

@@ -17,7 +17,6 @@ from contextlib import contextmanager
 
 from pipeline.config import DriverSettings
 from pipeline.execution.progress import RunProgress
-from pipeline.manifests.reading import count_items
 from pipeline.outputs.layout import ShardPaths
 from pipeline.outputs.lease import RunLease
 from pipeline.processing.shard import ShardTask
@@ -63,15 +62,10 @@ class SharedRun:
             )
             return False
 
-    def items_of(self, task: ShardTask) -> int:
-        """How many items `task` runs (its manifest's footer, for the progress figures)."""
-        if task.only_ids is not None:
-            return len(task.only_ids)
-        try:
-            return count_items(task.shard, self.storage)
-        except Exception as error:  # the figures only: never a reason to stop
-            log.debug("shard %d: items not counted (%s)", task.shard.index, error)
-            return 0
+    @staticmethod
+    def items_of(task: ShardTask) -> int:
+        """How many items `task` runs (for the progress figures; counted by the driver)."""
+        return len(task.only_ids) if task.only_ids is not None else task.items or 0
 
     def committed(self, task: ShardTask) -> bool:
         return self.storage.exists(ShardPaths(self.run_uri, task.shard.index, task.retry).marker)

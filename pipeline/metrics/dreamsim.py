@@ -15,6 +15,8 @@ timm (`pip install 'restyle[paper-metrics]'`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -30,6 +32,17 @@ PACKAGE_FILES = (
     "facebookresearch_dino_main/hubconf.py",
     "checkpoints/dino_vitbase16_pretrain.pth",
 )
+
+
+@contextmanager
+def torch_hub_dir_kept() -> Iterator[None]:
+    """The package points torch.hub at its folder for the rest of the process (its
+    `torch.hub.set_dir(cache_dir)`); this puts the previous folder back."""
+    hub = torch.hub.get_dir()
+    try:
+        yield
+    finally:
+        torch.hub.set_dir(hub)
 
 
 class DreamSimEmbedder(Embedder):
@@ -51,13 +64,10 @@ class DreamSimEmbedder(Embedder):
                 "DreamSim needs the `dreamsim` package with torchvision, open_clip and timm "
                 f"(pip install 'restyle[paper-metrics]'): {type(error).__name__}: {error}"
             ) from error
-        hub = torch.hub.get_dir()
-        try:
+        with torch_hub_dir_kept():
             self.model, self.preprocess = dreamsim(
                 pretrained=True, device=device, cache_dir=str(folder)
             )
-        finally:
-            torch.hub.set_dir(hub)  # the package points torch.hub at its folder for good
 
     def _embed(self, images: list[Image.Image]) -> torch.Tensor:
         batch = torch.cat([self.preprocess(i) for i in images]).to(self.device)

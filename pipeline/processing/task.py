@@ -20,3 +20,4 @@ class ShardTask:
     prior_attempts: dict[str, int] = field(default_factory=dict)  # retry commits
     retry: int = 0  # 0: the shard's first run; n: its n-th retry (`ShardPaths.retry`)
     seq: int = 0  # dispatch order; older shards get the model first
+    items: int | None = None  # the whole shard's items, when the driver counted them

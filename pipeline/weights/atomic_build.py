@@ -59,3 +59,34 @@ def _install(staging: Path, folder: Path, is_complete: Callable[[Path], bool]) -
     except OSError:
         if not is_complete(folder):
             raise
+
+
+def build_seeded(
+    folder: Path,
+    marker_name: str,
+    kind: str,
+    seed: int,
+    build_format: int,
+    write: Callable[[Path, int], None],
+    what: str,
+) -> Path:
+    """`build_atomically` for random weights generated from `seed`: `write(staging, seed)`
+    fills the folder, with torch's global seed set first (module constructors draw before
+    their weights are overwritten). The marker holds kind, seed and format: the same three
+    mean the same bytes, so such a folder is reused as it is."""
+    import torch
+
+    marker = {"kind": kind, "seed": seed, "format": build_format}
+
+    def is_complete(path: Path) -> bool:
+        try:
+            return json.loads((path / marker_name).read_text()) == marker
+        except (OSError, ValueError):
+            return False
+
+    def fill(staging: Path) -> dict:
+        torch.manual_seed(seed)
+        write(staging, seed)
+        return marker
+
+    return build_atomically(Path(folder), marker_name, is_complete, fill, what)

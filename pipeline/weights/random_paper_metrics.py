@@ -25,13 +25,13 @@ one. Both builders are deterministic and reuse a complete build (their marker fi
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from pathlib import Path
 
 import torch
 
-from pipeline.weights.atomic_build import build_atomically
+from pipeline.metrics.dreamsim import torch_hub_dir_kept
+from pipeline.weights.atomic_build import build_seeded
 from pipeline.weights.tiny import randomize_module
 
 MARKER = "random_release.json"
@@ -106,11 +106,8 @@ def _write_lora(folder: Path, seed: int) -> None:
     from peft import LoraConfig, get_peft_model
 
     config = dreamsim_args["model_config"]["ensemble"]
-    hub = torch.hub.get_dir()
-    try:
+    with torch_hub_dir_kept():  # the package points torch.hub at its folder
         model = PerceptualModel(**config, device="cpu", load_dir=str(folder), normalize_embeds=True)
-    finally:
-        torch.hub.set_dir(hub)  # the package points torch.hub at its folder
     adapted = get_peft_model(model, LoraConfig(**LORA))
     gen = _generator(seed, "lora")
     with torch.no_grad():
@@ -150,20 +147,5 @@ def _write_inception(folder: Path, seed: int) -> None:
     torch.save(model.state_dict(), folder / "pt_inception-2015-12-05-random.pth")
 
 
-def _marker(kind: str, seed: int) -> dict:
-    return {"kind": kind, "seed": seed, "format": BUILD_FORMAT}
-
-
 def _build(folder: Path, kind: str, seed: int, write) -> Path:
-    def is_complete(path: Path) -> bool:
-        try:
-            return json.loads((path / MARKER).read_text()) == _marker(kind, seed)
-        except (OSError, ValueError):
-            return False
-
-    def fill(staging: Path) -> dict:
-        torch.manual_seed(seed)  # module constructors draw before randomize_module overwrites
-        write(staging, seed)
-        return _marker(kind, seed)
-
-    return build_atomically(folder, MARKER, is_complete, fill, f"random {kind} release")
+    return build_seeded(folder, MARKER, kind, seed, BUILD_FORMAT, write, f"random {kind} release")

@@ -21,14 +21,13 @@ pictures they "see" are meaningless, but every tensor goes through the real code
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from pathlib import Path
 
 import torch
 
 from pipeline.models.flux import tiny_tokenizers
-from pipeline.weights.atomic_build import build_atomically
+from pipeline.weights.atomic_build import build_seeded
 from pipeline.weights.tiny import randomize_module
 
 MARKER = "tiny_aux.json"
@@ -230,25 +229,6 @@ def _widen(model: torch.nn.Module, gen: torch.Generator, std: float) -> None:
                 param.copy_(std * torch.randn(param.shape, generator=gen))
 
 
-def _marker(kind: str, seed: int) -> dict:
-    return {"kind": kind, "seed": seed, "format": BUILD_FORMAT}
-
-
-def is_complete(folder: Path, kind: str, seed: int = 0) -> bool:
-    try:
-        return json.loads((Path(folder) / MARKER).read_text()) == _marker(kind, seed)
-    except (OSError, ValueError):
-        return False
-
-
 def _build(folder: Path, kind: str, seed: int, write) -> Path:
-    """Build `folder` once, crash- and concurrency-safe (see `build_atomically`)."""
-
-    def fill(staging: Path) -> dict:
-        torch.manual_seed(seed)  # module constructors draw before randomize_module overwrites
-        write(staging, seed)
-        return _marker(kind, seed)
-
-    return build_atomically(
-        Path(folder), MARKER, lambda f: is_complete(f, kind, seed), fill, f"tiny {kind}"
-    )
+    """Build `folder` once, crash- and concurrency-safe (see `build_seeded`)."""
+    return build_seeded(folder, MARKER, kind, seed, BUILD_FORMAT, write, f"tiny {kind}")

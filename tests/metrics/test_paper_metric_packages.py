@@ -18,6 +18,7 @@ import ray
 import torch
 from PIL import Image
 from support.committed_run import write_run
+from support.pictures import pictures
 
 from pipeline.config import EvalSettings, MetricModels
 from pipeline.jobs.eval import eval_run
@@ -33,14 +34,6 @@ from pipeline.weights.random_paper_metrics import build_random_dreamsim, build_r
 pytestmark = pytest.mark.slow
 
 SHARDS = {0: ["cup", "house", "lamp"], 1: ["tree", "boat"]}
-
-
-def pictures(count: int, seed: int, size=(64, 48)) -> list[Image.Image]:
-    rng = np.random.default_rng(seed)
-    return [
-        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
-        for _ in range(count)
-    ]
 
 
 def blobs(count: int, seed: int, size=(64, 48)) -> list[Image.Image]:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from support.pictures import pictures
 
 from pipeline.metrics.clip import ClipEmbedder
 from pipeline.metrics.cmmd import CmmdEmbedder, mmd
@@ -23,14 +24,6 @@ from pipeline.metrics.fid import as_uint8_batch, fid_backbone, frechet_distance
 from pipeline.weights.tiny_aux import build_tiny_clip, build_tiny_csd
 
 PROMPTS = ["a red mug on a table", "a house by the sea", "a portrait in watercolor", "ink waves"]
-
-
-def pictures(count: int, seed: int = 0, size=(64, 48)) -> list[Image.Image]:
-    rng = np.random.default_rng(seed)
-    return [
-        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
-        for _ in range(count)
-    ]
 
 
 def tensor(image: Image.Image) -> torch.Tensor:
