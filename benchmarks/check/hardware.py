@@ -52,10 +52,12 @@ def environment(device: torch.device) -> dict:
     return info
 
 
-def matmul_peak(device: torch.device, side: int, repeats: int) -> float:
-    """FLOP/s of a bf16 side^3 product, best of `repeats` timed calls after a warm-up."""
-    a = torch.randn(side, side, device=device, dtype=torch.bfloat16)
-    b = torch.randn(side, side, device=device, dtype=torch.bfloat16)
+def matmul_peak(device: torch.device, side: int, repeats: int, dtype: torch.dtype) -> float:
+    """FLOP/s of a side^3 product in `dtype` (the models' compute dtype: bf16 on a GPU, fp32 on
+    a CPU, whose bf16 matmul is slower than its fp32 one), best of `repeats` timed calls after a
+    warm-up."""
+    a = torch.randn(side, side, device=device, dtype=dtype)
+    b = torch.randn(side, side, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
     sync(device)

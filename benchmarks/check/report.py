@@ -33,7 +33,7 @@ class Measurement:
     warmup_s: float | None = None
     images_per_hour: float | None = None
     tflop_per_image: float | None = None
-    fraction_of_peak: float | None = None  # of the bf16 matmul peak measured in this run
+    fraction_of_peak: float | None = None  # of the matmul peak measured in this run (bf16 on a GPU)
     peak_memory_gib: float | None = None
     stages_s: dict[str, float] = field(default_factory=dict)  # text/prepare/denoise/decode
     extra: dict[str, Any] = field(default_factory=dict)  # ratios, busy fraction, backends...
@@ -130,8 +130,8 @@ def markdown(data: dict[str, Any]) -> str:
         f"{check.get('size')}, {check.get('resolution')}x{check.get('resolution')}, "
         f"{check.get('steps')} step(s), random weights; torch {hardware.get('torch')}, "
         f"transformers {hardware.get('transformers')}, diffusers {hardware.get('diffusers')}; "
-        f"measured bf16 matmul peak {_cell(hardware.get('matmul_peak_tflops'))} TFLOP/s "
-        f"({hardware.get('matmul_side')}^3).",
+        f"measured {hardware.get('matmul_dtype', 'bfloat16')} matmul peak "
+        f"{_cell(hardware.get('matmul_peak_tflops'))} TFLOP/s ({hardware.get('matmul_side')}^3).",
         "",
         "| section | model | config | s/image | images/h | warm-up s | TFLOP/image | "
         "of peak | peak GiB | text / prepare / denoise / decode s | notes |",

@@ -14,6 +14,7 @@ from check.plan import COMPILED, EAGER, FP8, LABELS, LOW_VRAM, Job, add_ratios
 from check.report import Measurement, Report
 from check.shard_run import shard_end_to_end
 from check.stacks import CheckSettings, Stacks
+from pipeline.models.runtime import resolve_dtype
 
 MODELS = ("uso", "omniconsistency")
 
@@ -139,8 +140,13 @@ class CheckRunner:
         device, cpu = self.settings.device, self.settings.device.type == "cpu"
         info = hardware.environment(device)
         side = 1024 if cpu else 8192
-        self.peak_flops = hardware.matmul_peak(device, side, repeats=3 if cpu else 10)
-        info.update(matmul_side=side, matmul_peak_tflops=round(self.peak_flops / 1e12, 2))
+        dtype = resolve_dtype("auto", device)  # what the models compute in on this device
+        self.peak_flops = hardware.matmul_peak(device, side, repeats=3 if cpu else 10, dtype=dtype)
+        info.update(
+            matmul_side=side,
+            matmul_dtype=str(dtype).removeprefix("torch."),
+            matmul_peak_tflops=float(f"{self.peak_flops / 1e12:.4g}"),  # a CPU's is ~0.001
+        )
         self.report.hardware = info
         self.report.write()
 

@@ -41,6 +41,7 @@ def test_the_cpu_mode_runs_every_section_and_writes_the_gpu_report_shape(tmp_pat
     data = json.loads((tmp_path / "gpu_check.json").read_text())
     assert data["check"]["status"] == "complete" and data["check"]["stopped_during"] is None
     assert data["hardware"]["matmul_peak_tflops"] > 0
+    assert data["hardware"]["matmul_dtype"] == "float32"  # what the models compute in on a CPU
     assert {row["backend"] for row in data["attention"]} == {"cudnn", "flash", "efficient", "math"}
     assert any(row.get("fastest_exact") for row in data["attention"])
     rows = data["measurements"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import FluxTransformer2DModel
+from support.torch_features import SCALED_MM_ON_CPU, cpu_scaled_mm_takes_row_scales
 from torch import nn
 
 from pipeline.models.architecture import architecture
@@ -120,7 +121,7 @@ def _small_call_inputs(arch, tokens: int = 16):
     )
 
 
-@pytest.mark.parametrize("kernel", ["dequantize", "scaled_mm"])
+@pytest.mark.parametrize("kernel", ["dequantize", SCALED_MM_ON_CPU])
 def test_both_fp8_kernels_stay_within_the_stated_bound_of_bf16(kernel):
     """The one fp8 path, both kernels, bf16 compute as on a GPU (torch._scaled_mm runs on the
     CPU too): far closer to bf16 than bf16 is to fp32."""
@@ -137,6 +138,7 @@ def test_both_fp8_kernels_stay_within_the_stated_bound_of_bf16(kernel):
     assert 0 < error < FP8_VS_BF16_BOUND
 
 
+@pytest.mark.skipif(not cpu_scaled_mm_takes_row_scales(), reason="no row scales on a CPU")
 def test_the_scaled_mm_kernel_is_the_dequantised_product_of_rounded_activations():
     """What torch._scaled_mm computes: e4m3 activations (one scale per token) times the e4m3
     weights (one scale per output row), bias added after."""

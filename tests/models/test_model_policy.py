@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from support.torch_features import SCALED_MM_ON_CPU
 
 from pipeline.errors import ItemStatus
 from pipeline.models.base import (
@@ -112,7 +113,7 @@ def test_both_models_report_the_same_timing_keys_and_shared_parameters(loaded):
     assert isinstance(uso["mu"], float) and isinstance(omni["mu"], float)
 
 
-@pytest.mark.parametrize("kernel", ["dequantize", "scaled_mm"])
+@pytest.mark.parametrize("kernel", ["dequantize", SCALED_MM_ON_CPU])
 @pytest.mark.parametrize("name", MODELS)
 def test_fp8_stays_within_the_stated_bound_of_the_unquantised_output(
     tiny_weights, loaded, name, kernel

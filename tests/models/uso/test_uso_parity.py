@@ -42,7 +42,10 @@ def test_entry_point_prints_diffs_and_exits_zero():
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        },
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("PASSED") == len(CASES)
@@ -66,7 +69,10 @@ def test_entry_point_fails_on_a_wrong_expectation(tmp_path: Path):
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        },
     )
     assert result.returncode == 1
     assert "FAIL velocity_step0" in result.stdout
