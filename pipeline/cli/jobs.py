@@ -83,7 +83,8 @@ def triplets(
     as_json: AsJson = False,
 ) -> None:
     """Build (style, subject, result) triplet shards from a subject and a style catalog."""
-    from pipeline.jobs.triplets import TripletError, TripletJob, TripletSpec
+    from pipeline.jobs.triplet_pairing import TripletError
+    from pipeline.jobs.triplets import TripletJob, TripletSpec
 
     settings = storage_settings(endpoint_url, region, profile)
     with operator_errors(TripletError, as_json=as_json):

@@ -23,16 +23,8 @@ from support.paths import REPO
 from support.run_helpers import SMALL, parquet_bytes, png_bytes
 
 from pipeline.jobs.specs import SpecError, parse_spec_text, read_spec
-from pipeline.jobs.triplets import (
-    Catalog,
-    Pairing,
-    TripletError,
-    TripletJob,
-    TripletSpec,
-    make_pairs,
-    pair_sample,
-    triplet_row,
-)
+from pipeline.jobs.triplet_pairing import Catalog, Pairing, TripletError, make_pairs, pair_sample
+from pipeline.jobs.triplets import TripletJob, TripletSpec, triplet_row
 from pipeline.manifests import ManifestItem
 from pipeline.manifests.images import ImageRef
 from pipeline.models.base import GenerationRequest
