@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Rehearse the device check on this CPU machine with the lent GPU machine's own package versions,
 # so that its first call finds nothing missing or incompatible. The lent machine's python has
-# torch 2.11 (a CUDA 13 build), transformers 5.17, huggingface_hub 1.33, peft, accelerate,
-# safetensors, pyarrow, typer and rich (KINDS.md of the device tool lists them); everything else
+# torch 2.11 (a CUDA 13 build), torchvision 0.26, transformers 5.17, huggingface_hub 1.33, peft,
+# accelerate, safetensors, pyarrow, typer and rich (KINDS.md of the device tool); everything else
 # comes from the carried wheels (.whl/, scripts/device_wheels.sh), exactly as gpu_check.sh
 # installs them there. torch 2.11 exists on PyPI only as its CUDA build (about 3 GB with its
 # nvidia-* wheels); it runs on a CPU.
@@ -26,8 +26,8 @@ if [ ! -x "$VENV/bin/python3" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet \
     torch==2.11.0 transformers==5.17.0 huggingface_hub==1.33.0 accelerate==1.15.0 \
-    safetensors==0.8.0 peft pyarrow typer rich "numpy<2.6" pyyaml sentencepiece tokenizers \
-    pytest boto3
+    safetensors==0.8.0 torchvision==0.26.0 peft pyarrow typer rich "numpy<2.6" pyyaml \
+    sentencepiece tokenizers pytest boto3
 fi
 # The lent machine gets a copy of the working tree (tracked and untracked-not-ignored files)
 # plus the carried .whl/: so does the rehearsal, in a scratch folder, with wheels for this
