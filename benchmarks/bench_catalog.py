@@ -249,6 +249,22 @@ def measured(phase: str, manifest: str, run: str) -> dict:
     return result
 
 
+def index_ratios(row: dict) -> dict:
+    """Without / with the marker index, wall and CPU, where both passes ran; and whether
+    their results were the same."""
+    ratios = {}
+    for without, with_index in (("resume", "resume-index"), ("status", "status-index")):
+        if without in row and with_index in row:
+            a, b = row[without], row[with_index]
+            same = {k: v for k, v in a.items() if k not in ("wall_s", "cpu_s", "peak_rss_mib")}
+            ratios[without] = {
+                "wall": a["wall_s"] / b["wall_s"],
+                "cpu": a["cpu_s"] / b["cpu_s"],
+                "same_result": all(b.get(k) == v for k, v in same.items()),
+            }
+    return ratios
+
+
 def run_child(phase: str, manifest: str, run: str, env: dict) -> dict:
     out = subprocess.run(
         [sys.executable, __file__, "--child", phase, manifest, run],
@@ -331,6 +347,8 @@ def main() -> None:
                     child = phase.removesuffix("-all")  # index-write over the whole run
                     row[phase] = run_child(child, where["manifest"], where["run"], env)
                     print(shards, phase, row[phase], flush=True)
+                row["index_ratios"] = index_ratios(row)
+                print(shards, "without / with the index", row["index_ratios"], flush=True)
                 figures["runs"].append(row)
         finally:
             assert proxy.stdin is not None
