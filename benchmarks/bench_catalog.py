@@ -19,7 +19,13 @@ pass runs in a fresh driver process, which reports its wall time, CPU time and p
   markers without `shard_counts` (as restyle wrote them before), which reads every records
   file's status column;
 - baseline-status, on every folder: the status of the code before item 2 (every marker and
-  every records file's status column read), for the ratio in one run.
+  every records file's status column read), for the ratio in one run;
+- the marker index (`pipeline.outputs.marker_index`): every folder is measured without it
+  (`resume`, `plan`, `status`: no index object) and with it, in the same run: `index-write`
+  builds and writes it as the driver does at the end of a pass (the write timed apart from
+  the reads), then `resume-index` (half the shards committed, the index current) and, once
+  all shards are committed, `status-stale` (the index from the half-done pass: half the
+  markers read), then `status` without and `status-index` with a current index.
 
 Figures are per shard count; fit them to extrapolate (cost = a + b x shards).
 """
@@ -185,6 +191,7 @@ def complete(storage, bucket: str, shards: int, items: int, done: int, with_coun
 def measured(phase: str, manifest: str, run: str) -> dict:
     """One pass in this (fresh) process; returns its figures."""
     from pipeline.manifests import count_all_items, count_items, list_shards
+    from pipeline.outputs import marker_index
     from pipeline.outputs.commit import read_marker
     from pipeline.outputs.layout import ShardPaths
     from pipeline.outputs.run_state import RunState
@@ -195,7 +202,7 @@ def measured(phase: str, manifest: str, run: str) -> dict:
     storage = Storage()
     wall0, cpu0 = time.perf_counter(), time.process_time()
     result: dict = {}
-    if phase in ("resume", "plan"):
+    if phase in ("resume", "plan", "resume-index"):
         shards = list_shards(manifest, storage)
         done = RunState(storage, run).main_commits([(s.index, s.uri) for s in shards], FINGERPRINT)
         result.update(shards=len(shards), done=len(done))
@@ -213,9 +220,18 @@ def measured(phase: str, manifest: str, run: str) -> dict:
         if phase == "baseline-plan":
             todo = [s for s in shards if s.index not in done]
             result["items_todo"] = sum(count_items(s, storage) for s in todo)
-    elif phase == "status":
+    elif phase in ("status", "status-index", "status-stale"):
         status = run_status(RunState(storage, run))
         result.update(items=status.items, ok=status.ok, failed=status.failed)
+    elif phase == "index-write":  # the driver at a pass's end: every marker read, then one PUT
+        state = RunState(storage, run)
+        state.commits()
+        entries = state.index_entries()
+        write0 = time.perf_counter()
+        assert marker_index.write(storage, run, entries)
+        result.update(markers=len(entries), write_s=time.perf_counter() - write0)
+    elif phase == "no-index":
+        storage.delete(marker_index.index_uri(run))
     elif phase == "baseline-status":  # the code before item 2: every records file read
         state = RunState(storage, run)
         listing = state.listing()
@@ -231,6 +247,22 @@ def measured(phase: str, manifest: str, run: str) -> dict:
         peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     )
     return result
+
+
+def index_ratios(row: dict) -> dict:
+    """Without / with the marker index, wall and CPU, where both passes ran; and whether
+    their results were the same."""
+    ratios = {}
+    for without, with_index in (("resume", "resume-index"), ("status", "status-index")):
+        if without in row and with_index in row:
+            a, b = row[without], row[with_index]
+            same = {k: v for k, v in a.items() if k not in ("wall_s", "cpu_s", "peak_rss_mib")}
+            ratios[without] = {
+                "wall": a["wall_s"] / b["wall_s"],
+                "cpu": a["cpu_s"] / b["cpu_s"],
+                "same_result": all(b.get(k) == v for k, v in same.items()),
+            }
+    return ratios
 
 
 def run_child(phase: str, manifest: str, run: str, env: dict) -> dict:
@@ -302,17 +334,21 @@ def main() -> None:
                     with_counts,
                 )
                 row: dict = {"shards": shards, "populate_s": time.perf_counter() - t0}
-                phases = ["resume", "plan"]
+                phases = ["resume", "plan", "index-write", "resume-index"]
                 if kind == "baseline":
                     phases = ["baseline-resume", "baseline-plan", *phases]
-                for phase in phases:
-                    row[phase] = run_child(phase, where["manifest"], where["run"], env)
-                    print(shards, phase, row[phase], flush=True)
                 if not args.skip_status:
-                    complete(storage, bucket, shards, args.items_per_shard, done, with_counts)
-                    for phase in ("status", "baseline-status"):
-                        row[phase] = run_child(phase, where["manifest"], where["run"], env)
-                        print(shards, phase, row[phase], flush=True)
+                    phases += ["complete", "status-stale", "no-index", "status"]
+                    phases += ["baseline-status", "index-write-all", "status-index"]
+                for phase in phases:
+                    if phase == "complete":
+                        complete(storage, bucket, shards, args.items_per_shard, done, with_counts)
+                        continue
+                    child = phase.removesuffix("-all")  # index-write over the whole run
+                    row[phase] = run_child(child, where["manifest"], where["run"], env)
+                    print(shards, phase, row[phase], flush=True)
+                row["index_ratios"] = index_ratios(row)
+                print(shards, "without / with the index", row["index_ratios"], flush=True)
                 figures["runs"].append(row)
         finally:
             assert proxy.stdin is not None

@@ -24,6 +24,7 @@ from pipeline.execution.progress import RunProgress
 from pipeline.execution.shared_run import SharedRun
 from pipeline.manifests import ManifestShard, count_items, list_shards
 from pipeline.outputs.commit import ShardStats, abort_stray_uploads
+from pipeline.outputs.marker_index import IndexKeeper
 from pipeline.outputs.run_state import RunState
 from pipeline.outputs.status import RunStatus, run_status
 from pipeline.processing.run_identity import check_run_identity
@@ -298,12 +299,22 @@ class Runner:
                 "hf, an s3:// mirror or a weights folder)",
                 summary.weights,
             )
+        # the marker index: rewritten now and then while shards commit, and at the end
+        index = IndexKeeper(
+            self.storage, self.config.run_uri, self.state.fork().refresh_index_entries
+        )
         if tasks:
-            with watching_cluster():  # a head node that dies mid-run: one line, exit 4
-                self._run_on_ray(tasks, summary, total_items, claim)
+            try:
+                with watching_cluster():  # a head node that dies mid-run: one line, exit 4
+                    self._run_on_ray(tasks, summary, total_items, claim, index)
+            except Exception:
+                if index.pending:  # what did commit still saves the next status its reads
+                    index.finish()
+                raise
         elif claim is not None:
             self.state.claim(claim)
         summary.take_totals(run_status(self.state))
+        index.finish(self.state.index_entries())  # status just read every marker
         if not summary.shards_missing and not summary.uncommitted:
             abort_stray_uploads(self.storage, self.config.run_uri)
         summary.wall_s = time.perf_counter() - t0
@@ -315,6 +326,7 @@ class Runner:
         summary: RunSummary,
         total_items: int,
         claim: dict | None,
+        index: IndexKeeper,
     ) -> None:
         from pipeline.execution.actor import SHARDS_IN_FLIGHT_PER_ACTOR, StylizeActor
         from pipeline.execution.cluster import connect
@@ -359,6 +371,7 @@ class Runner:
                 summary.shards_committed += 1
                 progress.shard_committed(stats)
                 metrics.shard_committed(stats)
+                index.committed()
                 publish()
 
             def failed(task: ShardTask, reason: str) -> None:

@@ -25,6 +25,7 @@ from pipeline.outputs.layout import (
     CAPTIONS_GLOB,
     CARD,
     LAYOUT_VERSION,
+    MARKER_INDEX,
     RECORDS_GLOB,
     SHARDS_GLOB,
 )
@@ -126,7 +127,8 @@ def card_text(run_json: dict, captions: bool) -> str:
         'split="train")',
         "```",
         "",
-        "Commit markers (`*.stats.json`), `run.json` and this card are not data. A tar "
+        f"Commit markers (`*.stats.json`), their index (`{MARKER_INDEX}`, a cache for "
+        "`restyle status`), `run.json` and this card are not data. A tar "
         "without its `.stats.json` marker belongs to an interrupted commit (see `restyle "
         f"status`). Output layout {LAYOUT_VERSION}; schemas: `pipeline/outputs/schema/` "
         f"in restyle. Caption sidecars live in `{CAPTIONS_FOLDER}/`.",

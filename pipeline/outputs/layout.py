@@ -8,6 +8,9 @@
                                           item, its newest result (rewritten by each retry commit)
     <run>/part-<k>[.retry-<nn>].stats.json   commit markers, written last
     <run>/captions/<k>[.retry-<nn>].parquet  `restyle caption` sidecars, one per tar
+    <run>/index/markers.parquet           the marker index: a cache of every marker's content
+                                          by version, so status and resume read one object
+                                          instead of one per shard (`outputs.marker_index`)
     <run>/_drivers/lease.json             the run lease of the driver running it (removed at its end)
     <run>/_drivers/drivers/<token>.json   each live driver's heartbeat (removed at its end)
     <run>/_drivers/claims/shard-<k>[.retry-<nn>].json   which driver took a shard (kept)
@@ -41,6 +44,8 @@ RUN_JSON = "run.json"
 CARD = "README.md"
 CAPTIONS_FOLDER = "captions"
 DRIVERS_FOLDER = "_drivers"  # lease, heartbeats, shard claims: `pipeline.outputs.lease`
+INDEX_FOLDER = "index"
+MARKER_INDEX = f"{INDEX_FOLDER}/markers.parquet"  # a cache only: `pipeline.outputs.marker_index`
 
 SHARDS_GLOB = "part-*.tar"
 RECORDS_GLOB = "part-*.parquet"

@@ -6,7 +6,8 @@ so nothing here (or in a reader) has to pick the newest record among several com
 
 Catalog scale (~10^4 shards on S3): what a folder holds is learnt from one listing of its top
 level (`RunListing`), never from one existence check per shard; the objects that must then be
-read (markers, records) are read `REQUEST_WORKERS` at a time (`storage.concurrent`).
+read (markers, records) are read `REQUEST_WORKERS` at a time (`storage.concurrent`). Markers
+whose listed version the run's marker index holds are not read at all (`marker_index`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from pipeline.errors import ItemStatus, RunConflictError
+from pipeline.outputs import marker_index
 from pipeline.outputs.card import write_card
 from pipeline.outputs.commit import ShardStats
 from pipeline.outputs.layout import (
@@ -64,12 +66,20 @@ class RunListing:
     markers: dict[tuple[int, int], str]
     tars: dict[tuple[int, int], str]
     records: dict[int, str]
+    # each marker's version as listed (S3 ETag; local inode-mtime-size): the marker index
+    # serves a marker only at this version
+    marker_versions: dict[tuple[int, int], str] = field(default_factory=dict)
 
 
 class RunState:
     def __init__(self, storage: Storage, run_uri: str):
         self.storage = storage
         self.run_uri = run_uri.rstrip("/")
+        # marker name -> (version, bytes) of every marker this RunState read or took from the
+        # index, and the markers (name -> version) of its latest listing: what it writes to
+        # the marker index (`index_entries`)
+        self._seen: marker_index.Entries = {}
+        self._listed: dict[str, str] = {}
 
     # ------------------------------------------------------------- run.json
     def read_run_json(self, check: bool = True) -> dict | None:
@@ -126,40 +136,71 @@ class RunState:
     # ------------------------------------------------------------- commits
     def listing(self) -> RunListing:
         """One listing of the folder's own objects (S3: one paged request per 1000 objects;
-        sub-folders such as captions/ and scores/ are not descended into)."""
-        markers, tars, records = {}, {}, {}
-        for uri in self.storage.list(self.run_uri + "/", recursive=False):
+        sub-folders such as captions/ and scores/ are not descended into), with the markers'
+        versions, which the listing carries at no extra request."""
+        markers, tars, records, versions = {}, {}, {}, {}
+        for uri, version in self.storage.list_versioned(self.run_uri + "/", recursive=False):
             folder, _, name = uri.rpartition("/")
             if folder.rstrip("/") != self.run_uri:
                 continue
             if (marker := parse_marker(name)) is not None:
                 markers[marker] = uri
+                versions[marker] = version
             elif (tar := parse_tar(name)) is not None:
                 tars[tar] = uri
             elif (shard := parse_records(name)) is not None:
                 records[shard] = uri
-        return RunListing(markers, tars, records)
+        self._listed = {uri.rpartition("/")[2]: versions[key] for key, uri in markers.items()}
+        return RunListing(markers, tars, records, versions)
 
-    def _read_markers(self, uris: Iterable[str]) -> Iterable[ShardStats | None]:
-        """The markers at `uris`, read concurrently, in order; None for one deleted since the
-        listing."""
+    def _read_markers(
+        self, listing: RunListing, keys: Iterable[tuple[int, int]]
+    ) -> Iterable[ShardStats | None]:
+        """The listed markers `keys`, in order; None for one deleted since the listing. A
+        marker whose listed version the marker index (or this RunState's earlier reads) holds
+        is taken from there; the others are read, concurrently."""
+        cached = {**marker_index.load(self.storage, self.run_uri), **self._seen}
 
-        def read(uri: str) -> ShardStats | None:
+        def read(key: tuple[int, int]) -> ShardStats | None:
+            uri = listing.markers[key]
+            name = uri.rpartition("/")[2]
+            hit = cached.get(name)
+            if hit is not None and hit[0] == listing.marker_versions.get(key):
+                try:
+                    stats = ShardStats.from_json(hit[1])
+                except (ValueError, TypeError):  # a corrupt entry: read the marker instead
+                    pass
+                else:
+                    self._seen[name] = hit
+                    return stats
             try:
-                return ShardStats.from_json(self.storage.read_bytes(uri))
+                data, version = self.storage.read_versioned(uri)
             except StorageNotFoundError:
                 return None
+            stats = ShardStats.from_json(data)
+            self._seen[name] = (version, data)
+            return stats
 
-        return map_bounded(read, uris)
+        return map_bounded(read, keys)
+
+    def index_entries(self) -> marker_index.Entries:
+        """What the marker index should hold: the markers of the latest listing with the
+        content read (or taken from the index) for them."""
+        return {
+            name: self._seen[name]
+            for name, version in self._listed.items()
+            if name in self._seen and self._seen[name][0] == version
+        }
 
     def main_commits(
         self, shards: Iterable[tuple[int, str]], fingerprint: str
     ) -> dict[int, ShardStats]:
         """Of `shards` (index, input URI), those whose first-run marker is committed for this
-        input and fingerprint: one listing, then only the listed markers are read."""
-        listed = self.listing().markers
-        wanted = [(index, uri) for index, uri in shards if (index, 0) in listed]
-        stats = self._read_markers(listed[(index, 0)] for index, _ in wanted)
+        input and fingerprint: one listing, then only the listed markers are read (through
+        the marker index)."""
+        listing = self.listing()
+        wanted = [(index, uri) for index, uri in shards if (index, 0) in listing.markers]
+        stats = self._read_markers(listing, ((index, 0) for index, _ in wanted))
         return {
             index: marker
             for (index, input_uri), marker in zip(wanted, stats, strict=True)
@@ -170,15 +211,28 @@ class RunState:
 
     def commits(self, listing: RunListing | None = None) -> list[Commit]:
         """Every committed shard attempt (first runs and retries), by shard then attempt; each
-        marker is read once. `listing`: one the caller already made, so the folder is listed
-        once."""
-        listed = sorted((listing or self.listing()).markers.items())
+        marker is read once (or taken from the marker index). `listing`: one the caller
+        already made, so the folder is listed once."""
+        listing = listing or self.listing()
+        listed = sorted(listing.markers)
         found = []
-        stats_of = self._read_markers(uri for _, uri in listed)
-        for (key, _), stats in zip(listed, stats_of, strict=True):
+        stats_of = self._read_markers(listing, listed)
+        for key, stats in zip(listed, stats_of, strict=True):
             if stats is not None:
                 found.append(Commit(ShardPaths(self.run_uri, *key), stats))
         return found
+
+    def fork(self) -> RunState:
+        """Another RunState of the folder that starts from what this one has read: for a
+        thread that refreshes the marker index while this one goes on."""
+        other = RunState(self.storage, self.run_uri)
+        other._seen = dict(self._seen)
+        return other
+
+    def refresh_index_entries(self) -> marker_index.Entries:
+        """List the folder and read every marker (through the index): the entries to write."""
+        self.commits()
+        return self.index_entries()
 
     # ------------------------------------------------------------- records
     def current_records(self, shard: int) -> list[ItemRecord]:

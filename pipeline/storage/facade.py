@@ -201,6 +201,18 @@ class Storage:
         keys = self._s3.iter_keys(bucket, folder, delimiter=None if recursive else "/")
         return sorted(f"{S3_PREFIX}{bucket}/{k}" for k in keys)
 
+    def list_versioned(self, prefix: str, recursive: bool = True) -> builtins.list[tuple[str, str]]:
+        """`list`, with each object's version beside its URI, at no extra request: S3's
+        listing carries the ETag; a local file's version is (inode, mtime_ns, size). The
+        versions are those `read_versioned` returns, so a cache keyed by them can tell an
+        unchanged object from a rewritten one without reading it."""
+        if not self._remote(prefix):
+            return local.list_versioned(os.fspath(prefix), recursive)
+        bucket, key = split_s3(prefix)
+        folder = key if not key or key.endswith("/") else key + "/"
+        entries = self._s3.iter_entries(bucket, folder, delimiter=None if recursive else "/")
+        return sorted((f"{S3_PREFIX}{bucket}/{k}", etag) for k, etag in entries)
+
     def glob(self, pattern: str) -> builtins.list[str]:
         """Sorted, de-duplicated URIs of objects matching `pattern`.
 

@@ -200,3 +200,22 @@ def glob_files(pattern: str) -> list[str]:
     if pattern.startswith("file://"):
         matches = ["file://" + m for m in matches]
     return sorted(matches)
+
+
+def list_versioned(prefix: str, recursive: bool = True) -> list[tuple[str, str]]:
+    """`list_files` with each file's version, as `local_conditional` words it (inode,
+    mtime_ns, size: every publish through a temp file is a new inode)."""
+    found = []
+    for path in list_files(prefix, recursive):
+        try:
+            info = os.stat(local_path(path))
+        except FileNotFoundError:  # removed since the folder was read
+            continue
+        found.append((path, file_version(info)))
+    return found
+
+
+def file_version(info: os.stat_result) -> str:
+    """A local file's version: (inode, mtime_ns, size); a publish (temp file, then
+    os.replace or os.link) is a new inode, so a rewritten file never keeps its version."""
+    return f"{info.st_ino}-{info.st_mtime_ns}-{info.st_size}"

@@ -16,7 +16,7 @@ import tempfile
 from contextlib import suppress
 
 from pipeline.storage.errors import StorageNotFoundError
-from pipeline.storage.local import FILE_MODE, _guarded
+from pipeline.storage.local import FILE_MODE, _guarded, file_version
 from pipeline.storage.uris import local_path
 
 
@@ -38,7 +38,7 @@ def _temp_beside(path: str, data: bytes) -> str:
 
 
 def _version(stat: os.stat_result) -> str:
-    return f"{stat.st_ino}-{stat.st_mtime_ns}-{stat.st_size}"
+    return file_version(stat)
 
 
 def create_exclusive(uri: str, data: bytes) -> str | None:

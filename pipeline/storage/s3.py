@@ -292,9 +292,17 @@ class S3Backend:
         self.call(uri, "delete", self.client().delete_object, Bucket=bucket, Key=key)
 
     def iter_keys(self, bucket: str, prefix: str, delimiter: str | None = None) -> Iterator[str]:
-        """Keys under `prefix` (all levels, or one level with `delimiter="/"`). Each page is
-        one retried call that resumes from the last continuation token (a paginator's
-        generator cannot be resumed once a request in it failed)."""
+        """Keys under `prefix` (all levels, or one level with `delimiter="/"`)."""
+        for key, _etag in self.iter_entries(bucket, prefix, delimiter):
+            yield key
+
+    def iter_entries(
+        self, bucket: str, prefix: str, delimiter: str | None = None
+    ) -> Iterator[tuple[str, str]]:
+        """(key, ETag) under `prefix`: the listing carries each object's ETag, so versions
+        cost no request of their own. Each page is one retried call that resumes from the
+        last continuation token (a paginator's generator cannot be resumed once a request in
+        it failed)."""
         uri = f"{S3_PREFIX}{bucket}/{prefix}"
         kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
         if delimiter:
@@ -303,7 +311,7 @@ class S3Backend:
         while True:
             page = self.call(uri, "list", client.list_objects_v2, **kwargs)
             for entry in page.get("Contents", []):
-                yield entry["Key"]
+                yield entry["Key"], str(entry.get("ETag", ""))
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 return

@@ -29,6 +29,7 @@ from support.run_helpers import (
 
 from pipeline.errors import ExitCode, RunConflictError
 from pipeline.execution.driver import Runner
+from pipeline.outputs import marker_index
 from pipeline.outputs.run_state import RunState
 from pipeline.outputs.status import run_status
 from pipeline.storage import Storage, StorageSettings
@@ -420,7 +421,15 @@ def test_run_and_status_agree_on_every_path_reruns_duplicates_skips_and_retries(
     config = run_config([str(folder)], str(tmp_path / "out"), tiny_weights)
 
     def agree(summary):
-        status = run_status(RunState(local_storage(), config.run_uri))
+        state = RunState(local_storage(), config.run_uri)
+        status = run_status(state)
+        # the run pass left a current marker index: status took every marker from it
+        index = marker_index.load(local_storage(), config.run_uri)
+        listed = state.listing()
+        assert {
+            m.rpartition("/")[2]: v
+            for m, v in zip(listed.markers.values(), listed.marker_versions.values(), strict=True)
+        } == {name: version for name, (version, _) in index.items()}
         ours = (summary.ok, summary.failed, summary.skipped, dict(summary.errors))
         assert ours == (status.ok, status.failed, status.skipped, dict(status.errors))
         assert summary.exit_code == status.exit_code

@@ -12,7 +12,7 @@ import pytest
 from support.committed_run import FINGERPRINT, write_run
 from support.fault_proxy import FaultProxy
 
-from pipeline.outputs.layout import ShardPaths
+from pipeline.outputs.layout import MARKER_INDEX, ShardPaths
 from pipeline.outputs.records import ItemRecord, read_records, records_to_parquet
 from pipeline.outputs.run_state import RunState
 from pipeline.outputs.status import run_status
@@ -29,9 +29,12 @@ def listings(proxy: FaultProxy) -> list[tuple[str, str, str]]:
 
 
 def gets_of(proxy: FaultProxy, suffix: str) -> Counter:
-    """GET requests per object path ending in `suffix` (listings excluded)."""
+    """GET requests per object path ending in `suffix` (listings and the marker index, which
+    tests/outputs/test_marker_index.py counts, excluded)."""
     return Counter(
-        path.split("?")[0] for _, path, _ in proxy.requests("GET") if path.endswith(suffix)
+        path.split("?")[0]
+        for _, path, _ in proxy.requests("GET")
+        if path.endswith(suffix) and not path.endswith(MARKER_INDEX)
     )
 
 
@@ -49,7 +52,8 @@ def test_a_resume_lists_the_run_folder_once_and_reads_only_the_markers_it_finds(
         assert proxy.requests("HEAD") == []  # no existence check per shard
         assert len(listings(proxy)) == 1
         assert sorted(gets_of(proxy, ".stats.json").values()) == [1, 1, 1]
-        assert len(proxy.requests()) == 1 + 3  # one listing, one GET per listed marker
+        # one listing, the marker index (none here: a 404), one GET per listed marker
+        assert len(proxy.requests()) == 1 + 1 + 3
         proxy.log.clear()
         assert RunState(through(proxy, s3_server), run).main_commits(shards, "another") == {}
 
