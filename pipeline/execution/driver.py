@@ -304,13 +304,10 @@ class Runner:
             self.storage, self.config.run_uri, self.state.fork().refresh_index_entries
         )
         if tasks:
-            try:
-                with watching_cluster():  # a head node that dies mid-run: one line, exit 4
-                    self._run_on_ray(tasks, summary, total_items, claim, index)
-            except Exception:
-                if index.pending:  # what did commit still saves the next status its reads
-                    index.finish()
-                raise
+            # A pass that fails leaves the index as it was (stale only costs speed): refreshing
+            # it then could spend the storage retry budget before the error is reported.
+            with watching_cluster():  # a head node that dies mid-run: one line, exit 4
+                self._run_on_ray(tasks, summary, total_items, claim, index)
         elif claim is not None:
             self.state.claim(claim)
         summary.take_totals(run_status(self.state))

@@ -113,20 +113,12 @@ class IndexKeeper:
         self.refresh = refresh
         self.interval_s = interval_s
         self._last = time.monotonic()
-        self._pending = False  # commits since the index was last written
         self._thread: threading.Thread | None = None
 
-    @property
-    def pending(self) -> bool:
-        """Commits happened since the index was last written."""
-        return self._pending
-
     def committed(self) -> None:
-        self._pending = True
         busy = self._thread is not None and self._thread.is_alive()
         if busy or time.monotonic() - self._last < self.interval_s:
             return
-        self._pending = False
         self._last = time.monotonic()
         self._thread = threading.Thread(target=self._write, name="marker-index", daemon=True)
         self._thread.start()
@@ -141,7 +133,6 @@ class IndexKeeper:
             self._write()
         else:
             write(self.storage, self.run_uri, entries)
-        self._pending = False
 
     def _write(self) -> None:
         try:
