@@ -4,10 +4,12 @@ GCS stays silent past its reconnect timeout; nothing reaches Python before).
 
 The watch itself against a real closed and a real listening loopback port; the command line's
 mapping; then a real `ray.cluster_utils.Cluster` whose head is killed under a running
-`restyle run` (slow), and the rerun that resumes it."""
+`restyle run` and `restyle eval` (slow), and the reruns that resume them. Each lost command runs under `--json` while a Ray task and the
+driver itself print on stdout: stdout holds the one JSON object all the same."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,8 +18,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 import typer
@@ -112,22 +116,57 @@ import sys
 from pipeline.cli.main import app
 app(sys.argv[1:])
 """
+# The same command with noise on stdout while it runs: a Ray task's prints (Ray's log monitor
+# forwards them to the driver's stdout) and writes to fd 1 (as C++ code or a library would).
+CHATTY_DRIVER = """
+import os, sys, threading, time
+import ray
+from pipeline.cli.main import app
+
+@ray.remote(num_cpus=0)
+def chatter():
+    for _ in range(600):
+        print("chatter from a Ray task", flush=True)
+        time.sleep(0.5)
+
+def chat():
+    while not ray.is_initialized():  # restyle joins the cluster inside the command
+        time.sleep(0.1)
+    time.sleep(1)
+    chatter.remote()
+    while True:
+        os.write(1, b"chatter on fd 1\\n")
+        time.sleep(0.5)
+
+threading.Thread(target=chat, daemon=True).start()
+app(sys.argv[1:])
+"""
 
 
-@pytest.mark.slow
-def test_a_head_killed_mid_run_ends_the_driver_with_4_and_the_rerun_resumes(
-    tmp_path: Path, tiny_weights
-):
+def kill_head_at_once(cluster) -> None:
+    """SIGKILL the head node's processes and the workers under them together, as a lost machine
+    stops them all at once (a raylet alone killed leaves its workers running for a while)."""
+    roots = [
+        info.process.pid for infos in cluster.head_node.all_processes.values() for info in infos
+    ]
+    processes = []
+    for pid in roots:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            root = psutil.Process(pid)
+            processes += [root, *root.children(recursive=True)]
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.send_signal(signal.SIGKILL)
+    cluster.head_node.kill_all_processes(check_alive=False, allow_graceful=False)
+
+
+def lose_the_head_under(args: list[str], done: Callable[[], int]) -> tuple[str, str, str]:
+    """Run the command `args` (with `--json`, on stdout's noise) against a one-node
+    `ray.cluster_utils.Cluster`, kill its head once `done()` counts a first unit committed;
+    (the address the driver joined, stdout, stderr) once the driver ended with exit 4 and the
+    lost-cluster line naming that address."""
     from ray.cluster_utils import Cluster
 
-    images = write_images(tmp_path / "images", 2)
-    for k in range(4):
-        rows = uso_rows(f"h{k}", 2, str(images[0]), str(images[1]))
-        for row in rows:
-            row["steps"] = 10  # shards long enough that the run is still going at the kill
-        (tmp_path / f"part-{k}.parquet").write_bytes(parquet_bytes(rows))
-    manifest, out = tmp_path / "part-*.parquet", tmp_path / "out"
-    args = [*cli_run_args(manifest, out, tiny_weights), "--run", "r", "--device", "cpu"]
     cluster = Cluster(
         initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
     )
@@ -136,7 +175,7 @@ def test_a_head_killed_mid_run_ends_the_driver_with_4_and_the_rerun_resumes(
     driver = None
     try:
         driver = subprocess.Popen(
-            [sys.executable, "-c", DRIVER, *args, "--address", address, "--json"],
+            [sys.executable, "-c", CHATTY_DRIVER, *args, "--address", address, "--json"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -144,11 +183,11 @@ def test_a_head_killed_mid_run_ends_the_driver_with_4_and_the_rerun_resumes(
             start_new_session=True,
         )
         deadline = time.monotonic() + 300
-        while not list((out / "r").glob("part-*.stats.json")) and driver.poll() is None:
-            assert time.monotonic() < deadline, "no shard committed"
+        while not done() and driver.poll() is None:
+            assert time.monotonic() < deadline, "nothing committed"
             time.sleep(0.2)
         assert driver.poll() is None, driver.communicate()
-        cluster.head_node.kill_all_processes(check_alive=False, allow_graceful=False)
+        kill_head_at_once(cluster)
         stdout, stderr = driver.communicate(timeout=120)
     finally:
         if driver is not None and driver.poll() is None:
@@ -158,9 +197,28 @@ def test_a_head_killed_mid_run_ends_the_driver_with_4_and_the_rerun_resumes(
     assert driver.returncode == ExitCode.INCOMPLETE, stderr[-3000:]
     assert len(errors) == 1 and f"lost the Ray cluster at {address}" in errors[0]
     assert "rerun the same command to resume" in errors[0]
-    # the last line: Ray's log monitor may print "(raylet) Raylet is terminated ..." before it
-    assert json.loads(stdout.strip().splitlines()[-1])["exit_name"] == "INCOMPLETE", stdout
+    # stdout is the one JSON object: the chatter, and Ray's "(raylet) Raylet is terminated
+    # ..." when it comes, went to stderr
+    assert json.loads(stdout)["exit_name"] == "INCOMPLETE", stdout
+    assert "chatter from a Ray task" in stderr and "chatter on fd 1" in stderr
+    return address, stdout, stderr
+
+
+@pytest.mark.slow
+def test_a_head_killed_mid_run_ends_the_driver_with_4_and_the_rerun_resumes(
+    tmp_path: Path, tiny_weights
+):
+    images = write_images(tmp_path / "images", 2)
+    for k in range(4):
+        rows = uso_rows(f"h{k}", 2, str(images[0]), str(images[1]))
+        for row in rows:
+            row["steps"] = 10  # shards long enough that the run is still going at the kill
+        (tmp_path / f"part-{k}.parquet").write_bytes(parquet_bytes(rows))
+    manifest, out = tmp_path / "part-*.parquet", tmp_path / "out"
+    args = [*cli_run_args(manifest, out, tiny_weights), "--run", "r", "--device", "cpu"]
+    lose_the_head_under(args, lambda: len(list((out / "r").glob("part-*.stats.json"))))
     committed = len(list((out / "r").glob("part-*.stats.json")))
+    print(f"shards committed when the cluster was lost: {committed} of 4")
     assert 1 <= committed < 4
 
     rerun = subprocess.run(
@@ -174,3 +232,45 @@ def test_a_head_killed_mid_run_ends_the_driver_with_4_and_the_rerun_resumes(
     records = sorted((out / "r").glob("part-*.parquet"))
     ids = [i for path in records for i in pq.read_table(path, columns=["id"])["id"].to_pylist()]
     assert sorted(ids) == sorted(f"h{k}-{i}" for k in range(4) for i in range(2))
+
+
+EVAL_SHARDS = {k: [f"e{k}-{i}" for i in range(16)] for k in range(6)}
+
+
+def committed_run(tmp_path: Path) -> Path:
+    """A run of `EVAL_SHARDS` committed as the runner commits it (no model run)."""
+    from support.committed_run import write_run
+
+    from pipeline.storage import Storage, StorageSettings
+
+    run = tmp_path / "run"
+    write_run(Storage(StorageSettings.from_env()), str(run), EVAL_SHARDS)
+    return run
+
+
+def scored(run: Path) -> int:
+    return len(list((run / "scores").glob("*.parquet")))  # a shard's marker: written last
+
+
+@pytest.mark.slow
+def test_a_head_killed_mid_eval_ends_it_with_4_and_the_rerun_scores_each_item_once(tmp_path):
+    run = committed_run(tmp_path)
+    args = ["eval", str(run), "--models", "tiny", "--device", "cpu", "--actors", "1"]
+    lose_the_head_under(args, lambda: scored(run))
+    kept = scored(run)
+    print(f"shards scored when the cluster was lost: {kept} of {len(EVAL_SHARDS)}")
+    assert 1 <= kept < len(EVAL_SHARDS)
+
+    rerun = subprocess.run(
+        [sys.executable, "-c", DRIVER, *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "RAY_ADDRESS": ""},
+    )
+    assert rerun.returncode == ExitCode.OK, rerun.stderr[-3000:]
+    summary = json.loads(rerun.stdout)
+    assert (summary["shards_kept"], summary["shards_scored"]) == (kept, len(EVAL_SHARDS) - kept)
+    files = sorted((run / "scores").glob("*.parquet"))
+    ids = [i for path in files for i in pq.read_table(path, columns=["id"])["id"].to_pylist()]
+    assert sorted(ids) == sorted(i for items in EVAL_SHARDS.values() for i in items)
