@@ -4,7 +4,8 @@ GCS stays silent past its reconnect timeout; nothing reaches Python before).
 
 The watch itself against a real closed and a real listening loopback port; the command line's
 mapping; then a real `ray.cluster_utils.Cluster` whose head is killed under a running
-`restyle run` and `restyle eval` (slow), and the reruns that resume them. Each lost command runs under `--json` while a Ray task and the
+`restyle run` and `restyle eval` (slow), and the reruns that resume them; a Ray Client session
+(ray://) that loses its cluster. Each lost command runs under `--json` while a Ray task and the
 driver itself print on stdout: stdout holds the one JSON object all the same."""
 
 from __future__ import annotations
@@ -30,10 +31,13 @@ from support.run_helpers import cli_run_args, parquet_bytes, uso_rows, write_ima
 from pipeline.cli.common import operator_errors
 from pipeline.errors import ClusterLostError, ExitCode
 from pipeline.execution.cluster_watch import (
+    CLIENT_GRACE_ENV,
     RAY_RECONNECT_ENV,
     ClusterWatch,
+    connection_lost,
     gcs_reachable,
     lost_after_s,
+    lost_cluster_line,
     reporting_with,
 )
 
@@ -49,6 +53,36 @@ def test_the_watch_speaks_before_rays_own_reconnect_timeout():
     assert lost_after_s({RAY_RECONNECT_ENV: "30"}) == 20.0
     assert lost_after_s({RAY_RECONNECT_ENV: "8"}) == 4.0  # at least half of a short one
     assert lost_after_s({RAY_RECONNECT_ENV: "soon"}) == 50.0
+
+
+def test_a_ray_client_session_is_watched_at_its_client_server_after_its_grace_period():
+    from pipeline.execution.cluster import client_server
+
+    assert lost_after_s({}, client=True) == 40.0  # Ray Client's 30 s grace, plus the margin
+    assert lost_after_s({CLIENT_GRACE_ENV: "10"}, client=True) == 20.0
+    assert client_server("ray://head.example") == "head.example:10001"
+    assert client_server("ray://10.0.0.5:20001") == "10.0.0.5:20001"
+    line = lost_cluster_line("ray://10.0.0.5:10001", None)
+    assert line.startswith(
+        "lost the Ray cluster at ray://10.0.0.5:10001: its Ray Client server does not answer"
+    )
+
+
+def test_a_connection_error_means_a_lost_cluster_only_while_its_port_is_silent():
+    from ray.exceptions import RaySystemError
+
+    silent = closed_port_address()
+    broke = ConnectionError("Failed during this or a previous request: ...")
+    assert connection_lost(broke, silent)  # how Ray Client says its connection broke
+    assert connection_lost(ConnectionAbortedError("..."), silent)
+    assert connection_lost(RaySystemError("..."), silent)
+    assert not connection_lost(ValueError("a bad item"), silent)  # about something else
+    assert not connection_lost(broke, "")  # nothing known to knock on
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        answering = f"127.0.0.1:{server.getsockname()[1]}"
+        assert not connection_lost(broke, answering)  # e.g. a storage endpoint's error
 
 
 def test_a_silent_gcs_is_reported_in_one_line_and_ends_the_process_with_4():
@@ -160,18 +194,25 @@ def kill_head_at_once(cluster) -> None:
     cluster.head_node.kill_all_processes(check_alive=False, allow_graceful=False)
 
 
-def lose_the_head_under(args: list[str], done: Callable[[], int]) -> tuple[str, str, str]:
+def lose_the_head_under(
+    args: list[str], done: Callable[[], int], client: bool = False
+) -> tuple[str, str, str]:
     """Run the command `args` (with `--json`, on stdout's noise) against a one-node
-    `ray.cluster_utils.Cluster`, kill its head once `done()` counts a first unit committed;
-    (the address the driver joined, stdout, stderr) once the driver ended with exit 4 and the
-    lost-cluster line naming that address."""
+    `ray.cluster_utils.Cluster` (through its Ray Client server with `client`), kill its head
+    once `done()` counts a first unit committed; (the address the driver joined, stdout,
+    stderr) once the driver ended with exit 4 and the lost-cluster line naming that address."""
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(
-        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
-    )
-    address = cluster.address  # None once the cluster is shut down
-    env = {**os.environ, RAY_RECONNECT_ENV: "30"}  # the watch speaks after 20 s of silence
+    head: dict = {"num_cpus": 1, "include_dashboard": False}
+    if client:
+        head["ray_client_server_port"] = int(closed_port_address().rpartition(":")[2])
+    cluster = Cluster(initialize_head=True, head_node_args=head)
+    address = f"ray://127.0.0.1:{head['ray_client_server_port']}" if client else cluster.address
+    env = {
+        **os.environ,
+        RAY_RECONNECT_ENV: "30",  # the watch speaks after 20 s of silence
+        CLIENT_GRACE_ENV: "10",  # Ray Client gives up reconnecting after 10 s
+    }
     driver = None
     try:
         driver = subprocess.Popen(
@@ -274,3 +315,14 @@ def test_a_head_killed_mid_eval_ends_it_with_4_and_the_rerun_scores_each_item_on
     files = sorted((run / "scores").glob("*.parquet"))
     ids = [i for path in files for i in pq.read_table(path, columns=["id"])["id"].to_pylist()]
     assert sorted(ids) == sorted(i for items in EVAL_SHARDS.values() for i in items)
+
+
+@pytest.mark.slow
+def test_a_lost_ray_client_connection_ends_with_4_naming_the_ray_address(tmp_path):
+    run = committed_run(tmp_path)
+    args = ["eval", str(run), "--models", "tiny", "--device", "cpu", "--actors", "1"]
+    address, _, stderr = lose_the_head_under(args, lambda: scored(run), client=True)
+    assert address.startswith("ray://127.0.0.1:")
+    # Ray Client's own ConnectionError ("does not answer") or the watch ("has not answered for
+    # 20 s"), whichever comes first
+    assert f"lost the Ray cluster at {address}: its Ray Client server " in stderr
