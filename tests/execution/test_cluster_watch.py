@@ -4,8 +4,8 @@ GCS stays silent past its reconnect timeout; nothing reaches Python before).
 
 The watch itself against a real closed and a real listening loopback port; the command line's
 mapping; then a real `ray.cluster_utils.Cluster` whose head is killed under a running
-`restyle run` and `restyle eval` (slow), and the reruns that resume them; a Ray Client session
-(ray://) that loses its cluster. Each lost command runs under `--json` while a Ray task and the
+`restyle run` and `restyle eval` (slow), and the reruns that resume them; a `restyle caption`
+through Ray Client (ray://) that loses its cluster. Each lost command runs under `--json` while a Ray task and the
 driver itself print on stdout: stdout holds the one JSON object all the same."""
 
 from __future__ import annotations
@@ -289,16 +289,18 @@ def committed_run(tmp_path: Path) -> Path:
     return run
 
 
-def scored(run: Path) -> int:
-    return len(list((run / "scores").glob("*.parquet")))  # a shard's marker: written last
+def sidecars(run: Path, folder: str) -> int:
+    """Shards done by `restyle eval` ("scores") or `restyle caption` ("captions"): a shard's
+    parquet there is written last."""
+    return len(list((run / folder).glob("*.parquet")))
 
 
 @pytest.mark.slow
 def test_a_head_killed_mid_eval_ends_it_with_4_and_the_rerun_scores_each_item_once(tmp_path):
     run = committed_run(tmp_path)
     args = ["eval", str(run), "--models", "tiny", "--device", "cpu", "--actors", "1"]
-    lose_the_head_under(args, lambda: scored(run))
-    kept = scored(run)
+    lose_the_head_under(args, lambda: sidecars(run, "scores"))
+    kept = sidecars(run, "scores")
     print(f"shards scored when the cluster was lost: {kept} of {len(EVAL_SHARDS)}")
     assert 1 <= kept < len(EVAL_SHARDS)
 
@@ -318,10 +320,14 @@ def test_a_head_killed_mid_eval_ends_it_with_4_and_the_rerun_scores_each_item_on
 
 
 @pytest.mark.slow
-def test_a_lost_ray_client_connection_ends_with_4_naming_the_ray_address(tmp_path):
+def test_a_lost_ray_client_connection_ends_caption_with_4_naming_the_ray_address(tmp_path):
+    """Through Ray Client, and for `restyle caption` (watched like eval: one test for both)."""
     run = committed_run(tmp_path)
-    args = ["eval", str(run), "--models", "tiny", "--device", "cpu", "--actors", "1"]
-    address, _, stderr = lose_the_head_under(args, lambda: scored(run), client=True)
+    args = ["caption", str(run), "--model", "tiny", "--device", "cpu", "--actors", "1"]
+    address, _, stderr = lose_the_head_under(args, lambda: sidecars(run, "captions"), True)
+    kept = sidecars(run, "captions")
+    print(f"shards captioned when the cluster was lost: {kept} of {len(EVAL_SHARDS)}")
+    assert 1 <= kept < len(EVAL_SHARDS)
     assert address.startswith("ray://127.0.0.1:")
     # Ray Client's own ConnectionError ("does not answer") or the watch ("has not answered for
     # 20 s"), whichever comes first
