@@ -215,19 +215,27 @@ def lose_the_head_under(
     }
     driver = None
     try:
-        driver = subprocess.Popen(
-            [sys.executable, "-c", CHATTY_DRIVER, *args, "--address", address, "--json"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 300
-        while not done() and driver.poll() is None:
-            assert time.monotonic() < deadline, "nothing committed"
-            time.sleep(0.2)
-        assert driver.poll() is None, driver.communicate()
+        for attempt in (1, 2, 3):
+            driver = subprocess.Popen(
+                [sys.executable, "-c", CHATTY_DRIVER, *args, "--address", address, "--json"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+                start_new_session=True,
+            )
+            deadline = time.monotonic() + 300
+            while not done() and driver.poll() is None:
+                assert time.monotonic() < deadline, "nothing committed"
+                time.sleep(0.2)
+            if driver.poll() is None:
+                break
+            early = driver.communicate()
+            # Ray Client's server sometimes fails to start this client's own server process on
+            # 2 busy cores ("Initialization failure from server", exit 5, after ~30 s): Ray's
+            # start-up, before anything under test; an operator reruns, and so does this test
+            assert client and attempt < 3 and "Initialization failure" in early[1], early
+            print(f"Ray Client start-up failed (attempt {attempt}): {early[1].strip()}")
         kill_head_at_once(cluster)
         stdout, stderr = driver.communicate(timeout=120)
     finally:
