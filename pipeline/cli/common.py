@@ -1,10 +1,11 @@
 """What every `restyle` command shares: option types, output, and one-line operator errors.
 
-A command prints a table for people or one JSON object for scripts (`emit`), and turns the
-errors an operator can fix into one red line and a documented exit code (`operator_errors`,
-`fail`, `pipeline.errors.ExitCode`) instead of a traceback. Every option can also come from a
-`RESTYLE_<OPTION>` environment variable (shown in `--help`); choices are enums, so `--help`
-lists them and the shell completes them.
+A command prints a table for people or one JSON object for scripts (`emit`, `print_json`), and
+turns the errors an operator can fix into one red line and a documented exit code
+(`operator_errors`, `fail`, `pipeline.errors.ExitCode`) instead of a traceback. Under `--json`
+stdout holds that object and nothing else (`json_stdout`, entered by the option itself). Every
+option can also come from a `RESTYLE_<OPTION>` environment variable (shown in `--help`);
+choices are enums, so `--help` lists them and the shell completes them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, NoReturn
+from typing import Annotated, NoReturn, TextIO
 
 import typer
 from rich.console import Console
@@ -84,9 +85,81 @@ Profile = Annotated[
     str | None,
     typer.Option("--profile", help="AWS profile for credentials.", envvar=env("--profile")),
 ]
+_json_stream: TextIO | None = None  # where restyle's JSON goes while `json_stdout` holds stdout
+
+
+def _process_stdout() -> bool:
+    """True when `sys.stdout` writes to this process's file descriptor 1 (not a test runner's
+    in-memory capture)."""
+    try:
+        return sys.stdout.fileno() == 1
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _ray_running() -> bool:
+    ray = sys.modules.get("ray")  # never imported here: light commands stay without Ray
+    return bool(ray is not None and ray.is_initialized())
+
+
+@contextmanager
+def json_stdout() -> Iterator[TextIO]:
+    """Keep stdout for restyle's one JSON object: a private duplicate of fd 1 becomes the stream
+    `print_json` writes to, and fd 1 and `sys.stdout` point at stderr, so whatever else prints
+    (Ray's log monitor: "(raylet) Raylet is terminated ...", actors' forwarded prints, C++ code,
+    a library) lands on stderr and `restyle ... --json | jq` always reads one object.
+
+    At the end stdout comes back, except while Ray runs in this process: its log forwarding goes
+    on until its own shutdown at exit, so there stdout stays on stderr and the kept duplicate is
+    closed (the reader sees the object's end at once). Under an in-memory capture (no fd 1)
+    only `sys.stdout` is swapped."""
+    global _json_stream
+    sys.stdout.flush()
+    real = _process_stdout()
+    # os.dup's copy is not inheritable: processes started meanwhile (Ray's) never hold it open
+    kept = os.fdopen(os.dup(1), "w", encoding="utf-8") if real else sys.stdout
+    if real:
+        os.dup2(2, 1)
+    saved, sys.stdout, _json_stream = sys.stdout, sys.stderr, kept
+    try:
+        yield kept
+    finally:
+        kept.flush()
+        _json_stream = None
+        if not real:
+            sys.stdout = saved
+        elif _ray_running():
+            kept.close()
+        else:
+            sys.stdout.flush()
+            os.dup2(kept.fileno(), 1)
+            kept.close()
+            sys.stdout = saved
+
+
+def _json_only(ctx: typer.Context, value: bool) -> bool:
+    """`--json`'s callback: the command's stdout is kept for its JSON until the command ends."""
+    if value and not ctx.resilient_parsing:
+        ctx.with_resource(json_stdout())
+    return value
+
+
+def print_json(data: object, indent: int | None = 1) -> None:
+    """Restyle's JSON answer: to the stream `json_stdout` kept (else stdout), flushed at once
+    (the cluster watch may end the process right after)."""
+    stream = _json_stream or sys.stdout
+    stream.write(json.dumps(data, indent=indent, sort_keys=True, default=str) + "\n")
+    stream.flush()
+
+
 AsJson = Annotated[
     bool,
-    typer.Option("--json", help="Print a JSON object instead of a table.", envvar=env("--json")),
+    typer.Option(
+        "--json",
+        help="Print one JSON object on stdout instead of a table; everything else goes to stderr.",
+        envvar=env("--json"),
+        callback=_json_only,
+    ),
 ]
 Address = Annotated[
     str | None,
@@ -108,7 +181,7 @@ Progress = Annotated[
 def emit(title: str, rows: list[tuple[str, str]], data: dict, as_json: bool) -> None:
     """Print a result for people (a table) or for scripts (one JSON object on stdout)."""
     if as_json:
-        print(json.dumps(data, indent=1, sort_keys=True, default=str))
+        print_json(data)
         return
     table = Table(title=title, show_header=False)
     for name, value in rows:
@@ -158,7 +231,7 @@ def report(message: object, code: int, as_json: bool = False) -> None:
     if as_json:
         line = (str(message).strip().splitlines() or [""])[0]
         exit_name = ExitCode(int(code)).name if int(code) in set(ExitCode) else ""
-        print(json.dumps({"error": line, "exit_code": int(code), "exit_name": exit_name}))
+        print_json({"error": line, "exit_code": int(code), "exit_name": exit_name}, indent=None)
     sys.stdout.flush()
 
 

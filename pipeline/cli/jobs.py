@@ -29,6 +29,7 @@ from pipeline.cli.common import (
     env,
     fail,
     operator_errors,
+    print_json,
     storage_settings,
 )
 from pipeline.errors import ExitCode
@@ -268,7 +269,7 @@ def _print_submission(plan, as_json: bool) -> None:
         "metadata": plan.metadata,
     }
     if as_json:
-        print(json.dumps(data, indent=1, sort_keys=True))
+        print_json(data)
         return
     env_vars = dict(plan.runtime_env.get("env_vars", {}))
     shown = {k: (f"<{len(v)} characters>" if "\n" in v else v) for k, v in env_vars.items()}

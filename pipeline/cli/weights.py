@@ -9,7 +9,6 @@ is a light command: it imports neither torch nor Ray.
 from __future__ import annotations
 
 import dataclasses
-import json
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -27,6 +26,7 @@ from pipeline.cli.common import (
     env,
     fail,
     operator_errors,
+    print_json,
     storage_settings,
 )
 from pipeline.errors import ExitCode, WeightsError
@@ -46,10 +46,6 @@ def _names(models: list | None) -> list[str]:
     return [getattr(m, "value", m) for m in models or []]
 
 
-def _print_json(data: object) -> None:
-    print(json.dumps(data, indent=1, sort_keys=True, default=str))
-
-
 def _size(size: int | None) -> str:
     if size is None:
         return "?"
@@ -67,7 +63,7 @@ def list_files(models: Models = None, as_json: AsJson = False) -> None:  # type:
     except WeightsError as error:
         fail(error, as_json=as_json)
     if as_json:
-        _print_json(
+        print_json(
             {
                 "registry": str(registry.source),
                 "files": [
@@ -157,7 +153,7 @@ def pull(
     except (WeightsError, OSError) as error:
         fail(error, as_json=as_json)
     if as_json:
-        _print_json({"models": names, **dataclasses.asdict(report)})
+        print_json({"models": names, **dataclasses.asdict(report)})
         return
     table = Table(title=f"pulled {', '.join(names)}", show_header=False)
     table.add_row("from", report.source)
@@ -204,7 +200,7 @@ def verify(
     bad = sum(not row.ok for row in report.rows)
     code = ExitCode.CHECK_FAILED if bad else ExitCode.OK
     if as_json:
-        _print_json(
+        print_json(
             {
                 "root": str(report.root),
                 "models": report.models,
@@ -260,6 +256,6 @@ def convert_csd_command(
     with operator_errors(as_json=as_json):
         folder = convert_csd(checkpoint, out)
     if as_json:
-        print(json.dumps({"folder": str(folder), "exit_code": int(ExitCode.OK)}))
+        print_json({"folder": str(folder), "exit_code": int(ExitCode.OK)}, indent=None)
     else:
         console.print(f"CSD folder written: {folder}")

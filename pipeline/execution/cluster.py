@@ -25,6 +25,7 @@ DEFAULT_GCS_PORT = 6379
 # "no server" is Ray's, "unauthenticated" included (a cluster with token authentication).
 GCS_CLUSTER_ID_METHOD = "/ray.rpc.NodeInfoGcsService/GetClusterId"
 DEFAULT_CLIENT_PORT = 10001
+_client_address = ""  # the ray:// address this process joined as a Ray Client, if any
 
 
 class ClusterUnreachable(RunError):
@@ -120,11 +121,23 @@ def _not_gcs_because(target: str, timeout_s: float) -> str | None:
     return None
 
 
+def client_address() -> str:
+    """The ray://host:port this process joined as a Ray Client (`connect`), else ""."""
+    return _client_address
+
+
+def client_server(address: str) -> str:
+    """host:port of a ray:// address's Ray Client server (port 10001 unless given)."""
+    host, port = _host_port(address) or ("", DEFAULT_CLIENT_PORT)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def connect(address: str | None = None) -> None:
     """Join the cluster at `address` (`auto`, `ray://...`, host:port), else the one in
     $RAY_ADDRESS (inside a Ray job), else start a local Ray. Already connected: nothing to do.
     Ray's own start-up notices stay quiet unless the log level is debug; its forwarded actor
     lines carry no colour codes when stderr is not a terminal."""
+    global _client_address
     import ray
 
     if ray.is_initialized():
@@ -132,6 +145,8 @@ def connect(address: str | None = None) -> None:
     if not on_terminal():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     quiet = logging.DEBUG if debugging() else logging.WARNING
+    joined = address or os.environ.get("RAY_ADDRESS") or ""
+    _client_address = joined if joined.startswith("ray://") else ""  # before the watch asks
     try:
         if address or os.environ.get("RAY_ADDRESS"):
             ray.init(address=address or None, log_to_driver=True, logging_level=quiet)
@@ -140,6 +155,7 @@ def connect(address: str | None = None) -> None:
                 address="local", include_dashboard=False, log_to_driver=True, logging_level=quiet
             )
     except (ConnectionError, RuntimeError, ValueError) as error:  # version mismatch, auth, ...
+        _client_address = ""
         where = address or os.environ.get("RAY_ADDRESS") or "a local Ray"
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise ClusterUnreachable(f"cannot join the Ray cluster at {where}: {first}") from error

@@ -12,6 +12,14 @@ it reports one line naming the cluster and saying the rerun resumes, and ends th
 thread ends the process itself; what was committed stays committed, and the run lease of a
 dead driver is taken over at once by a rerun on the same host (after its TTL elsewhere).
 
+A Ray Client session (`ray://host:10001`) has no core worker that Ray could end: its loss
+reaches Python as a `ConnectionError` once Ray Client's reconnect grace period
+(RAY_CLIENT_RECONNECT_GRACE_PERIOD, 30 s) has passed. The watch knocks on the client server's
+port there (the GCS behind it may be out of this machine's reach by design), and a
+`ConnectionError` (or a gRPC error) while that port does not answer becomes the same line,
+naming the ray:// address; the thread only speaks if no error came `MARGIN_S` after the grace
+period.
+
 Ray is imported only inside the functions that need it: the command line installs its
 reporter (`reporting_with`) in light commands too.
 """
@@ -34,24 +42,35 @@ PROBE_EVERY_S = 2.0
 RAY_RECONNECT_ENV = "RAY_gcs_rpc_server_reconnect_timeout_s"
 RAY_RECONNECT_DEFAULT_S = 60.0
 MARGIN_S = 10.0  # we speak this long before Ray's core would end the process
+CLIENT_GRACE_ENV = "RAY_CLIENT_RECONNECT_GRACE_PERIOD"
+CLIENT_GRACE_DEFAULT_S = 30.0
 
 
-def lost_after_s(environ: Mapping[str, str] | None = None) -> float:
-    """Seconds of silence after which the cluster counts as lost: `MARGIN_S` before Ray's own
-    reconnect timeout ends the process (at least half of it)."""
-    env = os.environ if environ is None else environ
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     try:
-        ray_s = float(env.get(RAY_RECONNECT_ENV) or RAY_RECONNECT_DEFAULT_S)
+        return float(env.get(name) or default)
     except ValueError:
-        ray_s = RAY_RECONNECT_DEFAULT_S
+        return default
+
+
+def lost_after_s(environ: Mapping[str, str] | None = None, client: bool = False) -> float:
+    """Seconds of silence after which the cluster counts as lost: `MARGIN_S` before Ray's own
+    reconnect timeout ends the process (at least half of it); for a Ray Client session,
+    `MARGIN_S` after its reconnect grace period (its own error normally speaks first)."""
+    env = os.environ if environ is None else environ
+    if client:
+        return _seconds(env, CLIENT_GRACE_ENV, CLIENT_GRACE_DEFAULT_S) + MARGIN_S
+    ray_s = _seconds(env, RAY_RECONNECT_ENV, RAY_RECONNECT_DEFAULT_S)
     return max(ray_s - MARGIN_S, ray_s / 2)
 
 
 def lost_cluster_line(address: str, silent_s: float | None) -> str:
-    """The one line an operator reads when the cluster is gone."""
+    """The one line an operator reads when the cluster is gone (`address`: the GCS's
+    host:port, or the ray:// address of a Ray Client session)."""
+    server = "Ray Client server" if address.startswith("ray://") else "GCS"
     silence = "does not answer" if silent_s is None else f"has not answered for {silent_s:.0f} s"
     return (
-        f"lost the Ray cluster at {address}: its GCS {silence} (the head node died or was "
+        f"lost the Ray cluster at {address}: its {server} {silence} (the head node died or was "
         "stopped); the shards committed so far are kept: rerun the same command to resume"
     )
 
@@ -85,18 +104,36 @@ def gcs_reachable(address: str, timeout_s: float = PROBE_EVERY_S) -> bool:
         return False
 
 
-def connected_gcs_address() -> str:
-    """host:port of the GCS this process is connected to; "" before `ray.init` and for a
-    Ray Client session."""
+def watched_address() -> tuple[str, str]:
+    """(the host:port to knock on, the address the line names) of the cluster this process
+    joined: its GCS, or for a Ray Client session its client server and the ray:// address;
+    ("", "") before `ray.init`."""
     import ray
 
+    from pipeline.execution.cluster import client_address, client_server
+
+    client = client_address()  # known without asking Ray, also once the session broke
+    if client:
+        return client_server(client), client
     if not ray.is_initialized():
-        return ""
+        return "", ""
     try:
         address = ray.get_runtime_context().gcs_address or ""
-    except Exception:  # a Ray Client session has no GCS address of its own
-        return ""
-    return address if ":" in address else ""
+    except Exception:  # not known (yet): asked again at the next probe
+        return "", ""
+    return (address, address) if ":" in address else ("", "")
+
+
+def connection_lost(error: BaseException, probe: str) -> bool:
+    """Whether an error that reached Python means the cluster is gone: one of the kinds a lost
+    connection raises (Ray's RaySystemError and RpcError; Ray Client's ConnectionError and its
+    subclasses; gRPC's RpcError) while nothing answers at `probe` (host:port) any more. Any
+    other error, or one raised while the cluster still answers, is about something else."""
+    import grpc
+    from ray.exceptions import RaySystemError, RpcError
+
+    kinds = (RaySystemError, RpcError, ConnectionError, grpc.RpcError)
+    return bool(probe) and isinstance(error, kinds) and not gcs_reachable(probe)
 
 
 class ClusterWatch:
@@ -108,8 +145,11 @@ class ClusterWatch:
         address: str = "",
         end: Callable[[int], object] = os._exit,
         probe_every_s: float = PROBE_EVERY_S,
+        name: str = "",
     ):
-        self.address = address  # the GCS's host:port; found once Ray is initialized
+        # the host:port knocked on and the address the line names; found once Ray is initialized
+        self.address = address
+        self.name = name or address
         self.lost_after = lost_after
         self.probe_every_s = probe_every_s
         self._end = end
@@ -128,7 +168,9 @@ class ClusterWatch:
         last_answer = time.monotonic()
         while not self._stop.wait(self.probe_every_s):
             if not self.address:
-                self.address = connected_gcs_address()
+                self.address, self.name = watched_address()
+                if self.name.startswith("ray://"):
+                    self.lost_after = lost_after_s(client=True)
                 last_answer = time.monotonic()
                 continue
             if gcs_reachable(self.address, self.probe_every_s):
@@ -136,7 +178,7 @@ class ClusterWatch:
                 continue
             silent = time.monotonic() - last_answer
             if silent >= self.lost_after and not self._stop.is_set():
-                _reporter(lost_cluster_line(self.address, silent))
+                _reporter(lost_cluster_line(self.name, silent))
                 self._end(int(ExitCode.INCOMPLETE))
                 return
 
@@ -144,19 +186,16 @@ class ClusterWatch:
 @contextlib.contextmanager
 def watching_cluster() -> Iterator[None]:
     """Watch the cluster this process joins (or has joined) while inside: the watch starts
-    once Ray is initialized (`connect` may come later, inside). A Ray error that reaches
-    Python while the GCS does not answer (RaySystemError, RpcError) becomes one
-    `ClusterLostError` line. A Ray Client connection (ray://) has no GCS address here: its
-    loss reaches Python as an error, and nothing is watched."""
-    from ray.exceptions import RaySystemError, RpcError
-
+    once Ray is initialized (`connect` may come later, inside). An error of a lost connection
+    that reaches Python while the cluster does not answer (`connection_lost`: a Ray Client
+    session's ConnectionError, Ray's RaySystemError) becomes one `ClusterLostError` line."""
     watch = ClusterWatch(lost_after_s()).start()
     try:
         yield
-    except (RaySystemError, RpcError) as error:
-        address = watch.address
-        if address and not gcs_reachable(address):
-            raise ClusterLostError(lost_cluster_line(address, None)) from error
+    except Exception as error:
+        probe, name = (watch.address, watch.name) if watch.address else watched_address()
+        if connection_lost(error, probe):
+            raise ClusterLostError(lost_cluster_line(name, None)) from error
         raise
     finally:
         watch.stop()

@@ -61,7 +61,13 @@ def run_args(manifest: Path, out: str, weights: Path, *extra: str) -> list[str]:
     size = ["--width", str(WIDTH), "--height", str(HEIGHT)]
     return [*RESTYLE, "run", str(manifest), "--out", out, "--run", "shared", "--weights",
             str(weights), "--actors", "1", *size, "--steps", str(STEPS),
-            "--no-progress", "--json", *extra]  # fmt: skip
+            "--json", *extra]  # fmt: skip
+
+
+def last_progress(log: str) -> dict:
+    """The figures of a driver's last progress line (`--log-format json`: its close)."""
+    lines = [json.loads(ln) for ln in log.splitlines() if ln.startswith("{")]
+    return [ln["progress"] for ln in lines if "progress" in ln][-1]
 
 
 def start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
@@ -84,8 +90,10 @@ def test_a_second_driver_is_refused_or_joins_without_duplicates(
             assert time.monotonic() < deadline, "the first driver never took the lease"
             time.sleep(0.2)
 
-        # the helper starts at once, so both drivers' Rays come up together and share the work
-        helper = start(run_args(sixteen_shards, out, tiny_weights, "--join"), env)
+        # the helper starts at once, so both drivers' Rays come up together and share the work;
+        # its log is JSON, so its progress figures can be read back
+        helper_args = run_args(sixteen_shards, out, tiny_weights, "--join")
+        helper = start([*RESTYLE, "--log-format", "json", *helper_args[len(RESTYLE) :]], env)
         refused = subprocess.run(
             run_args(sixteen_shards, out, tiny_weights),
             capture_output=True, text=True, timeout=300, env={**os.environ, **env},
@@ -113,6 +121,16 @@ def test_a_second_driver_is_refused_or_joins_without_duplicates(
     # each shard committed by exactly one of the two: no generation done twice
     assert first["shards_committed"] + second["shards_committed"] == SHARDS, (first, second)
     assert first["ok"] == second["ok"] == SHARDS * ITEMS_PER_SHARD
+    # the helper's progress counted its own shards and items only, and said how many the
+    # holder claimed (those the holder had committed before it started are not in its plan)
+    figures = last_progress(helper_err)
+    elsewhere = figures["shards_claimed_elsewhere"]
+    assert figures["shards_total"] == SHARDS - second["shards_already_done"], figures
+    assert figures["shards_committed"] + elsewhere == figures["shards_total"], figures
+    assert figures["shards_committed"] == second["shards_committed"], figures
+    assert figures["items_total"] == ITEMS_PER_SHARD * second["shards_committed"], figures
+    assert figures["items_claimed_elsewhere"] == ITEMS_PER_SHARD * elsewhere, figures
+    print(f"helper's last progress: {figures}")
 
     keys: list[str] = []
     for k in range(SHARDS):
