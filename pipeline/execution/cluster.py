@@ -132,6 +132,19 @@ def client_server(address: str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _reason_line(error: BaseException) -> str:
+    """One line of Ray's error: its first line, and the reason where the first only introduces
+    it (Ray Client: "Initialization failure from server:" then a reason or a server-side
+    traceback, whose last line is the reason)."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    if lines[0].endswith(":") and len(lines) > 1:
+        reason = lines[-1] if lines[1].startswith("Traceback") else lines[1]
+        return f"{lines[0]} {reason}"
+    return lines[0]
+
+
 def connect(address: str | None = None) -> None:
     """Join the cluster at `address` (`auto`, `ray://...`, host:port), else the one in
     $RAY_ADDRESS (inside a Ray job), else start a local Ray. Already connected: nothing to do.
@@ -157,5 +170,5 @@ def connect(address: str | None = None) -> None:
     except (ConnectionError, RuntimeError, ValueError) as error:  # version mismatch, auth, ...
         _client_address = ""
         where = address or os.environ.get("RAY_ADDRESS") or "a local Ray"
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        first = _reason_line(error)
         raise ClusterUnreachable(f"cannot join the Ray cluster at {where}: {first}") from error

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import ray
 
-from pipeline.execution.cluster import ClusterUnreachable, check_address
+from pipeline.execution.cluster import ClusterUnreachable, _reason_line, check_address
 
 
 def silent_listener() -> tuple[socket.socket, int]:
@@ -95,3 +95,23 @@ def test_a_run_that_cannot_join_ray_leaves_no_run_folder_behind(
     with pytest.raises(ClusterUnreachable, match="version mismatch"):
         runner.run()
     assert not any(path.is_file() for path in out.rglob("*"))
+
+
+@pytest.mark.parametrize(
+    ("message", "line"),
+    [
+        (
+            "Initialization failure from server:\nTraceback (most recent call last):\n"
+            '  File "server.py", line 1\nRuntimeError: the client server did not start',
+            "Initialization failure from server: RuntimeError: the client server did not start",
+        ),
+        (
+            "Initialization failure from server:\nno free port",
+            "Initialization failure from server: no free port",
+        ),
+        ("Version mismatch: 2.50 vs 2.51\nmore detail", "Version mismatch: 2.50 vs 2.51"),
+        ("", "ConnectionError"),
+    ],
+)
+def test_a_join_error_keeps_the_line_that_says_why(message, line):
+    assert _reason_line(ConnectionError(message)) == line
