@@ -280,6 +280,7 @@ def test_kills_of_driver_actor_and_s3_resume_to_the_uninterrupted_result(tiny_we
                 del objects[name]
         names = {f"part-{k:06d}.{ext}" for k in range(SHARDS) for ext in ("tar", "parquet")}
         names |= {f"part-{k:06d}.stats.json" for k in range(SHARDS)} | {"run.json", "README.md"}
+        names |= {"index/markers.parquet"}  # the marker index: a cache for status and resume
         assert set(resumed) == set(reference) == names  # no temp or extra objects
         # every interrupted multipart upload was aborted (listed without the tolerant helper)
         assert chaos.client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []

@@ -88,6 +88,7 @@ def test_parquet_run_writes_committed_shards_with_records_for_every_item(
     assert sorted(p.name for p in run.iterdir()) == [
         "README.md",
         "_drivers",  # the run lease is gone at the end; the claims say who ran each shard
+        "index",  # the marker index (a cache for status and resume)
         "part-000000.parquet",
         "part-000000.stats.json",
         "part-000000.tar",
@@ -96,6 +97,7 @@ def test_parquet_run_writes_committed_shards_with_records_for_every_item(
         "part-000001.tar",
         "run.json",
     ]
+    assert [p.name for p in (run / "index").iterdir()] == ["markers.parquet"]
     drivers = sorted(str(p.relative_to(run)) for p in (run / "_drivers").rglob("*") if p.is_file())
     assert drivers == ["_drivers/claims/shard-000000.json", "_drivers/claims/shard-000001.json"]
 
