@@ -123,16 +123,17 @@ class IndexKeeper:
         self._thread = threading.Thread(target=self._write, name="marker-index", daemon=True)
         self._thread.start()
 
-    def finish(self, entries: Entries | None = None) -> None:
-        """The end of a run pass: `entries` when the caller just read every marker (status
-        did), else a fresh refresh."""
+    def wait(self) -> None:
+        """Wait for a rewrite in progress, if any."""
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        if entries is None:
-            self._write()
-        else:
-            write(self.storage, self.run_uri, entries)
+
+    def finish(self, entries: Entries) -> None:
+        """The end of a run pass: write `entries` (the driver's status has just read every
+        marker) once a rewrite in progress is done, so the older one never lands last."""
+        self.wait()
+        write(self.storage, self.run_uri, entries)
 
     def _write(self) -> None:
         try:

@@ -37,10 +37,6 @@ def _temp_beside(path: str, data: bytes) -> str:
     return tmp
 
 
-def _version(stat: os.stat_result) -> str:
-    return file_version(stat)
-
-
 def create_exclusive(uri: str, data: bytes) -> str | None:
     path = local_path(uri)
 
@@ -48,7 +44,7 @@ def create_exclusive(uri: str, data: bytes) -> str | None:
         tmp = _temp_beside(path, data)
         try:
             os.link(tmp, path)
-            return _version(os.stat(tmp))  # the same inode
+            return file_version(os.stat(tmp))  # the same inode
         except FileExistsError:
             return None
         finally:
@@ -62,7 +58,7 @@ def read_versioned(uri: str) -> tuple[bytes, str]:
 
     def read() -> tuple[bytes, str]:
         with open(path, "rb") as source:
-            return source.read(), _version(os.fstat(source.fileno()))
+            return source.read(), file_version(os.fstat(source.fileno()))
 
     return _guarded(uri, "read", read)
 
@@ -77,12 +73,12 @@ def replace_if(uri: str, data: bytes, version: str) -> str | None:
             try:
                 fcntl.flock(folder, fcntl.LOCK_EX)  # released when closed
                 try:
-                    current = _version(os.stat(path))
+                    current = file_version(os.stat(path))
                 except FileNotFoundError:
                     return None
                 if current != version:
                     return None
-                new_version = _version(os.stat(tmp))
+                new_version = file_version(os.stat(tmp))
                 os.replace(tmp, path)
                 return new_version
             finally:

@@ -35,9 +35,8 @@ def build_run(storage: Storage, run: str) -> None:
 
 
 def write_index(storage: Storage, run: str) -> None:
-    """What the driver does at the end of a run pass."""
-    keeper = marker_index.IndexKeeper(storage, run, RunState(storage, run).refresh_index_entries)
-    keeper.finish()
+    """The index of every marker, as the driver writes it at the end of a run pass."""
+    marker_index.write(storage, run, RunState(storage, run).refresh_index_entries())
 
 
 def status_without_index(storage: Storage, run: str):
@@ -183,7 +182,7 @@ def test_the_keeper_rewrites_the_index_mid_run_at_most_every_interval(tmp_path):
     assert not index.exists()  # the interval has not passed
     eager = marker_index.IndexKeeper(storage, run, state.fork().refresh_index_entries, 0.0)
     eager.committed()  # written in a background thread
-    eager.finish()
+    eager.wait()
     assert set(marker_index.load(storage, run)) == {
         "part-000000.stats.json",
         "part-000000.retry-01.stats.json",
