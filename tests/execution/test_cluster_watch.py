@@ -5,8 +5,9 @@ GCS stays silent past its reconnect timeout; nothing reaches Python before).
 The watch itself against a real closed and a real listening loopback port; the command line's
 mapping; then a real `ray.cluster_utils.Cluster` whose head is killed under a running
 `restyle run` and `restyle eval` (slow), and the reruns that resume them; a `restyle caption`
-through Ray Client (ray://) that loses its cluster. Each lost command runs under `--json` while a Ray task and the
-driver itself print on stdout: stdout holds the one JSON object all the same."""
+through Ray Client (ray://) that loses its cluster, and its rerun. Each lost command runs under
+`--json` while a Ray task and the driver itself print on stdout: stdout holds the one JSON
+object all the same."""
 
 from __future__ import annotations
 
@@ -328,8 +329,11 @@ def test_a_head_killed_mid_eval_ends_it_with_4_and_the_rerun_scores_each_item_on
 
 
 @pytest.mark.slow
-def test_a_lost_ray_client_connection_ends_caption_with_4_naming_the_ray_address(tmp_path):
-    """Through Ray Client, and for `restyle caption` (watched like eval: one test for both)."""
+def test_a_lost_ray_client_connection_ends_caption_with_4_and_the_rerun_captions_each_item_once(
+    tmp_path,
+):
+    """Through Ray Client, and for `restyle caption` (watched like eval: one test for both);
+    the local rerun captions the shards left, each item once."""
     run = committed_run(tmp_path)
     args = ["caption", str(run), "--model", "tiny", "--device", "cpu", "--actors", "1"]
     address, _, stderr = lose_the_head_under(args, lambda: sidecars(run, "captions"), True)
@@ -340,3 +344,17 @@ def test_a_lost_ray_client_connection_ends_caption_with_4_naming_the_ray_address
     # Ray Client's own ConnectionError ("does not answer") or the watch ("has not answered for
     # 20 s"), whichever comes first
     assert f"lost the Ray cluster at {address}: its Ray Client server " in stderr
+
+    rerun = subprocess.run(
+        [sys.executable, "-c", DRIVER, *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "RAY_ADDRESS": ""},
+    )
+    assert rerun.returncode == ExitCode.OK, rerun.stderr[-3000:]
+    summary = json.loads(rerun.stdout)
+    assert (summary["shards_kept"], summary["shards_captioned"]) == (kept, len(EVAL_SHARDS) - kept)
+    files = sorted((run / "captions").glob("*.parquet"))
+    ids = [i for path in files for i in pq.read_table(path, columns=["id"])["id"].to_pylist()]
+    assert sorted(ids) == sorted(i for items in EVAL_SHARDS.values() for i in items)

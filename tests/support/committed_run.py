@@ -7,6 +7,7 @@ import json
 import time
 
 import numpy as np
+from support.run_helpers import run_config
 
 from pipeline.config import OutputOptions
 from pipeline.outputs.commit import ShardStats, ShardWriter, sample_key
@@ -31,12 +32,14 @@ def write_run(
     """Commit `shards` (index -> ok item ids; `failed` adds one bad_input item per shard).
     Returns item id -> role -> pixels."""
     options = OutputOptions(include_references=True)
+    output, _, name = run_uri.rpartition("/")
+    config = run_config("in-*.parquet", output, "weights", run=name, outputs=options)
     storage.write_bytes(
         f"{run_uri}/run.json",
         json.dumps(
             {
                 "fingerprint": FINGERPRINT,
-                "config": {"model": "uso"},
+                "config": config.public_dict(),
                 "weights": {"x": "00"},
                 "layout": LAYOUT_VERSION,
             }
