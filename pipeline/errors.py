@@ -30,7 +30,8 @@ class ExitCode(IntEnum):
     # another live driver holds the run's lease (`--join` to help it instead)
     JOB_FAILED = 8  # `submit --wait`: the job ended FAILED or STOPPED
     QUALITY_REGRESSION = 9  # `nightly`: a metric's median dropped by more than the margin
-    INTERRUPTED = 75  # SIGTERM/SIGINT stopped the run after draining: rerun it (EX_TEMPFAIL)
+    INTERRUPTED = 75  # SIGTERM/SIGINT stopped the command (a run: after draining its shards in
+    # flight): what was committed is kept, rerun it to resume (EX_TEMPFAIL)
 
     @classmethod
     def of_run(cls, *, shards_missing: int, items_failed: int, uncommitted: int = 0) -> ExitCode:
@@ -99,6 +100,16 @@ class RunError(RuntimeError):
 class ClusterLostError(RunError):
     """The Ray cluster went away mid-run (its GCS stopped answering): what was committed is
     kept, and rerunning the same command resumes (exit INCOMPLETE)."""
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (str(self),))
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT outside a run's drain (planning, joining Ray, waiting for actors, or a
+    command without a drain): the command stops where it is. Whatever it committed is kept,
+    so rerunning it resumes (exit INTERRUPTED). A BaseException, like KeyboardInterrupt: the
+    `except Exception` that turns a bad item into a failed record must never catch a stop."""
 
     def __reduce__(self) -> tuple:
         return (type(self), (str(self),))

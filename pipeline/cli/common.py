@@ -247,16 +247,19 @@ def operator_errors(*extra: type[BaseException], as_json: bool = False) -> Itera
     option, --config file or spec (`ConfigError`, exit USAGE); an unusable manifest, storage,
     weights, Ray address or run folder, and any `extra` kinds (exit CANNOT_START); a run another
     driver holds (exit ALREADY_SUBMITTED); a Ray cluster lost mid-run (exit INCOMPLETE, also
-    when its watch ends the process from another thread). With `as_json` (a command's
-    `--json`) the error is also one JSON object on stdout."""
+    when its watch ends the process from another thread); SIGTERM/SIGINT outside a run's drain
+    (exit INTERRUPTED). With `as_json` (a command's `--json`) the error is also one JSON object
+    on stdout."""
     from pipeline.errors import (
         ClusterLostError,
         ConfigError,
+        Interrupted,
         RunError,
         RunLeaseHeldError,
         WeightsError,
     )
     from pipeline.execution.cluster_watch import reporting_with
+    from pipeline.execution.drain import stop_on_signals
     from pipeline.storage import StorageError
 
     handled: tuple[type[BaseException], ...] = (
@@ -268,8 +271,13 @@ def operator_errors(*extra: type[BaseException], as_json: bool = False) -> Itera
         *extra,
     )
     try:
-        with reporting_with(lambda line: report(line, ExitCode.INCOMPLETE, as_json)):
+        with (
+            stop_on_signals(),
+            reporting_with(lambda line: report(line, ExitCode.INCOMPLETE, as_json)),
+        ):
             yield
+    except Interrupted as error:  # nothing in flight: what was committed is kept
+        fail(error, ExitCode.INTERRUPTED, as_json)
     except ConfigError as error:
         fail(error, ExitCode.USAGE, as_json)
     except ClusterLostError as error:  # the shards committed are kept: rerun to resume

@@ -154,7 +154,7 @@ def run(
 
     Exit codes: 0 every item ok; 3 items failed (rerun with --retry-failed); 4 shards not
     committed (rerun the same command); 2 a wrong option; 5 an input that cannot be used;
-    75 stopped by SIGTERM/SIGINT after the shards in flight committed (rerun to resume);
+    75 stopped by SIGTERM/SIGINT (once the shards in flight committed; rerun to resume);
     7 another driver runs this run (see --join).
     """
     with operator_errors(as_json=as_json):

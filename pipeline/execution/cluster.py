@@ -14,6 +14,7 @@ import socket
 from urllib.parse import urlsplit
 
 from pipeline.errors import RunError
+from pipeline.execution.drain import keeping_signal_handlers
 from pipeline.execution.logs import debugging, on_terminal
 
 REACH_TIMEOUT_S = 5.0
@@ -161,12 +162,16 @@ def connect(address: str | None = None) -> None:
     joined = address or os.environ.get("RAY_ADDRESS") or ""
     _client_address = joined if joined.startswith("ray://") else ""  # before the watch asks
     try:
-        if address or os.environ.get("RAY_ADDRESS"):
-            ray.init(address=address or None, log_to_driver=True, logging_level=quiet)
-        else:  # "local": a new Ray here, never a `ray start` cluster Ray would find on its own
-            ray.init(
-                address="local", include_dashboard=False, log_to_driver=True, logging_level=quiet
-            )
+        with keeping_signal_handlers():
+            if address or os.environ.get("RAY_ADDRESS"):
+                ray.init(address=address or None, log_to_driver=True, logging_level=quiet)
+            else:  # "local": a new Ray here, never a `ray start` cluster Ray would find itself
+                ray.init(
+                    address="local",
+                    include_dashboard=False,
+                    log_to_driver=True,
+                    logging_level=quiet,
+                )
     except (ConnectionError, RuntimeError, ValueError) as error:  # version mismatch, auth, ...
         _client_address = ""
         where = address or os.environ.get("RAY_ADDRESS") or "a local Ray"

@@ -1,9 +1,16 @@
-"""Stopping a run cleanly on SIGTERM / SIGINT (a KubeRay stop, a preempted head, Ctrl-C).
+"""Stopping a command cleanly on SIGTERM / SIGINT (a KubeRay stop, a preempted head, Ctrl-C).
 
-The first signal asks the dispatch loop to hand out no more shards and to wait for the shards in
-flight to commit, for up to the grace period; a second signal ends the wait at once. Shards
-left undone are not committed, so rerunning the same command resumes the run with the same
-bytes; the run then exits with `ExitCode.INTERRUPTED`.
+While a run dispatches shards (`drain_on_signals`), the first signal asks the dispatch loop to
+hand out no more shards and to wait for the shards in flight to commit, for up to the grace
+period; a second signal ends the wait at once. Shards left undone are not committed, so
+rerunning the same command resumes the run with the same bytes; the run then exits with
+`ExitCode.INTERRUPTED`.
+
+Everywhere else in a command (`stop_on_signals`: planning, joining Ray, waiting for actors or
+GPU capacity, eval and caption stages) there is nothing in flight to wait for: the signal
+raises `Interrupted` where the command is, its cleanup runs (leases, Ray), and it exits with
+the same code and one line, instead of Python's 143 / Ray's `sys.exit(15)` / click's
+"Aborted!" with 1.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ import threading
 import time
 from collections.abc import Iterator
 from types import FrameType
+
+from pipeline.errors import Interrupted
 
 log = logging.getLogger(__name__)
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -67,6 +76,52 @@ def drain_on_signals(grace_s: float) -> Iterator[Drain]:
     previous = {sig: signal.signal(sig, handle) for sig in SIGNALS}
     try:
         yield drain
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGINT raise `Interrupted` in the main thread while the block runs (the
+    previous handlers come back after it); elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise stopped_by(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def stopped_by(signum: int) -> Interrupted:
+    name = signal.Signals(signum).name
+    return Interrupted(
+        f"stopped by {name}: what was committed is kept; rerun the same command to resume"
+    )
+
+
+@contextlib.contextmanager
+def keeping_signal_handlers() -> Iterator[None]:
+    """Restore the SIGTERM/SIGINT handlers after the block: `ray.init` installs its own SIGTERM
+    handler in the driver, `sys.exit(15)` (an exit code of no table); a SIGTERM it caught
+    meanwhile becomes `Interrupted`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
+    try:
+        yield
+    except SystemExit as exit_:
+        if exit_.code == signal.SIGTERM:
+            raise stopped_by(signal.SIGTERM) from None
+        raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
