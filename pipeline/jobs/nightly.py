@@ -221,6 +221,7 @@ class NightSummary:
     scores: dict[str, Any] = field(default_factory=dict)  # metric -> n, mean, median, ...
     quality: dict[str, Any] = field(default_factory=dict)  # metric -> median vs baseline
     eval_failed: dict[str, str] = field(default_factory=dict)
+    unscored: bool = False  # a signal stopped the night before its scoring: the rerun scores
 
     @property
     def noop(self) -> bool:
@@ -232,9 +233,13 @@ class NightSummary:
 
     @property
     def exit_code(self) -> int:
-        """The run's code; shards not committed or not scored (INCOMPLETE) first, then a
-        quality regression (QUALITY_REGRESSION), then the run's own (OK / ITEMS_FAILED)."""
+        """The run's code; a night stopped by a signal (INTERRUPTED: its run drained, or it
+        ran whole but is not scored) first, then shards not committed or not scored
+        (INCOMPLETE), then a quality regression (QUALITY_REGRESSION), then the run's own
+        (OK / ITEMS_FAILED)."""
         code = ExitCode.OK if self.run is None else self.run.exit_code
+        if code == ExitCode.INTERRUPTED or self.unscored:
+            return ExitCode.INTERRUPTED
         if code == ExitCode.INCOMPLETE or self.eval_failed:
             return ExitCode.INCOMPLETE
         return ExitCode.QUALITY_REGRESSION if self.regressions else code
@@ -335,7 +340,10 @@ class NightlyJob:
         ]
         index.write(self.night, done)
         summary.indexed = len(done)
-        if spec.eval is not None:
+        if spec.eval is not None and summary.run.interrupted:  # scored whole when resumed
+            summary.unscored = True
+            log.warning("night %s stopped by a signal: not scored; rerun it to resume", self.night)
+        elif spec.eval is not None:
             self._score(config.run_uri, summary)
         return summary
 

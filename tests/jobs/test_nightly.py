@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -19,6 +24,7 @@ from support.run_helpers import SMALL, parquet_bytes, png_bytes
 from pipeline.errors import DerivedManifestConflict, ExitCode
 from pipeline.jobs.nightly import NightlyError, NightlyJob, NightlySpec
 from pipeline.jobs.specs import SpecError, parse_spec_text
+from pipeline.storage import Storage, StorageSettings
 from pipeline.weights.tiny import build_tiny_weights
 
 
@@ -199,6 +205,48 @@ def test_a_night_scored_worse_than_the_nights_before_exits_4_and_says_which_metr
     # The next night: its baseline is the last 3 scored nights, including 2026-09-01 itself.
     assert fine.quality["clip_t"]["nights"] == 3 and fine.regressions == []
     assert fine.exit_code == 0
+
+
+@pytest.mark.slow
+def test_a_night_stopped_by_sigterm_exits_75_unscored_and_its_rerun_scores_it_whole(tmp_path):
+    """A KubeRay stop mid-night: the run drains, the night is not scored (scoring a part of it
+    would compare a partial median with whole nights), and its rerun resumes and scores it."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "item.png").write_bytes(png_bytes(1))
+    (tmp_path / "styles").mkdir()
+    (tmp_path / "styles" / "watercolor.png").write_bytes(png_bytes(2))
+    (tmp_path / "catalog").mkdir()
+    ids = [f"a{i}" for i in range(10)]
+    (tmp_path / "catalog" / "part-000.parquet").write_bytes(parquet_bytes(rows(ids)))
+    text = spec_text(str(tmp_path), build_tiny_weights(tmp_path / "weights"))
+    text = text.replace(f"steps: {SMALL['steps']}", "steps: 4")  # shards long enough to stop
+    (tmp_path / "n.yaml").write_text(text + "eval: {models: {clip: tiny}, metrics: [clip_t]}\n")
+    night = tmp_path / "restyled" / "runs" / "2026-09-01"
+    command = [sys.executable, "-m", "pipeline.cli", "nightly", str(tmp_path / "n.yaml")]
+    command += ["--night", "2026-09-01", "--no-progress", "--json"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray each
+
+    driver = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    deadline = time.monotonic() + 300
+    while not list(night.glob("*.stats.json")):
+        assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()[1]
+        time.sleep(0.1)
+    driver.send_signal(signal.SIGTERM)
+    stdout, stderr = driver.communicate(timeout=300)
+    assert driver.returncode == ExitCode.INTERRUPTED, stderr[-3000:]
+    assert json.loads(stdout)["exit_code"] == 75
+    assert "night 2026-09-01 stopped by a signal: not scored" in stderr
+    assert not (night / "scores").exists()
+    assert json.loads(stdout)["unscored"]
+    assert len(list(night.glob("*.stats.json"))) < 5  # the drain left queued shards
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert rerun.returncode == ExitCode.OK, rerun.stderr[-3000:]
+    summary = json.loads(rerun.stdout)
+    assert summary["resumed"] and summary["scores"]["clip_t"]["n"] == len(ids)
+    assert processed_ids(Storage(StorageSettings()), str(night)) == ids  # each once
 
 
 def test_nightly_spec_mistakes_name_the_key():
