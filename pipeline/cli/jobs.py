@@ -108,6 +108,7 @@ def triplets(
         "pairs": summary.pairs,
         "rejected_rows": summary.rejected_rows,
         "exit_code": summary.exit_code,
+        "stopped": summary.stopped,
         "runs": {
             m: {**dataclasses.asdict(r), "errors": dict(r.errors), "exit_code": r.exit_code}
             for m, r in summary.runs.items()

@@ -65,6 +65,7 @@ from pipeline.config.values import (
     PathRefs,
     one_or_many,
 )
+from pipeline.errors import ExitCode
 from pipeline.jobs.specs import JobSpec
 from pipeline.jobs.triplet_pairing import Pairing, TripletError, load_catalog, make_pairs
 from pipeline.manifests import ManifestItem
@@ -214,8 +215,12 @@ class TripletSummary:
     evals: dict[str, Any] = field(default_factory=dict)  # model -> EvalSummary
     gates: dict[str, Any] = field(default_factory=dict)  # model -> GateResult
 
+    stopped: bool = False  # a signal stopped a run: later models, scores and gates not done
+
     @property
     def exit_code(self) -> int:
+        if self.stopped:
+            return ExitCode.INTERRUPTED
         codes = [s.exit_code for s in (*self.runs.values(), *self.evals.values())]
         return max(codes, default=0)
 
@@ -303,6 +308,11 @@ class TripletJob:
                 self.show_progress,
                 driver=self.spec.driver_settings(),
             ).run()
+            if runs[model].interrupted:  # a stop asked for: nothing more; the rerun resumes
+                log.warning(
+                    "triplets %s stopped by a signal after the %s run", self.spec.name, model
+                )
+                return TripletSummary(self.spec.name, self.pairs, self.rejected, runs, stopped=True)
         summary = TripletSummary(self.spec.name, self.pairs, self.rejected, runs)
         if self.spec.eval is not None:
             for model, run in runs.items():

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,7 @@ from PIL import Image
 from support.paths import REPO
 from support.run_helpers import SMALL, parquet_bytes, png_bytes
 
+from pipeline.errors import ExitCode
 from pipeline.jobs.specs import SpecError, parse_spec_text, read_spec
 from pipeline.jobs.triplet_pairing import Catalog, Pairing, TripletError, make_pairs, pair_sample
 from pipeline.jobs.triplets import TripletJob, TripletSpec, triplet_row
@@ -325,6 +329,59 @@ rows_per_shard: 3
     )
     assert reader.returncode == 0, reader.stderr
     assert reader.stdout.strip().endswith(f"2 triplets passed the filters {{'style': {threshold}}}")
+
+
+@pytest.mark.slow
+def test_a_triplet_job_stopped_by_sigterm_exits_75_without_scoring_or_gating(tmp_path, aux_models):
+    """Scores and gates of a part of a run would split the triplets of that part only: a
+    stopped job does neither (nor any later model's run); its rerun resumes."""
+    for seed, name in enumerate(["cup", "ink"]):
+        (tmp_path / f"{name}.png").write_bytes(png_bytes(seed))
+    subjects = [
+        {"id": f"s{i}", "subject": "cup.png", "prompt": "A mug.", **SMALL, "steps": 4}
+        for i in range(10)
+    ]
+    (tmp_path / "subjects.parquet").write_bytes(parquet_bytes(subjects))
+    styles = [{"id": "ink", "styles": ["ink.png"], "name": "Ink"}]
+    (tmp_path / "styles.parquet").write_bytes(parquet_bytes(styles))
+    (tmp_path / "t.yaml").write_text(
+        f"""
+kind: triplets
+name: tri
+subjects: subjects.parquet
+styles: styles.parquet
+pairing: {{mode: all}}
+models: [uso]
+prompt: "{{subject_prompt}} In {{style_name}} style."
+output: {tmp_path / "out"}
+weights: {build_tiny_weights(tmp_path / "weights")}
+options: {{device: cpu}}
+eval: {{metrics: [clip_i_style], models: {{clip: {aux_models["clip"]}}}}}
+gates: {{clip_i_style: 0.9}}
+actors: 1
+rows_per_shard: 2
+"""
+    )
+    run = tmp_path / "out" / "tri" / "uso"
+    command = [sys.executable, "-m", "pipeline.cli", "triplets", str(tmp_path / "t.yaml")]
+    command += ["--no-progress", "--json"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray
+    driver = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    deadline = time.monotonic() + 300
+    while not list(run.glob("*.stats.json")):
+        assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()[1]
+        time.sleep(0.1)
+    driver.send_signal(signal.SIGTERM)
+    stdout, stderr = driver.communicate(timeout=300)
+
+    assert driver.returncode == ExitCode.INTERRUPTED, stderr[-3000:]
+    summary = json.loads(stdout)
+    assert summary["exit_code"] == 75 and summary["stopped"]
+    assert "triplets tri stopped by a signal after the uso run" in stderr
+    assert len(list(run.glob("*.stats.json"))) < 5  # the drain left queued shards
+    assert not (run / "scores").exists() and not (run / "gates").exists()
 
 
 def _png_of(data: bytes) -> bytes:
