@@ -304,15 +304,9 @@ def sidecars(run: Path, folder: str) -> int:
     return len(list((run / folder).glob("*.parquet")))
 
 
-@pytest.mark.slow
-def test_a_head_killed_mid_eval_ends_it_with_4_and_the_rerun_scores_each_item_once(tmp_path):
-    run = committed_run(tmp_path)
-    args = ["eval", str(run), "--models", "tiny", "--device", "cpu", "--actors", "1"]
-    lose_the_head_under(args, lambda: sidecars(run, "scores"))
-    kept = sidecars(run, "scores")
-    print(f"shards scored when the cluster was lost: {kept} of {len(EVAL_SHARDS)}")
-    assert 1 <= kept < len(EVAL_SHARDS)
-
+def rerun_does_the_rest_once(args: list[str], run: Path, folder: str, kept: int) -> None:
+    """Rerun the eval or caption command `args` on a local Ray: it keeps the `kept` shards
+    done, does the others, and every item of the run has one row in `folder`."""
     rerun = subprocess.run(
         [sys.executable, "-c", DRIVER, *args, "--json"],
         capture_output=True,
@@ -322,10 +316,23 @@ def test_a_head_killed_mid_eval_ends_it_with_4_and_the_rerun_scores_each_item_on
     )
     assert rerun.returncode == ExitCode.OK, rerun.stderr[-3000:]
     summary = json.loads(rerun.stdout)
-    assert (summary["shards_kept"], summary["shards_scored"]) == (kept, len(EVAL_SHARDS) - kept)
-    files = sorted((run / "scores").glob("*.parquet"))
+    done = summary["shards_scored" if folder == "scores" else "shards_captioned"]
+    assert (summary["shards_kept"], done) == (kept, len(EVAL_SHARDS) - kept)
+    files = sorted((run / folder).glob("*.parquet"))
     ids = [i for path in files for i in pq.read_table(path, columns=["id"])["id"].to_pylist()]
     assert sorted(ids) == sorted(i for items in EVAL_SHARDS.values() for i in items)
+
+
+@pytest.mark.slow
+def test_a_head_killed_mid_eval_ends_it_with_4_and_the_rerun_scores_each_item_once(tmp_path):
+    run = committed_run(tmp_path)
+    args = ["eval", str(run), "--models", "tiny", "--device", "cpu", "--actors", "1"]
+    lose_the_head_under(args, lambda: sidecars(run, "scores"))
+    kept = sidecars(run, "scores")
+    print(f"shards scored when the cluster was lost: {kept} of {len(EVAL_SHARDS)}")
+    assert 1 <= kept < len(EVAL_SHARDS)
+
+    rerun_does_the_rest_once(args, run, "scores", kept)
 
 
 @pytest.mark.slow
@@ -345,16 +352,4 @@ def test_a_lost_ray_client_connection_ends_caption_with_4_and_the_rerun_captions
     # 20 s"), whichever comes first
     assert f"lost the Ray cluster at {address}: its Ray Client server " in stderr
 
-    rerun = subprocess.run(
-        [sys.executable, "-c", DRIVER, *args, "--json"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "RAY_ADDRESS": ""},
-    )
-    assert rerun.returncode == ExitCode.OK, rerun.stderr[-3000:]
-    summary = json.loads(rerun.stdout)
-    assert (summary["shards_kept"], summary["shards_captioned"]) == (kept, len(EVAL_SHARDS) - kept)
-    files = sorted((run / "captions").glob("*.parquet"))
-    ids = [i for path in files for i in pq.read_table(path, columns=["id"])["id"].to_pylist()]
-    assert sorted(ids) == sorted(i for items in EVAL_SHARDS.values() for i in items)
+    rerun_does_the_rest_once(args, run, "captions", kept)

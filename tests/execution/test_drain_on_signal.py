@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import typer
-from support.run_helpers import parquet_bytes, uso_rows, write_images
+from support.run_helpers import parquet_bytes, sigterm_at_first_commit, uso_rows, write_images
 
 from pipeline.cli.common import operator_errors
 from pipeline.errors import ExitCode, Interrupted
@@ -211,17 +211,9 @@ def test_sigterm_drains_in_flight_shards_exits_75_and_a_rerun_gives_identical_by
 
     out = tmp_path / "stopped"
     command = restyle_run(manifest, out, tiny_weights)
-    driver = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
-    deadline = time.monotonic() + 300
-    while not list((out / "test").glob("*.stats.json")) and time.monotonic() < deadline:
-        assert driver.poll() is None, driver.communicate()[1]
-        time.sleep(0.1)
-    driver.send_signal(signal.SIGTERM)
-    stdout, stderr = driver.communicate(timeout=300)
+    code, stdout, stderr = sigterm_at_first_commit(command, out / "test")
 
-    assert driver.returncode == ExitCode.INTERRUPTED, stderr
+    assert code == ExitCode.INTERRUPTED, stderr
     assert "SIGTERM: no new shards" in stderr
     committed = len(list((out / "test").glob("*.stats.json")))
     assert 1 <= committed < SHARDS  # the shards in flight committed, the queue was left

@@ -11,15 +11,13 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pyarrow.parquet as pq
 import pytest
 import ray
-from support.run_helpers import SMALL, parquet_bytes, png_bytes
+from support.run_helpers import SMALL, parquet_bytes, png_bytes, sigterm_at_first_commit
 
 from pipeline.errors import DerivedManifestConflict, ExitCode
 from pipeline.jobs.nightly import NightlyError, NightlyJob, NightlySpec
@@ -224,24 +222,15 @@ def test_a_night_stopped_by_sigterm_exits_75_unscored_and_its_rerun_scores_it_wh
     night = tmp_path / "restyled" / "runs" / "2026-09-01"
     command = [sys.executable, "-m", "pipeline.cli", "nightly", str(tmp_path / "n.yaml")]
     command += ["--night", "2026-09-01", "--no-progress", "--json"]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray each
-
-    driver = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
-    deadline = time.monotonic() + 300
-    while not list(night.glob("*.stats.json")):
-        assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()[1]
-        time.sleep(0.1)
-    driver.send_signal(signal.SIGTERM)
-    stdout, stderr = driver.communicate(timeout=300)
-    assert driver.returncode == ExitCode.INTERRUPTED, stderr[-3000:]
+    code, stdout, stderr = sigterm_at_first_commit(command, night)
+    assert code == ExitCode.INTERRUPTED, stderr[-3000:]
     assert json.loads(stdout)["exit_code"] == 75
     assert "night 2026-09-01 stopped by a signal: not scored" in stderr
     assert not (night / "scores").exists()
     assert json.loads(stdout)["unscored"]
     assert len(list(night.glob("*.stats.json"))) < 5  # the drain left queued shards
 
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert rerun.returncode == ExitCode.OK, rerun.stderr[-3000:]
     summary = json.loads(rerun.stdout)

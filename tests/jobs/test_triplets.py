@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +20,7 @@ import ray
 import webdataset as wds
 from PIL import Image
 from support.paths import REPO
-from support.run_helpers import SMALL, parquet_bytes, png_bytes
+from support.run_helpers import SMALL, parquet_bytes, png_bytes, sigterm_at_first_commit
 
 from pipeline.errors import ExitCode
 from pipeline.jobs.specs import SpecError, parse_spec_text, read_spec
@@ -365,18 +362,9 @@ rows_per_shard: 2
     run = tmp_path / "out" / "tri" / "uso"
     command = [sys.executable, "-m", "pipeline.cli", "triplets", str(tmp_path / "t.yaml")]
     command += ["--no-progress", "--json"]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray
-    driver = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
-    deadline = time.monotonic() + 300
-    while not list(run.glob("*.stats.json")):
-        assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()[1]
-        time.sleep(0.1)
-    driver.send_signal(signal.SIGTERM)
-    stdout, stderr = driver.communicate(timeout=300)
+    code, stdout, stderr = sigterm_at_first_commit(command, run)
 
-    assert driver.returncode == ExitCode.INTERRUPTED, stderr[-3000:]
+    assert code == ExitCode.INTERRUPTED, stderr[-3000:]
     summary = json.loads(stdout)
     assert summary["exit_code"] == 75 and summary["stopped"]
     assert "triplets tri stopped by a signal after the uso run" in stderr

@@ -1,10 +1,15 @@
-"""Small builders for pipeline tests: sample images, Parquet/WebDataset manifests, run configs."""
+"""Small builders for pipeline tests: sample images, Parquet/WebDataset manifests, run configs,
+and a command stopped by SIGTERM at its first commit."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -118,3 +123,19 @@ def cli_run_args(manifest: Path | str, out: Path | str, weights: Path | str) -> 
         str(SMALL["steps"]),
         "--no-progress",
     ]
+
+
+def sigterm_at_first_commit(command: list[str], run: Path) -> tuple[int, str, str]:
+    """Run the restyle `command` on a local Ray of its own, SIGTERM it once a first shard of
+    the run folder `run` committed (its marker); (exit code, stdout, stderr) once it ended."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    driver = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    deadline = time.monotonic() + 300
+    while not list(run.glob("*.stats.json")):
+        assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()[1]
+        time.sleep(0.1)
+    driver.send_signal(signal.SIGTERM)
+    stdout, stderr = driver.communicate(timeout=300)
+    return driver.returncode, stdout, stderr
