@@ -33,6 +33,10 @@ from pipeline.outputs.records import ItemRecord, read_records
 from pipeline.storage import Storage, StorageNotFoundError
 from pipeline.storage.concurrent import map_bounded
 
+# A run folder's listing is cut every this many shards (3 objects, 3 pages each), the ranges
+# listed concurrently (`Storage.list_versioned`): folders under it are one listing as before.
+SHARDS_PER_RANGE = 1000
+
 
 @dataclass(frozen=True)
 class Commit:
@@ -134,12 +138,16 @@ class RunState:
             )
 
     # ------------------------------------------------------------- commits
-    def listing(self) -> RunListing:
+    def listing(self, shards: int = 0) -> RunListing:
         """One listing of the folder's own objects (S3: one paged request per 1000 objects;
         sub-folders such as captions/ and scores/ are not descended into), with the markers'
-        versions, which the listing carries at no extra request."""
+        versions, which the listing carries at no extra request. `shards`: how many input
+        shards the run has, when known: the listing is then cut every `SHARDS_PER_RANGE`
+        shards and the ranges listed concurrently (10^5 shards: 300 pages, ~3 in sequence)."""
+        cuts = [f"part-{k:06d}" for k in range(SHARDS_PER_RANGE, shards, SHARDS_PER_RANGE)]
         markers, tars, records, versions = {}, {}, {}, {}
-        for uri, version in self.storage.list_versioned(self.run_uri + "/", recursive=False):
+        listed = self.storage.list_versioned(self.run_uri + "/", recursive=False, cuts=cuts)
+        for uri, version in listed:
             folder, _, name = uri.rpartition("/")
             if folder.rstrip("/") != self.run_uri:
                 continue
@@ -216,7 +224,8 @@ class RunState:
         """Of `shards` (index, input URI), those whose first-run marker is committed for this
         input and fingerprint: one listing, then only the listed markers are read (through
         the marker index)."""
-        listing = self.listing()
+        shards = list(shards)
+        listing = self.listing(max((index + 1 for index, _ in shards), default=0))
         wanted = [(index, uri) for index, uri in shards if (index, 0) in listing.markers]
         stats = self._read_markers(listing, ((index, 0) for index, _ in wanted))
         return {

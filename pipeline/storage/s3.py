@@ -301,27 +301,38 @@ class S3Backend:
             yield key
 
     def iter_entries(
-        self, bucket: str, prefix: str, delimiter: str | None = None
+        self,
+        bucket: str,
+        prefix: str,
+        delimiter: str | None = None,
+        after: str | None = None,
+        last: str | None = None,
     ) -> Iterator[tuple[str, str]]:
         """(key, ETag) under `prefix`: the listing carries each object's ETag, so versions
         cost no request of their own. Each page is one retried call that resumes from the
         last continuation token (a paginator's generator cannot be resumed once a request in
-        it failed). Pages are parsed by `s3_listing`, not botocore: 10x less CPU per object."""
+        it failed). Pages are parsed by `s3_listing`, not botocore. With `after` / `last`
+        (keys), only the keys in (after, last]: one range of a listing cut in several."""
         uri = f"{S3_PREFIX}{bucket}/{prefix}"
         kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
         if delimiter:
             kwargs["Delimiter"] = delimiter
+        if after is not None:
+            kwargs["StartAfter"] = after
         client = self.client()
         while True:
             with self._pages.reading():  # the page parsed from its XML (`s3_listing`)
                 page = self.call(uri, "list", client.list_objects_v2, **kwargs)
             if (parsed := page.get(PAGE)) is not None:
-                yield from parsed.entries
+                entries = parsed.entries
                 truncated, token = parsed.truncated, parsed.token
             else:  # a body only botocore could read
-                for entry in page.get("Contents", []):
-                    yield entry["Key"], str(entry.get("ETag", ""))
+                entries = [(e["Key"], str(e.get("ETag", ""))) for e in page.get("Contents", [])]
                 truncated, token = page.get("IsTruncated"), page.get("NextContinuationToken")
+            for key, etag in entries:
+                if last is not None and key > last:
+                    return
+                yield key, etag
             if not truncated or not token:
                 return
             kwargs["ContinuationToken"] = token

@@ -10,6 +10,8 @@ import pytest
 from support.fault_proxy import FaultProxy
 from support.s3_server import SeaweedS3Server
 
+from pipeline.outputs import run_state
+from pipeline.outputs.run_state import RunState
 from pipeline.storage import Storage
 from pipeline.storage.s3_listing import PAGE, PageReader, parse_page
 from pipeline.storage.uris import split_s3
@@ -44,13 +46,15 @@ def paginator_entries(server: SeaweedS3Server, prefix: str, delimiter: str | Non
 
 @pytest.fixture(scope="module")
 def many_objects(s3_server: SeaweedS3Server) -> str:
-    """A folder of 2,093 objects (3 listing pages): numbered ones, awkward names spread over
-    the pages, and objects in sub-folders."""
+    """A run-like folder of 2,113 objects (3 listing pages): 700 shards' tar, records and
+    marker, awkward names spread over the pages, and objects in sub-folders."""
     root = s3_server.new_bucket("listing") + "/run"
     storage = s3_server.storage()
-    names = [f"part-{k:06d}.json" for k in range(2_080)]
+    names = [
+        f"part-{k:06d}{end}" for k in range(700) for end in (".tar", ".parquet", ".stats.json")
+    ]
     names += [
-        f"part-{k:06d}-{name}" for k, name in zip((0, 999, 1000, 2079), AWKWARD[:4], strict=True)
+        f"part-{k:06d}-{name}" for k, name in zip((0, 333, 334, 699), AWKWARD[:4], strict=True)
     ]
     names += AWKWARD[4:]
     names += [f"sub/{name}" for name in AWKWARD[:3]] + ["sub/deeper/x.json"]
@@ -70,7 +74,7 @@ def test_listing_matches_boto3_paginator_over_pages_and_awkward_keys(
     listed = s3_server.storage().list_versioned(many_objects, recursive=recursive)
     expected = paginator_entries(s3_server, many_objects, None if recursive else "/")
     assert listed == expected
-    assert len(listed) == (2_093 if recursive else 2_089)
+    assert len(listed) == (2_113 if recursive else 2_109)
     keys = {uri.removeprefix(many_objects + "/") for uri, _ in listed}
     assert set(AWKWARD[4:]) <= keys
     assert ("sub/a&b.json" in keys) is recursive
@@ -92,6 +96,35 @@ def test_listing_pages_are_parsed_by_restyle_not_botocore(
     plain = client.list_objects_v2(Bucket=bucket, Prefix=key + "/")
     assert PAGE not in plain and len(plain["Contents"]) == 1000
     assert [(c["Key"], c["ETag"]) for c in plain["Contents"]] == page[PAGE].entries
+
+
+@pytest.mark.parametrize("recursive", [True, False])
+def test_a_listing_cut_in_ranges_lists_the_same_objects(
+    s3_server: SeaweedS3Server, many_objects: str, recursive: bool
+) -> None:
+    """Cuts anywhere (before every key, on a key, inside a shard's names, between awkward
+    keys, past every key, repeated, unsorted) change how the folder is listed, not what."""
+    storage = s3_server.storage()
+    cuts = ["part-000100", "!", "part-000333.tar", "part-000333.parquet", "part-000334-"]
+    cuts += ["part-000500", "part-000100", "with", "\u00ff", "~~~", "sub/", "sub/a&b.json"]
+    whole = storage.list_versioned(many_objects, recursive=recursive)
+    assert storage.list_versioned(many_objects, recursive=recursive, cuts=cuts) == whole
+
+
+def test_run_listing_cut_by_shards_is_the_one_listing(
+    s3_server: SeaweedS3Server, many_objects: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run folder listed in ranges of 100 shards (7 ranges, listed concurrently) holds the
+    same markers, versions, tars and records as one listing."""
+    storage = s3_server.storage()
+    whole = RunState(storage, many_objects).listing()
+    monkeypatch.setattr(run_state, "SHARDS_PER_RANGE", 100)
+    with FaultProxy(s3_server.endpoint_url) as proxy:
+        settings = dataclasses.replace(s3_server.settings(), endpoint_url=proxy.endpoint_url)
+        ranged = RunState(Storage(settings), many_objects).listing(shards=700)
+        listings = [path for _, path, _ in proxy.requests("GET") if "list-type=2" in path]
+    assert ranged == whole and len(whole.markers) == len(whole.records) == 700
+    assert len(listings) == 7 and sum("start-after" in path for path in listings) == 6
 
 
 def test_listing_resumes_its_pages_through_server_errors(
