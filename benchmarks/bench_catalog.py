@@ -26,9 +26,11 @@ pass runs in a fresh driver process, which reports its wall time, CPU time and p
   the reads), then `resume-index` (half the shards committed, the index current) and, once
   all shards are committed, `status-stale` (the index from the half-done pass: half the
   markers read), then `status` without and `status-index` with a current index;
-- the listing parse: `resume-index-botocore` and `status-index-botocore` are those passes with
-  the run folder's and the manifest's listing pages parsed by botocore (the code before the
-  pages were parsed from their XML, `pipeline.storage.s3_listing`), for the ratio in one run.
+- the listing: `resume-index-botocore` and `status-index-botocore` are those passes as the
+  code before did them: the run folder in one listing, every listing's pages (the manifest's
+  too) parsed by botocore; `-onelisting`: pages parsed from their XML
+  (`pipeline.storage.s3_listing`), the run folder still in one listing; the plain passes list
+  it in ranges of `run_state.SHARDS_PER_RANGE` shards at once. All in one run, for the ratios.
 
 `--profile DIR` runs each pass under cProfile (DIR/<shards>-<phase>.prof); `--phases` runs only
 the passes named (with those they need: `index-write` before the `-index` passes).
@@ -194,7 +196,7 @@ def complete(storage, bucket: str, shards: int, items: int, done: int, with_coun
 
 
 # ---------------------------------------------------------------------------- measured passes
-def botocore_entries(self, bucket: str, prefix: str, delimiter: str | None = None):
+def botocore_entries(self, bucket: str, prefix: str, delimiter: str | None = None, *_: object):
     """`S3Backend.iter_entries` before the pages were parsed from their XML: botocore parses
     each page (every LastModified through dateutil) and restyle keeps the key and ETag."""
     from pipeline.storage.uris import S3_PREFIX
@@ -225,11 +227,15 @@ def measured(phase: str, manifest: str, run: str) -> dict:
     from pipeline.storage import Storage
     from pipeline.storage.concurrent import map_bounded
 
-    if phase.endswith("-botocore"):  # the listing parsed by botocore: the code before
+    if phase.endswith(("-botocore", "-onelisting")):  # the run folder in one listing
+        from pipeline.outputs import run_state
+
+        run_state.SHARDS_PER_RANGE = 10**9
+    if phase.endswith("-botocore"):  # its pages parsed by botocore: the code before
         from pipeline.storage.s3 import S3Backend
 
         S3Backend.iter_entries = botocore_entries  # type: ignore[method-assign]
-        phase = phase.removesuffix("-botocore")
+    phase = phase.removesuffix("-botocore").removesuffix("-onelisting")
     storage = Storage()
     wall0, cpu0 = time.perf_counter(), time.process_time()
     result: dict = {}
@@ -297,6 +303,8 @@ INDEX_PAIRS = (("resume", "resume-index"), ("status", "status-index"))
 LISTING_PAIRS = (
     ("resume", "resume-index-botocore", "resume-index"),
     ("status", "status-index-botocore", "status-index"),
+    ("resume, XML parse only", "resume-index-botocore", "resume-index-onelisting"),
+    ("status, XML parse only", "status-index-botocore", "status-index-onelisting"),
 )
 
 
@@ -404,13 +412,14 @@ def main() -> None:
                     with_counts,
                 )
                 row: dict = {"shards": shards, "populate_s": time.perf_counter() - t0}
-                phases = ["resume", "plan", "index-write", "resume-index-botocore", "resume-index"]
+                phases = ["resume", "plan", "index-write", "resume-index-botocore"]
+                phases += ["resume-index-onelisting", "resume-index"]
                 if kind == "baseline":
                     phases = ["baseline-resume", "baseline-plan", *phases]
                 if not args.skip_status:
                     phases += ["complete", "status-stale", "no-index", "status"]
                     phases += ["baseline-status", "index-write-all", "status-index-botocore"]
-                    phases += ["status-index"]
+                    phases += ["status-index-onelisting", "status-index"]
                 for phase in phases:
                     if phase == "complete":
                         complete(storage, bucket, shards, args.items_per_shard, done, with_counts)
