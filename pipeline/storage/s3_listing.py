@@ -1,9 +1,9 @@
 """ListObjectsV2 pages read straight from their XML, for listings of 10^5 objects and more.
 
-Profiled at 10^4 shards (3 objects each), botocore's parse of the listing pages was ~80% of
-`restyle status`'s CPU: it turns every <Contents> into a dict through its generic shape walker
-and parses every LastModified with dateutil (~0.3 ms per object). restyle wants only each
-object's key and ETag. So while `PageReader.reading()` is active on a thread, the
+Profiled at 10^4 shards (3 objects each), botocore's parse of the listing pages was 12.2 s of
+a 17.7 s `restyle status` under cProfile: it turns every <Contents> into a dict through its
+generic shape walker and parses every LastModified with dateutil (8.8 s). restyle wants only
+each object's key and ETag (benchmarks/README.md: status and resume ~3x less CPU per shard). So while `PageReader.reading()` is active on a thread, the
 ListObjectsV2 calls made there still go through boto3 (signing, botocore's retries,
 `S3Backend.call`'s budget and error translation are unchanged), but the body of a successful
 response is parsed here with xml.etree and botocore is handed an empty body in its place.
