@@ -25,7 +25,15 @@ pass runs in a fresh driver process, which reports its wall time, CPU time and p
   builds and writes it as the driver does at the end of a pass (the write timed apart from
   the reads), then `resume-index` (half the shards committed, the index current) and, once
   all shards are committed, `status-stale` (the index from the half-done pass: half the
-  markers read), then `status` without and `status-index` with a current index.
+  markers read), then `status` without and `status-index` with a current index;
+- the listing: `resume-index-botocore` and `status-index-botocore` are those passes as the
+  code before did them: the run folder in one listing, every listing's pages (the manifest's
+  too) parsed by botocore; `-onelisting`: pages parsed from their XML
+  (`pipeline.storage.s3_listing`), the run folder still in one listing; the plain passes list
+  it in ranges of `run_state.SHARDS_PER_RANGE` shards at once. All in one run, for the ratios.
+
+`--profile DIR` runs each pass under cProfile (DIR/<shards>-<phase>.prof); `--phases` runs only
+the passes named (with those they need: `index-write` before the `-index` passes).
 
 Figures are per shard count; fit them to extrapolate (cost = a + b x shards).
 """
@@ -188,6 +196,26 @@ def complete(storage, bucket: str, shards: int, items: int, done: int, with_coun
 
 
 # ---------------------------------------------------------------------------- measured passes
+def botocore_entries(self, bucket: str, prefix: str, delimiter: str | None = None, *_: object):
+    """`S3Backend.iter_entries` before the pages were parsed from their XML: botocore parses
+    each page (every LastModified through dateutil) and restyle keeps the key and ETag."""
+    from pipeline.storage.uris import S3_PREFIX
+
+    uri = f"{S3_PREFIX}{bucket}/{prefix}"
+    kwargs: dict = {"Bucket": bucket, "Prefix": prefix}
+    if delimiter:
+        kwargs["Delimiter"] = delimiter
+    client = self.client()
+    while True:
+        page = self.call(uri, "list", client.list_objects_v2, **kwargs)
+        for entry in page.get("Contents", []):
+            yield entry["Key"], str(entry.get("ETag", ""))
+        token = page.get("NextContinuationToken")
+        if not page.get("IsTruncated") or not token:
+            return
+        kwargs["ContinuationToken"] = token
+
+
 def measured(phase: str, manifest: str, run: str) -> dict:
     """One pass in this (fresh) process; returns its figures."""
     from pipeline.manifests import count_all_items, count_items, list_shards
@@ -199,6 +227,15 @@ def measured(phase: str, manifest: str, run: str) -> dict:
     from pipeline.storage import Storage
     from pipeline.storage.concurrent import map_bounded
 
+    if phase.endswith(("-botocore", "-onelisting")):  # the run folder in one listing
+        from pipeline.outputs import run_state
+
+        run_state.SHARDS_PER_RANGE = 10**9
+    if phase.endswith("-botocore"):  # its pages parsed by botocore: the code before
+        from pipeline.storage.s3 import S3Backend
+
+        S3Backend.iter_entries = botocore_entries  # type: ignore[method-assign]
+    phase = phase.removesuffix("-botocore").removesuffix("-onelisting")
     storage = Storage()
     wall0, cpu0 = time.perf_counter(), time.process_time()
     result: dict = {}
@@ -249,15 +286,43 @@ def measured(phase: str, manifest: str, run: str) -> dict:
     return result
 
 
+def profiled(phase: str, manifest: str, run: str, profile: str | None = None) -> dict:
+    """`measured`, under cProfile when a stats file is given (its figures then include the
+    profiler's overhead: compare passes within one profiled run, not with an unprofiled one)."""
+    if profile is None:
+        return measured(phase, manifest, run)
+    import cProfile
+
+    profiler = cProfile.Profile()
+    result = profiler.runcall(measured, phase, manifest, run)
+    profiler.dump_stats(profile)
+    return result
+
+
+INDEX_PAIRS = (("resume", "resume-index"), ("status", "status-index"))
+LISTING_PAIRS = (
+    ("resume", "resume-index-botocore", "resume-index"),
+    ("status", "status-index-botocore", "status-index"),
+    ("resume, XML parse only", "resume-index-botocore", "resume-index-onelisting"),
+    ("status, XML parse only", "status-index-botocore", "status-index-onelisting"),
+)
+
+
 def index_ratios(row: dict) -> dict:
     """Without / with the marker index, wall and CPU, where both passes ran; and whether
     their results were the same."""
+    return pass_ratios(row, [(before, before, after) for before, after in INDEX_PAIRS])
+
+
+def pass_ratios(row: dict, pairs) -> dict:
+    """(name, before, after) -> before / after, wall and CPU, where both passes ran; and
+    whether their results were the same."""
     ratios = {}
-    for without, with_index in (("resume", "resume-index"), ("status", "status-index")):
-        if without in row and with_index in row:
-            a, b = row[without], row[with_index]
+    for name, before, after in pairs:
+        if before in row and after in row:
+            a, b = row[before], row[after]
             same = {k: v for k, v in a.items() if k not in ("wall_s", "cpu_s", "peak_rss_mib")}
-            ratios[without] = {
+            ratios[name] = {
                 "wall": a["wall_s"] / b["wall_s"],
                 "cpu": a["cpu_s"] / b["cpu_s"],
                 "same_result": all(b.get(k) == v for k, v in same.items()),
@@ -265,9 +330,16 @@ def index_ratios(row: dict) -> dict:
     return ratios
 
 
-def run_child(phase: str, manifest: str, run: str, env: dict) -> dict:
+def run_child(phase: str, manifest: str, run: str, env: dict, profile: Path | None = None) -> dict:
+    """One measured pass in a fresh process; with `profile` (a folder), under cProfile, its
+    stats saved as <folder>/<shards>-<phase>.prof (read them with `python -m pstats`)."""
+    command = [sys.executable, __file__, "--child", phase, manifest, run]
+    if profile is not None:
+        profile.mkdir(parents=True, exist_ok=True)
+        shards = run.rstrip("/").split("/")[-2].removeprefix("out-")
+        command = [*command, str(profile / f"{shards}-{phase}.prof")]
     out = subprocess.run(
-        [sys.executable, __file__, "--child", phase, manifest, run],
+        command,
         env=env,
         capture_output=True,
         text=True,
@@ -290,7 +362,7 @@ def proxy_process(upstream: str, delay_ms: float) -> tuple[subprocess.Popen, str
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        print(json.dumps(measured(*sys.argv[2:5])))
+        print(json.dumps(profiled(*sys.argv[2:])))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shards", type=int, nargs="+", default=[1000, 2000])
@@ -300,6 +372,12 @@ def main() -> None:
     parser.add_argument("--baseline-shards", type=int, default=200)
     parser.add_argument("--skip-status", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="a folder: run each pass under cProfile"
+    )
+    parser.add_argument(
+        "--phases", nargs="+", default=None, help="only these passes (default: all of them)"
+    )
     args = parser.parse_args()
 
     from support.s3_server import SeaweedS3Server
@@ -334,21 +412,29 @@ def main() -> None:
                     with_counts,
                 )
                 row: dict = {"shards": shards, "populate_s": time.perf_counter() - t0}
-                phases = ["resume", "plan", "index-write", "resume-index"]
+                phases = ["resume", "plan", "index-write", "resume-index-botocore"]
+                phases += ["resume-index-onelisting", "resume-index"]
                 if kind == "baseline":
                     phases = ["baseline-resume", "baseline-plan", *phases]
                 if not args.skip_status:
                     phases += ["complete", "status-stale", "no-index", "status"]
-                    phases += ["baseline-status", "index-write-all", "status-index"]
+                    phases += ["baseline-status", "index-write-all", "status-index-botocore"]
+                    phases += ["status-index-onelisting", "status-index"]
                 for phase in phases:
                     if phase == "complete":
                         complete(storage, bucket, shards, args.items_per_shard, done, with_counts)
                         continue
                     child = phase.removesuffix("-all")  # index-write over the whole run
-                    row[phase] = run_child(child, where["manifest"], where["run"], env)
+                    if args.phases is not None and child not in args.phases:
+                        continue
+                    row[phase] = run_child(
+                        child, where["manifest"], where["run"], env, args.profile
+                    )
                     print(shards, phase, row[phase], flush=True)
                 row["index_ratios"] = index_ratios(row)
                 print(shards, "without / with the index", row["index_ratios"], flush=True)
+                row["listing_ratios"] = pass_ratios(row, LISTING_PAIRS)
+                print(shards, "listing by botocore / by XML", row["listing_ratios"], flush=True)
                 figures["runs"].append(row)
         finally:
             assert proxy.stdin is not None

@@ -33,6 +33,12 @@ from pipeline.outputs.records import ItemRecord, read_records
 from pipeline.storage import Storage, StorageNotFoundError
 from pipeline.storage.concurrent import map_bounded
 
+# A run folder's listing is cut every this many shards (15,000 objects, 15 pages), the ranges
+# listed concurrently (`Storage.list_versioned`); folders under it are one listing as before.
+# Not smaller: a range's last page runs up to 1,000 keys past its end, parsed and dropped
+# (ranges of 1,000 shards cost 1 page in 4, +31% CPU at 2x10^4 shards).
+SHARDS_PER_RANGE = 5000
+
 
 @dataclass(frozen=True)
 class Commit:
@@ -134,12 +140,16 @@ class RunState:
             )
 
     # ------------------------------------------------------------- commits
-    def listing(self) -> RunListing:
+    def listing(self, shards: int = 0) -> RunListing:
         """One listing of the folder's own objects (S3: one paged request per 1000 objects;
         sub-folders such as captions/ and scores/ are not descended into), with the markers'
-        versions, which the listing carries at no extra request."""
+        versions, which the listing carries at no extra request. `shards`: how many input
+        shards the run has, when known: the listing is then cut every `SHARDS_PER_RANGE`
+        shards and the ranges listed concurrently (10^5 shards: 300 pages, 16 in sequence)."""
+        cuts = [f"part-{k:06d}" for k in range(SHARDS_PER_RANGE, shards, SHARDS_PER_RANGE)]
         markers, tars, records, versions = {}, {}, {}, {}
-        for uri, version in self.storage.list_versioned(self.run_uri + "/", recursive=False):
+        listed = self.storage.list_versioned(self.run_uri + "/", recursive=False, cuts=cuts)
+        for uri, version in listed:
             folder, _, name = uri.rpartition("/")
             if folder.rstrip("/") != self.run_uri:
                 continue
@@ -155,33 +165,51 @@ class RunState:
 
     def _read_markers(
         self, listing: RunListing, keys: Iterable[tuple[int, int]]
-    ) -> Iterable[ShardStats | None]:
+    ) -> list[ShardStats | None]:
         """The listed markers `keys`, in order; None for one deleted since the listing. A
         marker whose listed version the marker index (or this RunState's earlier reads) holds
-        is taken from there; the others are read, concurrently."""
+        is taken from there, on this thread (10^5 of them cost no thread hand-offs); the
+        others are read, concurrently."""
         cached = {**marker_index.load(self.storage, self.run_uri), **self._seen}
+        keys = list(keys)
+        found: list[ShardStats | None] = [None] * len(keys)
+        misses = []
+        for position, key in enumerate(keys):
+            stats = self._indexed(cached, listing, key)
+            if stats is None:
+                misses.append(position)
+            else:
+                found[position] = stats
 
         def read(key: tuple[int, int]) -> ShardStats | None:
             uri = listing.markers[key]
-            name = uri.rpartition("/")[2]
-            hit = cached.get(name)
-            if hit is not None and hit[0] == listing.marker_versions.get(key):
-                try:
-                    stats = ShardStats.from_json(hit[1])
-                except (ValueError, TypeError):  # a corrupt entry: read the marker instead
-                    pass
-                else:
-                    self._seen[name] = hit
-                    return stats
             try:
                 data, version = self.storage.read_versioned(uri)
             except StorageNotFoundError:
                 return None
             stats = ShardStats.from_json(data)
-            self._seen[name] = (version, data)
+            self._seen[uri.rpartition("/")[2]] = (version, data)
             return stats
 
-        return map_bounded(read, keys)
+        read_now = map_bounded(read, [keys[position] for position in misses])
+        for position, stats in zip(misses, read_now, strict=True):
+            found[position] = stats
+        return found
+
+    def _indexed(
+        self, cached: marker_index.Entries, listing: RunListing, key: tuple[int, int]
+    ) -> ShardStats | None:
+        """The listed marker `key` from `cached` when that holds it at its listed version."""
+        name = listing.markers[key].rpartition("/")[2]
+        hit = cached.get(name)
+        if hit is None or hit[0] != listing.marker_versions.get(key):
+            return None
+        try:
+            stats = ShardStats.from_json(hit[1])
+        except (ValueError, TypeError):  # a corrupt entry: read the marker instead
+            return None
+        self._seen[name] = hit
+        return stats
 
     def index_entries(self) -> marker_index.Entries:
         """What the marker index should hold: the markers of the latest listing with the
@@ -198,7 +226,8 @@ class RunState:
         """Of `shards` (index, input URI), those whose first-run marker is committed for this
         input and fingerprint: one listing, then only the listed markers are read (through
         the marker index)."""
-        listing = self.listing()
+        shards = list(shards)
+        listing = self.listing(max((index + 1 for index, _ in shards), default=0))
         wanted = [(index, uri) for index, uri in shards if (index, 0) in listing.markers]
         stats = self._read_markers(listing, ((index, 0) for index, _ in wanted))
         return {

@@ -70,7 +70,7 @@ def run_status(state: RunState) -> RunStatus:
     if run_json is None:
         raise FileNotFoundError(f"{state.run_uri}: no run.json (not a restyle run folder)")
     fingerprint = run_json["fingerprint"]
-    listing = state.listing()
+    listing = state.listing(len(run_json.get("input_shards", [])))
     every = state.commits(listing)  # by shard, then attempt
     commits = [c for c in every if c.stats.fingerprint == fingerprint]
     main = [c for c in commits if c.retry == 0]

@@ -11,9 +11,11 @@ from __future__ import annotations
 import builtins
 import os
 import threading
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pipeline.storage import local, local_conditional
+from pipeline.storage.concurrent import map_bounded
 from pipeline.storage.errors import (
     StorageAuthError,
     StorageError,
@@ -201,17 +203,33 @@ class Storage:
         keys = self._s3.iter_keys(bucket, folder, delimiter=None if recursive else "/")
         return sorted(f"{S3_PREFIX}{bucket}/{k}" for k in keys)
 
-    def list_versioned(self, prefix: str, recursive: bool = True) -> builtins.list[tuple[str, str]]:
+    def list_versioned(
+        self, prefix: str, recursive: bool = True, cuts: Sequence[str] = ()
+    ) -> builtins.list[tuple[str, str]]:
         """`list`, with each object's version beside its URI, at no extra request: S3's
         listing carries the ETag; a local file's version is (inode, mtime_ns, size). The
         versions are those `read_versioned` returns, so a cache keyed by them can tell an
-        unchanged object from a rewritten one without reading it."""
+        unchanged object from a rewritten one without reading it.
+
+        `cuts` (names inside the folder) cut an S3 listing into the ranges (.., c1],
+        (c1, c2], ..., (ck, ..), listed concurrently: the same objects, but 3x10^5 objects
+        cut in 20 ranges are ~16 pages in sequence instead of 300 (each range's last page
+        runs past its end: cut no finer than ~10 pages a range)."""
         if not self._remote(prefix):
             return local.list_versioned(os.fspath(prefix), recursive)
         bucket, key = split_s3(prefix)
         folder = key if not key or key.endswith("/") else key + "/"
-        entries = self._s3.iter_entries(bucket, folder, delimiter=None if recursive else "/")
-        return sorted((f"{S3_PREFIX}{bucket}/{k}", etag) for k, etag in entries)
+        delimiter = None if recursive else "/"
+        bounds = [folder + cut for cut in sorted(set(cuts))]
+        ranges = list(zip([None, *bounds], [*bounds, None], strict=True))
+
+        def entries(bounds: tuple[str | None, str | None]) -> builtins.list[tuple[str, str]]:
+            after, last = bounds
+            return builtins.list(self._s3.iter_entries(bucket, folder, delimiter, after, last))
+
+        parts = map_bounded(entries, ranges) if len(ranges) > 1 else map(entries, ranges)
+        found = [entry for part in parts for entry in part]
+        return sorted((f"{S3_PREFIX}{bucket}/{k}", etag) for k, etag in found)
 
     def glob(self, pattern: str) -> builtins.list[str]:
         """Sorted, de-duplicated URIs of objects matching `pattern`.

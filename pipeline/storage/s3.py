@@ -37,6 +37,8 @@ from pipeline.storage.concurrent import REQUEST_WORKERS
 from pipeline.storage.errors import StorageError, StorageNotFoundError, StorageTooLargeError
 from pipeline.storage.retry import RetryBudget, arrow_attempts
 from pipeline.storage.s3_errors import STREAM_ERRORS, boto_cause, translate
+from pipeline.storage.s3_listing import EVENT as LIST_PAGE_EVENT
+from pipeline.storage.s3_listing import PAGE, PageReader
 from pipeline.storage.settings import StorageSettings
 from pipeline.storage.uris import S3_PREFIX, split_s3
 
@@ -58,6 +60,7 @@ class S3Backend:
         self._client: Any = None
         self._arrow_fs: Any = None
         self._attempts = threading.local()
+        self._pages = PageReader()
 
     # ------------------------------------------------------------------ clients
     def _session(self) -> boto3.session.Session:
@@ -109,6 +112,7 @@ class S3Backend:
         )
         client = session.client("s3", endpoint_url=s.endpoint_url, config=config)
         client.meta.events.register("before-send.s3", self._count_attempt)
+        client.meta.events.register(LIST_PAGE_EVENT, self._pages)
         return client
 
     def _count_attempt(self, **_: Any) -> None:
@@ -297,23 +301,39 @@ class S3Backend:
             yield key
 
     def iter_entries(
-        self, bucket: str, prefix: str, delimiter: str | None = None
+        self,
+        bucket: str,
+        prefix: str,
+        delimiter: str | None = None,
+        after: str | None = None,
+        last: str | None = None,
     ) -> Iterator[tuple[str, str]]:
         """(key, ETag) under `prefix`: the listing carries each object's ETag, so versions
         cost no request of their own. Each page is one retried call that resumes from the
         last continuation token (a paginator's generator cannot be resumed once a request in
-        it failed)."""
+        it failed). Pages are parsed by `s3_listing`, not botocore. With `after` / `last`
+        (keys), only the keys in (after, last]: one range of a listing cut in several."""
         uri = f"{S3_PREFIX}{bucket}/{prefix}"
         kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
         if delimiter:
             kwargs["Delimiter"] = delimiter
+        if after is not None:
+            kwargs["StartAfter"] = after
         client = self.client()
         while True:
-            page = self.call(uri, "list", client.list_objects_v2, **kwargs)
-            for entry in page.get("Contents", []):
-                yield entry["Key"], str(entry.get("ETag", ""))
-            token = page.get("NextContinuationToken")
-            if not page.get("IsTruncated") or not token:
+            with self._pages.reading():  # the page parsed from its XML (`s3_listing`)
+                page = self.call(uri, "list", client.list_objects_v2, **kwargs)
+            if (parsed := page.get(PAGE)) is not None:
+                entries = parsed.entries
+                truncated, token = parsed.truncated, parsed.token
+            else:  # a body only botocore could read
+                entries = [(e["Key"], str(e.get("ETag", ""))) for e in page.get("Contents", [])]
+                truncated, token = page.get("IsTruncated"), page.get("NextContinuationToken")
+            for key, etag in entries:
+                if last is not None and key > last:
+                    return
+                yield key, etag
+            if not truncated or not token:
                 return
             kwargs["ContinuationToken"] = token
 
