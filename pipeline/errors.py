@@ -111,8 +111,12 @@ class Interrupted(BaseException):
     so rerunning it resumes (exit INTERRUPTED). A BaseException, like KeyboardInterrupt: the
     `except Exception` that turns a bad item into a failed record must never catch a stop."""
 
+    def __init__(self, message: str, signal_name: str = ""):
+        super().__init__(message)
+        self.signal_name = signal_name  # "SIGTERM", "SIGINT"
+
     def __reduce__(self) -> tuple:
-        return (type(self), (str(self),))
+        return (type(self), (str(self), self.signal_name))
 
 
 class StartError(RunError):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -228,7 +228,6 @@ def submit(
         SubmissionError,
         build_submission,
         client_for,
-        follow,
     )
     from pipeline.jobs.submit import submit as submit_job
     from pipeline.storage import Storage
@@ -256,9 +255,28 @@ def submit(
         as_json,
     )
     if wait:
-        status = follow(client, job_id)
+        status = follow_until_stopped(client, job_id, as_json)
         console.print(f"job {job_id}: {status}")
         raise typer.Exit(int(ExitCode.OK if status == "SUCCEEDED" else ExitCode.JOB_FAILED))
+
+
+def follow_until_stopped(client: Any, job_id: str, as_json: bool) -> str:
+    """The job's final status, its logs streamed meanwhile; SIGINT/SIGTERM stops the following,
+    not the job (exit INTERRUPTED with a line that says how to follow or stop it)."""
+    from pipeline.errors import Interrupted
+    from pipeline.execution.drain import stop_on_signals
+    from pipeline.jobs.submit import follow
+
+    try:
+        with stop_on_signals():
+            return follow(client, job_id)
+    except Interrupted as stop:
+        fail(
+            f"stopped following job {job_id} ({stop.signal_name}): the job keeps running; "
+            f"`ray job logs --follow {job_id}` follows it, `ray job stop {job_id}` stops it",
+            ExitCode.INTERRUPTED,
+            as_json,
+        )
 
 
 def _print_submission(plan, as_json: bool) -> None:

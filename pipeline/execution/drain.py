@@ -103,7 +103,7 @@ def stop_on_signals() -> Iterator[None]:
 def stopped_by(signum: int) -> Interrupted:
     name = signal.Signals(signum).name
     return Interrupted(
-        f"stopped by {name}: what was committed is kept; rerun the same command to resume"
+        f"stopped by {name}: what was committed is kept; rerun the same command to resume", name
     )
 
 

@@ -3,7 +3,8 @@
 Profiled at 10^4 shards (3 objects each), botocore's parse of the listing pages was 12.2 s of
 a 17.7 s `restyle status` under cProfile: it turns every <Contents> into a dict through its
 generic shape walker and parses every LastModified with dateutil (8.8 s). restyle wants only
-each object's key and ETag (benchmarks/README.md: status and resume ~3x less CPU per shard). So while `PageReader.reading()` is active on a thread, the
+each object's key and ETag (benchmarks/README.md: status and resume ~3x less CPU per shard).
+So while `PageReader.reading()` is active on a thread, the
 ListObjectsV2 calls made there still go through boto3 (signing, botocore's retries,
 `S3Backend.call`'s budget and error translation are unchanged), but the body of a successful
 response is parsed here with xml.etree and botocore is handed an empty body in its place.
