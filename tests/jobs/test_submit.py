@@ -237,7 +237,7 @@ class RayHead:
 
 
 @pytest.mark.slow
-def test_submitted_nightly_job_runs_once_per_night(tmp_path, s3_server, s3_bucket):
+def test_submitted_nightly_job_runs_once_per_night(tmp_path, s3_server, s3_bucket, monkeypatch):
     storage = s3_server.storage()
     storage.write_bytes(f"{s3_bucket}/images/item.png", png_bytes(1))
     storage.write_bytes(
@@ -301,6 +301,30 @@ def test_submitted_nightly_job_runs_once_per_night(tmp_path, s3_server, s3_bucke
         assert "'shop-2026-09-01' exists already (status SUCCEEDED)" in " ".join(
             second.stderr.split()
         )
+
+        # Ctrl-C while following a job stops the following, not the job
+        following = [*RESTYLE, "submit", str(spec), "--address", head.address, "--wait"]
+        following += ["--night", "2026-09-02", "--runtime-env", "source"]
+        follower = subprocess.Popen(
+            following,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **auth},
+        )
+        for name, value in auth.items():
+            monkeypatch.setenv(name, value)
+        jobs = client_for(head.address)
+        deadline = time.monotonic() + 120
+        while not any(j.submission_id == "shop-2026-09-02" for j in jobs.list_jobs()):
+            assert follower.poll() is None and time.monotonic() < deadline, follower.communicate()
+            time.sleep(0.2)
+        time.sleep(1)  # following by now (or about to): either way the signal stops only that
+        follower.send_signal(signal.SIGINT)
+        _, stopped = follower.communicate(timeout=60)
+        assert follower.returncode == ExitCode.INTERRUPTED, stopped[-3000:]
+        assert "stopped following job shop-2026-09-02 (SIGINT): the job keeps running" in stopped
+        assert str(jobs.get_job_status("shop-2026-09-02")) not in ("STOPPED", "FAILED")
 
         wrong_token = subprocess.run(
             [*RESTYLE, "submit", str(spec), "--address", head.address, "--night", "2026-09-02"],
