@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 DEFAULT_REGION = "us-east-1"
 READ_CHUNK = 8 * 1024 * 1024
 DOWNLOAD_PART = 16 * 1024 * 1024  # ranged GETs of a parallel download (`download_file`)
+MIN_PART_BYTES = 5 * 1024 * 1024  # S3's smallest multipart part (all but the last)
 
 
 class S3Backend:
@@ -227,9 +228,13 @@ class S3Backend:
             return reader.readall()
 
     def write_bytes(self, uri: str, data: bytes) -> None:
+        """One PUT up to the threshold, and always up to S3's smallest part (`MIN_PART_BYTES`):
+        in parts, such an object would be one part and two more requests, and a writer killed
+        meanwhile (a driver's heartbeat, a marker) would leave an upload open that nothing of
+        the run aborts."""
         bucket, key = split_s3(uri)
         client = self.client()
-        if len(data) <= self.settings.multipart_threshold_bytes:
+        if len(data) <= max(self.settings.multipart_threshold_bytes, MIN_PART_BYTES):
             self.call(uri, "write", client.put_object, Bucket=bucket, Key=key, Body=data)
         else:
             self.call(

@@ -92,7 +92,8 @@ class StorageSettings:
     - retry_base_delay_s / retry_cap_s: our exponential backoff with full jitter between
       retries (the first up to base, doubling to at most cap).
     - multipart_threshold_bytes / multipart_chunk_bytes: uploads above the threshold go as a
-      multipart upload in chunks of this size, published whole by the final Complete call.
+      multipart upload in chunks of this size, published whole by the final Complete call
+      (an object written whole from memory under S3's 5 MiB smallest part is always one PUT).
     - max_concurrency: HTTP connection pool size and parallel parts per upload.
     - credentials: explicit keys (else the standard chain); never printed.
     """

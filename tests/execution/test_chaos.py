@@ -5,8 +5,9 @@ multipart uploads, no actor scratch folders).
 
 The run is the real `restyle run` command line (tiny USO weights at 64x48, 2 steps) writing to
 a SeaweedFS server of its own, which the test kills and restarts on the same ports and data
-folder. Every upload is multipart (RESTYLE_S3_MULTIPART_THRESHOLD=1) and every request 50 ms slow
-(`support.fault_proxy`), so a kill mid-commit can leave an open upload. The schedule of events comes from a seeded RNG: the seed is printed, and
+folder. Every file upload (the shards' tars) is multipart (RESTYLE_S3_MULTIPART_THRESHOLD=1;
+objects written whole from memory under S3's smallest part are always one PUT) and every
+request 50 ms slow (`support.fault_proxy`), so a kill mid-commit can leave an open upload. The schedule of events comes from a seeded RNG: the seed is printed, and
 RESTYLE_CHAOS_SEED replays a schedule. Bounded: a few minutes on a 2-core machine.
 """
 
@@ -89,7 +90,7 @@ class Chaos:
             "AWS_SECRET_ACCESS_KEY": server.secret_key,
             "AWS_ENDPOINT_URL": endpoint_url,
             "AWS_REGION": "us-east-1",
-            "RESTYLE_S3_MULTIPART_THRESHOLD": "1",  # every upload in parts
+            "RESTYLE_S3_MULTIPART_THRESHOLD": "1",  # every file upload (tar) in parts
             "TMPDIR": str(self.scratch_tmp),
         }
         self.manifest = manifest

@@ -207,6 +207,21 @@ def test_settings_from_environment() -> None:
 
 
 # ---------------------------------------------------------------------- S3 only
+def test_a_small_whole_write_is_one_put_whatever_the_multipart_threshold(s3_server, s3_bucket):
+    """A writer killed mid-way through a multipart upload leaves it open (and billed); an
+    object under S3's smallest part gains nothing in parts, so it never goes in parts."""
+    with FaultProxy(s3_server.endpoint_url) as proxy:
+        settings = s3_server.settings(multipart_threshold_bytes=1)
+        storage = Storage(dataclasses.replace(settings, endpoint_url=proxy.endpoint_url))
+        storage.write_bytes(f"{s3_bucket}/_drivers/drivers/d.json", b'{"pid": 1}' * 100)
+        assert [(m, "uploads" in p) for m, p, _ in proxy.requests() if "/d.json" in p] == [
+            ("PUT", False)
+        ]
+        storage.write_bytes(f"{s3_bucket}/big.bin", payload(6 * MiB, seed=5))
+        posts = [p for m, p, _ in proxy.requests("POST") if "big.bin" in p]
+    assert len(posts) == 2  # above it, the threshold holds: create and complete an upload
+
+
 def test_s3_multipart_upload_and_write(
     s3_server: SeaweedS3Server, s3_bucket: str, tmp_path: Path
 ) -> None:
