@@ -100,8 +100,10 @@ class Report:
         }
 
     def write(self) -> None:
-        _replace(self.json_path, json.dumps(self.to_dict(), indent=1, sort_keys=False) + "\n")
-        _replace(self.markdown_path, markdown(self.to_dict()))
+        """The JSON and its table from one snapshot (two would differ in `elapsed_s`)."""
+        data = self.to_dict()
+        _replace(self.json_path, json.dumps(data, indent=1, sort_keys=False) + "\n")
+        _replace(self.markdown_path, markdown(data))
 
 
 def _replace(path: Path, text: str) -> None:

@@ -237,7 +237,7 @@ class RayHead:
 
 
 @pytest.mark.slow
-def test_submitted_nightly_job_runs_once_per_night(tmp_path, s3_server, s3_bucket, monkeypatch):
+def test_submitted_nightly_job_runs_once_per_night(tmp_path, s3_server, s3_bucket):
     storage = s3_server.storage()
     storage.write_bytes(f"{s3_bucket}/images/item.png", png_bytes(1))
     storage.write_bytes(
@@ -303,8 +303,8 @@ def test_submitted_nightly_job_runs_once_per_night(tmp_path, s3_server, s3_bucke
         )
 
         # Ctrl-C while following a job stops the following, not the job
-        following = [*RESTYLE, "submit", str(spec), "--address", head.address, "--wait"]
-        following += ["--night", "2026-09-02", "--runtime-env", "source"]
+        following = [*RESTYLE, "submit", str(spec), "--address", head.address]
+        following += ["--night", "2026-09-02", "--runtime-env", "source", "--wait"]
         follower = subprocess.Popen(
             following,
             stdout=subprocess.PIPE,
@@ -312,19 +312,25 @@ def test_submitted_nightly_job_runs_once_per_night(tmp_path, s3_server, s3_bucke
             text=True,
             env={**os.environ, **auth},
         )
-        for name, value in auth.items():
-            monkeypatch.setenv(name, value)
-        jobs = client_for(head.address)
-        deadline = time.monotonic() + 120
-        while not any(j.submission_id == "shop-2026-09-02" for j in jobs.list_jobs()):
-            assert follower.poll() is None and time.monotonic() < deadline, follower.communicate()
-            time.sleep(0.2)
-        time.sleep(1)  # following by now (or about to): either way the signal stops only that
+        assert follower.stdout is not None
+        for line in follower.stdout:  # the submission's table comes first, then the job's logs
+            if "shop-2026-09-02" in line:
+                break
+        time.sleep(1)  # following by now
         follower.send_signal(signal.SIGINT)
         _, stopped = follower.communicate(timeout=60)
         assert follower.returncode == ExitCode.INTERRUPTED, stopped[-3000:]
         assert "stopped following job shop-2026-09-02 (SIGINT): the job keeps running" in stopped
-        assert str(jobs.get_job_status("shop-2026-09-02")) not in ("STOPPED", "FAILED")
+        again = subprocess.run(  # the job is known, and was not stopped
+            following[:-1],  # the same submission, without --wait
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, **auth},
+        )
+        assert again.returncode == ExitCode.ALREADY_SUBMITTED, again.stdout + again.stderr
+        assert "'shop-2026-09-02' exists already" in " ".join(again.stderr.split())
+        assert "STOPPED" not in again.stderr
 
         wrong_token = subprocess.run(
             [*RESTYLE, "submit", str(spec), "--address", head.address, "--night", "2026-09-02"],
