@@ -20,7 +20,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 
 from pipeline.errors import Interrupted
@@ -60,44 +60,52 @@ class Drain:
         return max(0.0, self.deadline - time.monotonic())
 
 
+SignalHandler = Callable[[int, FrameType | None], None]
+
+
+@contextlib.contextmanager
+def _handling_signals(handler: SignalHandler | None) -> Iterator[bool]:
+    """While the block runs, SIGTERM and SIGINT go to `handler` (None: to whatever is installed
+    meanwhile); the handlers from before come back after it. Only the main thread can catch
+    signals: elsewhere nothing changes. Yields whether the handlers are in its hands."""
+    if threading.current_thread() is not threading.main_thread():
+        yield False
+        return
+    previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
+    try:
+        if handler is not None:
+            for sig in SIGNALS:
+                signal.signal(sig, handler)
+        yield True
+    finally:
+        for sig, earlier in previous.items():
+            signal.signal(sig, earlier)
+
+
 @contextlib.contextmanager
 def drain_on_signals(grace_s: float) -> Iterator[Drain]:
     """A `Drain` that SIGTERM and SIGINT request while the block runs (the previous handlers,
     Ray's included, come back after it). Outside the main thread signals cannot be caught:
     the drain is then only requested by code."""
     drain = Drain(grace_s)
-    if threading.current_thread() is not threading.main_thread():
-        yield drain
-        return
 
     def handle(signum: int, frame: FrameType | None) -> None:
         drain.request(signal.Signals(signum).name)
 
-    previous = {sig: signal.signal(sig, handle) for sig in SIGNALS}
-    try:
+    with _handling_signals(handle):
         yield drain
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[None]:
     """SIGTERM and SIGINT raise `Interrupted` in the main thread while the block runs (the
     previous handlers come back after it); elsewhere nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
     def stop(signum: int, frame: FrameType | None) -> None:
         raise stopped_by(signum)
 
-    previous = {sig: signal.signal(sig, stop) for sig in SIGNALS}
-    try:
+    with _handling_signals(stop):
         yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def stopped_by(signum: int) -> Interrupted:
@@ -112,16 +120,10 @@ def keeping_signal_handlers() -> Iterator[None]:
     """Restore the SIGTERM/SIGINT handlers after the block: `ray.init` installs its own SIGTERM
     handler in the driver, `sys.exit(15)` (an exit code of no table); a SIGTERM it caught
     meanwhile becomes `Interrupted`."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
-    try:
-        yield
-    except SystemExit as exit_:
-        if exit_.code == signal.SIGTERM:
-            raise stopped_by(signal.SIGTERM) from None
-        raise
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with _handling_signals(None) as main_thread:
+        try:
+            yield
+        except SystemExit as exit_:
+            if main_thread and exit_.code == signal.SIGTERM:
+                raise stopped_by(signal.SIGTERM) from None
+            raise

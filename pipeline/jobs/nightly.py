@@ -340,11 +340,14 @@ class NightlyJob:
         ]
         index.write(self.night, done)
         summary.indexed = len(done)
-        if spec.eval is not None and summary.run.interrupted:  # scored whole when resumed
-            summary.unscored = True
-            log.warning("night %s stopped by a signal: not scored; rerun it to resume", self.night)
-        elif spec.eval is not None:
-            self._score(config.run_uri, summary)
+        if spec.eval is not None:
+            if summary.run.interrupted:  # scored whole when the rerun resumes it
+                summary.unscored = True
+                log.warning(
+                    "night %s stopped by a signal: not scored; rerun it to resume", self.night
+                )
+            else:
+                self._score(config.run_uri, summary)
         return summary
 
     def _score(self, run_uri: str, summary: NightSummary) -> None:

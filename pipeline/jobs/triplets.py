@@ -215,7 +215,10 @@ class TripletSummary:
     evals: dict[str, Any] = field(default_factory=dict)  # model -> EvalSummary
     gates: dict[str, Any] = field(default_factory=dict)  # model -> GateResult
 
-    stopped: bool = False  # a signal stopped a run: later models, scores and gates not done
+    @property
+    def stopped(self) -> bool:
+        """A signal stopped a run: later models, scores and gates were not done."""
+        return any(run.interrupted for run in self.runs.values())
 
     @property
     def exit_code(self) -> int:
@@ -312,9 +315,9 @@ class TripletJob:
                 log.warning(
                     "triplets %s stopped by a signal after the %s run", self.spec.name, model
                 )
-                return TripletSummary(self.spec.name, self.pairs, self.rejected, runs, stopped=True)
+                break
         summary = TripletSummary(self.spec.name, self.pairs, self.rejected, runs)
-        if self.spec.eval is not None:
+        if self.spec.eval is not None and not summary.stopped:
             for model, run in runs.items():
                 self._score(model, run.run_uri, summary)
         return summary
